@@ -1,0 +1,217 @@
+"""The process API, usable from the program's own process and from any otpy process."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import reasons, wire
+from .errors import NoProc, ProcessExit
+from .node import context
+from .terms import Down, Exit, Pid, Ref
+
+
+def self() -> Pid:
+    """The calling process's pid (the program's own process is an otpy process too)."""
+    return context().pid
+
+
+def _spawn(fn: Callable[..., Any], args: tuple, kwargs: dict, link: bool,
+           mref: Ref | None) -> Pid:
+    if not callable(fn):
+        raise TypeError(f"spawn needs a callable, not {type(fn).__name__}")
+    ctx = context()
+    kind, payload = wire.encode_body((fn, args, kwargs))
+    return ctx.request("spawn", kind, payload, link, mref, ctx.namespace())
+
+
+def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Pid:
+    """Run ``fn(*args, **kwargs)`` in a new OS process; return its pid."""
+    return _spawn(fn, args, kwargs, False, None)
+
+
+def spawn_link(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Pid:
+    """As :func:`spawn`, linked to the caller before the new process runs."""
+    return _spawn(fn, args, kwargs, True, None)
+
+
+def spawn_monitor(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Pid, Ref]:
+    """As :func:`spawn`, monitored by the caller before the new process runs."""
+    ref = Ref.make(context().pid)
+    return _spawn(fn, args, kwargs, False, ref), ref
+
+
+def send(dest: Pid | str, message: Any) -> None:
+    """Send ``message`` to a pid or registered name.
+
+    An unknown name raises NoProc; a dead pid drops the message silently. A
+    message that cannot be pickled raises SerializationError before anything
+    is sent.
+    """
+    context().send(dest, message)
+
+
+def receive(timeout: float | None = None, match: Callable[[Any], bool] | None = None) -> Any:
+    """The first queued message for which ``match`` is true (any, if None).
+
+    Messages that do not match stay queued, in order. ``timeout`` in seconds:
+    Timeout is raised when it expires; 0 looks only at what has arrived.
+    ``match`` runs while the mailbox is locked: keep it a plain predicate.
+    """
+    return context().receive(timeout, match)
+
+
+def send_after(dest: Pid | str, message: Any, delay: float) -> Ref:
+    """Send ``message`` to ``dest`` after ``delay`` seconds; a name is resolved then."""
+    ctx = context()
+    if not isinstance(dest, (Pid, str)):
+        raise TypeError(f"destination must be a Pid or a registered name, not {type(dest).__name__}")
+    kind, body = wire.encode(message)
+    ref = Ref.make(ctx.pid)
+    ctx.cast_ctrl("timer", ref, dest, ctx.namespace(), float(delay), kind, body)
+    return ref
+
+
+def cancel_timer(ref: Ref) -> float | None:
+    """Cancel a timer: the seconds it had left, or None if it fired or was cancelled."""
+    return context().request("cancel_timer", ref)
+
+
+def link(pid: Pid) -> None:
+    """Link the caller and ``pid``: when one exits, the other gets its exit signal.
+
+    At most one link exists per pair. Linking a dead process: a trapping
+    caller gets ``Exit(pid, "noproc")``, a non-trapping caller NoProc.
+    """
+    ctx = context()
+    _check_pid(pid)
+    if pid.node != ctx.node or not ctx.request("link", pid.serial):
+        if ctx.trap:
+            with ctx.cond:
+                ctx.mailbox.append(Exit(pid, "noproc"))
+        else:
+            raise NoProc(pid)
+
+
+def unlink(pid: Pid) -> None:
+    """Remove the link between the caller and ``pid``, if any."""
+    _check_pid(pid)
+    context().request("unlink", pid.serial)
+
+
+def monitor(target: Pid | str) -> Ref:
+    """Monitor a pid or name: one ``Down(ref, pid, reason)`` when it exits.
+
+    A dead or unknown target gives ``Down(ref, target, "noproc")`` at once.
+    """
+    ctx = context()
+    if not isinstance(target, (Pid, str)):
+        raise TypeError(f"monitor needs a Pid or a registered name, not {type(target).__name__}")
+    ref = Ref.make(ctx.pid)
+    ctx.request("monitor", ref, target, ctx.namespace())
+    return ref
+
+
+def demonitor(ref: Ref, flush: bool = False) -> bool:
+    """Remove a monitor. With ``flush``, a Down for it already queued is removed too.
+
+    The zygote answers after every Down it sent for ``ref``, and all of them
+    travel on the caller's one inbound stream, so when this returns any such
+    Down is already in the mailbox.
+    """
+    ctx = context()
+    removed = ctx.request("demonitor", ref)
+    if flush:
+        ctx.take(lambda m: type(m) is Down and m.ref == ref)
+    return removed
+
+
+def exit(pid: Pid, reason: Any) -> None:  # noqa: A001 - Erlang's name
+    """Send an exit signal to ``pid``.
+
+    ``"kill"`` cannot be trapped (the target exits with ``"killed"``);
+    ``"normal"`` is ignored by a non-trapping target other than the caller;
+    any other reason kills a non-trapping target with that reason and reaches
+    a trapping one as ``Exit(caller, reason)``.
+    """
+    ctx = context()
+    _check_pid(pid)
+    cls, body = reasons.pack(reason, ctx.pid)
+    if pid == ctx.pid and (cls == reasons.KILL or not ctx.trap):
+        raise ProcessExit("killed" if cls == reasons.KILL else reason)
+    if pid.node == ctx.node:
+        ctx.request("exit", pid.serial, cls, body)
+
+
+def trap_exit(flag: bool) -> bool:
+    """Turn exit trapping on or off for the caller; returns the previous setting."""
+    ctx = context()
+    previous = ctx.request("trap", bool(flag))
+    ctx.trap = bool(flag)
+    return previous
+
+
+def is_alive(pid: Pid) -> bool:
+    _check_pid(pid)
+    ctx = context()
+    return pid.node == ctx.node and ctx.request("is_alive", pid.serial)
+
+
+def register(name: str, pid: Pid | None = None) -> None:
+    """Register ``name`` for ``pid`` (default: the caller) in the current namespace.
+
+    Raises AlreadyRegistered if the name is taken or the process has a name,
+    NoProc if the process is dead. The name is released when the owner exits.
+    """
+    ctx = context()
+    if pid is None:
+        pid = ctx.pid
+    _check_pid(pid)
+    ctx.register(name, pid)
+
+
+def unregister(name: str) -> None:
+    ctx = context()
+    if not ctx.request("unregister", ctx.namespace(), name):
+        raise NoProc(name, f"no process is registered as {name!r}")
+
+
+def whereis(name: str) -> Pid | None:
+    return context().whereis(name)
+
+
+def registered() -> list[str]:
+    ctx = context()
+    return ctx.request("registered", ctx.namespace())
+
+
+def processes() -> list[Pid]:
+    """Every live process of this node (the program's own included)."""
+    return context().request("processes", None)
+
+
+def process_info(pid: Pid) -> dict | None:
+    """What the node knows of a live process, or None once it is dead.
+
+    Keys: pid, name, namespace, os_pid, status ("running"/"waiting"), links,
+    monitors (processes it monitors), monitored_by, trap_exit,
+    message_queue_len (messages read and not yet received), inbound_bytes
+    (bytes sent to it and not yet read), memory (RSS bytes), started_at
+    (epoch seconds), parent.
+    """
+    _check_pid(pid)
+    ctx = context()
+    if pid.node != ctx.node:
+        return None
+    info = ctx.request("info", pid.serial)
+    if info is not None and pid == ctx.pid:
+        info["message_queue_len"] = len(ctx.mailbox)
+    return info
+
+
+def make_ref() -> Ref:
+    return Ref.make(context().pid)
+
+
+def _check_pid(pid: Any) -> None:
+    if type(pid) is not Pid:
+        raise TypeError(f"expected a Pid, not {type(pid).__name__}: {pid!r}")

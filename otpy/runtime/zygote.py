@@ -1,0 +1,638 @@
+"""The zygote: one single-threaded process per node that forks every otpy
+process and keeps the node's tables (processes, links, monitors, names, timers).
+
+Why one process does both: forking from a single-threaded process is safe,
+and the parent of a process is the only one that learns how it died (its wait
+status). The zygote is the control plane only: messages go straight from
+sender to receiver; the zygote hands out a copy of a receiver's inbound write
+end once per pair and never sees the traffic.
+
+The state machine of a process entry::
+
+    alive --(exit signal / link / "kill")--> exiting --(pidfd readable)--> reaped
+    alive --(pidfd readable)--------------------------------------------> reaped
+
+On reaping: the reason is the pending reason (set when the zygote killed it),
+else the process's last words, else what the wait status says. Then, in this
+order: its name is released, monitors get Down, call watchers get "dead",
+linked processes get Exit (trapping) or are killed with the same reason.
+Everything the zygote sends a process goes into that process's inbound stream,
+behind whatever the dead process had already sent it: so Down never overtakes
+a message.
+
+The zygote never unpickles a user term: reasons and timer messages travel as
+opaque bytes with a classification ("normal" / "kill" / "other") made by the
+sender.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import heapq
+import itertools
+import os
+import pickle
+import resource
+import select
+import signal
+import socket
+import struct
+import time
+from collections import deque
+from typing import Any, Callable
+
+from . import process, reasons, wire
+from .status import STATE_NAMES, StatusTable
+from .terms import Pid, Ref
+
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+TOMBSTONES = 4096  # recent death reasons kept for late "watch" requests
+
+
+def prctl_name(name: str) -> None:
+    _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """SIGKILL this process when its parent dies; exit now if it already has."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+class Entry:
+    """The zygote's record of one live process."""
+
+    __slots__ = (
+        "pid", "ns", "name", "parent", "started_at", "trap", "is_main",
+        "write", "ctrl", "reader", "pidfd", "links", "monitors", "monitoring",
+        "watchers", "watching", "pending", "last_words", "backlog", "exiting",
+    )
+
+    def __init__(self, pid: Pid, ns: str, parent: Pid | None, write: socket.socket,
+                 ctrl: socket.socket, pidfd: int, trap: bool, is_main: bool) -> None:
+        self.pid = pid
+        self.ns = ns
+        self.name: str | None = None
+        self.parent = parent
+        self.started_at = time.time()
+        self.trap = trap
+        self.is_main = is_main
+        self.write = write  # this process's inbound write end
+        self.ctrl = ctrl  # requests from this process
+        self.reader = wire.FrameReader()
+        self.pidfd = pidfd
+        self.links: set[int] = set()
+        self.monitors: dict[Ref, int] = {}  # monitors on this process: ref -> watcher
+        self.monitoring: dict[Ref, int] = {}  # monitors this process holds: ref -> target
+        self.watchers: set[int] = set()  # processes waiting on calls to this one
+        self.watching: set[int] = set()
+        self.pending: tuple[str, bytes] | None = None
+        self.last_words: tuple[str, bytes] | None = None
+        self.backlog: deque[tuple[bytes, int | None]] = deque()
+        self.exiting = False
+
+
+class Zygote:
+    def __init__(self, node: str, status: StatusTable, main_pid: Pid, main_write: socket.socket,
+                 main_ctrl: socket.socket, watch_fd: int) -> None:
+        self.node = node
+        self.status = status
+        self.os_pid = os.getpid()
+        self.ep = select.epoll()
+        self.procs: dict[int, Entry] = {}
+        self.by_fd: dict[int, tuple[str, Entry | None]] = {}
+        self.names: dict[tuple[str, str], int] = {}
+        self.tombstones: dict[int, bytes] = {}
+        self.timers: list[tuple[float, int, Ref]] = []
+        self.timer_data: dict[Ref, tuple[float, Any, str, int, bytes]] = {}
+        self.timer_seq = itertools.count()
+        self.serials = itertools.count(main_pid.serial + 1)
+        self.watch_fd = watch_fd
+        self.running = True
+        main = Entry(main_pid, "", None, main_write, main_ctrl, -1, True, True)
+        self._add(main)
+        self.ep.register(watch_fd, select.EPOLLIN)
+        self.by_fd[watch_fd] = ("watch", None)
+        self.ops: dict[str, Callable[..., Any]] = {
+            "spawn": self.op_spawn, "open": self.op_open, "link": self.op_link,
+            "unlink": self.op_unlink, "monitor": self.op_monitor, "demonitor": self.op_demonitor,
+            "watch": self.op_watch, "trap": self.op_trap, "exit": self.op_exit,
+            "register": self.op_register, "unregister": self.op_unregister,
+            "whereis": self.op_whereis, "registered": self.op_registered,
+            "is_alive": self.op_is_alive, "info": self.op_info, "timer": self.op_timer,
+            "cancel_timer": self.op_cancel_timer, "last_words": self.op_last_words,
+            "processes": self.op_processes, "shutdown": self.op_shutdown,
+        }
+
+    # ---- bookkeeping -------------------------------------------------------
+
+    def _add(self, e: Entry) -> None:
+        self.procs[e.pid.serial] = e
+        self.status.claim(e.pid.serial)
+        self.ep.register(e.ctrl.fileno(), select.EPOLLIN)
+        self.by_fd[e.ctrl.fileno()] = ("ctrl", e)
+        if e.pidfd >= 0:
+            self.ep.register(e.pidfd, select.EPOLLIN)
+            self.by_fd[e.pidfd] = ("pidfd", e)
+
+    def _alloc_serial(self) -> int:
+        while True:
+            serial = next(self.serials)
+            if self.status.slot_free(serial):
+                return serial
+
+    def live(self, serial: int) -> Entry | None:
+        e = self.procs.get(serial)
+        if e is None or e.exiting:
+            return None
+        if e.pidfd >= 0 and select.select([e.pidfd], [], [], 0)[0]:
+            # Dead but not yet reaped: reap now, so that nobody who has seen
+            # the death (a closed socket) can still find it alive or named.
+            self.reap(e)
+            return None
+        return e
+
+    # ---- output to processes ----------------------------------------------
+
+    def post(self, e: Entry, data: bytes, fd: int | None = None) -> None:
+        """Queue a frame for ``e``'s inbound stream without ever blocking."""
+        if e.backlog:
+            e.backlog.append((data, fd))
+            return
+        if self._try_send(e, data, fd):
+            return
+        e.backlog.append((data, fd))
+        try:
+            self.ep.register(e.write.fileno(), select.EPOLLOUT)
+            self.by_fd[e.write.fileno()] = ("write", e)
+        except FileExistsError:
+            pass
+
+    def _try_send(self, e: Entry, data: bytes, fd: int | None) -> bool:
+        try:
+            if fd is None:
+                e.write.send(data, socket.MSG_DONTWAIT)
+            else:
+                socket.send_fds(e.write, [data], [fd], socket.MSG_DONTWAIT)
+                os.close(fd)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:  # the receiver is gone; its death is on its way
+            if fd is not None:
+                os.close(fd)
+            return True
+
+    def _flush(self, e: Entry) -> None:
+        while e.backlog:
+            data, fd = e.backlog[0]
+            if not self._try_send(e, data, fd):
+                return
+            e.backlog.popleft()
+        self.ep.unregister(e.write.fileno())
+        del self.by_fd[e.write.fileno()]
+
+    def notify(self, e: Entry, term: tuple) -> None:
+        self.post(e, _ctrl_frame(term))
+
+    # ---- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        while self.running:
+            timeout = -1.0
+            if self.timers:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            try:
+                events = self.ep.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                what, e = self.by_fd.get(fd, (None, None))
+                if what == "ctrl":
+                    self.read_requests(e)
+                elif what == "pidfd":
+                    if e.pid.serial in self.procs:
+                        self.reap(e)
+                elif what == "write":
+                    self._flush(e)
+                elif what == "watch":
+                    self.teardown()  # the program's process is gone
+                    return
+            if self.timers:
+                self.fire_timers()
+
+    def read_requests(self, e: Entry) -> None:
+        while True:
+            try:
+                more = e.reader.read(e.ctrl, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                more = False
+            for kind, body in e.reader.frames():
+                req_id, op, args = pickle.loads(body)
+                try:
+                    result = self.ops[op](e, *args)
+                except Exception as exc:  # a bug here must not take the node down
+                    result = ("error", f"{type(exc).__name__}: {exc}")
+                if req_id and e.pid.serial in self.procs:
+                    if isinstance(result, tuple) and len(result) == 2 and result[0] == "$fd":
+                        self.post(e, _ctrl_frame(("reply", req_id, "$fd"), wire.CTRL | wire.HAS_FD),
+                                  result[1])
+                    else:
+                        self.post(e, _ctrl_frame(("reply", req_id, result)))
+                if not self.running:
+                    return
+            if not more:
+                # The process closed its control socket: it is exiting.
+                self.ep.unregister(e.ctrl.fileno())
+                self.by_fd.pop(e.ctrl.fileno(), None)
+                if e.is_main:
+                    self.teardown()
+                break
+
+    # ---- deaths -------------------------------------------------------------
+
+    def kill(self, e: Entry, reason: tuple[str, bytes]) -> None:
+        """Make ``e`` exit with ``reason``, busy or not."""
+        if e.exiting:
+            return
+        if e.is_main:
+            # The program's own process is never killed by a signal from its
+            # children; it is told, and raises ProcessExit at its next otpy call.
+            self.notify(e, ("exit", None, reason[1], True))
+            return
+        if e.last_words is None:
+            e.pending = reason
+        e.exiting = True
+        self._release_name(e)
+        try:
+            os.kill(e.pid.os_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self, e: Entry) -> None:
+        if e.ctrl.fileno() in self.by_fd:
+            self.read_requests(e)  # its last words, if it had time to say them
+        try:
+            _, status = os.waitpid(e.pid.os_pid, 0)
+        except ChildProcessError:
+            status = 0
+        reason = e.pending or e.last_words or reasons.constant(reasons.from_wait_status(status))
+        self.died(e, reason)
+
+    def died(self, e: Entry, reason: tuple[str, bytes]) -> None:
+        serial = e.pid.serial
+        del self.procs[serial]
+        self._release_name(e)
+        self.status.release(serial)
+        cls, body = reason
+        self.tombstones[serial] = body
+        if len(self.tombstones) > TOMBSTONES:
+            del self.tombstones[next(iter(self.tombstones))]
+        for ref, watcher in e.monitors.items():
+            w = self.procs.get(watcher)
+            if w is not None:
+                w.monitoring.pop(ref, None)
+                self.notify(w, ("down", ref, e.pid, body))
+        for ref, target in e.monitoring.items():
+            t = self.procs.get(target)
+            if t is not None:
+                t.monitors.pop(ref, None)
+        for watcher in e.watchers:
+            w = self.procs.get(watcher)
+            if w is not None:
+                w.watching.discard(serial)
+                self.notify(w, ("dead", e.pid, body))
+        for target in e.watching:
+            t = self.procs.get(target)
+            if t is not None:
+                t.watchers.discard(serial)
+        for partner in e.links:
+            p = self.procs.get(partner)
+            if p is None:
+                continue
+            p.links.discard(serial)
+            if p.trap:
+                self.notify(p, ("exit", e.pid, body, False))
+            elif cls != reasons.NORMAL:
+                self.kill(p, reason)
+        self._close(e)
+
+    def _close(self, e: Entry) -> None:
+        for fd in (e.ctrl.fileno(), e.pidfd, e.write.fileno()):
+            if fd in self.by_fd:
+                try:
+                    self.ep.unregister(fd)
+                except OSError:
+                    pass
+                del self.by_fd[fd]
+        for _data, fd in e.backlog:
+            if fd is not None:
+                os.close(fd)
+        e.ctrl.close()
+        e.write.close()
+        e.reader.close()
+        if e.pidfd >= 0:
+            os.close(e.pidfd)
+
+    def _release_name(self, e: Entry) -> None:
+        if e.name is not None:
+            del self.names[(e.ns, e.name)]
+            e.name = None
+            self.status.bump_generation()
+
+    def teardown(self) -> None:
+        """The program is gone or shutting down: nothing of this node survives it."""
+        self.running = False
+        for e in list(self.procs.values()):
+            if not e.is_main:
+                try:
+                    os.kill(e.pid.os_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for e in list(self.procs.values()):
+            if not e.is_main:
+                try:
+                    os.waitpid(e.pid.os_pid, 0)
+                except ChildProcessError:
+                    pass
+
+    # ---- spawning -----------------------------------------------------------
+
+    def op_spawn(self, e: Entry, kind: int, payload: bytes, link: bool, mref: Ref | None,
+                 ns: str) -> Pid:
+        serial = self._alloc_serial()
+        inbound_r, inbound_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        inbound_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
+        ctrl_child, ctrl_zyg = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        os_pid = os.fork()
+        if os_pid == 0:
+            self._child(serial, ns, e.pid, inbound_r, ctrl_child, kind, payload)  # never returns
+        inbound_r.close()
+        ctrl_child.close()
+        pid = Pid(self.node, serial, os_pid)
+        child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, os.pidfd_open(os_pid), False, False)
+        self._add(child)
+        # Links and monitors exist before the child runs a single line, so a
+        # child that dies at once is still reported (spawn_link is atomic).
+        if link:
+            child.links.add(e.pid.serial)
+            e.links.add(serial)
+        if mref is not None:
+            child.monitors[mref] = e.pid.serial
+            e.monitoring[mref] = serial
+        return pid
+
+    def _child(self, serial: int, ns: str, parent: Pid, inbound: socket.socket,
+               ctrl: socket.socket, kind: int, payload: bytes) -> None:
+        code = 1
+        try:
+            die_with_parent(self.os_pid)
+            prctl_name(f"otpy-{self.node}")
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program handles Ctrl-C
+            self.ep.close()
+            for e in self.procs.values():
+                e.ctrl.close()
+                e.write.close()
+                if e.pidfd >= 0:
+                    os.close(e.pidfd)
+                for _data, fd in e.backlog:
+                    if fd is not None:
+                        os.close(fd)
+            os.close(self.watch_fd)
+            self.status.close_fd()
+            pid = Pid(self.node, serial, os.getpid())
+            code = process.run_child(pid, ns, parent, inbound, ctrl, self.status, self.os_pid,
+                                     kind, payload)
+        finally:
+            os._exit(code)
+
+    # ---- requests -----------------------------------------------------------
+
+    def op_open(self, e: Entry, serial: int) -> Any:
+        target = self.live(serial)
+        if target is None:
+            return None
+        return ("$fd", os.dup(target.write.fileno()))
+
+    def op_link(self, e: Entry, serial: int) -> bool:
+        target = self.live(serial)
+        if target is None:
+            return False
+        if target is not e:
+            target.links.add(e.pid.serial)
+            e.links.add(serial)
+        return True
+
+    def op_unlink(self, e: Entry, serial: int) -> None:
+        e.links.discard(serial)
+        t = self.procs.get(serial)
+        if t is not None:
+            t.links.discard(e.pid.serial)
+
+    def op_monitor(self, e: Entry, ref: Ref, target: Pid | str, ns: str) -> Pid | None:
+        t = self._target(target, ns)
+        if t is None:
+            self.notify(e, ("down", ref, target, _NOPROC))
+            return None
+        t.monitors[ref] = e.pid.serial
+        e.monitoring[ref] = t.pid.serial
+        return t.pid
+
+    def _target(self, target: Pid | str, ns: str) -> Entry | None:
+        if isinstance(target, str):
+            serial = self.names.get((ns, target))
+            return None if serial is None else self.live(serial)
+        if target.node != self.node:
+            return None
+        return self.live(target.serial)
+
+    def op_demonitor(self, e: Entry, ref: Ref) -> bool:
+        serial = e.monitoring.pop(ref, None)
+        if serial is None:
+            return False
+        t = self.procs.get(serial)
+        if t is not None:
+            t.monitors.pop(ref, None)
+        return True
+
+    def op_watch(self, e: Entry, serial: int) -> bytes | None:
+        """Ask to be told ("dead") when ``serial`` dies; its reason if it already has."""
+        t = self.live(serial)
+        if t is None:
+            return self.tombstones.get(serial, _NOPROC)
+        t.watchers.add(e.pid.serial)
+        e.watching.add(serial)
+        return None
+
+    def op_trap(self, e: Entry, flag: bool) -> bool:
+        previous, e.trap = e.trap, bool(flag)
+        return previous
+
+    def op_exit(self, e: Entry, serial: int, cls: str, body: bytes) -> None:
+        t = self.live(serial)
+        if t is None:
+            return
+        if cls == reasons.KILL:
+            self.kill(t, _KILLED)
+        elif t.trap:
+            self.notify(t, ("exit", e.pid, body, False))
+        elif cls == reasons.NORMAL:
+            if t is e:
+                self.kill(t, (cls, body))
+        else:
+            self.kill(t, (cls, body))
+
+    def op_register(self, e: Entry, ns: str, name: str, serial: int) -> Any:
+        owner = self.names.get((ns, name))
+        if owner is not None and self.live(owner) is not None:
+            return ("taken", self.procs[owner].pid)
+        t = self.live(serial)
+        if t is None:
+            return ("noproc", None)
+        if t.name is not None:
+            return ("named", t.name)
+        t.name = name
+        t.ns = ns
+        self.names[(ns, name)] = serial
+        self.status.bump_generation()
+        return ("ok", None)
+
+    def op_unregister(self, e: Entry, ns: str, name: str) -> bool:
+        serial = self.names.get((ns, name))
+        if serial is None:
+            return False
+        self._release_name(self.procs[serial])
+        return True
+
+    def op_whereis(self, e: Entry, ns: str, name: str) -> Pid | None:
+        serial = self.names.get((ns, name))
+        if serial is None:
+            return None
+        t = self.live(serial)
+        return None if t is None else t.pid
+
+    def op_registered(self, e: Entry, ns: str) -> list[str]:
+        return sorted(name for (n, name), serial in list(self.names.items())
+                      if n == ns and self.live(serial) is not None)
+
+    def op_is_alive(self, e: Entry, serial: int) -> bool:
+        return self.live(serial) is not None
+
+    def op_processes(self, e: Entry, ns: str | None) -> list[Pid]:
+        return [p.pid for p in list(self.procs.values())
+                if self.live(p.pid.serial) is not None and (ns is None or p.ns == ns)]
+
+    def op_info(self, e: Entry, serial: int) -> dict | None:
+        t = self.live(serial)
+        if t is None:
+            return None
+        slot = self.status.get(serial)
+        state, qlen = slot if slot else (0, 0)
+        return {
+            "pid": t.pid,
+            "name": t.name,
+            "namespace": t.ns,
+            "os_pid": t.pid.os_pid,
+            "status": STATE_NAMES.get(state, "unknown"),
+            "links": sorted(self.procs[s].pid for s in t.links if s in self.procs),
+            "monitors": sorted(self.procs[s].pid for s in t.monitoring.values() if s in self.procs),
+            "monitored_by": sorted(self.procs[s].pid for s in t.monitors.values() if s in self.procs),
+            "trap_exit": t.trap,
+            "message_queue_len": qlen,
+            "inbound_bytes": _unread_bytes(t.write),
+            "memory": _rss(t.pid.os_pid),
+            "started_at": t.started_at,
+            "parent": t.parent,
+        }
+
+    def op_timer(self, e: Entry, ref: Ref, dest: Any, ns: str, delay: float, kind: int,
+                 body: bytes) -> None:
+        when = time.monotonic() + max(0.0, delay)
+        self.timer_data[ref] = (when, dest, ns, kind, body)
+        heapq.heappush(self.timers, (when, next(self.timer_seq), ref))
+
+    def op_cancel_timer(self, e: Entry, ref: Ref) -> float | None:
+        data = self.timer_data.pop(ref, None)
+        if data is None:
+            return None
+        return max(0.0, data[0] - time.monotonic())
+
+    def fire_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, ref = heapq.heappop(self.timers)
+            data = self.timer_data.pop(ref, None)
+            if data is None:
+                continue  # cancelled
+            _, dest, ns, kind, body = data
+            t = self._target(dest, ns)
+            if t is not None:
+                self.post(t, wire.HEADER.pack(len(body), kind) + body)
+
+    def op_last_words(self, e: Entry, cls: str, body: bytes) -> None:
+        e.last_words = (cls, body)
+
+    def op_shutdown(self, e: Entry) -> None:
+        self.teardown()
+
+
+def _ctrl_frame(term: tuple, kind: int = wire.CTRL) -> bytes:
+    body = pickle.dumps(term, 5)
+    return wire.HEADER.pack(len(body), kind) + body
+
+
+_NOPROC = reasons.constant("noproc")[1]
+_KILLED = reasons.constant("killed")
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(os_pid: int) -> int:
+    try:
+        with open(f"/proc/{os_pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+_SIOCOUTQ = 0x5411
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes written to a process's inbound stream and not read yet."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+def serve(node: str, status: StatusTable, main_pid: Pid, main_write: socket.socket,
+          main_ctrl: socket.socket, watch_fd: int, main_thread: bool) -> None:
+    """Body of the zygote process (already forked from the program's process)."""
+    os.setpgid(0, 0)  # one process group per node: a last-resort killpg target
+    if main_thread:
+        # PDEATHSIG fires when the forking *thread* exits, so only use it when
+        # that thread is the main thread; the watch pipe covers the rest.
+        die_with_parent(main_pid.os_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    prctl_name(f"otpy-{node}")
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    zygote = Zygote(node, status, main_pid, main_write, main_ctrl, watch_fd)
+    try:
+        zygote.run()
+    except BaseException:
+        zygote.teardown()
+        raise
