@@ -25,14 +25,15 @@ OTHER = "other"
 class RemoteError(Exception):
     """Stands in for an exception that could not be pickled: keeps its text."""
 
-    def __init__(self, type_name: str, text: str, formatted: str) -> None:
+    def __init__(self, type_name: str, text: str, formatted: str, otpy_pid: Any = None) -> None:
         super().__init__(f"{type_name}: {text}")
         self.type_name = type_name
         self.text = text
         self.formatted = formatted
+        self.otpy_pid = otpy_pid
 
     def __reduce__(self):
-        return (RemoteError, (self.type_name, self.text, self.formatted))
+        return (RemoteError, (self.type_name, self.text, self.formatted, self.otpy_pid))
 
 
 def classify(reason: Any) -> str:
@@ -63,13 +64,12 @@ def pack(reason: Any, pid: Any = None) -> tuple[str, bytes]:
 
 
 def _stand_in(exc: BaseException, pid: Any) -> RemoteError:
-    err = RemoteError(
+    return RemoteError(
         f"{type(exc).__module__}.{type(exc).__qualname__}",
         str(exc),
         "".join(traceback.format_exception(exc)),
+        pid,
     )
-    err.otpy_pid = pid
-    return err
 
 
 def unpack(body: bytes) -> Any:

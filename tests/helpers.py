@@ -1,0 +1,107 @@
+"""Process bodies and helpers shared by the tests (importable by reference)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from typing import Any, Iterable
+
+import otpy
+
+DEADLINE = 10.0  # generous: a deadline, never a sleep
+
+
+def kill_and_wait(pids: Iterable[otpy.Pid]) -> None:
+    """SIGKILL the processes and wait for each one's Down."""
+    refs = {}
+    for pid in pids:
+        refs[otpy.monitor(pid)] = pid
+        try:
+            os.kill(pid.os_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for ref in refs:
+        otpy.receive(timeout=DEADLINE, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+
+
+def expect(match, timeout: float = DEADLINE) -> Any:
+    return otpy.receive(timeout=timeout, match=match)
+
+
+def expect_down(ref: otpy.Ref, timeout: float = DEADLINE) -> otpy.Down:
+    return expect(lambda m: isinstance(m, otpy.Down) and m.ref == ref, timeout)
+
+
+def expect_exit(pid: otpy.Pid, timeout: float = DEADLINE) -> otpy.Exit:
+    return expect(lambda m: isinstance(m, otpy.Exit) and m.pid == pid, timeout)
+
+
+def wait_gone(os_pids: Iterable[int], timeout: float = DEADLINE) -> list[int]:
+    """Wait (on pidfds, no polling) until the OS processes exit; return survivors."""
+    fds = {}
+    for os_pid in os_pids:
+        try:
+            fds[os.pidfd_open(os_pid)] = os_pid
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    try:
+        pending = set(fds)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select(list(pending), [], [], remaining)
+            pending -= set(ready)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# ---- process bodies ---------------------------------------------------------
+
+def idle() -> None:
+    otpy.receive()
+
+
+def echo() -> None:
+    """Reply ("echo", x) to (sender, x) until told "stop"."""
+    while True:
+        message = otpy.receive()
+        if message == "stop":
+            return
+        sender, payload = message
+        otpy.send(sender, ("echo", payload))
+
+
+def forward_to(target: otpy.Pid) -> None:
+    """Send everything received on to ``target`` until "stop"."""
+    while True:
+        message = otpy.receive()
+        if message == "stop":
+            return
+        otpy.send(target, message)
+
+
+def report_to(parent: otpy.Pid, *, trap: bool = False) -> None:
+    """Tell the parent we are up, then forward every message to it."""
+    if trap:
+        otpy.trap_exit(True)
+    otpy.send(parent, ("up", otpy.self()))
+    forward_to(parent)
+
+
+def exit_with(reason: Any) -> None:
+    raise otpy.ProcessExit(reason)
+
+
+def busy() -> None:
+    while True:
+        pass
+
+
+def crash(message: str = "boom") -> None:
+    raise ValueError(message)
