@@ -204,9 +204,12 @@ class Zygote:
 
     def run(self) -> None:
         while self.running:
+            timers = self.timers
+            while timers and timers[0][2] not in self.timer_data:
+                heapq.heappop(timers)  # cancelled: never wake up for it
             timeout = -1.0
-            if self.timers:
-                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            if timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
             try:
                 events = self.ep.poll(timeout)
             except InterruptedError:
