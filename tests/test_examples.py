@@ -1,0 +1,30 @@
+"""The README's demo runs, says what each side saw, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import psutil
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_and_leaves_no_process():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "reason=ZeroDivisionError" in out.stdout
+    assert "monitor saw: Down(" in out.stdout and "reason='killed'" in out.stdout
+    assert "took the name" in out.stdout
+    strays = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("otpy-")
+              and p.pid not in _this_nodes_processes()]
+    assert strays == []
+
+
+def _this_nodes_processes() -> set[int]:
+    import otpy
+    from otpy.runtime import node
+
+    return {p.os_pid for p in otpy.processes()} | {node.zygote_os_pid()}
