@@ -93,12 +93,21 @@ _BodyPickler.dispatch[types.ModuleType] = _save_module
 
 def encode_body(fn_args: Any) -> tuple[int, bytes]:
     """Serialize a process body with dill, which ships ``__main__`` functions,
-    lambdas and closures by value (the zygote may predate their definition)."""
+    lambdas and closures by value (the zygote may predate their definition).
+
+    If that fails (a ``__main__`` function whose globals hold something
+    unpicklable), plain pickle sends it by reference, which works when the
+    function existed before the node started.
+    """
     try:
         out = io.BytesIO()
         _BodyPickler(out, protocol=5, recurse=True).dump(fn_args)
         return MSG_DILL, out.getvalue()
     except Exception as exc:
+        try:
+            return MSG, _pickle_dumps(fn_args, 5)
+        except Exception:
+            pass
         fn = fn_args[0]
         raise SerializationError(
             f"cannot serialize process body {getattr(fn, '__qualname__', fn)!r} "
@@ -134,22 +143,26 @@ def send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryv
 class FrameReader:
     """Reassembles frames from a stream; collects fds passed alongside."""
 
-    __slots__ = ("buf", "fds")
+    __slots__ = ("buf", "fds", "_chunk", "_view")
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.fds: deque[int] = deque()
+        # One reused receive buffer: a fresh 256 KiB bytes per recvmsg cost an
+        # mmap/mremap/munmap round of syscalls per message (seen in strace).
+        self._chunk = bytearray(READ_SIZE)
+        self._view = memoryview(self._chunk)
 
     def read(self, sock: socket.socket, flags: int = 0) -> bool:
         """One ``recvmsg``. False on end of stream. Raises BlockingIOError on timeout."""
-        data, anc, _flags, _addr = sock.recvmsg(READ_SIZE, _ANC_SIZE, flags)
+        n, anc, _flags, _addr = sock.recvmsg_into((self._chunk,), _ANC_SIZE, flags)
         for level, typ, payload in anc:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                n = len(payload) - len(payload) % 4
-                self.fds.extend(struct.unpack(f"{n // 4}i", payload[:n]))
-        if not data:
+                k = len(payload) - len(payload) % 4
+                self.fds.extend(struct.unpack(f"{k // 4}i", payload[:k]))
+        if not n:
             return False
-        self.buf += data
+        self.buf += self._view[:n]
         return True
 
     def frames(self) -> list[tuple[int, Any]]:

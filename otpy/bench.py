@@ -1,0 +1,335 @@
+"""``python -m otpy.bench``: otpy's figures, each beside its reference, in one run.
+
+These machines are noisy, so a latency is only meaningful next to a reference
+measured in the same run: the report gives ratios as well as raw figures, and
+``--compare`` checks the ratios against a saved baseline.
+
+    python -m otpy.bench                 # full run, readable table
+    python -m otpy.bench --quick         # seconds; same keys, fewer samples
+    python -m otpy.bench --json out.json # also write the results as JSON
+    python -m otpy.bench --compare base.json [--margin 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Callable
+
+import otpy
+
+_ns = time.perf_counter_ns
+
+# Ratios are "lower is better"; each names the two keys it divides.
+RATIOS = {
+    "send_receive_over_pipe_p50": ("send_receive_rtt_us", "pipe_pickle_rtt_us"),
+    "call_over_pipe_p50": ("call_rtt_us", "pipe_pickle_rtt_us"),
+}
+PENDING = {
+    "call_rtt_us": "needs GenServer (issue 4)",
+    "cast_per_s": "needs GenServer (issue 4)",
+    "restart_ms": "needs Supervisor (issue 4)",
+    "isolated_tree_ms": "needs otpy.testing.isolated_tree (issue 4)",
+}
+
+
+def summarize(samples_ns: list[int], unit: float) -> dict[str, float]:
+    """p50/p99 of samples in nanoseconds, expressed in ``unit`` nanoseconds."""
+    ordered = sorted(samples_ns)
+    n = len(ordered)
+    return {
+        "p50": round(statistics.median(ordered) / unit, 3),
+        "p99": round(ordered[min(n - 1, int(n * 0.99))] / unit, 3),
+        "n": n,
+    }
+
+
+# ---- cases -----------------------------------------------------------------------
+
+def _pipe_echo(conn: Any) -> None:
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        conn.send(message)
+
+
+def pipe_pickle_rtt(n: int, warmup: int) -> dict:
+    """Reference: a small tuple over multiprocessing.Pipe between two forked processes."""
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_pipe_echo, args=(there,), daemon=True)
+    child.start()
+    try:
+        samples = []
+        for i in range(warmup + n):
+            t = _ns()
+            here.send(("ping", i))
+            here.recv()
+            samples.append(_ns() - t)
+        return summarize(samples[warmup:], 1e3)
+    finally:
+        here.send(None)
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        here.close()
+        there.close()
+
+
+def _echo() -> None:
+    while True:
+        message = otpy.receive()
+        if message is None:
+            return
+        otpy.send(message[0], message)
+
+
+def send_receive_rtt(n: int, warmup: int) -> dict:
+    """otpy.send + otpy.receive ping-pong between the program's process and another."""
+    me = otpy.self()
+    pid = otpy.spawn(_echo)
+    try:
+        samples = []
+        for i in range(warmup + n):
+            t = _ns()
+            otpy.send(pid, (me, i))
+            otpy.receive(timeout=10)
+            samples.append(_ns() - t)
+        return summarize(samples[warmup:], 1e3)
+    finally:
+        _stop(pid)
+
+
+def _announce(parent: otpy.Pid) -> None:
+    otpy.send(parent, "up")
+
+
+def spawn_ms(n: int, warmup: int) -> dict:
+    """Warm spawn: from calling spawn to the child's first message arriving."""
+    me = otpy.self()
+    samples = []
+    for _ in range(warmup + n):
+        t = _ns()
+        pid, ref = otpy.spawn_monitor(_announce, me)
+        otpy.receive(timeout=10, match=lambda m: m == "up")
+        samples.append(_ns() - t)
+        otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+    return summarize(samples[warmup:], 1e6)
+
+
+def _spin_after_hello(parent: otpy.Pid) -> None:
+    otpy.send(parent, "spinning")
+    while True:
+        pass
+
+
+def down_ms(n: int, warmup: int) -> dict:
+    """SIGKILL of a monitored (busy) process to its Down being received."""
+    me = otpy.self()
+    samples = []
+    for _ in range(warmup + n):
+        pid, ref = otpy.spawn_monitor(_spin_after_hello, me)
+        try:
+            otpy.receive(timeout=10, match=lambda m: m == "spinning")
+            t = _ns()
+            os.kill(pid.os_pid, signal.SIGKILL)
+            otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+            samples.append(_ns() - t)
+        finally:
+            _kill(pid)
+    return summarize(samples[warmup:], 1e6)
+
+
+_ROOT_PROGRAM = textwrap.dedent("""
+    import json, otpy
+    from otpy.runtime import node
+
+    def busy():
+        while True:
+            pass
+
+    def idle():
+        otpy.receive()
+
+    for i in range(8):
+        otpy.spawn(busy if i < 4 else idle)
+    print(json.dumps([p.os_pid for p in otpy.processes() if p != otpy.self()]
+                     + [node.zygote_os_pid()]), flush=True)
+    import sys
+    sys.stdin.read()
+""")
+
+
+def orphans_after_root_kill() -> int:
+    """SIGKILL a program holding 8 processes (4 busy); count its processes alive 1 s later."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", _ROOT_PROGRAM], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        os_pids = json.loads(proc.stdout.readline())
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 1.0
+        fds = [os.pidfd_open(p) for p in os_pids if psutil.pid_exists(p)]
+        try:
+            import select
+
+            pending = list(fds)
+            while pending and time.monotonic() < deadline:
+                ready, _, _ = select.select(pending, [], [], max(0.0, deadline - time.monotonic()))
+                pending = [fd for fd in pending if fd not in ready]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        alive = [p for p in os_pids if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        for p in alive:  # the benchmark itself must not leak what it measured
+            os.kill(p, signal.SIGKILL)
+        return len(alive)
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def _stop(pid: otpy.Pid) -> None:
+    ref = otpy.monitor(pid)
+    otpy.send(pid, None)
+    try:
+        otpy.receive(timeout=5, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+    except otpy.Timeout:
+        _kill(pid)
+
+
+def _kill(pid: otpy.Pid) -> None:
+    if otpy.is_alive(pid):
+        ref = otpy.monitor(pid)
+        otpy.exit(pid, "kill")
+        otpy.receive(timeout=5, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+
+
+# ---- running and reporting ---------------------------------------------------------
+
+def plan(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
+    rtt_n, rtt_w = (500, 100) if quick else (20000, 2000)
+    sp_n, sp_w = (20, 5) if quick else (300, 30)
+    return [
+        ("pipe_pickle_rtt_us", lambda: pipe_pickle_rtt(rtt_n, rtt_w)),
+        ("send_receive_rtt_us", lambda: send_receive_rtt(rtt_n, rtt_w)),
+        ("spawn_ms", lambda: spawn_ms(sp_n, sp_w)),
+        ("down_ms", lambda: down_ms(sp_n, sp_w)),
+        ("orphans_after_root_kill", orphans_after_root_kill),
+    ]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def run(quick: bool, progress=sys.stderr) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    cases = plan(quick)
+    for i, (key, case) in enumerate(cases, 1):
+        print(f"[{i}/{len(cases)}] {key} ...", file=progress, flush=True)
+        try:
+            results[key] = case()
+        except Exception as exc:  # report the failure, keep measuring the rest
+            errors[key] = f"{type(exc).__name__}: {exc}"
+    ratios = {}
+    for name, (top, bottom) in RATIOS.items():
+        if isinstance(results.get(top), dict) and isinstance(results.get(bottom), dict):
+            ratios[name] = round(results[top]["p50"] / results[bottom]["p50"], 3)
+    report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios,
+              "pending": {k: v for k, v in PENDING.items() if k not in results}}
+    if errors:
+        report["errors"] = errors
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'key':28} {'p50':>10} {'p99':>10} {'n':>7}"]
+    for key, value in report["results"].items():
+        if isinstance(value, dict):
+            lines.append(f"{key:28} {value['p50']:>10} {value['p99']:>10} {value['n']:>7}")
+        else:
+            lines.append(f"{key:28} {value:>10}")
+    lines.append("")
+    for name, value in report["ratios"].items():
+        lines.append(f"{name:28} {value:>10}")
+    for key, why in report.get("pending", {}).items():
+        lines.append(f"{key:28} {'pending':>10}  ({why})")
+    for key, why in report.get("errors", {}).items():
+        lines.append(f"{key:28} {'FAILED':>10}  ({why})")
+    m = report["machine"]
+    lines.append(f"\nmachine: {m['cpus']} cpus, {m['cpu_model']}, Python {m['python']}")
+    return "\n".join(lines)
+
+
+def compare(report: dict[str, Any], baseline: dict[str, Any], margin: float) -> list[str]:
+    """Ratios that regressed by more than ``margin`` against the baseline."""
+    regressions = []
+    for name, old in baseline.get("ratios", {}).items():
+        new = report["ratios"].get(name)
+        if new is None:
+            continue
+        change = new / old - 1
+        verdict = "REGRESSED" if change > margin else "ok"
+        print(f"{name:28} baseline {old:>8} now {new:>8} ({change:+.0%}) {verdict}")
+        if change > margin:
+            regressions.append(name)
+    return regressions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m otpy.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run, in seconds")
+    parser.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
+    parser.add_argument("--compare", metavar="BASELINE", help="compare ratios with a saved report")
+    parser.add_argument("--margin", type=float, default=0.25,
+                        help="allowed ratio regression for --compare (default 0.25)")
+    args = parser.parse_args(argv)
+    report = run(args.quick)
+    if args.json == "-":
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print(table(report))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+    status = 1 if report.get("errors") else 0
+    if args.compare:
+        with open(args.compare) as f:
+            if compare(report, json.load(f), args.margin):
+                status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

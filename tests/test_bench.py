@@ -1,0 +1,39 @@
+"""Smoke test of ``python -m otpy.bench``: the output is well formed (never the speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+LATENCIES = ["pipe_pickle_rtt_us", "send_receive_rtt_us", "spawn_ms", "down_ms"]
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "otpy.bench", "--quick", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
+    out = run_bench("--json", "-")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report) >= {"machine", "results", "ratios", "pending"}
+    assert report["machine"]["cpus"] >= 1
+    for key in LATENCIES:
+        figure = report["results"][key]
+        assert figure["n"] > 0 and 0 < figure["p50"] <= figure["p99"], key
+    assert report["results"]["orphans_after_root_kill"] == 0
+    assert report["ratios"]["send_receive_over_pipe_p50"] > 0
+    assert "[1/5] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
+
+    baseline = dict(report, ratios={k: v / 10 for k, v in report["ratios"].items()})
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(baseline))
+    regressed = run_bench("--compare", str(path))
+    assert regressed.returncode == 1 and "REGRESSED" in regressed.stdout
+
+    generous = dict(report, ratios={k: v * 10 for k, v in report["ratios"].items()})
+    path.write_text(json.dumps(generous))
+    fine = run_bench("--compare", str(path))
+    assert fine.returncode == 0, fine.stdout + fine.stderr
