@@ -228,3 +228,38 @@ def test_self_is_stable_and_the_program_is_a_process():
     me = otpy.self()
     assert otpy.self() == me and otpy.is_alive(me)
     assert me in otpy.processes()
+
+
+def test_process_info_reports_the_process_and_none_once_dead():
+    import time
+
+    me = otpy.self()
+    before = time.time()
+
+    def body():
+        otpy.register("informed")
+        otpy.trap_exit(True)
+        otpy.link(me)
+        otpy.send(me, "ready")
+        otpy.receive(match=lambda m: m == "go")  # leaves the other messages queued
+        otpy.send(me, "waiting again")
+        otpy.receive(match=lambda m: m == "never")
+
+    pid = otpy.spawn(body)
+    otpy.receive(timeout=DEADLINE, match=lambda m: m == "ready")
+    watcher = otpy.spawn(lambda: (otpy.monitor(pid), otpy.send(me, "monitoring"), otpy.receive()))
+    otpy.receive(timeout=DEADLINE, match=lambda m: m == "monitoring")
+    for i in range(3):
+        otpy.send(pid, i)
+    otpy.send(pid, "go")
+    otpy.receive(timeout=DEADLINE, match=lambda m: m == "waiting again")
+    info = otpy.process_info(pid)
+    assert info["pid"] == pid and info["os_pid"] == pid.os_pid and info["name"] == "informed"
+    assert info["links"] == [me] and info["trap_exit"] is True and info["parent"] == me
+    assert info["message_queue_len"] == 3  # 0, 1, 2 were read and not received
+    assert info["status"] in ("waiting", "running") and info["memory"] > 1_000_000
+    assert before - 1 <= info["started_at"] <= time.time()
+    assert info["monitored_by"] == [watcher]
+    assert otpy.process_info(watcher)["monitors"] == [pid]
+    kill_and_wait([pid, watcher])
+    assert otpy.process_info(pid) is None
