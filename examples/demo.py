@@ -34,7 +34,8 @@ def supervisor_like(watch: otpy.Pid, report_to: otpy.Pid) -> None:
 
 def main() -> None:
     me = otpy.self()
-    print(f"program process: {me} (it traps exits, so a crashed child never kills it)")
+    print(f"program process: {me} on node {me.node}")
+    print("  (it traps exits, so a crashed child never kills it)")
 
     a = otpy.spawn(worker, "alpha", me)
     otpy.receive(timeout=10, match=lambda m: m == ("ready", "alpha"))

@@ -27,13 +27,13 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     assert report["ratios"]["send_receive_over_pipe_p50"] > 0
     assert "[1/5] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
 
-    baseline = dict(report, ratios={k: v / 10 for k, v in report["ratios"].items()})
+    baseline = dict(report, ratios={k: v / 1000 for k, v in report["ratios"].items()})
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(baseline))
     regressed = run_bench("--compare", str(path))
     assert regressed.returncode == 1 and "REGRESSED" in regressed.stdout
 
-    generous = dict(report, ratios={k: v * 10 for k, v in report["ratios"].items()})
+    generous = dict(report, ratios={k: v * 1000 for k, v in report["ratios"].items()})
     path.write_text(json.dumps(generous))
     fine = run_bench("--compare", str(path))
     assert fine.returncode == 0, fine.stdout + fine.stderr

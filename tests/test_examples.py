@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -18,13 +19,6 @@ def test_demo_runs_and_leaves_no_process():
     assert "reason=ZeroDivisionError" in out.stdout
     assert "monitor saw: Down(" in out.stdout and "reason='killed'" in out.stdout
     assert "took the name" in out.stdout
-    strays = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("otpy-")
-              and p.pid not in _this_nodes_processes()]
+    node = re.search(r"on node (\w+)", out.stdout).group(1)
+    strays = [p for p in psutil.process_iter(["name"]) if p.info["name"] == f"otpy-{node}"]
     assert strays == []
-
-
-def _this_nodes_processes() -> set[int]:
-    import otpy
-    from otpy.runtime import node
-
-    return {p.os_pid for p in otpy.processes()} | {node.zygote_os_pid()}
