@@ -86,27 +86,20 @@ class ProcessContext:
         """Read once from the inbound stream (reader role held, lock not held)."""
         sock = self.inbound
         flags = 0
-        if deadline is None:
-            if self.rcvtimeo is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, 0))
-                self.rcvtimeo = None
-        else:
+        remaining = None
+        if deadline is not None:
             remaining = deadline - _monotonic()
             if remaining <= 0.000001:
                 flags = socket.MSG_DONTWAIT
-            elif remaining != self.rcvtimeo:
-                sec = int(remaining)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                _TIMEVAL.pack(sec, max(1, int((remaining - sec) * 1e6))))
-                self.rcvtimeo = remaining
         serial = self.pid.serial
         status = self.status
-        reader = self.reader
         if not flags:
             status.set(serial, WAITING, len(self.mailbox))
         try:
             if flags or not self._spin(sock):
-                if not reader.read(sock, flags):
+                if not flags:
+                    self._set_timeout(sock, remaining)
+                if not self.reader.read(sock, flags):
                     self.gone = True
                     return []
         except BlockingIOError:
@@ -129,6 +122,19 @@ class ProcessContext:
                 except Exception as exc:
                     items.append(BadMessage(f"{type(exc).__name__}: {exc}", bytes(body)))
         return items
+
+    def _set_timeout(self, sock: socket.socket, seconds: float | None) -> None:
+        """SO_RCVTIMEO bounds the blocking read (Python's own socket timeout
+        would poll first, which costs a round trip's worth)."""
+        if seconds == self.rcvtimeo:
+            return
+        if seconds is None:
+            value = _TIMEVAL.pack(0, 0)
+        else:
+            sec = int(seconds)
+            value = _TIMEVAL.pack(sec, max(1, int((seconds - sec) * 1e6)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self.rcvtimeo = seconds
 
     def _spin(self, sock: socket.socket) -> bool:
         """Poll without blocking for up to SPIN_NS; True if something was read."""

@@ -243,12 +243,14 @@ class Zygote:
                     result = self.ops[op](e, *args)
                 except Exception as exc:  # a bug here must not take the node down
                     result = ("error", f"{type(exc).__name__}: {exc}")
-                if req_id and e.pid.serial in self.procs:
-                    if isinstance(result, tuple) and len(result) == 2 and result[0] == "$fd":
-                        self.post(e, _ctrl_frame(("reply", req_id, "$fd"), wire.CTRL | wire.HAS_FD),
-                                  result[1])
-                    else:
-                        self.post(e, _ctrl_frame(("reply", req_id, result)))
+                fd = result[1] if type(result) is tuple and result[:1] == ("$fd",) else None
+                if not (req_id and e.pid.serial in self.procs):
+                    if fd is not None:
+                        os.close(fd)  # nobody left to hand it to
+                elif fd is not None:
+                    self.post(e, _ctrl_frame(("reply", req_id, "$fd"), wire.CTRL | wire.HAS_FD), fd)
+                else:
+                    self.post(e, _ctrl_frame(("reply", req_id, result)))
                 if not self.running:
                     return
             if not more:
