@@ -3,6 +3,19 @@
 The public API. Everything else in the package is private.
 """
 
+from .behaviours.gen_server import (
+    IGNORE,
+    NOREPLY,
+    AlreadyStarted,
+    From,
+    GenServer,
+    StartError,
+    Stop,
+    call,
+    cast,
+    reply,
+    stop,
+)
 from .runtime.api import (
     cancel_timer,
     demonitor,
@@ -41,6 +54,8 @@ from .runtime.reasons import RemoteError
 from .runtime.terms import BadMessage, Down, Exit, Pid, Ref
 
 __all__ = [
+    "IGNORE", "NOREPLY", "AlreadyStarted", "From", "GenServer", "StartError", "Stop", "call",
+    "cast", "reply", "stop",
     "AlreadyRegistered", "BadMessage", "Down", "Exit", "Exited", "NoProc", "OtpyError", "Pid",
     "ProcessExit", "Ref", "RemoteError", "RuntimeGone", "SerializationError", "Timeout",
     "cancel_timer", "demonitor", "exit", "is_alive", "link", "make_ref", "monitor",

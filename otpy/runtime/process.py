@@ -25,8 +25,8 @@ from collections import deque
 from typing import Any, Callable
 
 from . import reasons, wire
-from .errors import (AlreadyRegistered, NoProc, OtpyError, ProcessExit, RuntimeGone,
-                     SerializationError, Timeout)
+from .errors import (AlreadyRegistered, Exited, NoProc, OtpyError, ProcessExit, RuntimeGone,
+                     Timeout)
 from .status import RUNNING, WAITING, StatusTable
 from .terms import BadMessage, Down, Exit, Pid, Ref
 
@@ -39,6 +39,7 @@ _TIMEVAL = struct.Struct("ll")
 # trip to a third of it. The cost is bounded: at most this much CPU per wait.
 SPIN_NS = int(float(os.environ.get("OTPY_SPIN_US", "50")) * 1000)
 REQUEST_TIMEOUT = 60.0
+REPLY = "$reply"  # (REPLY, ref, value): the answer to a call
 OUT_CACHE = 512  # inbound write ends kept open per process
 
 
@@ -71,6 +72,7 @@ class ProcessContext:
         self.names: dict[tuple[str, str], tuple[Pid | None, int]] = {}
         self.watched: set[int] = set()
         self.dead: dict[int, Any] = {}
+        self.abandoned: dict[Ref, None] = {}  # calls that timed out: drop their replies
         self.gone = False
         self.fatal: ProcessExit | None = None
         self.local = threading.local()  # per-thread namespace override (isolated trees)
@@ -184,6 +186,9 @@ class ProcessContext:
                     del self.dead[next(iter(self.dead))]
             elif t is _Fatal:
                 self.fatal = ProcessExit(item.reason)
+            elif t is tuple and self.abandoned and len(item) == 3 and item[0] == REPLY \
+                    and item[1] in self.abandoned:
+                del self.abandoned[item[1]]  # a late reply: dropped, never a stray message
             else:
                 mailbox.append(item)
                 if t is Exit and self.is_main and item.reason not in ("normal", "shutdown"):
@@ -394,8 +399,42 @@ class ProcessContext:
         self.watched.add(serial)
         return None
 
-    def dead_reason(self, serial: int) -> Any:
-        return self.dead.get(serial, _ALIVE)
+    def call(self, pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
+        """Send ``message`` (which carries ``ref``) and wait for ``(REPLY, ref, value)``.
+
+        Raises NoProc at once if ``pid`` is dead, Exited with its reason if it
+        dies before replying, Timeout when ``timeout`` expires (the reply, if
+        it comes later, is dropped on arrival).
+        """
+        if pid == self.pid:
+            raise Exited(("calling_self", message), pid,
+                         f"{pid!r} called itself: that would wait forever")
+        dead = self.watch(pid)
+        if dead is not None:
+            raise NoProc(pid)
+        kind, body = wire.encode(message)
+        self.send_encoded(pid, kind, body)
+        serial = pid.serial
+        mailbox = self.mailbox
+        dead_table = self.dead
+
+        def check():
+            for i, m in enumerate(mailbox):
+                if type(m) is tuple and len(m) == 3 and m[0] == REPLY and m[1] == ref:
+                    del mailbox[i]
+                    return (m[2],)
+            if serial in dead_table:
+                raise Exited(dead_table[serial], pid)
+            return None
+
+        found = self.wait_for(check, None if timeout is None else _monotonic() + timeout)
+        if found is None:
+            with self.cond:
+                self.abandoned[ref] = None
+                if len(self.abandoned) > 10000:
+                    del self.abandoned[next(iter(self.abandoned))]
+            raise Timeout(f"call to {pid!r} timed out after {timeout}s")
+        return found[0]
 
     def close(self) -> None:
         for sock in self.out.values():
@@ -404,9 +443,6 @@ class ProcessContext:
         self.reader.close()
         self.inbound.close()
         self.ctrl.close()
-
-
-_ALIVE = object()
 
 
 class _Reply:

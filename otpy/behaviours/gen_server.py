@@ -1,0 +1,307 @@
+"""GenServer: a process that serves calls and casts, holding state between them.
+
+The callback contract (all optional except what you use)::
+
+    init(*args, **kwargs)          runs in the server process before start returns;
+                                   return IGNORE to not start, raise to fail the start
+    handle_call(request, caller)   return the reply; NOREPLY to answer later with
+                                   reply(caller, value); Stop(reason, reply=...) to stop
+    handle_cast(request)           return None, or Stop(reason)
+    handle_info(message)           anything else, Exit and Down included; None or Stop
+    terminate(reason)              on stop, on an exception in a callback, and on an
+                                   exit signal from the parent when the server traps exits
+
+The server loop, as a state machine::
+
+    starting --init ok--> serving --Stop / stop() / exception / parent Exit--> terminating
+        |                    ^  |                                                   |
+        +--IGNORE/raise--> gone  +--call/cast/info: callback, back to serving       +--> gone
+
+Messages on the wire: ("$call", (pid, ref), request), ("$cast", request),
+("$stop", (pid, ref), reason), and replies ("$reply", ref, value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+from ..runtime import api
+from ..runtime.errors import AlreadyRegistered, Exited, NoProc, OtpyError, ProcessExit
+from ..runtime.node import context
+from ..runtime.process import REPLY
+from ..runtime.terms import Down, Exit, Pid, Ref
+
+CALL = "$call"
+CAST = "$cast"
+STOP = "$stop"
+START_ACK = "$start_ack"
+DEFAULT_TIMEOUT = 5.0
+
+
+class StartError(OtpyError):
+    """A process could not be started; ``reason`` says why (the init exception, say)."""
+
+    def __init__(self, reason: Any, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or f"start failed: {reason!r}")
+
+    def __reduce__(self):
+        return (type(self), (self.reason, str(self)))
+
+
+class AlreadyStarted(OtpyError):
+    """A server is already registered under the name; ``pid`` is the existing one."""
+
+    def __init__(self, name: str, pid: Pid, message: str | None = None) -> None:
+        self.name = name
+        self.pid = pid
+        super().__init__(message or f"{name!r} is already started as {pid!r}")
+
+    def __reduce__(self):
+        return (type(self), (self.name, self.pid, str(self)))
+
+
+class _Marker:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"otpy.{self._name}"
+
+    def __reduce__(self):
+        return self._name  # unpickles to the module-level singleton
+
+
+IGNORE = _Marker("IGNORE")
+NOREPLY = _Marker("NOREPLY")
+_NO_REPLY_GIVEN = _Marker("_NO_REPLY_GIVEN")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Returned by a callback to stop the server with ``reason`` (replying first, if given)."""
+
+    reason: Any = "normal"
+    reply: Any = _NO_REPLY_GIVEN
+
+
+class From(NamedTuple):
+    """Who is waiting for a call's reply; pass it to :func:`reply`."""
+
+    pid: Pid
+    ref: Ref
+
+
+def reply(caller: From, value: Any) -> None:
+    """Answer a call whose handle_call returned NOREPLY."""
+    api.send(caller.pid, (REPLY, caller.ref, value))
+
+
+def call(server: Pid | str, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    """Send ``request`` to a server and wait for its reply.
+
+    NoProc at once for a dead or unknown server; Exited with the server's
+    reason if it dies first; Timeout when ``timeout`` expires (a late reply is
+    dropped). A server calling itself gets Exited at once instead of a hang.
+    """
+    ctx = context()
+    pid = ctx.resolve(server)
+    ref = Ref.make(ctx.pid)
+    return ctx.call(pid, (CALL, (ctx.pid, ref), request), ref, timeout)
+
+
+def cast(server: Pid | str, request: Any) -> None:
+    """Send ``request`` without waiting. Like OTP's cast, it never fails: a
+    dead server or an unknown name drops the request."""
+    try:
+        api.send(server, (CAST, request))
+    except NoProc:
+        pass
+
+
+def stop(server: Pid | str, reason: Any = "normal", timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    """Stop a server: its terminate(reason) runs, and this returns once it is gone."""
+    ctx = context()
+    pid = ctx.resolve(server)
+    mref = api.monitor(pid)
+    ref = Ref.make(ctx.pid)
+    try:
+        ctx.call(pid, (STOP, (ctx.pid, ref), reason), ref, timeout)
+    except NoProc:
+        api.demonitor(mref, flush=True)
+        raise
+    except Exited:
+        pass  # it died on its way out; the Down below says it is gone
+    api.receive(timeout=timeout, match=lambda m: type(m) is Down and m.ref == mref)
+
+
+class GenServer:
+    """Subclass and override the callbacks; start with ``start_link`` or ``start``."""
+
+    #: how long start waits for init, unless start_link(timeout=...) says otherwise
+    start_timeout: ClassVar[float] = DEFAULT_TIMEOUT
+
+    # ---- callbacks (defaults) ---------------------------------------------------
+
+    def init(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def handle_call(self, request: Any, caller: From) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not handle calls: {request!r}")
+
+    def handle_cast(self, request: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not handle casts: {request!r}")
+
+    def handle_info(self, message: Any) -> Any:
+        return None  # OTP logs and drops unexpected messages; so do we (quietly)
+
+    def terminate(self, reason: Any) -> None:
+        return None
+
+    # ---- starting -----------------------------------------------------------------
+
+    @classmethod
+    def start_link(cls, *args: Any, name: str | None = None, timeout: float | None = None,
+                   **kwargs: Any) -> Pid | None:
+        """Start a server linked to the caller; returns once ``init`` has finished."""
+        return _start(cls, args, kwargs, name, timeout, link=True)
+
+    @classmethod
+    def start(cls, *args: Any, name: str | None = None, timeout: float | None = None,
+              **kwargs: Any) -> Pid | None:
+        """As start_link, without the link."""
+        return _start(cls, args, kwargs, name, timeout, link=False)
+
+    @classmethod
+    def child_spec(cls, *args: Any, id: Any = None, restart: str = "permanent",
+                   shutdown: Any = 5.0, name: str | None = None, **kwargs: Any):
+        """A ChildSpec that starts this server with ``start_link(*args, name=..., **kwargs)``."""
+        from .child import ChildSpec
+
+        if name is not None:
+            kwargs["name"] = name
+        return ChildSpec(id if id is not None else (name or cls.__qualname__), cls.start_link,
+                         args=args, kwargs=kwargs, restart=restart, shutdown=shutdown,
+                         type="worker")
+
+
+def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: float | None,
+           link: bool) -> Pid | None:
+    if not (isinstance(cls, type) and issubclass(cls, GenServer)):
+        raise TypeError(f"{cls!r} is not a GenServer subclass")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"a server name must be a non-empty str, not {name!r}")
+    ctx = context()
+    timeout = cls.start_timeout if timeout is None else timeout
+    ref = Ref.make(ctx.pid)
+    spawn = api.spawn_link if link else api.spawn
+    pid = spawn(_serve, cls, args, kwargs, name, ctx.pid, ref, link)
+    mref = api.monitor(pid)
+    try:
+        ack = api.receive(
+            timeout=timeout,
+            match=lambda m: (type(m) is tuple and len(m) == 3 and m[0] == START_ACK and m[1] == ref)
+            or (type(m) is Down and m.ref == mref),
+        )
+    except OtpyError:
+        api.exit(pid, "kill")
+        _await_down(mref)
+        raise StartError("timeout", f"{cls.__qualname__} did not finish init within {timeout}s")
+    if type(ack) is Down:
+        raise StartError(ack.reason, f"{cls.__qualname__} died during init: {ack.reason!r}")
+    outcome, detail = ack[2]
+    if outcome == "ok":
+        api.demonitor(mref, flush=True)
+        return pid
+    # The server is on its way out (unlinked first, so no Exit reaches us);
+    # wait until it is gone, so its name is free when we return.
+    _await_down(mref)
+    if outcome == "ignore":
+        return None
+    if outcome == "already_started":
+        raise AlreadyStarted(name, detail)
+    raise StartError(detail, f"{cls.__qualname__}.init failed: {detail!r}")
+
+
+def _await_down(mref: Ref) -> None:
+    api.receive(timeout=DEFAULT_TIMEOUT * 2, match=lambda m: type(m) is Down and m.ref == mref)
+
+
+# ---- the server process ---------------------------------------------------------------
+
+def _serve(cls: type, args: tuple, kwargs: dict, name: str | None, parent: Pid, ref: Ref,
+           linked: bool) -> None:
+    def ack(outcome: str, detail: Any = None) -> None:
+        api.send(parent, (START_ACK, ref, (outcome, detail)))
+
+    def give_up(outcome: str, detail: Any, reason: Any) -> None:
+        if linked:
+            api.unlink(parent)  # the starter hears of it through the ack, not an Exit
+        ack(outcome, detail)
+        raise ProcessExit(reason)
+
+    if name is not None:
+        try:
+            api.register(name)
+        except AlreadyRegistered as exc:
+            give_up("already_started", exc.pid, "normal")
+    server = cls.__new__(cls)
+    try:
+        result = server.init(*args, **kwargs)
+    except ProcessExit as exc:
+        give_up("error", exc.reason, exc.reason)
+    except Exception as exc:
+        give_up("error", exc, exc)
+    if result is IGNORE:
+        give_up("ignore", None, "normal")
+    ack("ok")
+    _loop(server, parent)
+
+
+def _loop(server: GenServer, parent: Pid) -> None:
+    ctx = context()
+    while True:
+        message = api.receive()
+        kind = type(message)
+        try:
+            if kind is tuple and message and message[0] == CALL:
+                _, caller, request = message
+                caller = From(*caller)
+                result = server.handle_call(request, caller)
+                if result is NOREPLY:
+                    continue
+                if type(result) is Stop:
+                    if result.reply is not _NO_REPLY_GIVEN:
+                        reply(caller, result.reply)
+                    _terminate(server, result.reason)
+                reply(caller, result)
+            elif kind is tuple and message and message[0] == CAST:
+                result = server.handle_cast(message[1])
+                if type(result) is Stop:
+                    _terminate(server, result.reason)
+            elif kind is tuple and message and message[0] == STOP:
+                _, caller, reason = message
+                server.terminate(reason)
+                reply(From(*caller), "ok")
+                raise ProcessExit(reason)
+            elif kind is Exit and message.pid == parent and ctx.trap:
+                _terminate(server, message.reason)
+            else:
+                result = server.handle_info(message)
+                if type(result) is Stop:
+                    _terminate(server, result.reason)
+        except ProcessExit:
+            raise
+        except BaseException as exc:
+            try:
+                server.terminate(exc)
+            finally:
+                raise exc
+
+
+def _terminate(server: GenServer, reason: Any) -> None:
+    server.terminate(reason)
+    raise ProcessExit(reason)

@@ -1,0 +1,71 @@
+"""GenServers used by the tests (importable by reference)."""
+
+from __future__ import annotations
+
+import otpy
+
+
+class Counter(otpy.GenServer):
+    def init(self, start=0, report_to=None, trap=False):
+        self.count = start
+        self.report_to = report_to
+        self.pending = None
+        if trap:
+            otpy.trap_exit(True)
+
+    def handle_call(self, request, caller):
+        match request:
+            case "get":
+                return self.count
+            case ("add", n):
+                self.count += n
+                return self.count
+            case "later":  # answered by the next "release" cast
+                self.pending = caller
+                if self.report_to is not None:
+                    otpy.send(self.report_to, ("parked", caller.pid))
+                return otpy.NOREPLY
+            case ("stop", reason):
+                return otpy.Stop(reason, reply="stopping")
+            case "crash":
+                raise ValueError("crashed in handle_call")
+            case "self_call":
+                return otpy.call(otpy.self(), "get")
+            case ("sleep_then_reply", seconds):
+                import time
+
+                time.sleep(seconds)
+                return "late"
+            case "block":
+                otpy.receive(match=lambda m: m == "unblock")
+                return "unblocked"
+        raise ValueError(f"unexpected {request!r}")
+
+    def handle_cast(self, request):
+        match request:
+            case ("add", n):
+                self.count += n
+            case "release":
+                otpy.reply(self.pending, ("released", self.count))
+            case ("stop", reason):
+                return otpy.Stop(reason)
+            case "crash":
+                raise RuntimeError("crashed in handle_cast")
+
+    def handle_info(self, message):
+        if self.report_to is not None:
+            otpy.send(self.report_to, ("info", message))
+
+    def terminate(self, reason):
+        if self.report_to is not None:
+            otpy.send(self.report_to, ("terminate", reason))
+
+
+class FailingInit(otpy.GenServer):
+    def init(self, how="raise"):
+        if how == "raise":
+            raise KeyError("bad config")
+        if how == "ignore":
+            return otpy.IGNORE
+        if how == "exit":
+            raise otpy.ProcessExit(("shutdown", "refused"))
