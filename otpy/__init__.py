@@ -3,6 +3,15 @@
 The public API. Everything else in the package is private.
 """
 
+from .behaviours.child import (
+    AlreadyPresent,
+    ChildInfo,
+    ChildNotFound,
+    ChildRunning,
+    ChildSpec,
+    MaxChildren,
+    SupervisorError,
+)
 from .behaviours.gen_server import (
     IGNORE,
     NOREPLY,
@@ -16,6 +25,8 @@ from .behaviours.gen_server import (
     reply,
     stop,
 )
+from .behaviours.dynamic_supervisor import DynamicSupervisor
+from .behaviours.supervisor import Supervisor
 from .runtime.api import (
     cancel_timer,
     demonitor,
@@ -54,6 +65,8 @@ from .runtime.reasons import RemoteError
 from .runtime.terms import BadMessage, Down, Exit, Pid, Ref
 
 __all__ = [
+    "AlreadyPresent", "ChildInfo", "ChildNotFound", "ChildRunning", "ChildSpec", "MaxChildren",
+    "DynamicSupervisor", "Supervisor", "SupervisorError",
     "IGNORE", "NOREPLY", "AlreadyStarted", "From", "GenServer", "StartError", "Stop", "call",
     "cast", "reply", "stop",
     "AlreadyRegistered", "BadMessage", "Down", "Exit", "Exited", "NoProc", "OtpyError", "Pid",

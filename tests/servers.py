@@ -69,3 +69,52 @@ class FailingInit(otpy.GenServer):
             return otpy.IGNORE
         if how == "exit":
             raise otpy.ProcessExit(("shutdown", "refused"))
+
+
+class Recorder(otpy.GenServer):
+    """Reports its start and its terminate to ``report_to``; traps exits."""
+
+    def init(self, cid, report_to, fail=False):
+        if fail:
+            raise RuntimeError(f"{cid} refuses to start")
+        otpy.trap_exit(True)
+        self.cid = cid
+        self.report_to = report_to
+        otpy.send(report_to, ("started", cid, otpy.self()))
+
+    def handle_call(self, request, caller):
+        return self.cid
+
+    def terminate(self, reason):
+        otpy.send(self.report_to, ("terminate_begin", self.cid, reason))
+        otpy.send(self.report_to, ("terminate_end", self.cid))
+
+
+def stubborn(report_to):
+    """Traps exits and ignores every one of them."""
+    otpy.trap_exit(True)
+    otpy.send(report_to, ("stubborn", otpy.self()))
+    while True:
+        otpy.receive()
+
+
+def start_stubborn(report_to):
+    return otpy.spawn_link(stubborn, report_to)
+
+
+def unlinker(supervisor, report_to):
+    otpy.unlink(supervisor)
+    otpy.send(report_to, ("unlinked", otpy.self()))
+    otpy.receive()
+
+
+def start_unlinker(report_to):
+    return otpy.spawn_link(unlinker, otpy.self(), report_to)
+
+
+def returns_garbage():
+    return 42
+
+
+def start_ignored():
+    return None

@@ -223,6 +223,8 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
         return None
     if outcome == "already_started":
         raise AlreadyStarted(name, detail)
+    if isinstance(detail, StartError):
+        raise detail  # a supervisor's child failed: that error already names it
     raise StartError(detail, f"{cls.__qualname__}.init failed: {detail!r}")
 
 

@@ -1,0 +1,260 @@
+"""Supervisor: starts children in order, restarts them by strategy, and gives
+up (exit "shutdown", escalating to its own supervisor) when they crash too often.
+
+A supervisor is a GenServer that traps exits. Its state machine::
+
+    init: start children in list order, each started before the next
+          a child fails to start -> stop the started ones in reverse order, fail
+    running: Exit(child, reason)
+          temporary, or transient with a clean reason -> forget or keep the spec
+          otherwise -> count a restart; over the intensity -> stop all
+          children in reverse order and exit "shutdown"
+          else restart by strategy:
+            one_for_one   the child
+            one_for_all   stop the others (reverse order), start all (in order)
+            rest_for_one  stop the ones after it (reverse), start it and them
+          a restart that fails is retried, and each retry counts
+    terminate: stop every child, in reverse start order, one at a time
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..runtime import api
+from ..runtime.terms import Exit, Pid
+from .child import (AlreadyPresent, ChildInfo, ChildNotFound, ChildRunning, ChildSpec,
+                    RestartIntensity, ask, check_specs, dispatch, restart_needed, shutdown_child,
+                    start_child)
+from .gen_server import GenServer, StartError, Stop, stop
+
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+_RETRY = "$try_again_restart"
+
+
+class _Child:
+    __slots__ = ("spec", "pid")
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.pid: Pid | None = None
+
+
+class Supervisor(GenServer):
+    """``Supervisor.start_link(children, strategy=..., max_restarts=3, max_seconds=5.0, name=...)``."""
+
+    start_timeout = 60.0
+
+    @classmethod
+    def start_link(cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
+                   max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
+                   timeout: float | None = None) -> Pid:
+        _check_options(children, strategy, max_restarts, max_seconds)
+        return super().start_link(list(children), strategy, max_restarts, max_seconds,
+                                  name=name, timeout=timeout)
+
+    @classmethod
+    def start(cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
+              max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
+              timeout: float | None = None) -> Pid:
+        _check_options(children, strategy, max_restarts, max_seconds)
+        return super().start(list(children), strategy, max_restarts, max_seconds,
+                             name=name, timeout=timeout)
+
+    @classmethod
+    def child_spec(cls, children: list[ChildSpec], *, id: Any = None, restart: str = "permanent",
+                   shutdown: Any = "infinity", **opts: Any) -> ChildSpec:
+        """A spec that runs this supervisor (with ``opts``) as a child of another."""
+        _check_options(children, opts.get("strategy", "one_for_one"),
+                       opts.get("max_restarts", 3), opts.get("max_seconds", 5.0))
+        return ChildSpec(id if id is not None else opts.get("name", cls.__qualname__),
+                         cls.start_link, args=(list(children),), kwargs=opts, restart=restart,
+                         shutdown=shutdown, type="supervisor")
+
+    # ---- the client API ---------------------------------------------------------
+
+    @staticmethod
+    def which_children(sup: Pid | str) -> list[ChildInfo]:
+        """Children in start order: ChildInfo(id, pid or None, type)."""
+        return ask(sup, ("which_children",))
+
+    @staticmethod
+    def count_children(sup: Pid | str) -> dict[str, int]:
+        """{"specs", "active", "supervisors", "workers"}."""
+        return ask(sup, ("count_children",))
+
+    @staticmethod
+    def terminate_child(sup: Pid | str, child_id: Any) -> None:
+        """Stop a child; its spec stays (a temporary child's spec goes)."""
+        return ask(sup, ("terminate_child", child_id))
+
+    @staticmethod
+    def restart_child(sup: Pid | str, child_id: Any) -> Pid | None:
+        """Start a stopped child again from its spec."""
+        return ask(sup, ("restart_child", child_id))
+
+    @staticmethod
+    def delete_child(sup: Pid | str, child_id: Any) -> None:
+        """Remove a stopped child's spec."""
+        return ask(sup, ("delete_child", child_id))
+
+    @staticmethod
+    def start_child(sup: Pid | str, spec: ChildSpec) -> Pid | None:
+        """Add a child at the end and start it."""
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"start_child needs a ChildSpec, not {spec!r}")
+        return ask(sup, ("start_child", spec))
+
+    @staticmethod
+    def stop(sup: Pid | str, reason: Any = "normal", timeout: float | None = None) -> None:
+        """Stop the supervisor and, first, all its children in reverse order."""
+        stop(sup, reason, timeout)
+
+    # ---- callbacks ----------------------------------------------------------------
+
+    def init(self, specs: list[ChildSpec], strategy: str, max_restarts: int,
+             max_seconds: float) -> None:
+        api.trap_exit(True)
+        self.strategy = strategy
+        self.intensity = RestartIntensity(max_restarts, max_seconds)
+        self.children: list[_Child] = []
+        for spec in specs:
+            child = _Child(spec)
+            try:
+                child.pid = start_child(spec)
+            except Exception as exc:
+                self._stop_all()
+                raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
+            self.children.append(child)
+
+    def handle_call(self, request: tuple, caller: Any) -> Any:
+        return dispatch(self, request)
+
+    def handle_info(self, message: Any) -> Any:
+        if type(message) is Exit:
+            child = self._find_pid(message.pid)
+            if child is not None:
+                child.pid = None
+                return self._child_exited(child, message.reason)
+        elif type(message) is tuple and message[:1] == (_RETRY,):
+            child = self._find_id(message[1])
+            if child is not None and child.pid is None:
+                return self._restart(child)
+        return None
+
+    def terminate(self, reason: Any) -> None:
+        self._stop_all()
+
+    # ---- restarts -----------------------------------------------------------------
+
+    def _child_exited(self, child: _Child, reason: Any) -> Any:
+        if not restart_needed(child.spec, reason):
+            if child.spec.restart == "temporary":
+                self.children.remove(child)
+            return None
+        return self._restart(child)
+
+    def _restart(self, child: _Child) -> Any:
+        if self.intensity.add():
+            self._stop_all()
+            return Stop("shutdown")
+        if self.strategy == "one_for_one":
+            group = [child]
+        else:
+            index = self.children.index(child)
+            group = self.children if self.strategy == "one_for_all" else self.children[index:]
+            for other in reversed(group):
+                if other is not child and other.pid is not None:
+                    shutdown_child(other.pid, other.spec.shutdown)
+                    other.pid = None
+            # a group restart counts once; temporary children are not restarted
+            for other in list(group):
+                if other is not child and other.spec.restart == "temporary":
+                    self.children.remove(other)
+            group = [c for c in group if c in self.children]
+        for member in group:
+            try:
+                member.pid = start_child(member.spec)
+            except Exception:
+                # retry through the mailbox, so a restart that keeps failing
+                # counts against the intensity instead of looping here
+                api.send(api.self(), (_RETRY, member.spec.id))
+                return None
+        return None
+
+    def _stop_all(self) -> None:
+        for child in reversed(self.children):
+            if child.pid is not None:
+                shutdown_child(child.pid, child.spec.shutdown)
+                child.pid = None
+
+    # ---- operations ---------------------------------------------------------------
+
+    def _find_pid(self, pid: Pid) -> _Child | None:
+        return next((c for c in self.children if c.pid == pid), None)
+
+    def _find_id(self, child_id: Any) -> _Child | None:
+        return next((c for c in self.children if c.spec.id == child_id), None)
+
+    def _get(self, child_id: Any) -> _Child:
+        child = self._find_id(child_id)
+        if child is None:
+            raise ChildNotFound(f"no child {child_id!r}")
+        return child
+
+    def _op_which_children(self) -> list[ChildInfo]:
+        return [ChildInfo(c.spec.id, c.pid, c.spec.type) for c in self.children]
+
+    def _op_count_children(self) -> dict[str, int]:
+        return {
+            "specs": len(self.children),
+            "active": sum(c.pid is not None for c in self.children),
+            "supervisors": sum(c.spec.type == "supervisor" for c in self.children),
+            "workers": sum(c.spec.type == "worker" for c in self.children),
+        }
+
+    def _op_terminate_child(self, child_id: Any) -> None:
+        child = self._get(child_id)
+        if child.pid is not None:
+            shutdown_child(child.pid, child.spec.shutdown)
+            child.pid = None
+        if child.spec.restart == "temporary":
+            self.children.remove(child)
+
+    def _op_restart_child(self, child_id: Any) -> Pid | None:
+        child = self._get(child_id)
+        if child.pid is not None:
+            raise ChildRunning(f"child {child_id!r} is running as {child.pid!r}")
+        try:
+            child.pid = start_child(child.spec)
+        except Exception as exc:
+            raise StartError(exc, f"child {child_id!r} failed to start: {exc!r}") from None
+        return child.pid
+
+    def _op_delete_child(self, child_id: Any) -> None:
+        child = self._get(child_id)
+        if child.pid is not None:
+            raise ChildRunning(f"child {child_id!r} is running as {child.pid!r}; "
+                               "terminate it first")
+        self.children.remove(child)
+
+    def _op_start_child(self, spec: ChildSpec) -> Pid | None:
+        existing = self._find_id(spec.id)
+        if existing is not None:
+            state = f"running as {existing.pid!r}" if existing.pid else "stopped"
+            raise AlreadyPresent(f"a child with id {spec.id!r} is already present ({state})")
+        child = _Child(spec)
+        try:
+            child.pid = start_child(spec)
+        except Exception as exc:
+            raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
+        if child.pid is not None or spec.restart != "temporary":
+            self.children.append(child)
+        return child.pid
+
+
+def _check_options(children: Any, strategy: str, max_restarts: int, max_seconds: float) -> None:
+    check_specs(children)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    RestartIntensity(max_restarts, max_seconds)  # validates
