@@ -22,7 +22,7 @@ def test_a_watched_process_death_reaches_the_watcher_with_its_reason():
     assert ctx.watch(pid) is None  # asked once; the second call is local
     otpy.send(pid, "go")
     expect(lambda m: m == "last words")
-    # The zygote tells monitors, then watchers, then links: once the Exit is
+    # The zygote tells watchers, then links, then monitors: once the Exit is
     # here, the watch notice has been read too.
     expect_exit(pid)
     with ctx.cond:

@@ -75,12 +75,26 @@ class ProcessContext:
         self.abandoned: dict[Ref, None] = {}  # calls that timed out: drop their replies
         self.gone = False
         self.fatal: ProcessExit | None = None
-        self.local = threading.local()  # per-thread namespace override (isolated trees)
+        self.local = threading.local()  # per-thread namespace stack (isolated trees)
 
     # ---- namespaces -----------------------------------------------------------
 
     def namespace(self) -> str:
-        return getattr(self.local, "ns", None) or self.ns
+        """Names resolve in the innermost tree active in this thread, else the process's."""
+        stack = getattr(self.local, "stack", None)
+        return stack[-1] if stack else self.ns
+
+    def push_namespace(self, ns: str) -> None:
+        stack = getattr(self.local, "stack", None)
+        if stack is None:
+            stack = self.local.stack = []
+        stack.append(ns)
+
+    def pop_namespace(self, ns: str) -> None:
+        stack = self.local.stack
+        if not stack or stack[-1] != ns:
+            raise RuntimeError(f"isolated trees must exit in reverse order of entry ({ns!r})")
+        stack.pop()
 
     # ---- reading ----------------------------------------------------------------
 

@@ -14,8 +14,8 @@ The state machine of a process entry::
 
 On reaping: the reason is the pending reason (set when the zygote killed it),
 else the process's last words, else what the wait status says. Then, in this
-order: its name is released, monitors get Down, call watchers get "dead",
-linked processes get Exit (trapping) or are killed with the same reason.
+order: its name is released, call watchers get "dead", linked processes get
+Exit (trapping) or are killed with the same reason, and monitors get Down.
 Everything the zygote sends a process goes into that process's inbound stream,
 behind whatever the dead process had already sent it: so Down never overtakes
 a message.
@@ -68,7 +68,7 @@ class Entry:
     """The zygote's record of one live process."""
 
     __slots__ = (
-        "pid", "ns", "name", "parent", "started_at", "trap", "is_main",
+        "pid", "ns", "name", "name_ns", "parent", "started_at", "trap", "is_main",
         "write", "ctrl", "reader", "pidfd", "links", "monitors", "monitoring",
         "watchers", "watching", "pending", "last_words", "backlog", "exiting",
     )
@@ -76,8 +76,9 @@ class Entry:
     def __init__(self, pid: Pid, ns: str, parent: Pid | None, write: socket.socket,
                  ctrl: socket.socket, pidfd: int, trap: bool, is_main: bool) -> None:
         self.pid = pid
-        self.ns = ns
+        self.ns = ns  # the namespace it was spawned in: which tree it belongs to
         self.name: str | None = None
+        self.name_ns = ns  # where its name is registered
         self.parent = parent
         self.started_at = time.time()
         self.trap = trap
@@ -300,15 +301,9 @@ class Zygote:
         self.tombstones[serial] = body
         if len(self.tombstones) > TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]
-        for ref, watcher in e.monitors.items():
-            w = self.procs.get(watcher)
-            if w is not None:
-                w.monitoring.pop(ref, None)
-                self.notify(w, ("down", ref, e.pid, body))
-        for ref, target in e.monitoring.items():
-            t = self.procs.get(target)
-            if t is not None:
-                t.monitors.pop(ref, None)
+        # Monitors are told last: once anyone has seen the Down, every linked
+        # process has already been sent its Exit, so a request sent after the
+        # Down (to a supervisor, say) is handled after the Exit.
         for watcher in e.watchers:
             w = self.procs.get(watcher)
             if w is not None:
@@ -327,6 +322,15 @@ class Zygote:
                 self.notify(p, ("exit", e.pid, body, False))
             elif cls != reasons.NORMAL:
                 self.kill(p, reason)
+        for ref, watcher in e.monitors.items():
+            w = self.procs.get(watcher)
+            if w is not None:
+                w.monitoring.pop(ref, None)
+                self.notify(w, ("down", ref, e.pid, body))
+        for ref, target in e.monitoring.items():
+            t = self.procs.get(target)
+            if t is not None:
+                t.monitors.pop(ref, None)
         self._close(e)
 
     def _close(self, e: Entry) -> None:
@@ -348,7 +352,7 @@ class Zygote:
 
     def _release_name(self, e: Entry) -> None:
         if e.name is not None:
-            del self.names[(e.ns, e.name)]
+            del self.names[(e.name_ns, e.name)]
             e.name = None
             self.status.bump_generation()
 
@@ -505,7 +509,7 @@ class Zygote:
         if t.name is not None:
             return ("named", t.name)
         t.name = name
-        t.ns = ns
+        t.name_ns = ns
         self.names[(ns, name)] = serial
         self.status.bump_generation()
         return ("ok", None)

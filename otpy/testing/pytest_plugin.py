@@ -1,0 +1,89 @@
+"""The otpy pytest plugin (registered through the ``pytest11`` entry point).
+
+- ``otpy_tree``: an isolated supervision tree per test, named after the test.
+- markers: unit, integration, system, performance, chaos.
+- a per-test leak report: a test that leaves an otpy process running fails in
+  teardown, with the process listed (and killed); whatever it left in the
+  program's mailbox is dropped so it cannot reach the next test.
+
+Nothing here starts otpy: projects that never call it pay nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import pytest
+
+from ..runtime import api, process
+from ..runtime.errors import Timeout
+from ..runtime.terms import Down
+from .tree import Tree, isolated_tree
+
+MARKERS = {
+    "unit": "fast, one process or none",
+    "integration": "several processes working together",
+    "system": "a whole application tree",
+    "performance": "measures speed; compare against a baseline, never assert a timing",
+    "chaos": "kills, hangs and corrupts things on purpose",
+}
+GRACE = 2.0  # a process that just sent its last message may still be exiting
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--otpy-leaks", choices=["fail", "warn", "off"], default="fail",
+                     help="what to do when a test leaves otpy processes running")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+def tree_name(nodeid: str) -> str:
+    """A readable name from a test id (``tests/test_x.py::test_y[1]``)."""
+    return re.sub(r"[^A-Za-z0-9_.\[\]-]+", ".", nodeid).strip(".") or "test"
+
+
+@pytest.fixture
+def otpy_tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
+    """An isolated supervision tree for this test."""
+    with isolated_tree(tree_name(request.node.nodeid)) as tree:
+        yield tree
+
+
+@pytest.fixture(autouse=True)
+def _otpy_leak_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    ctx = process.current
+    before = set(api.processes()) if ctx is not None and ctx.is_main else set()
+    yield
+    ctx = process.current
+    mode = request.config.getoption("--otpy-leaks")
+    if ctx is None or not ctx.is_main or mode == "off":
+        return
+    leaked = _leftovers(before | {ctx.pid})
+    while True:  # what a test left in the mailbox must not reach the next test
+        try:
+            api.receive(timeout=0)
+        except Timeout:
+            break
+    if leaked:
+        message = f"test left otpy processes running (killed now): {leaked}"
+        if mode == "fail":
+            pytest.fail(message, pytrace=False)
+        request.node.warn(pytest.PytestWarning(message))
+
+
+def _leftovers(expected: set) -> list:
+    """Processes not in ``expected`` still alive after a grace period; killed."""
+    refs = {api.monitor(p): p for p in api.processes() if p not in expected}
+    leaked = []
+    for ref, pid in refs.items():
+        try:
+            api.receive(timeout=GRACE, match=lambda m, r=ref: type(m) is Down and m.ref == r)
+        except Timeout:
+            leaked.append(pid)
+            api.exit(pid, "kill")
+            api.receive(timeout=10, match=lambda m, r=ref: type(m) is Down and m.ref == r)
+    return leaked

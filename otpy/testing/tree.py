@@ -1,0 +1,173 @@
+"""isolated_tree: a fresh supervision tree per test, with private names, a
+private temp directory, and proof at exit that nothing it started survives.
+
+Isolation falls out of the runtime: every process is spawned into the
+namespace of the tree active in the spawning thread (and its children inherit
+it), and names are registered and looked up per namespace. Two trees can use
+the same names at once, in two threads of one program; pytest-xdist workers
+are separate programs and so separate nodes anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from types import TracebackType
+
+from ..behaviours.child import ChildSpec
+from ..behaviours.supervisor import Supervisor
+from ..runtime import api
+from ..runtime.errors import OtpyError
+from ..runtime.node import context
+from ..runtime.terms import Down, Exit, Pid
+
+_SHM = "/dev/shm"
+_active = 0
+_active_lock = threading.Lock()
+
+
+class LeakError(OtpyError):
+    """Something a tree started outlived it (already killed or removed)."""
+
+    def __init__(self, tree: str, leaks: list[str]) -> None:
+        self.tree = tree
+        self.leaks = leaks
+        super().__init__(f"isolated tree {tree!r} leaked: " + "; ".join(leaks))
+
+
+class Tree:
+    """What ``with isolated_tree(...) as tree`` gives you."""
+
+    def __init__(self, name: str, namespace: str, supervisor: Pid, tmp_path: str) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.supervisor = supervisor
+        self.tmp_path = tmp_path
+
+    def start_child(self, spec: ChildSpec) -> Pid | None:
+        """Start a child under the tree's root supervisor."""
+        return Supervisor.start_child(self.supervisor, spec)
+
+    def processes(self) -> list[Pid]:
+        """The live processes that belong to this tree."""
+        return context().request("processes", self.namespace)
+
+    def __repr__(self) -> str:
+        return f"<Tree {self.name!r} supervisor={self.supervisor!r}>"
+
+
+class isolated_tree:  # noqa: N801 - used as a context manager, named like one
+    """``with isolated_tree("test_name", children=[...], strategy=...) as tree:``
+
+    On exit the root supervisor is stopped (children in reverse order), then
+    anything of the tree still alive is killed, names still registered in the
+    tree are removed, and the temp directory is deleted. If anything had to be
+    cleaned up, LeakError says what; an exception raised inside the ``with``
+    is never replaced (the leaks are added to it as a note).
+    """
+
+    def __init__(self, name: str, children: list[ChildSpec] = (), *,
+                 strategy: str = "one_for_one", max_restarts: int = 3,
+                 max_seconds: float = 5.0) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"an isolated tree needs a non-empty str name, not {name!r}")
+        self.name = name
+        self.children = list(children)
+        self.options = dict(strategy=strategy, max_restarts=max_restarts,
+                            max_seconds=max_seconds)
+        self.tree: Tree | None = None
+
+    def __enter__(self) -> Tree:
+        global _active
+        ctx = context()
+        namespace = f"{self.name}#{secrets.token_hex(4)}"
+        self._shm_before = _listdir(_SHM)
+        tmp_path = tempfile.mkdtemp(prefix="otpy-tree-")
+        ctx.push_namespace(namespace)
+        try:
+            supervisor = Supervisor.start_link(self.children, name=self.name, **self.options)
+        except BaseException:
+            ctx.pop_namespace(namespace)
+            shutil.rmtree(tmp_path, ignore_errors=True)
+            self._cleanup(namespace)
+            raise
+        with _active_lock:
+            _active += 1
+        self.tree = Tree(self.name, namespace, supervisor, tmp_path)
+        return self.tree
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        global _active
+        tree = self.tree
+        ctx = context()
+        try:
+            self._stop(tree)
+            leaks = self._cleanup(tree.namespace)
+            with _active_lock:
+                alone = _active == 1
+                _active -= 1
+            if alone:  # a segment can only be blamed on us when no other tree runs
+                leaks += self._shm_leaks()
+            shutil.rmtree(tree.tmp_path, ignore_errors=True)
+        finally:
+            ctx.pop_namespace(tree.namespace)
+        if leaks:
+            error = LeakError(tree.name, leaks)
+            if exc is not None:
+                exc.add_note(str(error))
+                return None
+            raise error
+        return None
+
+    def _stop(self, tree: Tree) -> None:
+        sup = tree.supervisor
+        ctx = context()
+        if api.is_alive(sup):
+            ref = api.monitor(sup)
+            try:
+                Supervisor.stop(sup, "shutdown")
+            except OtpyError:
+                pass  # it died on its own: the Down below says so
+            api.receive(timeout=60, match=lambda m: type(m) is Down and m.ref == ref)
+        ctx.take(lambda m: type(m) is Exit and m.pid == sup)  # our link's Exit
+
+    def _cleanup(self, namespace: str) -> list[str]:
+        """Kill the tree's stragglers and drop its names; describe what was found."""
+        ctx = context()
+        leaks = []
+        stragglers = [p for p in ctx.request("processes", namespace) if p != ctx.pid]
+        if stragglers:
+            leaks.append(f"processes still alive: {stragglers}")
+            refs = [api.monitor(p) for p in stragglers]
+            for p in stragglers:
+                api.exit(p, "kill")
+            for ref in refs:
+                api.receive(timeout=60, match=lambda m, r=ref: type(m) is Down and m.ref == r)
+            ctx.take(lambda m: type(m) is Exit and m.pid in stragglers)
+        names = ctx.request("registered", namespace)
+        if names:
+            leaks.append(f"names still registered: {names}")
+            for name in names:
+                ctx.request("unregister", namespace, name)
+        return leaks
+
+    def _shm_leaks(self) -> list[str]:
+        new = sorted(_listdir(_SHM) - self._shm_before)
+        for name in new:
+            try:
+                os.unlink(os.path.join(_SHM, name))
+            except OSError:
+                pass
+        return [f"shared memory segments: {new}"] if new else []
+
+
+def _listdir(path: str) -> set[str]:
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()
+
