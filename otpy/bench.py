@@ -34,12 +34,6 @@ RATIOS = {
     "send_receive_over_pipe_p50": ("send_receive_rtt_us", "pipe_pickle_rtt_us"),
     "call_over_pipe_p50": ("call_rtt_us", "pipe_pickle_rtt_us"),
 }
-PENDING = {
-    "call_rtt_us": "needs GenServer (issue 4)",
-    "cast_per_s": "needs GenServer (issue 4)",
-    "restart_ms": "needs Supervisor (issue 4)",
-    "isolated_tree_ms": "needs otpy.testing.isolated_tree (issue 4)",
-}
 
 
 def summarize(samples_ns: list[int], unit: float) -> dict[str, float]:
@@ -203,6 +197,85 @@ def orphans_after_root_kill() -> int:
         proc.stdout.close()
 
 
+class _Counter(otpy.GenServer):
+    def init(self):
+        self.count = 0
+
+    def handle_call(self, request, caller):
+        return self.count if request == "count" else request
+
+    def handle_cast(self, request):
+        self.count += 1
+
+
+def call_rtt(n: int, warmup: int) -> dict:
+    """otpy.call from the program's process to a GenServer in another process."""
+    pid = _Counter.start_link()
+    try:
+        samples = []
+        for i in range(warmup + n):
+            t = _ns()
+            otpy.call(pid, i)
+            samples.append(_ns() - t)
+        return summarize(samples[warmup:], 1e3)
+    finally:
+        otpy.stop(pid)
+
+
+def cast_per_s(n: int) -> float:
+    """Casts one process pushes to a counting GenServer, confirmed by a final call."""
+    pid = _Counter.start_link()
+    try:
+        for _ in range(n // 10):  # warm-up
+            otpy.cast(pid, 1)
+        otpy.call(pid, "count")
+        t = _ns()
+        for _ in range(n):
+            otpy.cast(pid, 1)
+        total = otpy.call(pid, "count", timeout=60)
+        elapsed = (_ns() - t) / 1e9
+        assert total == n + n // 10, total
+        return round(n / elapsed)
+    finally:
+        otpy.stop(pid)
+
+
+def restart_ms(n: int, warmup: int) -> dict:
+    """SIGKILL of a named GenServer under a supervisor to its replacement answering by name."""
+    sup = otpy.Supervisor.start_link([_Counter.child_spec(name="bench_restart")],
+                                     max_restarts=10 * (n + warmup), max_seconds=3600)
+    try:
+        samples = []
+        for _ in range(warmup + n):
+            old = otpy.whereis("bench_restart")
+            t = _ns()
+            os.kill(old.os_pid, signal.SIGKILL)
+            while True:  # ask by name until the replacement answers
+                try:
+                    otpy.call("bench_restart", "ping", timeout=10)
+                    if otpy.whereis("bench_restart") != old:
+                        break
+                except (otpy.NoProc, otpy.Exited):
+                    pass
+            samples.append(_ns() - t)
+        return summarize(samples[warmup:], 1e6)
+    finally:
+        otpy.Supervisor.stop(sup)
+
+
+def isolated_tree_ms(n: int, warmup: int) -> dict:
+    """Enter + exit of an empty isolated_tree."""
+    from otpy.testing import isolated_tree
+
+    samples = []
+    for i in range(warmup + n):
+        t = _ns()
+        with isolated_tree(f"bench_{i}"):
+            pass
+        samples.append(_ns() - t)
+    return summarize(samples[warmup:], 1e6)
+
+
 def _stop(pid: otpy.Pid) -> None:
     ref = otpy.monitor(pid)
     otpy.send(pid, None)
@@ -224,11 +297,16 @@ def _kill(pid: otpy.Pid) -> None:
 def plan(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
     rtt_n, rtt_w = (500, 100) if quick else (20000, 2000)
     sp_n, sp_w = (20, 5) if quick else (300, 30)
+    casts = 2000 if quick else 100000
     return [
         ("pipe_pickle_rtt_us", lambda: pipe_pickle_rtt(rtt_n, rtt_w)),
         ("send_receive_rtt_us", lambda: send_receive_rtt(rtt_n, rtt_w)),
+        ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
+        ("cast_per_s", lambda: cast_per_s(casts)),
         ("spawn_ms", lambda: spawn_ms(sp_n, sp_w)),
         ("down_ms", lambda: down_ms(sp_n, sp_w)),
+        ("restart_ms", lambda: restart_ms(sp_n, sp_w)),
+        ("isolated_tree_ms", lambda: isolated_tree_ms(sp_n, sp_w)),
         ("orphans_after_root_kill", orphans_after_root_kill),
     ]
 
@@ -264,8 +342,7 @@ def run(quick: bool, progress=sys.stderr) -> dict[str, Any]:
     for name, (top, bottom) in RATIOS.items():
         if isinstance(results.get(top), dict) and isinstance(results.get(bottom), dict):
             ratios[name] = round(results[top]["p50"] / results[bottom]["p50"], 3)
-    report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios,
-              "pending": {k: v for k, v in PENDING.items() if k not in results}}
+    report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios}
     if errors:
         report["errors"] = errors
     return report
@@ -281,8 +358,6 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for name, value in report["ratios"].items():
         lines.append(f"{name:28} {value:>10}")
-    for key, why in report.get("pending", {}).items():
-        lines.append(f"{key:28} {'pending':>10}  ({why})")
     for key, why in report.get("errors", {}).items():
         lines.append(f"{key:28} {'FAILED':>10}  ({why})")
     m = report["machine"]

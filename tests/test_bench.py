@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-LATENCIES = ["pipe_pickle_rtt_us", "send_receive_rtt_us", "spawn_ms", "down_ms"]
+LATENCIES = ["pipe_pickle_rtt_us", "send_receive_rtt_us", "call_rtt_us", "spawn_ms", "down_ms",
+             "restart_ms", "isolated_tree_ms"]
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -18,14 +19,16 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     out = run_bench("--json", "-")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert set(report) >= {"machine", "results", "ratios", "pending"}
+    assert set(report) >= {"machine", "results", "ratios"}
     assert report["machine"]["cpus"] >= 1
     for key in LATENCIES:
         figure = report["results"][key]
         assert figure["n"] > 0 and 0 < figure["p50"] <= figure["p99"], key
     assert report["results"]["orphans_after_root_kill"] == 0
+    assert report["results"]["cast_per_s"] > 0
     assert report["ratios"]["send_receive_over_pipe_p50"] > 0
-    assert "[1/5] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
+    assert report["ratios"]["call_over_pipe_p50"] > 0
+    assert "[1/9] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
 
     baseline = dict(report, ratios={k: v / 1000 for k, v in report["ratios"].items()})
     path = tmp_path / "baseline.json"
