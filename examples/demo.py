@@ -1,4 +1,5 @@
-"""The otpy runtime in one screen: processes, links, monitors, a SIGKILL.
+"""otpy in two screens: processes, links and monitors under a SIGKILL, then a
+supervised GenServer that comes back after one.
 
 Run: python examples/demo.py
 """
@@ -30,6 +31,41 @@ def supervisor_like(watch: otpy.Pid, report_to: otpy.Pid) -> None:
     otpy.link(watch)
     otpy.send(report_to, "linked")
     otpy.send(report_to, ("linked process saw", otpy.receive(timeout=10)))
+
+
+class Counter(otpy.GenServer):
+    """A GenServer: state lives in the server process, between calls."""
+
+    def init(self, start: int = 0) -> None:
+        self.count = start
+
+    def handle_call(self, request, caller):
+        if request == "get":
+            return self.count
+        return None
+
+    def handle_cast(self, request) -> None:
+        self.count += request
+
+
+def supervised() -> None:
+    print("\n-- a supervision tree --")
+    sup = otpy.Supervisor.start_link([Counter.child_spec(100, name="counter")], name="app")
+    otpy.cast("counter", 5)
+    first = otpy.whereis("counter")
+    print(f"supervisor {sup} started 'counter' {first}: count = {otpy.call('counter', 'get')}")
+    ref = otpy.monitor(first)
+    print(f"SIGKILL -> the counter (os pid {first.os_pid})")
+    os.kill(first.os_pid, signal.SIGKILL)
+    print(f"  {otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down))}")
+    # The supervisor heard of the death before our Down arrived, so this call
+    # is answered after the restart.
+    children = otpy.Supervisor.which_children(sup)
+    replacement = otpy.whereis("counter")
+    print(f"  restarted as {replacement} (was {first}): {children}")
+    print(f"  count = {otpy.call('counter', 'get')} (fresh state from its child spec)")
+    otpy.Supervisor.stop(sup)
+    print(f"  stopped the tree; processes left: {otpy.processes()}")
 
 
 def main() -> None:
@@ -66,6 +102,7 @@ def main() -> None:
     otpy.send("alpha", (me, "again"))
     print(f"  a new worker {b} took the name: {otpy.receive(timeout=10)}")
     otpy.send(b, "stop")
+    supervised()
     print("done: on exit every process of this program is gone, even after a SIGKILL of it")
 
 

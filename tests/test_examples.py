@@ -19,6 +19,8 @@ def test_demo_runs_and_leaves_no_process():
     assert "reason=ZeroDivisionError" in out.stdout
     assert "monitor saw: Down(" in out.stdout and "reason='killed'" in out.stdout
     assert "took the name" in out.stdout
+    assert "count = 105" in out.stdout and "restarted as" in out.stdout
+    assert "count = 100 (fresh state" in out.stdout
     node = re.search(r"on node (\w+)", out.stdout).group(1)
     strays = [p for p in psutil.process_iter(["name"]) if p.info["name"] == f"otpy-{node}"]
     assert strays == []
