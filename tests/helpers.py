@@ -11,6 +11,15 @@ from typing import Any, Iterable
 import otpy
 
 DEADLINE = 10.0  # generous: a deadline, never a sleep
+CURRENT_TREE = None  # the isolated tree the running test is in (set by conftest)
+
+
+def others() -> list[otpy.Pid]:
+    """Live processes besides the program's own and the test's tree root."""
+    ignore = {otpy.self()}
+    if CURRENT_TREE is not None:
+        ignore.add(CURRENT_TREE.supervisor)
+    return [p for p in otpy.processes() if p not in ignore]
 
 
 def kill_and_wait(pids: Iterable[otpy.Pid]) -> None:

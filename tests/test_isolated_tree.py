@@ -9,7 +9,7 @@ import otpy
 import pytest
 from otpy.testing import LeakError, isolated_tree
 
-from helpers import idle
+from helpers import idle, others
 from servers import Counter
 
 
@@ -24,7 +24,7 @@ def test_a_tree_has_a_named_root_supervisor_a_tmp_path_and_private_names():
         open(os.path.join(path, "scratch.txt"), "w").close()
     assert otpy.whereis("pool") is None and otpy.whereis("test_basics") is None
     assert not os.path.exists(path)
-    assert otpy.processes() == [otpy.self()]
+    assert others() == []
 
 
 def test_processes_started_inside_belong_to_the_tree_with_their_children():
@@ -95,7 +95,7 @@ def test_an_exception_inside_is_never_hidden_by_the_cleanup():
             otpy.spawn(idle)
             1 / 0
     assert any("processes still alive" in note for note in info.value.__notes__)
-    assert otpy.processes() == [otpy.self()]
+    assert others() == []
 
 
 def test_a_tree_whose_child_fails_to_start_cleans_up_and_raises():
@@ -103,7 +103,7 @@ def test_a_tree_whose_child_fails_to_start_cleans_up_and_raises():
         with isolated_tree("test_bad_child", children=[Counter.child_spec(name="ok"),
                                                        otpy.ChildSpec("bad", _boom)]):
             pass
-    assert otpy.whereis("ok") is None and otpy.processes() == [otpy.self()]
+    assert otpy.whereis("ok") is None and others() == []
 
 
 def _boom():

@@ -9,7 +9,7 @@ import otpy
 import pytest
 from otpy import ChildSpec, Supervisor
 
-from helpers import expect, expect_down, exit_with
+from helpers import expect, expect_down, exit_with, others
 from servers import Counter, Recorder, start_ignored, start_stubborn, start_unlinker, returns_garbage
 
 
@@ -83,7 +83,7 @@ def test_a_failing_start_stops_the_started_ones_in_reverse_and_names_the_child()
         ("terminate_begin", "b"), ("terminate_end", "b"),
         ("terminate_begin", "a"), ("terminate_end", "a"),
     ]
-    assert otpy.processes() == [otpy.self()]
+    assert others() == []
 
 
 def test_ignored_child_has_no_pid_and_garbage_from_start_is_an_error():
@@ -168,7 +168,7 @@ def test_exceeding_intensity_stops_children_in_reverse_and_exits_shutdown():
     kill(pids_of(sup)["b"])  # the third restart within the window: too many
     assert expect_down(ref).reason == "shutdown"
     assert [m[:2] for m in terminations()] == [("terminate_begin", "a"), ("terminate_end", "a")]
-    assert otpy.processes() == [otpy.self()]
+    assert others() == []
     expect(lambda m: type(m) is otpy.Exit and m.pid == sup)
 
 
@@ -199,7 +199,7 @@ def test_escalation_through_two_levels():
     ref = otpy.monitor(top)
     kill(worker)  # inner gives up -> middle gives up -> top gives up
     assert expect_down(ref).reason == "shutdown"
-    assert otpy.processes() == [otpy.self()]
+    assert others() == []
     expect(lambda m: type(m) is otpy.Exit and m.pid == top)
 
 

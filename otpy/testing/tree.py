@@ -15,17 +15,19 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from types import TracebackType
 
 from ..behaviours.child import ChildSpec
 from ..behaviours.supervisor import Supervisor
 from ..runtime import api
-from ..runtime.errors import OtpyError
+from ..runtime.errors import OtpyError, Timeout
 from ..runtime.node import context
 from ..runtime.terms import Down, Exit, Pid
 
 _SHM = "/dev/shm"
-_active = 0
+GRACE = 2.0  # a process that was just told to stop may still be exiting
+_active: dict[int, int] = {}  # thread id -> trees active in that thread
 _active_lock = threading.Lock()
 
 
@@ -81,7 +83,6 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
         self.tree: Tree | None = None
 
     def __enter__(self) -> Tree:
-        global _active
         ctx = context()
         namespace = f"{self.name}#{secrets.token_hex(4)}"
         self._shm_before = _listdir(_SHM)
@@ -95,22 +96,25 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             self._cleanup(namespace)
             raise
         with _active_lock:
-            _active += 1
+            me = threading.get_ident()
+            _active[me] = _active.get(me, 0) + 1
         self.tree = Tree(self.name, namespace, supervisor, tmp_path)
         return self.tree
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        global _active
         tree = self.tree
         ctx = context()
         try:
             self._stop(tree)
             leaks = self._cleanup(tree.namespace)
             with _active_lock:
-                alone = _active == 1
-                _active -= 1
-            if alone:  # a segment can only be blamed on us when no other tree runs
+                me = threading.get_ident()
+                _active[me] -= 1
+                if not _active[me]:
+                    del _active[me]
+                alone = all(tid == me for tid in _active)  # none in another thread
+            if alone:  # else a new segment could be another thread's tree's
                 leaks += self._shm_leaks()
             shutil.rmtree(tree.tmp_path, ignore_errors=True)
         finally:
@@ -139,15 +143,21 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
         """Kill the tree's stragglers and drop its names; describe what was found."""
         ctx = context()
         leaks = []
-        stragglers = [p for p in ctx.request("processes", namespace) if p != ctx.pid]
+        remaining = [p for p in ctx.request("processes", namespace) if p != ctx.pid]
+        refs = {api.monitor(p): p for p in remaining}
+        deadline = time.monotonic() + GRACE
+        stragglers = []
+        for ref, pid in refs.items():
+            try:
+                api.receive(timeout=max(0.0, deadline - time.monotonic()),
+                            match=lambda m, r=ref: type(m) is Down and m.ref == r)
+            except Timeout:
+                stragglers.append(pid)
+                api.exit(pid, "kill")
+                api.receive(timeout=60, match=lambda m, r=ref: type(m) is Down and m.ref == r)
         if stragglers:
             leaks.append(f"processes still alive: {stragglers}")
-            refs = [api.monitor(p) for p in stragglers]
-            for p in stragglers:
-                api.exit(p, "kill")
-            for ref in refs:
-                api.receive(timeout=60, match=lambda m, r=ref: type(m) is Down and m.ref == r)
-            ctx.take(lambda m: type(m) is Exit and m.pid in stragglers)
+        ctx.take(lambda m: type(m) is Exit and m.pid in refs.values())
         names = ctx.request("registered", namespace)
         if names:
             leaks.append(f"names still registered: {names}")
