@@ -57,7 +57,7 @@ def supervised() -> None:
     ref = otpy.monitor(first)
     print(f"SIGKILL -> the counter (os pid {first.os_pid})")
     os.kill(first.os_pid, signal.SIGKILL)
-    print(f"  {otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down))}")
+    print(f"  {otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)}")
     # The supervisor heard of the death before our Down arrived, so this call
     # is answered after the restart.
     children = otpy.Supervisor.which_children(sup)

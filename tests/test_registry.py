@@ -83,6 +83,7 @@ def test_bad_names_and_unknown_unregister_are_errors():
 
 
 def test_the_name_is_free_once_the_down_arrives_for_every_cause():
+    me = otpy.self()
     for cause in ("return", "raise", "exit", "sigkill"):
         def body(cause=cause):
             otpy.register("reusable")
@@ -95,7 +96,6 @@ def test_the_name_is_free_once_the_down_arrives_for_every_cause():
             else:
                 otpy.receive()
 
-        me = otpy.self()
         pid, ref = otpy.spawn_monitor(body)
         expect(lambda m: m == "named")
         if cause == "sigkill":

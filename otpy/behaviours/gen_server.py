@@ -209,7 +209,8 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
     except OtpyError:
         api.exit(pid, "kill")
         _await_down(mref)
-        raise StartError("timeout", f"{cls.__qualname__} did not finish init within {timeout}s")
+        raise StartError("timeout",
+                         f"{cls.__qualname__} did not finish init within {timeout}s") from None
     if type(ack) is Down:
         raise StartError(ack.reason, f"{cls.__qualname__} died during init: {ack.reason!r}")
     outcome, detail = ack[2]

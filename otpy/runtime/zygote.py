@@ -215,7 +215,7 @@ class Zygote:
                 events = self.ep.poll(timeout)
             except InterruptedError:
                 continue
-            for fd, mask in events:
+            for fd, _mask in events:
                 what, e = self.by_fd.get(fd, (None, None))
                 if what == "ctrl":
                     self.read_requests(e)
@@ -238,7 +238,7 @@ class Zygote:
                 break
             except OSError:
                 more = False
-            for kind, body in e.reader.frames():
+            for _kind, body in e.reader.frames():
                 req_id, op, args = pickle.loads(body)
                 try:
                     result = self.ops[op](e, *args)
