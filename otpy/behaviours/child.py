@@ -12,7 +12,7 @@ from ..runtime import api
 from ..runtime.errors import OtpyError, Timeout
 from ..runtime.node import context
 from ..runtime.terms import Down, Exit, Pid
-from .gen_server import call
+from .gen_server import GenServer, call, stop
 
 RESTARTS = ("permanent", "transient", "temporary")
 TYPES = ("worker", "supervisor")
@@ -104,6 +104,31 @@ def dispatch(server: Any, request: tuple) -> tuple:
         return ("ok", getattr(server, "_op_" + op)(*args))
     except Exception as exc:
         return ("error", exc)
+
+
+class SupervisorBase(GenServer):
+    """What Supervisor and DynamicSupervisor share: the queries, stop, and how
+    operations reach the server (``_op_<name>`` methods, errors raised in the caller)."""
+
+    start_timeout = 60.0  # children bound their own inits
+
+    @staticmethod
+    def which_children(sup: Any) -> list[ChildInfo]:
+        """Children in start order: ChildInfo(id, pid or None, type)."""
+        return ask(sup, ("which_children",))
+
+    @staticmethod
+    def count_children(sup: Any) -> dict[str, int]:
+        """{"specs", "active", "supervisors", "workers"}."""
+        return ask(sup, ("count_children",))
+
+    @staticmethod
+    def stop(sup: Any, reason: Any = "normal", timeout: float | None = None) -> None:
+        """Stop the supervisor, which first stops all its children."""
+        stop(sup, reason, timeout)
+
+    def handle_call(self, request: tuple, caller: Any) -> Any:
+        return dispatch(self, request)
 
 
 def check_specs(specs: Any) -> list[ChildSpec]:

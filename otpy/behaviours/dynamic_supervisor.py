@@ -13,18 +13,16 @@ from typing import Any
 
 from ..runtime import api
 from ..runtime.terms import Exit, Pid
-from .child import (ChildInfo, ChildNotFound, ChildSpec, MaxChildren, RestartIntensity, ask,
-                    begin_shutdown, deadline_for, dispatch, finish_shutdown, restart_needed,
-                    start_child)
-from .gen_server import GenServer, StartError, Stop, stop
+from .child import (ChildInfo, ChildNotFound, ChildSpec, MaxChildren, RestartIntensity,
+                    SupervisorBase, ask, begin_shutdown, deadline_for, finish_shutdown,
+                    restart_needed, start_child)
+from .gen_server import StartError, Stop
 
 _RETRY = "$try_again_restart"
 
 
-class DynamicSupervisor(GenServer):
+class DynamicSupervisor(SupervisorBase):
     """``DynamicSupervisor.start_link(max_children=None, max_restarts=3, max_seconds=5.0, name=None)``."""
-
-    start_timeout = 60.0
 
     @classmethod
     def start_link(cls, *, max_children: int | None = None, max_restarts: int = 3,
@@ -53,18 +51,6 @@ class DynamicSupervisor(GenServer):
     def terminate_child(sup: Pid | str, pid: Pid) -> None:
         return ask(sup, ("terminate_child", pid))
 
-    @staticmethod
-    def which_children(sup: Pid | str) -> list[ChildInfo]:
-        return ask(sup, ("which_children",))
-
-    @staticmethod
-    def count_children(sup: Pid | str) -> dict[str, int]:
-        return ask(sup, ("count_children",))
-
-    @staticmethod
-    def stop(sup: Pid | str, reason: Any = "normal", timeout: float | None = None) -> None:
-        stop(sup, reason, timeout)
-
     # ---- callbacks ----------------------------------------------------------------
 
     def init(self, max_children: int | None, max_restarts: int, max_seconds: float) -> None:
@@ -72,9 +58,6 @@ class DynamicSupervisor(GenServer):
         self.max_children = max_children
         self.intensity = RestartIntensity(max_restarts, max_seconds)
         self.children: dict[Pid, ChildSpec] = {}  # in start order
-
-    def handle_call(self, request: tuple, caller: Any) -> Any:
-        return dispatch(self, request)
 
     def handle_info(self, message: Any) -> Any:
         if type(message) is Exit and message.pid in self.children:

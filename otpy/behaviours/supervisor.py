@@ -24,9 +24,9 @@ from typing import Any
 from ..runtime import api
 from ..runtime.terms import Exit, Pid
 from .child import (AlreadyPresent, ChildInfo, ChildNotFound, ChildRunning, ChildSpec,
-                    RestartIntensity, ask, check_specs, dispatch, restart_needed, shutdown_child,
-                    start_child)
-from .gen_server import GenServer, StartError, Stop, stop
+                    RestartIntensity, SupervisorBase, ask, check_specs, restart_needed,
+                    shutdown_child, start_child)
+from .gen_server import StartError, Stop
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _RETRY = "$try_again_restart"
@@ -40,10 +40,8 @@ class _Child:
         self.pid: Pid | None = None
 
 
-class Supervisor(GenServer):
+class Supervisor(SupervisorBase):
     """``Supervisor.start_link(children, strategy=..., max_restarts=3, max_seconds=5.0, name=...)``."""
-
-    start_timeout = 60.0
 
     @classmethod
     def start_link(cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
@@ -74,16 +72,6 @@ class Supervisor(GenServer):
     # ---- the client API ---------------------------------------------------------
 
     @staticmethod
-    def which_children(sup: Pid | str) -> list[ChildInfo]:
-        """Children in start order: ChildInfo(id, pid or None, type)."""
-        return ask(sup, ("which_children",))
-
-    @staticmethod
-    def count_children(sup: Pid | str) -> dict[str, int]:
-        """{"specs", "active", "supervisors", "workers"}."""
-        return ask(sup, ("count_children",))
-
-    @staticmethod
     def terminate_child(sup: Pid | str, child_id: Any) -> None:
         """Stop a child; its spec stays (a temporary child's spec goes)."""
         return ask(sup, ("terminate_child", child_id))
@@ -105,11 +93,6 @@ class Supervisor(GenServer):
             raise TypeError(f"start_child needs a ChildSpec, not {spec!r}")
         return ask(sup, ("start_child", spec))
 
-    @staticmethod
-    def stop(sup: Pid | str, reason: Any = "normal", timeout: float | None = None) -> None:
-        """Stop the supervisor and, first, all its children in reverse order."""
-        stop(sup, reason, timeout)
-
     # ---- callbacks ----------------------------------------------------------------
 
     def init(self, specs: list[ChildSpec], strategy: str, max_restarts: int,
@@ -126,9 +109,6 @@ class Supervisor(GenServer):
                 self._stop_all()
                 raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
             self.children.append(child)
-
-    def handle_call(self, request: tuple, caller: Any) -> Any:
-        return dispatch(self, request)
 
     def handle_info(self, message: Any) -> Any:
         if type(message) is Exit:
