@@ -107,10 +107,8 @@ class ProcessContext:
             remaining = deadline - _monotonic()
             if remaining <= 0.000001:
                 flags = socket.MSG_DONTWAIT
-        serial = self.pid.serial
-        status = self.status
         if not flags:
-            status.set(serial, WAITING, len(self.mailbox))
+            self.status.set(self.pid.serial, WAITING, len(self.mailbox))
         try:
             if flags or not self._spin(sock):
                 if not flags:
@@ -120,9 +118,6 @@ class ProcessContext:
                     return []
         except BlockingIOError:
             return []
-        finally:
-            if not flags:
-                status.set(serial, RUNNING, len(self.mailbox))
         items = []
         for kind, body in self.reader.frames():
             if kind == wire.CTRL:
@@ -217,41 +212,48 @@ class ProcessContext:
         is gone, and ProcessExit for the program's process when a signal it
         does not trap told it to exit.
         """
+        with self.cond:
+            try:
+                return self._wait_for(check, deadline)
+            finally:
+                # what process_info reports: running, with the mailbox as it is now
+                self.status.set(self.pid.serial, RUNNING, len(self.mailbox))
+
+    def _wait_for(self, check: Callable[[], Any], deadline: float | None) -> Any:
         cond = self.cond
-        with cond:
-            while True:
-                if self.fatal is not None:
-                    fatal, self.fatal = self.fatal, None
-                    raise fatal
-                result = check()
-                if result is not None:
-                    return result
-                if self.gone:
-                    raise RuntimeGone("the otpy node is gone")
-                if self.reading:
-                    if deadline is None:
-                        cond.wait()
-                        continue
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        return None
-                    cond.wait(remaining)
+        while True:
+            if self.fatal is not None:
+                fatal, self.fatal = self.fatal, None
+                raise fatal
+            result = check()
+            if result is not None:
+                return result
+            if self.gone:
+                raise RuntimeGone("the otpy node is gone")
+            if self.reading:
+                if deadline is None:
+                    cond.wait()
                     continue
-                self.reading = True
-                cond.release()
-                try:
-                    items = self._read(deadline)
-                finally:
-                    cond.acquire()
-                    self.reading = False
-                if items:
-                    self._apply(items)
-                    cond.notify_all()
-                elif deadline is not None and _monotonic() >= deadline:
-                    result = check()
-                    return result
-                elif self.gone:
-                    cond.notify_all()
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    return None
+                cond.wait(remaining)
+                continue
+            self.reading = True
+            cond.release()
+            try:
+                items = self._read(deadline)
+            finally:
+                cond.acquire()
+                self.reading = False
+            if items:
+                self._apply(items)
+                cond.notify_all()
+            elif deadline is not None and _monotonic() >= deadline:
+                result = check()
+                return result
+            elif self.gone:
+                cond.notify_all()
 
     # ---- mailbox ----------------------------------------------------------------
 

@@ -105,19 +105,19 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
                  tb: TracebackType | None) -> None:
         tree = self.tree
         ctx = context()
+        with _active_lock:
+            me = threading.get_ident()
+            _active[me] -= 1
+            if not _active[me]:
+                del _active[me]
+            alone = all(tid == me for tid in _active)  # no tree in another thread
         try:
             self._stop(tree)
             leaks = self._cleanup(tree.namespace)
-            with _active_lock:
-                me = threading.get_ident()
-                _active[me] -= 1
-                if not _active[me]:
-                    del _active[me]
-                alone = all(tid == me for tid in _active)  # none in another thread
             if alone:  # else a new segment could be another thread's tree's
                 leaks += self._shm_leaks()
-            shutil.rmtree(tree.tmp_path, ignore_errors=True)
         finally:
+            shutil.rmtree(tree.tmp_path, ignore_errors=True)
             ctx.pop_namespace(tree.namespace)
         if leaks:
             error = LeakError(tree.name, leaks)
