@@ -152,11 +152,11 @@ def test_threads_of_one_process_share_its_mailbox():
     threads = [threading.Thread(target=waiter, args=(t,)) for t in ("x", "y")]
     for t in threads:
         t.start()
-    sender = otpy.spawn(lambda: (otpy.send(me, "y"), otpy.send(me, "x")))
+    sender, ref = otpy.spawn_monitor(lambda: (otpy.send(me, "y"), otpy.send(me, "x")))
     for t in threads:
         t.join(DEADLINE)
     assert sorted(got) == ["x", "y"]
-    assert not otpy.is_alive(sender) or kill_and_wait([sender]) is None
+    assert expect_down(ref).reason == "normal"  # the Down went to the mailbox, not a waiter
 
 
 def test_send_after_delivers_and_cancel_timer_stops_it():

@@ -9,7 +9,7 @@ import otpy
 import pytest
 from otpy import ChildSpec, Supervisor
 
-from helpers import expect, expect_down, exit_with, others
+from helpers import expect, expect_down, exit_with, report_to, others
 from servers import Counter, Recorder, start_ignored, start_stubborn, start_unlinker, returns_garbage
 
 
@@ -328,8 +328,18 @@ def test_malformed_specs_and_options_are_named():
     assert ChildSpec("w", start_ignored).shutdown == 5.0
 
 
-def test_spawn_link_children_and_exit_with():
-    sup = Supervisor.start_link([ChildSpec("raw", otpy.spawn_link, args=(exit_with, "normal"),
-                                           restart="transient")])
-    Supervisor.which_children(sup)
+def test_plain_spawn_link_children_are_supervised_too():
+    me = otpy.self()
+    sup = Supervisor.start_link([
+        ChildSpec("raw", otpy.spawn_link, args=(report_to, me)),
+        ChildSpec("once", otpy.spawn_link, args=(exit_with, "normal"), restart="transient"),
+    ])
+    first = expect(lambda m: m[0] == "up")[1]
+    kill(first)  # permanent: restarted
+    second = expect(lambda m: m[0] == "up")[1]
+    assert pids_of(sup)["raw"] == second != first
+    once = pids_of(sup)["once"]
+    if once is not None:
+        expect_down(otpy.monitor(once))  # noproc at once if it is already gone
+    assert pids_of(sup)["once"] is None  # transient, exited normally: not restarted
     stop_sup(sup)

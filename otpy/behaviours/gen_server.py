@@ -27,7 +27,7 @@ import dataclasses
 from typing import Any, ClassVar, NamedTuple
 
 from ..runtime import api
-from ..runtime.errors import AlreadyRegistered, Exited, NoProc, OtpyError, ProcessExit
+from ..runtime.errors import AlreadyRegistered, Exited, NoProc, OtpyError, ProcessExit, Timeout
 from ..runtime.node import context
 from ..runtime.process import REPLY
 from ..runtime.terms import Down, Exit, Pid, Ref
@@ -206,7 +206,7 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
             match=lambda m: (type(m) is tuple and len(m) == 3 and m[0] == START_ACK and m[1] == ref)
             or (type(m) is Down and m.ref == mref),
         )
-    except OtpyError:
+    except Timeout:
         api.exit(pid, "kill")
         _await_down(mref)
         raise StartError("timeout",
