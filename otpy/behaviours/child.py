@@ -8,11 +8,12 @@ import time
 from collections import deque
 from typing import Any, Callable, NamedTuple
 
-from ..runtime import api
+from ..runtime import api, reasons
 from ..runtime.errors import OtpyError, Timeout
 from ..runtime.node import context
 from ..runtime.terms import Down, Exit, Pid
-from .gen_server import GenServer, call, stop
+from . import reports
+from .gen_server import GenServer, Stop, call, stop
 
 RESTARTS = ("permanent", "transient", "temporary")
 TYPES = ("worker", "supervisor")
@@ -83,6 +84,44 @@ class ChildSpec:
                              f"or 'infinity', not {s!r}")
 
 
+class Child:
+    """A supervisor's record of one child: its spec, its pid while running,
+    and what the observer shows (start order, restarts, last exit reason)."""
+
+    __slots__ = ("spec", "pid", "order", "restarts", "last_exit")
+
+    def __init__(self, spec: ChildSpec, order: int) -> None:
+        self.spec = spec
+        self.pid: Pid | None = None
+        self.order = order
+        self.restarts = 0
+        self.last_exit: str | None = None
+
+    def start(self) -> Pid | None:
+        """Run the spec's start function (in the supervisor's process); check and report."""
+        spec = self.spec
+        pid = spec.start(*spec.args, **spec.kwargs)
+        if pid is not None and type(pid) is not Pid:
+            raise TypeError(f"child {spec.id!r}: start returned {pid!r}, expected a Pid or None")
+        if pid is not None:
+            reports.child_started(spec.id, pid, self.order, self.restarts, self.last_exit)
+        self.pid = pid
+        return pid
+
+    def exited(self, reason: Any, intensity: "RestartIntensity") -> None:
+        """Its Exit arrived: remember why, and report a crash."""
+        pid, self.pid = self.pid, None
+        self.last_exit = reasons.describe(reason)
+        if not is_clean(reason):
+            reports.crash_report(self.spec.id, pid, reason, intensity.count())
+
+    def shutdown(self) -> None:
+        """Stop it as its spec says, if it is running."""
+        if self.pid is not None:
+            pid, self.pid = self.pid, None
+            reports.child_terminated(self.spec.id, pid, shutdown_child(pid, self.spec.shutdown))
+
+
 class ChildInfo(NamedTuple):
     id: Any
     pid: Pid | None
@@ -130,6 +169,13 @@ class SupervisorBase(GenServer):
     def handle_call(self, request: tuple, caller: Any) -> Any:
         return dispatch(self, request)
 
+    def _give_up(self, child: Child) -> Stop:
+        """Over the restart intensity: stop everything and exit "shutdown"."""
+        reports.intensity_exceeded(child.spec.id, self.intensity.max_restarts,
+                                   self.intensity.max_seconds)
+        self._stop_all()
+        return Stop("shutdown")
+
 
 def check_specs(specs: Any) -> list[ChildSpec]:
     specs = list(specs)
@@ -160,11 +206,15 @@ class RestartIntensity:
 
     def add(self) -> bool:
         """Record a restart; True if that exceeds the intensity."""
+        self.restarts.append(self.clock())
+        return self.count() > self.max_restarts
+
+    def count(self) -> int:
+        """Restarts within the window, as of now."""
         now = self.clock()
-        self.restarts.append(now)
         while self.restarts and self.restarts[0] <= now - self.max_seconds:
             self.restarts.popleft()
-        return len(self.restarts) > self.max_restarts
+        return len(self.restarts)
 
 
 def restart_needed(spec: ChildSpec, reason: Any) -> bool:
@@ -179,14 +229,6 @@ def is_clean(reason: Any) -> bool:
     """normal, shutdown and ("shutdown", term) are clean exits."""
     return reason in ("normal", "shutdown") or (
         type(reason) is tuple and len(reason) == 2 and reason[0] == "shutdown")
-
-
-def start_child(spec: ChildSpec) -> Pid | None:
-    """Run a spec's start function (in the supervisor's process) and check what it returns."""
-    pid = spec.start(*spec.args, **spec.kwargs)
-    if pid is not None and type(pid) is not Pid:
-        raise TypeError(f"child {spec.id!r}: start returned {pid!r}, expected a Pid or None")
-    return pid
 
 
 def begin_shutdown(pid: Pid, shutdown: Any) -> Any:

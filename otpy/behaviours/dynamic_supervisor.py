@@ -9,14 +9,16 @@ its own shutdown time is up.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from ..runtime import api
 from ..runtime.terms import Exit, Pid
-from .child import (ChildInfo, ChildNotFound, ChildSpec, MaxChildren, RestartIntensity,
+from . import reports
+from .child import (Child, ChildInfo, ChildNotFound, ChildSpec, MaxChildren, RestartIntensity,
                     SupervisorBase, ask, begin_shutdown, deadline_for, finish_shutdown,
-                    restart_needed, start_child)
-from .gen_server import StartError, Stop
+                    restart_needed)
+from .gen_server import StartError
 
 _RETRY = "$try_again_restart"
 
@@ -55,15 +57,18 @@ class DynamicSupervisor(SupervisorBase):
 
     def init(self, max_children: int | None, max_restarts: int, max_seconds: float) -> None:
         api.trap_exit(True)
+        reports.announce_supervisor()
         self.max_children = max_children
         self.intensity = RestartIntensity(max_restarts, max_seconds)
-        self.children: dict[Pid, ChildSpec] = {}  # in start order
+        self.order = itertools.count()
+        self.children: dict[Pid, Child] = {}  # in start order
 
     def handle_info(self, message: Any) -> Any:
         if type(message) is Exit and message.pid in self.children:
-            spec = self.children.pop(message.pid)
-            if restart_needed(spec, message.reason):
-                return self._restart(spec)
+            child = self.children.pop(message.pid)
+            child.exited(message.reason, self.intensity)
+            if restart_needed(child.spec, message.reason):
+                return self._restart(child)
         elif type(message) is tuple and message[:1] == (_RETRY,):
             return self._restart(message[1])
         return None
@@ -71,25 +76,26 @@ class DynamicSupervisor(SupervisorBase):
     def terminate(self, reason: Any) -> None:
         self._stop_all()
 
-    def _restart(self, spec: ChildSpec) -> Any:
+    def _restart(self, child: Child) -> Any:
         if self.intensity.add():
-            self._stop_all()
-            return Stop("shutdown")
+            return self._give_up(child)
+        child.restarts += 1
         try:
-            pid = start_child(spec)
+            pid = child.start()
         except Exception:
-            api.send(api.self(), (_RETRY, spec))
+            api.send(api.self(), (_RETRY, child))
             return None
         if pid is not None:
-            self.children[pid] = spec
+            self.children[pid] = child
         return None
 
     def _stop_all(self) -> None:
         """All children at once: signal everyone, then wait for each in turn."""
-        pending = [(pid, spec, begin_shutdown(pid, spec.shutdown), deadline_for(spec.shutdown))
-                   for pid, spec in self.children.items()]
-        for pid, spec, mref, deadline in pending:
-            finish_shutdown(pid, mref, spec.shutdown, deadline)
+        pending = [(pid, child, begin_shutdown(pid, child.spec.shutdown),
+                    deadline_for(child.spec.shutdown)) for pid, child in self.children.items()]
+        for pid, child, mref, deadline in pending:
+            reason = finish_shutdown(pid, mref, child.spec.shutdown, deadline)
+            reports.child_terminated(child.spec.id, pid, reason)
         self.children.clear()
 
     # ---- operations -----------------------------------------------------------------
@@ -98,26 +104,26 @@ class DynamicSupervisor(SupervisorBase):
         if self.max_children is not None and len(self.children) >= self.max_children:
             raise MaxChildren(f"already {len(self.children)} children "
                               f"(max_children={self.max_children})")
+        child = Child(spec, next(self.order))
         try:
-            pid = start_child(spec)
+            pid = child.start()
         except Exception as exc:
             raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
         if pid is not None:
-            self.children[pid] = spec
+            self.children[pid] = child
         return pid
 
     def _op_terminate_child(self, pid: Pid) -> None:
-        spec = self.children.pop(pid, None)
-        if spec is None:
+        child = self.children.pop(pid, None)
+        if child is None:
             raise ChildNotFound(f"{pid!r} is not a child of this supervisor")
-        finish_shutdown(pid, begin_shutdown(pid, spec.shutdown), spec.shutdown,
-                        deadline_for(spec.shutdown))
+        child.shutdown()
 
     def _op_which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(spec.id, pid, spec.type) for pid, spec in self.children.items()]
+        return [ChildInfo(c.spec.id, pid, c.spec.type) for pid, c in self.children.items()]
 
     def _op_count_children(self) -> dict[str, int]:
-        specs = list(self.children.values())
+        specs = [c.spec for c in self.children.values()]
         return {"specs": len(specs), "active": len(specs),
                 "supervisors": sum(s.type == "supervisor" for s in specs),
                 "workers": sum(s.type == "worker" for s in specs)}

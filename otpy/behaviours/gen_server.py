@@ -240,6 +240,8 @@ def _serve(cls: type, args: tuple, kwargs: dict, name: str | None, parent: Pid, 
     def ack(outcome: str, detail: Any = None) -> None:
         api.send(parent, (START_ACK, ref, (outcome, detail)))
 
+    api.annotate(api.self(), behaviour=cls.__qualname__)  # for the observer
+
     def give_up(outcome: str, detail: Any, reason: Any) -> None:
         if linked:
             api.unlink(parent)  # the starter hears of it through the ack, not an Exit

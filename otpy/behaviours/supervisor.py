@@ -19,25 +19,18 @@ A supervisor is a GenServer that traps exits. Its state machine::
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from ..runtime import api
 from ..runtime.terms import Exit, Pid
-from .child import (AlreadyPresent, ChildInfo, ChildNotFound, ChildRunning, ChildSpec,
-                    RestartIntensity, SupervisorBase, ask, check_specs, restart_needed,
-                    shutdown_child, start_child)
-from .gen_server import StartError, Stop
+from . import reports
+from .child import (AlreadyPresent, Child, ChildInfo, ChildNotFound, ChildRunning, ChildSpec,
+                    RestartIntensity, SupervisorBase, ask, check_specs, restart_needed)
+from .gen_server import StartError
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _RETRY = "$try_again_restart"
-
-
-class _Child:
-    __slots__ = ("spec", "pid")
-
-    def __init__(self, spec: ChildSpec) -> None:
-        self.spec = spec
-        self.pid: Pid | None = None
 
 
 class Supervisor(SupervisorBase):
@@ -98,13 +91,15 @@ class Supervisor(SupervisorBase):
     def init(self, specs: list[ChildSpec], strategy: str, max_restarts: int,
              max_seconds: float) -> None:
         api.trap_exit(True)
+        reports.announce_supervisor()
         self.strategy = strategy
         self.intensity = RestartIntensity(max_restarts, max_seconds)
-        self.children: list[_Child] = []
+        self.order = itertools.count()
+        self.children: list[Child] = []
         for spec in specs:
-            child = _Child(spec)
+            child = Child(spec, next(self.order))
             try:
-                child.pid = start_child(spec)
+                child.start()
             except Exception as exc:
                 self._stop_all()
                 raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
@@ -114,7 +109,7 @@ class Supervisor(SupervisorBase):
         if type(message) is Exit:
             child = self._find_pid(message.pid)
             if child is not None:
-                child.pid = None
+                child.exited(message.reason, self.intensity)
                 return self._child_exited(child, message.reason)
         elif type(message) is tuple and message[:1] == (_RETRY,):
             child = self._find_id(message[1])
@@ -127,34 +122,33 @@ class Supervisor(SupervisorBase):
 
     # ---- restarts -----------------------------------------------------------------
 
-    def _child_exited(self, child: _Child, reason: Any) -> Any:
+    def _child_exited(self, child: Child, reason: Any) -> Any:
         if not restart_needed(child.spec, reason):
             if child.spec.restart == "temporary":
                 self.children.remove(child)
             return None
         return self._restart(child)
 
-    def _restart(self, child: _Child) -> Any:
+    def _restart(self, child: Child) -> Any:
         if self.intensity.add():
-            self._stop_all()
-            return Stop("shutdown")
+            return self._give_up(child)
         if self.strategy == "one_for_one":
             group = [child]
         else:
             index = self.children.index(child)
             group = self.children if self.strategy == "one_for_all" else self.children[index:]
             for other in reversed(group):
-                if other is not child and other.pid is not None:
-                    shutdown_child(other.pid, other.spec.shutdown)
-                    other.pid = None
+                if other is not child:
+                    other.shutdown()
             # a group restart counts once; temporary children are not restarted
             for other in list(group):
                 if other is not child and other.spec.restart == "temporary":
                     self.children.remove(other)
             group = [c for c in group if c in self.children]
         for member in group:
+            member.restarts += 1
             try:
-                member.pid = start_child(member.spec)
+                member.start()
             except Exception:
                 # retry through the mailbox, so a restart that keeps failing
                 # counts against the intensity instead of looping here
@@ -164,19 +158,17 @@ class Supervisor(SupervisorBase):
 
     def _stop_all(self) -> None:
         for child in reversed(self.children):
-            if child.pid is not None:
-                shutdown_child(child.pid, child.spec.shutdown)
-                child.pid = None
+            child.shutdown()
 
     # ---- operations ---------------------------------------------------------------
 
-    def _find_pid(self, pid: Pid) -> _Child | None:
+    def _find_pid(self, pid: Pid) -> Child | None:
         return next((c for c in self.children if c.pid == pid), None)
 
-    def _find_id(self, child_id: Any) -> _Child | None:
+    def _find_id(self, child_id: Any) -> Child | None:
         return next((c for c in self.children if c.spec.id == child_id), None)
 
-    def _get(self, child_id: Any) -> _Child:
+    def _get(self, child_id: Any) -> Child:
         child = self._find_id(child_id)
         if child is None:
             raise ChildNotFound(f"no child {child_id!r}")
@@ -195,9 +187,7 @@ class Supervisor(SupervisorBase):
 
     def _op_terminate_child(self, child_id: Any) -> None:
         child = self._get(child_id)
-        if child.pid is not None:
-            shutdown_child(child.pid, child.spec.shutdown)
-            child.pid = None
+        child.shutdown()
         if child.spec.restart == "temporary":
             self.children.remove(child)
 
@@ -206,10 +196,9 @@ class Supervisor(SupervisorBase):
         if child.pid is not None:
             raise ChildRunning(f"child {child_id!r} is running as {child.pid!r}")
         try:
-            child.pid = start_child(child.spec)
+            return child.start()
         except Exception as exc:
             raise StartError(exc, f"child {child_id!r} failed to start: {exc!r}") from None
-        return child.pid
 
     def _op_delete_child(self, child_id: Any) -> None:
         child = self._get(child_id)
@@ -223,9 +212,9 @@ class Supervisor(SupervisorBase):
         if existing is not None:
             state = f"running as {existing.pid!r}" if existing.pid else "stopped"
             raise AlreadyPresent(f"a child with id {spec.id!r} is already present ({state})")
-        child = _Child(spec)
+        child = Child(spec, next(self.order))
         try:
-            child.pid = start_child(spec)
+            child.start()
         except Exception as exc:
             raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
         if child.pid is not None or spec.restart != "temporary":

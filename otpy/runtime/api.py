@@ -139,7 +139,7 @@ def exit(pid: Pid, reason: Any) -> None:  # noqa: A001 - Erlang's name
     if pid == ctx.pid and (cls == reasons.KILL or not ctx.trap):
         raise ProcessExit("killed" if cls == reasons.KILL else reason)
     if pid.node == ctx.node:
-        ctx.request("exit", pid.serial, cls, body)
+        ctx.request("exit", pid.serial, cls, body, reasons.describe(reason))
 
 
 def trap_exit(flag: bool) -> bool:
@@ -173,6 +173,8 @@ def unregister(name: str) -> None:
     ctx = context()
     if not ctx.request("unregister", ctx.namespace(), name):
         raise NoProc(name, f"no process is registered as {name!r}")
+    if ctx.name == name:
+        ctx.name = None
 
 
 def whereis(name: str) -> Pid | None:
@@ -206,6 +208,20 @@ def process_info(pid: Pid) -> dict | None:
     if info is not None and pid == ctx.pid:
         info["message_queue_len"] = len(ctx.mailbox)
     return info
+
+
+def annotate(pid: Pid, **fields: str | int | float | bool | None) -> None:
+    """Record what ``pid`` is in the node's tables, for the observer: its kind,
+    supervisor, child id, restart count... One-way (no reply is awaited);
+    ignored if ``pid`` is dead. Behaviours call this; values must be plain."""
+    _check_pid(pid)
+    for key, value in fields.items():
+        if value is not None and type(value) not in (str, int, float, bool):
+            raise TypeError(f"annotation {key!r} must be a str, number, bool or None, "
+                            f"not {type(value).__name__}")
+    ctx = context()
+    if pid.node == ctx.node:
+        ctx.cast_ctrl("annotate", pid.serial, fields)
 
 
 def make_ref() -> Ref:

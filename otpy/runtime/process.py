@@ -59,6 +59,7 @@ class ProcessContext:
         self.zygote_os_pid = zygote_os_pid
         self.trap = trap
         self.is_main = is_main
+        self.name: str | None = None  # its registered name, for log context
         self.cond = threading.Condition(threading.Lock())
         self.mailbox: deque[Any] = deque()
         self.replies: dict[int, Any] = {}
@@ -399,6 +400,8 @@ class ProcessContext:
             raise NoProc(pid, f"cannot register {name!r}: {pid!r} is not alive")
         if outcome == "named":
             raise AlreadyRegistered(name, pid, f"{pid!r} is already registered as {detail!r}")
+        if pid == self.pid:
+            self.name = name
 
     # ---- calls: wait for a reply or the callee's death ----------------------------
 
@@ -504,7 +507,7 @@ def run_child(pid: Pid, ns: str, parent: Pid, inbound: socket.socket, ctrl: sock
         reason = reasons.from_exception(exc)
     try:
         cls, body = reasons.pack(reason, pid)
-        ctx.cast_ctrl("last_words", cls, body)
+        ctx.cast_ctrl("last_words", cls, body, reasons.describe(reason))
     except BaseException:
         pass
     for stream in (sys.stdout, sys.stderr):

@@ -95,6 +95,22 @@ def from_wait_status(status: int) -> Any:
     return "normal" if code == 0 else ("exit", code)
 
 
+def describe(reason: Any, limit: int = 300) -> str:
+    """A short text for an exit reason (logs, the observer): a string as it
+    is, anything else as its repr, cut to ``limit`` characters."""
+    text = reason if isinstance(reason, str) else repr(reason)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def traceback_text(reason: Any) -> str | None:
+    """The (remote) traceback of an exception reason, formatted; None for other reasons."""
+    if isinstance(reason, RemoteError):
+        return reason.formatted
+    if isinstance(reason, BaseException):
+        return "".join(traceback.format_exception(reason))
+    return None
+
+
 def from_exception(exc: BaseException) -> Any:
     """The reason a process body ending with ``exc`` exits with."""
     from .errors import ProcessExit

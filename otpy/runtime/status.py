@@ -13,6 +13,7 @@ import mmap
 import os
 import struct
 
+NAME = "otpy-status"  # as observers look for it in /proc/<pid>/fd
 CAPACITY = 1 << 16
 _HEADER = struct.Struct("<Q")
 _SLOT = struct.Struct("<QII")
@@ -31,9 +32,14 @@ class StatusTable:
 
     @classmethod
     def create(cls) -> "StatusTable":
-        fd = os.memfd_create("otpy-status", os.MFD_CLOEXEC)
+        fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
         os.ftruncate(fd, _SIZE)
         return cls(fd, mmap.mmap(fd, _SIZE))
+
+    @classmethod
+    def open_readonly(cls, fd: int) -> "StatusTable":
+        """Map another node's table (an observer's view); the fd can be closed after."""
+        return cls(-1, mmap.mmap(fd, _SIZE, prot=mmap.PROT_READ))
 
     def close_fd(self) -> None:
         """Children keep the mapping but not the descriptor."""

@@ -31,6 +31,7 @@ import ctypes
 import fcntl
 import heapq
 import itertools
+import json
 import os
 import pickle
 import resource
@@ -42,7 +43,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import process, reasons, wire
+from . import log, process, reasons, wire
+from .observe import REQUEST_SIGNAL, Page
 from .status import STATE_NAMES, StatusTable
 from .terms import Pid, Ref
 
@@ -51,6 +53,7 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 TOMBSTONES = 4096  # recent death reasons kept for late "watch" requests
+RECENT_EXITS = 100  # deaths shown to an observer
 
 
 def prctl_name(name: str) -> None:
@@ -70,7 +73,8 @@ class Entry:
     __slots__ = (
         "pid", "ns", "name", "name_ns", "parent", "started_at", "trap", "is_main",
         "write", "ctrl", "reader", "pidfd", "links", "monitors", "monitoring",
-        "watchers", "watching", "pending", "last_words", "backlog", "exiting",
+        "watchers", "watching", "pending", "last_words", "summary", "backlog", "exiting",
+        "meta", "last_name",
     )
 
     def __init__(self, pid: Pid, ns: str, parent: Pid | None, write: socket.socket,
@@ -78,6 +82,7 @@ class Entry:
         self.pid = pid
         self.ns = ns  # the namespace it was spawned in: which tree it belongs to
         self.name: str | None = None
+        self.last_name: str | None = None  # kept after the name is released, for logs
         self.name_ns = ns  # where its name is registered
         self.parent = parent
         self.started_at = time.time()
@@ -94,8 +99,10 @@ class Entry:
         self.watching: set[int] = set()
         self.pending: tuple[str, bytes] | None = None
         self.last_words: tuple[str, bytes] | None = None
+        self.summary: str | None = None  # the exit reason as text, with pending/last_words
         self.backlog: deque[tuple[bytes, int | None]] = deque()
         self.exiting = False
+        self.meta: dict[str, Any] = {}  # what behaviours say it is (kind, supervisor, ...)
 
 
 class Zygote:
@@ -115,10 +122,21 @@ class Zygote:
         self.serials = itertools.count(main_pid.serial + 1)
         self.watch_fd = watch_fd
         self.running = True
+        self.main_pid = main_pid
+        self.started_at = time.time()
+        self.recent_exits: deque[dict] = deque(maxlen=RECENT_EXITS)
         main = Entry(main_pid, "", None, main_write, main_ctrl, -1, True, True)
         self._add(main)
         self.ep.register(watch_fd, select.EPOLLIN)
         self.by_fd[watch_fd] = ("watch", None)
+        # An observer's request is a signal; the wakeup fd turns it into an epoll event.
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_w = wake_w
+        signal.signal(REQUEST_SIGNAL, lambda signum, frame: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        self.ep.register(self.wake_r, select.EPOLLIN)
+        self.by_fd[self.wake_r] = ("observe", None)
+        self.page = Page()  # last: a request can only come once the page can be found
         self.ops: dict[str, Callable[..., Any]] = {
             "spawn": self.op_spawn, "open": self.op_open, "link": self.op_link,
             "unlink": self.op_unlink, "monitor": self.op_monitor, "demonitor": self.op_demonitor,
@@ -128,6 +146,7 @@ class Zygote:
             "is_alive": self.op_is_alive, "info": self.op_info, "timer": self.op_timer,
             "cancel_timer": self.op_cancel_timer, "last_words": self.op_last_words,
             "processes": self.op_processes, "shutdown": self.op_shutdown,
+            "annotate": self.op_annotate, "log_config": self.op_log_config,
         }
 
     # ---- bookkeeping -------------------------------------------------------
@@ -224,6 +243,8 @@ class Zygote:
                         self.reap(e)
                 elif what == "write":
                     self._flush(e)
+                elif what == "observe":
+                    self.publish()
                 elif what == "watch":
                     self.teardown()  # the program's process is gone
                     return
@@ -264,8 +285,8 @@ class Zygote:
 
     # ---- deaths -------------------------------------------------------------
 
-    def kill(self, e: Entry, reason: tuple[str, bytes]) -> None:
-        """Make ``e`` exit with ``reason``, busy or not."""
+    def kill(self, e: Entry, reason: tuple[str, bytes], summary: str) -> None:
+        """Make ``e`` exit with ``reason`` (``summary``: the same as text), busy or not."""
         if e.exiting:
             return
         if e.is_main:
@@ -275,6 +296,7 @@ class Zygote:
             return
         if e.last_words is None:
             e.pending = reason
+            e.summary = summary
         e.exiting = True
         self._release_name(e)
         try:
@@ -289,12 +311,17 @@ class Zygote:
             _, status = os.waitpid(e.pid.os_pid, 0)
         except ChildProcessError:
             status = 0
-        reason = e.pending or e.last_words or reasons.constant(reasons.from_wait_status(status))
+        reason = e.pending or e.last_words
+        if reason is None:
+            term = reasons.from_wait_status(status)
+            reason, e.summary = reasons.constant(term), reasons.describe(term)
         self.died(e, reason)
 
     def died(self, e: Entry, reason: tuple[str, bytes]) -> None:
         serial = e.pid.serial
         del self.procs[serial]
+        summary = e.summary or "?"
+        self._log_exit(e, summary)  # before the name is released: it names the process
         self._release_name(e)
         self.status.release(serial)
         cls, body = reason
@@ -321,7 +348,7 @@ class Zygote:
             if p.trap:
                 self.notify(p, ("exit", e.pid, body, False))
             elif cls != reasons.NORMAL:
-                self.kill(p, reason)
+                self.kill(p, reason, summary)
         for ref, watcher in e.monitors.items():
             w = self.procs.get(watcher)
             if w is not None:
@@ -388,6 +415,8 @@ class Zygote:
         pid = Pid(self.node, serial, os_pid)
         child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, os.pidfd_open(os_pid), False, False)
         self._add(child)
+        log.logger(**_tree(ns)).debug("process spawned", node=self.node, pid=serial,
+                                      os_pid=os_pid, parent=e.pid.serial)
         # Links and monitors exist before the child runs a single line, so a
         # child that dies at once is still reported (spawn_link is atomic).
         if link:
@@ -406,6 +435,11 @@ class Zygote:
             prctl_name(f"otpy-{self.node}")
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program handles Ctrl-C
+            signal.set_wakeup_fd(-1)
+            signal.signal(REQUEST_SIGNAL, signal.SIG_DFL)
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+            self.page.close()
             self.ep.close()
             for e in self.procs.values():
                 e.ctrl.close()
@@ -485,19 +519,19 @@ class Zygote:
         previous, e.trap = e.trap, bool(flag)
         return previous
 
-    def op_exit(self, e: Entry, serial: int, cls: str, body: bytes) -> None:
+    def op_exit(self, e: Entry, serial: int, cls: str, body: bytes, summary: str) -> None:
         t = self.live(serial)
         if t is None:
             return
         if cls == reasons.KILL:
-            self.kill(t, _KILLED)
+            self.kill(t, _KILLED, "killed")
         elif t.trap:
             self.notify(t, ("exit", e.pid, body, False))
         elif cls == reasons.NORMAL:
             if t is e:
-                self.kill(t, (cls, body))
+                self.kill(t, (cls, body), summary)
         else:
-            self.kill(t, (cls, body))
+            self.kill(t, (cls, body), summary)
 
     def op_register(self, e: Entry, ns: str, name: str, serial: int) -> Any:
         owner = self.names.get((ns, name))
@@ -508,7 +542,7 @@ class Zygote:
             return ("noproc", None)
         if t.name is not None:
             return ("named", t.name)
-        t.name = name
+        t.name = t.last_name = name
         t.name_ns = ns
         self.names[(ns, name)] = serial
         self.status.bump_generation()
@@ -586,11 +620,59 @@ class Zygote:
             if t is not None:
                 self.post(t, wire.HEADER.pack(len(body), kind) + body)
 
-    def op_last_words(self, e: Entry, cls: str, body: bytes) -> None:
+    def op_last_words(self, e: Entry, cls: str, body: bytes, summary: str) -> None:
         e.last_words = (cls, body)
+        e.summary = summary
+
+    def op_annotate(self, e: Entry, serial: int, fields: dict) -> None:
+        t = self.procs.get(serial)
+        if t is not None:
+            t.meta.update(fields)
+
+    def op_log_config(self, e: Entry, json_lines: bool, level: int, path: str | None) -> None:
+        log.apply(json_lines, level, path)
+
+    # ---- observation ----------------------------------------------------------
+
+    def _log_exit(self, e: Entry, summary: str) -> None:
+        exit_record = {"pid": e.pid.serial, "os_pid": e.pid.os_pid, "name": e.last_name,
+                       "namespace": e.ns, "reason": summary, "at": time.time(),
+                       "child_id": e.meta.get("child_id"), "supervisor": e.meta.get("supervisor")}
+        self.recent_exits.append(exit_record)
+        level = "debug" if summary in ("normal", "shutdown") else "info"
+        getattr(log.logger(**_tree(e.ns)), level)(
+            "process exited", node=self.node, pid=e.pid.serial, os_pid=e.pid.os_pid,
+            name=e.last_name, reason=summary)
+
+    def publish(self) -> None:
+        """An observer asked: write the tables to the page."""
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        procs = []
+        for e in self.procs.values():
+            procs.append({
+                "pid": e.pid.serial, "os_pid": e.pid.os_pid, "name": e.name,
+                "namespace": e.ns, "parent": e.parent.serial if e.parent else None,
+                "started_at": e.started_at, "trap_exit": e.trap, "program": e.is_main,
+                "exiting": e.exiting, "links": sorted(e.links),
+                "monitors": sorted(e.monitoring.values()),
+                "monitored_by": sorted(e.monitors.values()),
+                "inbound_bytes": _unread_bytes(e.write), "meta": e.meta,
+            })
+        page = {"node": self.node, "zygote_os_pid": self.os_pid,
+                "program_os_pid": self.main_pid.os_pid, "started_at": self.started_at, "written_at": time.time(),
+                "processes": procs, "recent_exits": list(self.recent_exits)}
+        self.page.write(json.dumps(page, default=repr).encode())
 
     def op_shutdown(self, e: Entry) -> None:
         self.teardown()
+
+
+def _tree(ns: str) -> dict:
+    return {"tree": ns} if ns else {}
 
 
 def _ctrl_frame(term: tuple, kind: int = wire.CTRL) -> bytes:

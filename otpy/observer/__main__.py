@@ -1,0 +1,68 @@
+"""``python -m otpy.observer``: list nodes, or look at one.
+
+    python -m otpy.observer               the running nodes of this OS user
+    python -m otpy.observer NODE          live view (q quits)
+    python -m otpy.observer [NODE] --once the tree once, as text
+    python -m otpy.observer [NODE] --json one snapshot as JSON
+    python -m otpy.observer --list --json the node list as JSON
+
+NODE is a node id or the program's OS pid; it may be left out of --once and
+--json when only one node runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .nodes import NodeNotFound, find_node, list_nodes
+from .snapshot import ObserverError, snapshot
+from .text import render_nodes, render_tree
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m otpy.observer",
+                                     description="Look at running otpy programs (nodes).")
+    parser.add_argument("node", nargs="?", help="node id, or the program's OS pid")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--once", action="store_true", help="print the tree once, as text")
+    shape.add_argument("--json", action="store_true", help="print one snapshot as JSON")
+    parser.add_argument("--list", action="store_true", help="list the running nodes")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="live view refresh, in seconds (default 1)")
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error(f"--interval must be > 0, not {args.interval}")
+    try:
+        if args.list or (args.node is None and not (args.once or args.json)):
+            nodes = list_nodes()
+            if args.json:
+                print(json.dumps([n.as_dict() for n in nodes], indent=2))
+            else:
+                sys.stdout.write(render_nodes(nodes))
+            return 0
+        if args.json:
+            print(json.dumps(snapshot(args.node), indent=2, default=repr))
+            return 0
+        if args.once:
+            sys.stdout.write(render_tree(snapshot(args.node)))
+            return 0
+        node = find_node(args.node)
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.error("the live view needs a terminal; use --once or --json")
+        try:
+            from .live import run  # textual is imported only for the live view
+        except ImportError as exc:
+            print(f"otpy.observer: the live view needs textual ({exc}); "
+                  "pip install 'otpy[observer]', or use --once or --json", file=sys.stderr)
+            return 1
+
+        return run(node, args.interval)
+    except (NodeNotFound, ObserverError) as exc:
+        print(f"otpy.observer: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Reading one node: its tables from the zygote's page, each process's state
+and mailbox length from the status table, memory and CPU from /proc.
+
+Only the zygote is asked for anything (one signal per read, see
+otpy.runtime.observe); the node's processes are never called, so a busy or
+hung one shows like any other (status "running", its mailbox growing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+
+from ..runtime.observe import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
+from ..runtime.status import NAME as STATUS_NAME
+from ..runtime.status import STATE_NAMES, StatusTable
+from .nodes import Node, NodeNotFound, find_fd, find_node
+
+READ_TIMEOUT = 2.0
+
+
+class ObserverError(RuntimeError):
+    """The node could not be read (it stopped answering, say)."""
+
+
+class NodeReader:
+    """An open view of one node, for repeated reads (the live view keeps one).
+
+    It holds the node's page and status table open and, between reads, the
+    CPU counters that CPU % is computed from. Only the same OS user can open
+    these: the kernel checks when ``/proc/<zygote>/fd/N`` is opened.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        zygote = node.zygote_os_pid
+        self._pidfd = -1
+        self._page = -1
+        try:
+            self._pidfd = os.pidfd_open(zygote)
+            self._page = _open_memfd(zygote, PAGE_NAME)
+            status_fd = _open_memfd(zygote, STATUS_NAME)
+            try:
+                self._status = StatusTable.open_readonly(status_fd)
+            finally:
+                os.close(status_fd)
+        except (OSError, NodeNotFound) as exc:
+            self.close()
+            raise NodeNotFound(f"node {node.node} cannot be read: {exc}") from None
+        self._cpu: dict[int, psutil.Process] = {}
+
+    def read(self, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+        """Ask the zygote for fresh tables and return a snapshot (see :func:`snapshot`)."""
+        before = page_seq(self._page)
+        try:
+            signal.pidfd_send_signal(self._pidfd, REQUEST_SIGNAL)
+        except ProcessLookupError:
+            raise NodeNotFound(f"node {self.node.node} is gone") from None
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            seq = page_seq(self._page)
+            if seq > before and seq % 2 == 0:
+                break
+            if time.monotonic() > deadline:
+                raise ObserverError(f"node {self.node.node} did not publish its tables "
+                                    f"within {timeout}s")
+            time.sleep(pause)  # the observer's own wait, never the node's
+            pause = min(pause * 2, 0.01)
+        page = read_page(self._page)
+        if page is None:
+            raise ObserverError(f"node {self.node.node}: its tables kept changing while read")
+        return self._build(json.loads(page[1]))
+
+    def _build(self, tables: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        rows = {p["pid"]: self._row(p, now) for p in tables["processes"]}
+        alive = {serial for serial in self._cpu if serial in rows}
+        self._cpu = {serial: proc for serial, proc in self._cpu.items() if serial in alive}
+        roots = []
+        for row in sorted(rows.values(), key=_order):
+            parent = rows.get(row["supervisor"]) if row["supervisor"] is not None else None
+            if parent is not None and parent is not row:
+                parent["children"].append(row)
+            else:
+                roots.append(row)
+        return {
+            "node": tables["node"],
+            "os_pid": tables["program_os_pid"],
+            "zygote_os_pid": tables["zygote_os_pid"],
+            "cmdline": self.node.cmdline,
+            "uptime": round(now - tables["started_at"], 3),
+            "processes": len(rows),
+            "taken_at": tables["written_at"],
+            "tree": roots,
+            "recent_exits": tables["recent_exits"],
+        }
+
+    def _row(self, p: dict[str, Any], now: float) -> dict[str, Any]:
+        meta = p["meta"]
+        serial = p["pid"]
+        slot = self._status.get(serial)
+        if p["exiting"] or slot is None:
+            status, queue = "exiting", 0
+        else:
+            status, queue = STATE_NAMES.get(slot[0], "unknown"), slot[1]
+        if meta.get("is_supervisor"):
+            kind = "supervisor"
+        elif meta.get("supervisor") is not None:
+            kind = "worker"
+        else:
+            kind = "process"
+        memory, cpu = self._usage(serial, p["os_pid"], now)
+        return {
+            "name": p["name"],
+            "pid": serial,
+            "os_pid": p["os_pid"],
+            "kind": kind,
+            "status": status,
+            "restarts": meta.get("restarts", 0),
+            "uptime": round(now - p["started_at"], 3),
+            "memory": memory,
+            "cpu_percent": cpu,
+            "message_queue_len": queue,
+            "inbound_bytes": p["inbound_bytes"],
+            "child_id": meta.get("child_id"),
+            "behaviour": meta.get("behaviour"),
+            "supervisor": meta.get("supervisor"),
+            "last_exit": meta.get("last_exit"),
+            "program": p["program"],
+            "namespace": p["namespace"],
+            "trap_exit": p["trap_exit"],
+            "links": p["links"],
+            "monitors": p["monitors"],
+            "monitored_by": p["monitored_by"],
+            "started_at": p["started_at"],
+            "children": [],
+            "_order": meta.get("order", serial),
+        }
+
+    def _usage(self, serial: int, os_pid: int, now: float) -> tuple[int, float]:
+        """RSS bytes and CPU %: since the previous read, or over its life on the first."""
+        proc = self._cpu.get(serial)
+        try:
+            if proc is None:
+                proc = self._cpu[serial] = psutil.Process(os_pid)
+                times = proc.cpu_times()
+                proc.cpu_percent(None)  # start the interval for the next read
+                age = now - proc.create_time()
+                cpu = 100.0 * (times.user + times.system) / age if age > 0 else 0.0
+            else:
+                cpu = proc.cpu_percent(None)
+            return proc.memory_info().rss, round(cpu, 1)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return 0, 0.0
+
+    def close(self) -> None:
+        for fd in (self._pidfd, self._page):
+            if fd >= 0:
+                os.close(fd)
+        self._pidfd = self._page = -1
+        status = getattr(self, "_status", None)
+        if status is not None:
+            status.mem.close()
+            self._status = None
+
+    def __enter__(self) -> "NodeReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (not row["program"], row.pop("_order"), row["pid"])
+
+
+def _open_memfd(os_pid: int, name: str) -> int:
+    fd = find_fd(os_pid, name)
+    if fd is None:
+        raise NodeNotFound(f"os pid {os_pid} is not an otpy zygote (no {name} memfd)")
+    return os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def snapshot(node: str | int | None = None, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+    """One reading of a running node, as a dict ready for ``json.dumps``.
+
+    ``node``: a node id or its program's OS pid; None means this program's own
+    node, or the only node running. The result::
+
+        {"node", "os_pid" (the program's), "zygote_os_pid", "cmdline", "uptime",
+         "processes" (how many), "taken_at", "recent_exits",
+         "tree": [{"name", "pid", "os_pid", "kind" (supervisor/worker/process),
+                   "status" (running/waiting/exiting), "restarts", "uptime",
+                   "memory" (RSS bytes), "cpu_percent", "message_queue_len",
+                   "child_id", "behaviour", "supervisor", "last_exit", "links",
+                   "monitors", "monitored_by", "trap_exit", ..., "children": [...]}]}
+
+    Supervisors list their children in start order; processes that no
+    supervisor holds are at the top level. CPU % is over each process's life
+    (a NodeReader kept open gives it between reads).
+    """
+    with NodeReader(find_node(node)) as reader:
+        return reader.read(timeout)
+
