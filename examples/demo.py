@@ -1,110 +1,133 @@
-"""otpy in two screens: processes, links and monitors under a SIGKILL, then a
-supervised GenServer that comes back after one.
+"""A small application under supervision, running until Ctrl-C.
 
-Run: python examples/demo.py
+    app (Supervisor, one_for_one)
+    ├─ config   a GenServer holding settings
+    ├─ cache    a Supervisor (one_for_all) of two shards
+    ├─ jobs     a DynamicSupervisor of three job workers that tick
+    └─ flaky    a worker that crashes now and then, on purpose
+
+Every few seconds the demo also SIGKILLs one cache shard: the cache
+supervisor restarts both shards (one_for_all). Crash reports and restarts are
+logged; point the observer at the node to watch it live (the demo prints the
+command). Ctrl-C, or the end of --duration, stops the tree cleanly.
+
+Run: python examples/demo.py [--duration SECONDS]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import random
 import signal
-import traceback
+import sys
+import time
 
 import otpy
 
 
-def worker(name: str, parent: otpy.Pid) -> None:
-    """Register a name, say so, then answer pings until told to stop."""
-    otpy.register(name)
-    otpy.send(parent, ("ready", name))
-    while True:
-        message = otpy.receive()
-        if message == "stop":
-            return
-        sender, payload = message
-        otpy.send(sender, (name, "pong", payload))
+class Config(otpy.GenServer):
+    def init(self, **settings) -> None:
+        self.settings = settings
+
+    def handle_call(self, key, caller):
+        return self.settings.get(key)
 
 
-def supervisor_like(watch: otpy.Pid, report_to: otpy.Pid) -> None:
-    """Trap exits, link to the worker, and report what arrives."""
-    otpy.trap_exit(True)
-    otpy.link(watch)
-    otpy.send(report_to, "linked")
-    otpy.send(report_to, ("linked process saw", otpy.receive(timeout=10)))
-
-
-class Counter(otpy.GenServer):
-    """A GenServer: state lives in the server process, between calls."""
-
-    def init(self, start: int = 0) -> None:
-        self.count = start
+class Shard(otpy.GenServer):
+    def init(self, index: int) -> None:
+        self.index = index
+        self.entries: dict = {}
 
     def handle_call(self, request, caller):
-        if request == "get":
-            return self.count
-        return None
-
-    def handle_cast(self, request) -> None:
-        self.count += request
+        op, key, *value = request
+        if op == "put":
+            self.entries[key] = value[0]
+        return self.entries.get(key)
 
 
-def supervised() -> None:
-    print("\n-- a supervision tree --")
-    sup = otpy.Supervisor.start_link([Counter.child_spec(100, name="counter")], name="app")
-    otpy.cast("counter", 5)
-    first = otpy.whereis("counter")
-    print(f"supervisor {sup} started 'counter' {first}: count = {otpy.call('counter', 'get')}")
-    ref = otpy.monitor(first)
-    print(f"SIGKILL -> the counter (os pid {first.os_pid})")
-    os.kill(first.os_pid, signal.SIGKILL)
-    print(f"  {otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)}")
-    # The supervisor heard of the death before our Down arrived, so this call
-    # is answered after the restart.
-    children = otpy.Supervisor.which_children(sup)
-    replacement = otpy.whereis("counter")
-    print(f"  restarted as {replacement} (was {first}): {children}")
-    print(f"  count = {otpy.call('counter', 'get')} (fresh state from its child spec)")
-    otpy.Supervisor.stop(sup)
-    print(f"  stopped the tree; processes left: {otpy.processes()}")
+class Job(otpy.GenServer):
+    """Ticks every ``period`` seconds (a timer message, not a sleep)."""
+
+    def init(self, period: float) -> None:
+        self.period = period
+        self.ticks = 0
+        otpy.send_after(otpy.self(), "tick", period)
+
+    def handle_info(self, message):
+        if message == "tick":
+            self.ticks += 1
+            otpy.send_after(otpy.self(), "tick", self.period)
+
+    def handle_call(self, request, caller):
+        return self.ticks
 
 
-def main() -> None:
-    me = otpy.self()
-    print(f"program process: {me} on node {me.node}")
-    print("  (it traps exits, so a crashed child never kills it)")
+class Flaky(otpy.GenServer):
+    """Crashes ``after`` seconds into each life: the supervisor restarts it."""
 
-    a = otpy.spawn(worker, "alpha", me)
-    otpy.receive(timeout=10, match=lambda m: m == ("ready", "alpha"))
-    crasher = otpy.spawn_link(lambda: 1 / 0)
-    print(f"spawned worker {a} and a linked child {crasher} that divides by zero")
-    exit_message = otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Exit))
-    print(f"  program saw: Exit(pid={exit_message.pid}, reason={exit_message.reason!r})")
-    last_line = traceback.format_exception(exit_message.reason)[-2].strip().splitlines()[0]
-    print(f"  its remote traceback ends at: {last_line}")
+    def init(self, after: float) -> None:
+        otpy.send_after(otpy.self(), "crash", after)
 
-    otpy.send("alpha", (me, "hello"))
-    print(f"  ping by name 'alpha' -> {otpy.receive(timeout=10)}")
+    def handle_info(self, message):
+        if message == "crash":
+            raise RuntimeError("flaky crashed on purpose")
 
-    watcher = otpy.spawn(supervisor_like, a, me)
-    otpy.receive(timeout=10, match=lambda m: m == "linked")
-    ref = otpy.monitor(a)
-    print(f"monitoring {a} (ref {ref}); {watcher} is linked to it and traps exits")
-    print(f"SIGKILL -> os pid {a.os_pid}")
-    os.kill(a.os_pid, signal.SIGKILL)
 
-    down = otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down))
-    print(f"  monitor saw: {down}")
-    print(f"  {otpy.receive(timeout=10, match=lambda m: isinstance(m, tuple))}")
-    print(f"  name 'alpha' is free again: whereis -> {otpy.whereis('alpha')}")
+def application(crash_after: float) -> list[otpy.ChildSpec]:
+    shards = [Shard.child_spec(i, id=f"shard-{i}", name=f"shard-{i}") for i in range(2)]
+    return [
+        Config.child_spec(id="config", name="config", region="eu", shards=2),
+        otpy.Supervisor.child_spec(shards, id="cache", name="cache", strategy="one_for_all"),
+        otpy.DynamicSupervisor.child_spec(id="jobs", name="jobs"),
+        Flaky.child_spec(crash_after, id="flaky", name="flaky"),
+    ]
 
-    b = otpy.spawn(worker, "alpha", me)
-    otpy.receive(timeout=10, match=lambda m: m == ("ready", "alpha"))
-    otpy.send("alpha", (me, "again"))
-    print(f"  a new worker {b} took the name: {otpy.receive(timeout=10)}")
-    otpy.send(b, "stop")
-    supervised()
-    print("done: on exit every process of this program is gone, even after a SIGKILL of it")
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=None,
+                        help="stop after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument("--crash-every", type=float, default=4.0,
+                        help="seconds between the flaky worker's crashes (default 4)")
+    args = parser.parse_args()
+
+    otpy.Supervisor.start_link(application(args.crash_every), name="app",
+                               max_restarts=10, max_seconds=10)
+    for n in range(3):
+        otpy.DynamicSupervisor.start_child("jobs", Job.child_spec(0.5, id=f"job-{n}"))
+    node = otpy.self().node
+    print(f"node {node} is running its application tree (os pid {os.getpid()})")
+    print(f"watch it live:  {sys.executable} -m otpy.observer {node}")
+    print(f"or once:        {sys.executable} -m otpy.observer {node} --once")
+    print("stop with Ctrl-C" if args.duration is None else f"stopping in {args.duration:g}s",
+          flush=True)
+
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    rounds = 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            wait = 2.0 if deadline is None else max(0.0, min(2.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            rounds += 1
+            otpy.call("shard-0", ("put", "round", rounds))
+            jobs = [c.pid for c in otpy.DynamicSupervisor.which_children("jobs")]
+            ticks = sum(otpy.call(pid, "ticks") for pid in jobs)
+            print(f"round {rounds}: {len(otpy.processes())} processes, job ticks {ticks}, "
+                  f"shard-0 holds round={otpy.call('shard-0', ('get', 'round'))}", flush=True)
+            if rounds % 3 == 0:
+                victim = otpy.whereis(f"shard-{random.randrange(2)}")
+                print(f"chaos: SIGKILL {victim} (cache restarts both shards)", flush=True)
+                ref = otpy.monitor(victim)
+                os.kill(victim.os_pid, signal.SIGKILL)
+                otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+                otpy.Supervisor.which_children("cache")  # answered once it has restarted
+    except KeyboardInterrupt:
+        print("\nCtrl-C", flush=True)
+    otpy.Supervisor.stop("app", "shutdown")
+    print(f"stopped cleanly; processes left: {otpy.processes()}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

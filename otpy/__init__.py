@@ -51,6 +51,7 @@ from .runtime.api import (
     unregister,
     whereis,
 )
+from .runtime.log import configure_logging
 from .runtime.errors import (
     AlreadyRegistered,
     Exited,
@@ -71,7 +72,7 @@ __all__ = [
     "cast", "reply", "stop",
     "AlreadyRegistered", "BadMessage", "Down", "Exit", "Exited", "NoProc", "OtpyError", "Pid",
     "ProcessExit", "Ref", "RemoteError", "RuntimeGone", "SerializationError", "Timeout",
-    "cancel_timer", "demonitor", "exit", "is_alive", "link", "make_ref", "monitor",
+    "cancel_timer", "configure_logging", "demonitor", "exit", "is_alive", "link", "make_ref", "monitor",
     "process_info", "processes", "receive", "register", "registered", "self", "send",
     "send_after", "spawn", "spawn_link", "spawn_monitor", "trap_exit", "unlink", "unregister",
     "whereis",

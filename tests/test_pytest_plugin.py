@@ -35,3 +35,52 @@ def test_leak_check_can_warn_instead(pytester):
     pytester.makepyfile(test_sample=LEAKY)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--otpy-leaks=warn")
     result.assert_outcomes(passed=2, warnings=1)
+
+
+CRASHING = '''
+import otpy
+
+class Server(otpy.GenServer):
+    def handle_cast(self, request):
+        raise RuntimeError("the server fell over")
+
+def crash_a_child(tree):
+    pid = tree.start_child(Server.child_spec(name="server"))
+    ref = otpy.monitor(pid)
+    otpy.cast("server", "crash")
+    otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+    otpy.Supervisor.which_children(tree.supervisor)
+
+def test_passes(otpy_tree):
+    crash_a_child(otpy_tree)
+
+def test_fails(otpy_tree):
+    crash_a_child(otpy_tree)
+    assert False, "the test itself failed"
+'''
+
+
+def test_logs_are_quiet_for_a_passing_test_and_shown_for_a_failing_one(pytester):
+    pytester.makepyfile(test_sample=CRASHING)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-k", "passes")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str() + result.stderr.str()  # -s: nothing is captured
+    assert "crash report" not in output and "child started" not in output
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "fails")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*- otpy log (call) -*",
+        "*crash report*child_id=server*reason=\"RuntimeError('the server fell over')\"*",
+        "*raise RuntimeError(\"the server fell over\")*",
+        "*child restarted*child_id=server*restarts=1*",
+    ])
+    assert "test_passes" not in result.stdout.str()
+
+
+def test_logs_can_be_left_on_stderr(pytester):
+    pytester.makepyfile(test_sample=CRASHING)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-k", "passes",
+                                           "--otpy-log=stderr")
+    result.assert_outcomes(passed=1)
+    assert "crash report" in result.stderr.str()

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
@@ -86,14 +87,14 @@ class ObserverApp(App):
         if order != self.order:
             table.clear()
             for prefix, row in flat:
-                table.add_row(*cells(prefix, row), key=str(row["pid"]))
+                table.add_row(*map(Text, cells(prefix, row)), key=str(row["pid"]))
             self.order = order
             if self.selected in self.rows:
                 table.move_cursor(row=order.index(self.selected))
         else:
             for prefix, row in flat:
                 for column, value in zip(self.columns, cells(prefix, row)):
-                    table.update_cell(str(row["pid"]), column, value)
+                    table.update_cell(str(row["pid"]), column, Text(value))
         self.sub_title = (f"node {snap['node']} · os pid {snap['os_pid']} · "
                           f"{snap['processes']} processes · up {duration(snap['uptime'])} · "
                           f"read {time.strftime('%H:%M:%S')}")
@@ -116,9 +117,11 @@ class ObserverApp(App):
                                    f"os pid {row['os_pid']} {what}")
         self.known = pids
         self.query_one("#events", Static).update(
-            "\n".join(self.events) or "no exits or starts since the observer attached")
+            Text("\n".join(self.events) or "no exits or starts since the observer attached"))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row != event.data_table.cursor_row:
+            return  # stale: posted while the table was rebuilt, before the cursor was restored
         self.selected = event.row_key.value
         self._show_details()
 
@@ -126,10 +129,10 @@ class ObserverApp(App):
         row = self.rows.get(self.selected or "")
         pane = self.query_one("#details", Static)
         if row is None:
-            pane.update("select a row for its details")
+            pane.update(Text("select a row for its details"))
             return
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"]))
-        pane.update("\n".join([
+        pane.update(Text("\n".join([
             f"{label(row)}  <{row['pid']}>  os pid {row['os_pid']}  {row['kind']}"
             + (f"  behaviour {row['behaviour']}" if row["behaviour"] else "")
             + (f"  child {row['child_id']} of <{row['supervisor']}>" if row["child_id"] else ""),
@@ -140,7 +143,7 @@ class ObserverApp(App):
             f"links {_pids(row['links'])}  monitors {_pids(row['monitors'])}  "
             f"monitored by {_pids(row['monitored_by'])}",
             f"last exit reason {row['last_exit'] or '-'}",
-        ]))
+        ])))
 
     def on_unmount(self) -> None:
         with self.read_lock:

@@ -155,7 +155,8 @@ def log_trapped_exit(ctx: Any, exit_message: Any) -> None:
                      reason=reasons.describe(exit_message.reason))
 
 
-def _from_environment() -> None:
+def configure_from_environment() -> None:
+    """This process's configuration from OTPY_LOG, OTPY_LOG_LEVEL and OTPY_LOG_FILE."""
     fmt = os.environ.get("OTPY_LOG", "console").lower()
     try:
         level = _level(os.environ.get("OTPY_LOG_LEVEL", "info"))
@@ -169,4 +170,4 @@ def _from_environment() -> None:
         apply(fmt == "json", level, None)
 
 
-_from_environment()
+configure_from_environment()

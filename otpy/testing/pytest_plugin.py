@@ -5,18 +5,24 @@
 - a per-test leak report: a test that leaves an otpy process running fails in
   teardown, with the process listed (and killed); whatever it left in the
   program's mailbox is dropped so it cannot reach the next test.
+- quiet logs: otpy's log events (every process of the node, the zygote
+  included) go to an in-memory file instead of stderr; when a test fails, the
+  events logged during it are shown with the failure, as an "otpy log"
+  section. ``--otpy-log=stderr`` leaves logging as configured instead, and
+  ``--otpy-log-level`` sets the level captured (default debug).
 
 Nothing here starts otpy: projects that never call it pay nothing.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Iterator
 
 import pytest
 
-from ..runtime import api, process
+from ..runtime import api, log, process
 from ..runtime.errors import Timeout
 from ..runtime.terms import Down
 from .tree import Tree, isolated_tree
@@ -34,11 +40,66 @@ GRACE = 2.0  # a process that just sent its last message may still be exiting
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--otpy-leaks", choices=["fail", "warn", "off"], default="fail",
                      help="what to do when a test leaves otpy processes running")
+    parser.addoption("--otpy-log", choices=["capture", "stderr"], default="capture",
+                     help="capture otpy's logs and show them with failures (default), "
+                          "or leave them on stderr")
+    parser.addoption("--otpy-log-level", default="debug", choices=sorted(log.LEVELS),
+                     help="the least level of otpy log events captured (default debug)")
+
+
+class _CapturedLog:
+    """A memfd every process of the node appends its log lines to (inherited
+    through the zygote), emptied before each test and read when one fails."""
+
+    def __init__(self, level: str) -> None:
+        self.fd = os.memfd_create("otpy-test-log", os.MFD_CLOEXEC)
+        log.configure_logging(json=True, level=level, file=f"/proc/{os.getpid()}/fd/{self.fd}")
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+
+    def text(self) -> str:
+        data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+        return "\n".join(log.render_console(event) for event in log.parse_lines(data))
+
+    def close(self) -> None:
+        log.configure_from_environment()
+        os.close(self.fd)
+
+
+_captured = pytest.StashKey[_CapturedLog]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    if config.getoption("--otpy-log", "stderr") == "capture":
+        config.stash[_captured] = _CapturedLog(config.getoption("--otpy-log-level"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    captured = config.stash.get(_captured, None)
+    if captured is not None:
+        captured.close()
+        del config.stash[_captured]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    captured = item.config.stash.get(_captured, None)
+    if captured is not None:
+        captured.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    captured = item.config.stash.get(_captured, None)
+    if captured is not None and report.failed:
+        text = captured.text()
+        if text:
+            report.sections.append((f"otpy log ({report.when})", text))
 
 
 def tree_name(nodeid: str) -> str:
