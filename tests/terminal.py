@@ -45,7 +45,7 @@ class Terminal:
                 try:
                     self.stream.feed(os.read(self.master, 65536))
                 except OSError:  # the program closed the terminal
-                    raise AssertionError(f"the program ended; last screen:\n{self.text()}")
+                    raise AssertionError(f"the program ended; last screen:\n{self.text()}") from None
         return self.text()
 
     def press(self, keys: bytes) -> None:

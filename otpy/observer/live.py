@@ -93,7 +93,7 @@ class ObserverApp(App):
                 table.move_cursor(row=order.index(self.selected))
         else:
             for prefix, row in flat:
-                for column, value in zip(self.columns, cells(prefix, row)):
+                for column, value in zip(self.columns, cells(prefix, row), strict=True):
                     table.update_cell(str(row["pid"]), column, Text(value))
         self.sub_title = (f"node {snap['node']} · os pid {snap['os_pid']} · "
                           f"{snap['processes']} processes · up {duration(snap['uptime'])} · "

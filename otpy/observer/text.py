@@ -66,7 +66,7 @@ def size(n: int) -> str:
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Iterator[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
-        yield "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+        yield "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
 
 
 def render_tree(snap: dict[str, Any]) -> str:
