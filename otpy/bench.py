@@ -33,7 +33,9 @@ _ns = time.perf_counter_ns
 RATIOS = {
     "send_receive_over_pipe_p50": ("send_receive_rtt_us", "pipe_pickle_rtt_us"),
     "call_over_pipe_p50": ("call_rtt_us", "pipe_pickle_rtt_us"),
+    "call_observed_over_call_p50": ("call_rtt_observed_us", "call_rtt_us"),
 }
+OBSERVER_INTERVAL = 0.1  # the live view's refresh while observed: 10x its default rate
 
 
 def summarize(samples_ns: list[int], unit: float) -> dict[str, float]:
@@ -222,6 +224,53 @@ def call_rtt(n: int, warmup: int) -> dict:
         otpy.stop(pid)
 
 
+class _LiveView:
+    """``python -m otpy.observer NODE`` in a pseudo-terminal (``pty.spawn`` in a
+    wrapper process drains its screen, so nothing here competes with the
+    measured calls); ready once it has read the node ten times, past its start-up."""
+
+    def __init__(self, node: str, interval: float) -> None:
+        from otpy.observer import find_node
+        from otpy.observer.nodes import find_fd
+        from otpy.runtime.observe import PAGE_NAME, page_seq
+
+        zygote = find_node(node).zygote_os_pid
+        page = os.open(f"/proc/{zygote}/fd/{find_fd(zygote, PAGE_NAME)}", os.O_RDONLY)
+        start = page_seq(page)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import pty, sys; pty.spawn(sys.argv[1:])", sys.executable,
+             "-m", "otpy.observer", node, "--interval", str(interval)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+            env=dict(os.environ, TERM="xterm-256color"))
+        try:
+            deadline = time.monotonic() + 30
+            while page_seq(page) < start + 20:  # ten complete reads
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("the live view did not read the node within 30s")
+                time.sleep(0.01)
+        finally:
+            os.close(page)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(b"q")
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def call_rtt_observed(n: int, warmup: int) -> dict:
+    """call_rtt with the live view attached to this node, refreshing every 0.1 s."""
+    view = _LiveView(otpy.self().node, OBSERVER_INTERVAL)
+    try:
+        return call_rtt(n, warmup)
+    finally:
+        view.close()
+
+
 def cast_per_s(n: int) -> float:
     """Casts one process pushes to a counting GenServer, confirmed by a final call."""
     pid = _Counter.start_link()
@@ -302,6 +351,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
         ("pipe_pickle_rtt_us", lambda: pipe_pickle_rtt(rtt_n, rtt_w)),
         ("send_receive_rtt_us", lambda: send_receive_rtt(rtt_n, rtt_w)),
         ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
+        ("call_rtt_observed_us", lambda: call_rtt_observed(rtt_n, rtt_w)),
         ("cast_per_s", lambda: cast_per_s(casts)),
         ("spawn_ms", lambda: spawn_ms(sp_n, sp_w)),
         ("down_ms", lambda: down_ms(sp_n, sp_w)),

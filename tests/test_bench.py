@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-LATENCIES = ["pipe_pickle_rtt_us", "send_receive_rtt_us", "call_rtt_us", "spawn_ms", "down_ms",
-             "restart_ms", "isolated_tree_ms"]
+LATENCIES = ["pipe_pickle_rtt_us", "send_receive_rtt_us", "call_rtt_us", "call_rtt_observed_us",
+             "spawn_ms", "down_ms", "restart_ms", "isolated_tree_ms"]
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -28,7 +28,8 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     assert report["results"]["cast_per_s"] > 0
     assert report["ratios"]["send_receive_over_pipe_p50"] > 0
     assert report["ratios"]["call_over_pipe_p50"] > 0
-    assert "[1/9] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
+    assert report["ratios"]["call_observed_over_call_p50"] > 0
+    assert "[1/10] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
 
     baseline = dict(report, ratios={k: v / 1000 for k, v in report["ratios"].items()})
     path = tmp_path / "baseline.json"
