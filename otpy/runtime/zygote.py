@@ -321,7 +321,6 @@ class Zygote:
         serial = e.pid.serial
         del self.procs[serial]
         summary = e.summary or "?"
-        self._log_exit(e, summary)  # before the name is released: it names the process
         self._release_name(e)
         self.status.release(serial)
         cls, body = reason
@@ -358,6 +357,7 @@ class Zygote:
             t = self.procs.get(target)
             if t is not None:
                 t.monitors.pop(ref, None)
+        self._log_exit(e, summary)  # after the notices: off the path to a restart
         self._close(e)
 
     def _close(self, e: Entry) -> None:
