@@ -78,7 +78,7 @@ def check_events(evs: list[dict]) -> None:
     assert "servers.py" in crash["exception"]  # the remote traceback, from the child
 
     exited = one(evs, "process exited", name="c", pid=started["child_pid"])
-    assert exited["reason"] == crash["reason"] and exited["level"] == "info"
+    assert exited["reason"] == crash["reason"] and exited["level"] == "debug"
     restarted = one(evs, "child restarted", child_id="c", supervisor="logged")
     assert restarted["restarts"] == 1 and restarted["child_pid"] != started["child_pid"]
 

@@ -639,8 +639,9 @@ class Zygote:
                        "namespace": e.ns, "reason": summary, "at": time.time(),
                        "child_id": e.meta.get("child_id"), "supervisor": e.meta.get("supervisor")}
         self.recent_exits.append(exit_record)
-        level = "debug" if summary in ("normal", "shutdown") else "info"
-        getattr(log.logger(**_tree(e.ns)), level)(
+        # debug: one per process is too many for the default level; a
+        # supervised child's abnormal exit gets a crash report (error) anyway
+        log.logger(**_tree(e.ns)).debug(
             "process exited", node=self.node, pid=e.pid.serial, os_pid=e.pid.os_pid,
             name=e.last_name, reason=summary)
 
