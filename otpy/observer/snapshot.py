@@ -80,10 +80,12 @@ class NodeReader:
     def _build(self, tables: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         rows = {p["pid"]: self._row(p, now) for p in tables["processes"]}
-        alive = {serial for serial in self._cpu if serial in rows}
-        self._cpu = {serial: proc for serial, proc in self._cpu.items() if serial in alive}
+        self._cpu = {serial: proc for serial, proc in self._cpu.items() if serial in rows}
+        # the program first, then start order within each supervisor, then spawn order
+        order = {p["pid"]: (not p["program"], p["meta"].get("order", p["pid"]), p["pid"])
+                 for p in tables["processes"]}
         roots = []
-        for row in sorted(rows.values(), key=_order):
+        for row in sorted(rows.values(), key=lambda r: order[r["pid"]]):
             parent = rows.get(row["supervisor"]) if row["supervisor"] is not None else None
             if parent is not None and parent is not row:
                 parent["children"].append(row)
@@ -140,7 +142,6 @@ class NodeReader:
             "monitored_by": p["monitored_by"],
             "started_at": p["started_at"],
             "children": [],
-            "_order": meta.get("order", serial),
         }
 
     def _usage(self, serial: int, os_pid: int, now: float) -> tuple[int, float]:
@@ -174,10 +175,6 @@ class NodeReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _order(row: dict[str, Any]) -> tuple:
-    return (not row["program"], row.pop("_order"), row["pid"])
 
 
 def _open_memfd(os_pid: int, name: str) -> int:

@@ -55,12 +55,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def size(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+def size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f}B"
+    for unit in ("K", "M"):
         n /= 1024
-    return str(n)
+        if n < 1024:
+            return f"{n:.1f}{unit}"
+    return f"{n / 1024:.1f}G"
 
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Iterator[str]:

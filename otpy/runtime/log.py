@@ -69,7 +69,6 @@ def _drop_none(logger: Any, method: str, event: dict) -> dict:
 class _State:
     json = False
     level = logging.INFO
-    path: str | None = None
     fd = 2
     logger: Any = None
 
@@ -109,7 +108,7 @@ def apply(json: bool, level: int, path: str | None) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     if _State.fd != 2:
         os.close(_State.fd)
-    _State.json, _State.level, _State.path, _State.fd = bool(json), level, path, fd
+    _State.json, _State.level, _State.fd = bool(json), level, fd
     _build()
 
 

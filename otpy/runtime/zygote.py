@@ -357,7 +357,7 @@ class Zygote:
             t = self.procs.get(target)
             if t is not None:
                 t.monitors.pop(ref, None)
-        self._log_exit(e, summary)  # after the notices: off the path to a restart
+        self._record_exit(e, summary)  # after the notices: off the path to a restart
         self._close(e)
 
     def _close(self, e: Entry) -> None:
@@ -415,8 +415,8 @@ class Zygote:
         pid = Pid(self.node, serial, os_pid)
         child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, os.pidfd_open(os_pid), False, False)
         self._add(child)
-        log.logger(**_tree(ns)).debug("process spawned", node=self.node, pid=serial,
-                                      os_pid=os_pid, parent=e.pid.serial)
+        log.logger().debug("process spawned", node=self.node, pid=serial, os_pid=os_pid,
+                           parent=e.pid.serial, tree=ns or None)
         # Links and monitors exist before the child runs a single line, so a
         # child that dies at once is still reported (spawn_link is atomic).
         if link:
@@ -634,16 +634,17 @@ class Zygote:
 
     # ---- observation ----------------------------------------------------------
 
-    def _log_exit(self, e: Entry, summary: str) -> None:
+    def _record_exit(self, e: Entry, summary: str) -> None:
+        """Keep the death for observers, and log it."""
         exit_record = {"pid": e.pid.serial, "os_pid": e.pid.os_pid, "name": e.last_name,
                        "namespace": e.ns, "reason": summary, "at": time.time(),
                        "child_id": e.meta.get("child_id"), "supervisor": e.meta.get("supervisor")}
         self.recent_exits.append(exit_record)
         # debug: one per process is too many for the default level; a
         # supervised child's abnormal exit gets a crash report (error) anyway
-        log.logger(**_tree(e.ns)).debug(
-            "process exited", node=self.node, pid=e.pid.serial, os_pid=e.pid.os_pid,
-            name=e.last_name, reason=summary)
+        log.logger().debug("process exited", node=self.node, pid=e.pid.serial,
+                           os_pid=e.pid.os_pid, name=e.last_name, tree=e.ns or None,
+                           reason=summary)
 
     def publish(self) -> None:
         """An observer asked: write the tables to the page."""
@@ -670,10 +671,6 @@ class Zygote:
 
     def op_shutdown(self, e: Entry) -> None:
         self.teardown()
-
-
-def _tree(ns: str) -> dict:
-    return {"tree": ns} if ns else {}
 
 
 def _ctrl_frame(term: tuple, kind: int = wire.CTRL) -> bytes:
