@@ -3,31 +3,9 @@
 The public API. Everything else in the package is private.
 """
 
-from .behaviours.child import (
-    AlreadyPresent,
-    ChildInfo,
-    ChildNotFound,
-    ChildRunning,
-    ChildSpec,
-    MaxChildren,
-    SupervisorError,
-)
-from .behaviours.gen_server import (
-    IGNORE,
-    NOREPLY,
-    AlreadyStarted,
-    From,
-    GenServer,
-    StartError,
-    Stop,
-    call,
-    cast,
-    reply,
-    stop,
-)
-from .behaviours.dynamic_supervisor import DynamicSupervisor
-from .behaviours.supervisor import Supervisor
-from .runtime.api import (
+# Order matters: the process API is bound first, then otpy.lowlevel, then the
+# behaviours, which import both from here.
+from ._runtime.api import (
     cancel_timer,
     demonitor,
     exit,
@@ -51,8 +29,8 @@ from .runtime.api import (
     unregister,
     whereis,
 )
-from .runtime.log import configure_logging
-from .runtime.errors import (
+from ._runtime.log import configure_logging
+from ._runtime.errors import (
     AlreadyRegistered,
     Exited,
     NoProc,
@@ -62,8 +40,31 @@ from .runtime.errors import (
     SerializationError,
     Timeout,
 )
-from .runtime.reasons import RemoteError
-from .runtime.terms import BadMessage, Down, Exit, Pid, Ref
+from ._runtime.reasons import RemoteError
+from ._runtime.terms import BadMessage, Down, Exit, Pid, Ref
+
+from . import lowlevel
+from .lowlevel import ChildSpec, From, call, reply
+from .behaviours._supervision import (
+    AlreadyPresent,
+    ChildInfo,
+    ChildNotFound,
+    ChildRunning,
+    MaxChildren,
+    SupervisorError,
+)
+from .behaviours._gen_server import (
+    IGNORE,
+    NOREPLY,
+    AlreadyStarted,
+    GenServer,
+    StartError,
+    Stop,
+    cast,
+    stop,
+)
+from .behaviours._dynamic_supervisor import DynamicSupervisor
+from .behaviours._supervisor import Supervisor
 
 __all__ = [
     "AlreadyPresent", "ChildInfo", "ChildNotFound", "ChildRunning", "ChildSpec", "MaxChildren",

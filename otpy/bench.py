@@ -149,7 +149,7 @@ def down_ms(n: int, warmup: int) -> dict:
 
 _ROOT_PROGRAM = textwrap.dedent("""
     import json, otpy
-    from otpy.runtime import node
+    from otpy import lowlevel as node
 
     def busy():
         while True:
@@ -231,8 +231,8 @@ class _LiveView:
 
     def __init__(self, node: str, interval: float) -> None:
         from otpy.observer import find_node
-        from otpy.observer.nodes import find_fd
-        from otpy.runtime.observe import PAGE_NAME, page_seq
+        from otpy.observer._nodes import find_fd
+        from otpy.lowlevel.observation import PAGE_NAME, page_seq
 
         zygote = find_node(node).zygote_os_pid
         page = os.open(f"/proc/{zygote}/fd/{find_fd(zygote, PAGE_NAME)}", os.O_RDONLY)

@@ -8,7 +8,7 @@ the callee sent, without a monitor round trip per call.
 from __future__ import annotations
 
 import otpy
-from otpy.runtime import node
+from otpy._runtime import node
 
 from helpers import expect, expect_down, expect_exit, idle
 

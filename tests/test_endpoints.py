@@ -40,7 +40,7 @@ def named_unix_sockets() -> dict[int, str]:
 
 
 def test_no_process_of_the_node_has_a_named_endpoint():
-    from otpy.runtime import node
+    from otpy import lowlevel as node
 
     me = otpy.self()
     e = otpy.spawn(echo)

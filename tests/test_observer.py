@@ -16,8 +16,8 @@ import pytest
 import otpy
 from helpers import DEADLINE, busy, expect_down, idle, wait_gone
 from otpy import observer
-from otpy.observer.nodes import find_fd
-from otpy.observer.text import flatten
+from otpy.observer._nodes import find_fd
+from otpy.observer._text import flatten
 from servers import Counter
 
 # A program with a known tree, observed from outside: it prints its node and

@@ -17,7 +17,7 @@ from helpers import wait_gone
 PROGRAM = textwrap.dedent("""
     import json, sys
     import otpy
-    from otpy.runtime import node
+    from otpy import lowlevel as node
 
     def busy():
         while True:

@@ -133,7 +133,7 @@ def test_any_picklable_term_is_a_reason_and_arrives_equal(term):
 def test_deaths_are_observed_through_an_os_event_not_polling():
     """When idle, the zygote sleeps in epoll_wait with an infinite timeout."""
     pid = otpy.spawn(idle)  # the zygote now waits on this process's pidfd
-    from otpy.runtime import node
+    from otpy import lowlevel as node
 
     zygote = node.zygote_os_pid()
     deadline = time.monotonic() + DEADLINE

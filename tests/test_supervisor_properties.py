@@ -5,7 +5,7 @@ from __future__ import annotations
 import otpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from otpy.behaviours.child import RestartIntensity
+from otpy.lowlevel import RestartIntensity
 
 from servers import Counter
 

@@ -5,8 +5,8 @@ Reading a node costs it one signal to its zygote per snapshot; none of its
 processes is called. Only nodes of the same OS user can be read.
 """
 
-from .nodes import Node, NodeNotFound, find_node, list_nodes
-from .snapshot import NodeReader, ObserverError, snapshot
+from ._nodes import Node, NodeNotFound, find_node, list_nodes
+from ._snapshot import NodeReader, ObserverError, snapshot
 
 __all__ = ["Node", "NodeNotFound", "NodeReader", "ObserverError", "find_node", "list_nodes",
            "snapshot"]

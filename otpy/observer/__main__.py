@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
-from .nodes import NodeNotFound, find_node, list_nodes
-from .snapshot import ObserverError, snapshot
-from .text import render_nodes, render_tree
+from ._nodes import NodeNotFound, find_node, list_nodes
+from ._snapshot import ObserverError, snapshot
+from ._text import render_nodes, render_tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             parser.error("the live view needs a terminal; use --once or --json")
         try:
-            from .live import run  # textual is imported only for the live view
+            from ._live import run  # textual is imported only for the live view
         except ImportError as exc:
             print(f"otpy.observer: the live view needs textual ({exc}); "
                   "pip install 'otpy[observer]', or use --once or --json", file=sys.stderr)

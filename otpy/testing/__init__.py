@@ -9,6 +9,6 @@
 With pytest, the ``otpy_tree`` fixture does the same, named after the test.
 """
 
-from .tree import LeakError, Tree, isolated_tree
+from ._tree import LeakError, Tree, isolated_tree
 
 __all__ = ["LeakError", "Tree", "isolated_tree"]

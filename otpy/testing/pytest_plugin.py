@@ -22,10 +22,10 @@ from typing import Iterator
 
 import pytest
 
-from ..runtime import api, log, process
-from ..runtime.errors import Timeout
-from ..runtime.terms import Down
-from .tree import Tree, isolated_tree
+from .. import Timeout, configure_logging, processes, receive
+from .. import self as otpy_self
+from .. import lowlevel
+from ._tree import Tree, isolated_tree, reap
 
 MARKERS = {
     "unit": "fast, one process or none",
@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--otpy-log", choices=["capture", "stderr"], default="capture",
                      help="capture otpy's logs and show them with failures (default), "
                           "or leave them on stderr")
-    parser.addoption("--otpy-log-level", default="debug", choices=sorted(log.LEVELS),
+    parser.addoption("--otpy-log-level", default="debug", choices=sorted(lowlevel.LOG_LEVELS),
                      help="the least level of otpy log events captured (default debug)")
 
 
@@ -53,17 +53,17 @@ class _CapturedLog:
 
     def __init__(self, level: str) -> None:
         self.fd = os.memfd_create("otpy-test-log", os.MFD_CLOEXEC)
-        log.configure_logging(json=True, level=level, file=f"/proc/{os.getpid()}/fd/{self.fd}")
+        configure_logging(json=True, level=level, file=f"/proc/{os.getpid()}/fd/{self.fd}")
 
     def clear(self) -> None:
         os.ftruncate(self.fd, 0)
 
     def text(self) -> str:
         data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
-        return "\n".join(log.render_console(event) for event in log.parse_lines(data))
+        return "\n".join(lowlevel.render_log_event(event) for event in lowlevel.parse_log_lines(data))
 
     def close(self) -> None:
-        log.configure_from_environment()
+        lowlevel.reset_logging()
         os.close(self.fd)
 
 
@@ -116,17 +116,16 @@ def otpy_tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
 
 @pytest.fixture(autouse=True)
 def _otpy_leak_report(request: pytest.FixtureRequest) -> Iterator[None]:
-    ctx = process.current
-    before = set(api.processes()) if ctx is not None and ctx.is_main else set()
+    before = set(processes()) if lowlevel.node_running() else set()
     yield
-    ctx = process.current
     mode = request.config.getoption("--otpy-leaks")
-    if ctx is None or not ctx.is_main or mode == "off":
+    if not lowlevel.node_running() or mode == "off":
         return
-    leaked = _leftovers(before | {ctx.pid})
+    expected = before | {otpy_self()}
+    leaked = reap([p for p in processes() if p not in expected], GRACE)
     while True:  # what a test left in the mailbox must not reach the next test
         try:
-            api.receive(timeout=0)
+            receive(timeout=0)
         except Timeout:
             break
     if leaked:
@@ -134,17 +133,3 @@ def _otpy_leak_report(request: pytest.FixtureRequest) -> Iterator[None]:
         if mode == "fail":
             pytest.fail(message, pytrace=False)
         request.node.warn(pytest.PytestWarning(message))
-
-
-def _leftovers(expected: set) -> list:
-    """Processes not in ``expected`` still alive after a grace period; killed."""
-    refs = {api.monitor(p): p for p in api.processes() if p not in expected}
-    leaked = []
-    for ref, pid in refs.items():
-        try:
-            api.receive(timeout=GRACE, match=lambda m, r=ref: type(m) is Down and m.ref == r)
-        except Timeout:
-            leaked.append(pid)
-            api.exit(pid, "kill")
-            api.receive(timeout=10, match=lambda m, r=ref: type(m) is Down and m.ref == r)
-    return leaked

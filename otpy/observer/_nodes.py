@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from ..runtime.observe import PAGE_NAME
+from ..lowlevel.observation import PAGE_NAME
 
 PREFIX = "otpy-"
 

@@ -24,19 +24,20 @@ Messages on the wire: ("$call", (pid, ref), request), ("$cast", request),
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
-from ..runtime import api
-from ..runtime.errors import AlreadyRegistered, Exited, NoProc, OtpyError, ProcessExit, Timeout
-from ..runtime.node import context
-from ..runtime.process import REPLY
-from ..runtime.terms import Down, Exit, Pid, Ref
+# The process API comes from otpy's public surface: otpy/__init__.py binds it
+# before it imports the behaviours.
+from .. import (AlreadyRegistered, Down, Exit, Exited, NoProc, OtpyError, Pid, ProcessExit, Ref,
+                Timeout, demonitor, monitor, receive, register, send, spawn, spawn_link, unlink)
+from .. import exit as exit_signal
+from .. import self as self_pid
+from .. import lowlevel
+from ..lowlevel import CALL, DEFAULT_TIMEOUT, ChildSpec, From, call, reply
 
-CALL = "$call"
 CAST = "$cast"
 STOP = "$stop"
 START_ACK = "$start_ack"
-DEFAULT_TIMEOUT = 5.0
 
 
 class StartError(OtpyError):
@@ -88,54 +89,29 @@ class Stop:
     reply: Any = _NO_REPLY_GIVEN
 
 
-class From(NamedTuple):
-    """Who is waiting for a call's reply; pass it to :func:`reply`."""
-
-    pid: Pid
-    ref: Ref
-
-
-def reply(caller: From, value: Any) -> None:
-    """Answer a call whose handle_call returned NOREPLY."""
-    api.send(caller.pid, (REPLY, caller.ref, value))
-
-
-def call(server: Pid | str, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
-    """Send ``request`` to a server and wait for its reply.
-
-    NoProc at once for a dead or unknown server; Exited with the server's
-    reason if it dies first; Timeout when ``timeout`` expires (a late reply is
-    dropped). A server calling itself gets Exited at once instead of a hang.
-    """
-    ctx = context()
-    pid = ctx.resolve(server)
-    ref = Ref.make(ctx.pid)
-    return ctx.call(pid, (CALL, (ctx.pid, ref), request), ref, timeout)
-
-
 def cast(server: Pid | str, request: Any) -> None:
     """Send ``request`` without waiting. Like OTP's cast, it never fails: a
     dead server or an unknown name drops the request."""
     try:
-        api.send(server, (CAST, request))
+        send(server, (CAST, request))
     except NoProc:
         pass
 
 
 def stop(server: Pid | str, reason: Any = "normal", timeout: float | None = DEFAULT_TIMEOUT) -> None:
     """Stop a server: its terminate(reason) runs, and this returns once it is gone."""
-    ctx = context()
-    pid = ctx.resolve(server)
-    mref = api.monitor(pid)
-    ref = Ref.make(ctx.pid)
+    pid = lowlevel.resolve(server)
+    mref = monitor(pid)
+    me = self_pid()
+    ref = Ref.make(me)
     try:
-        ctx.call(pid, (STOP, (ctx.pid, ref), reason), ref, timeout)
+        lowlevel.request(pid, (STOP, (me, ref), reason), ref, timeout)
     except NoProc:
-        api.demonitor(mref, flush=True)
+        demonitor(mref, flush=True)
         raise
     except Exited:
         pass  # it died on its way out; the Down below says it is gone
-    api.receive(timeout=timeout, match=lambda m: type(m) is Down and m.ref == mref)
+    lowlevel.await_down(mref, timeout)
 
 
 class GenServer:
@@ -177,10 +153,8 @@ class GenServer:
 
     @classmethod
     def child_spec(cls, *args: Any, id: Any = None, restart: str = "permanent",
-                   shutdown: Any = 5.0, name: str | None = None, **kwargs: Any):
+                   shutdown: Any = 5.0, name: str | None = None, **kwargs: Any) -> ChildSpec:
         """A ChildSpec that starts this server with ``start_link(*args, name=..., **kwargs)``."""
-        from .child import ChildSpec
-
         if name is not None:
             kwargs["name"] = name
         return ChildSpec(id if id is not None else (name or cls.__qualname__), cls.start_link,
@@ -194,32 +168,31 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
         raise TypeError(f"{cls!r} is not a GenServer subclass")
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"a server name must be a non-empty str, not {name!r}")
-    ctx = context()
     timeout = cls.start_timeout if timeout is None else timeout
-    ref = Ref.make(ctx.pid)
-    spawn = api.spawn_link if link else api.spawn
-    pid = spawn(_serve, cls, args, kwargs, name, ctx.pid, ref, link)
-    mref = api.monitor(pid)
+    me = self_pid()
+    ref = Ref.make(me)
+    pid = (spawn_link if link else spawn)(_serve, cls, args, kwargs, name, me, ref, link)
+    mref = monitor(pid)
     try:
-        ack = api.receive(
+        ack = receive(
             timeout=timeout,
             match=lambda m: (type(m) is tuple and len(m) == 3 and m[0] == START_ACK and m[1] == ref)
             or (type(m) is Down and m.ref == mref),
         )
     except Timeout:
-        api.exit(pid, "kill")
-        _await_down(mref)
+        exit_signal(pid, "kill")
+        lowlevel.await_down(mref, DEFAULT_TIMEOUT * 2)
         raise StartError("timeout",
                          f"{cls.__qualname__} did not finish init within {timeout}s") from None
     if type(ack) is Down:
         raise StartError(ack.reason, f"{cls.__qualname__} died during init: {ack.reason!r}")
     outcome, detail = ack[2]
     if outcome == "ok":
-        api.demonitor(mref, flush=True)
+        demonitor(mref, flush=True)
         return pid
     # The server is on its way out (unlinked first, so no Exit reaches us);
     # wait until it is gone, so its name is free when we return.
-    _await_down(mref)
+    lowlevel.await_down(mref, DEFAULT_TIMEOUT * 2)
     if outcome == "ignore":
         return None
     if outcome == "already_started":
@@ -229,28 +202,24 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
     raise StartError(detail, f"{cls.__qualname__}.init failed: {detail!r}")
 
 
-def _await_down(mref: Ref) -> None:
-    api.receive(timeout=DEFAULT_TIMEOUT * 2, match=lambda m: type(m) is Down and m.ref == mref)
-
-
 # ---- the server process ---------------------------------------------------------------
 
 def _serve(cls: type, args: tuple, kwargs: dict, name: str | None, parent: Pid, ref: Ref,
            linked: bool) -> None:
     def ack(outcome: str, detail: Any = None) -> None:
-        api.send(parent, (START_ACK, ref, (outcome, detail)))
+        send(parent, (START_ACK, ref, (outcome, detail)))
 
-    api.annotate(api.self(), behaviour=cls.__qualname__)  # for the observer
+    lowlevel.annotate(self_pid(), behaviour=cls.__qualname__)  # for the observer
 
     def give_up(outcome: str, detail: Any, reason: Any) -> None:
         if linked:
-            api.unlink(parent)  # the starter hears of it through the ack, not an Exit
+            unlink(parent)  # the starter hears of it through the ack, not an Exit
         ack(outcome, detail)
         raise ProcessExit(reason)
 
     if name is not None:
         try:
-            api.register(name)
+            register(name)
         except AlreadyRegistered as exc:
             give_up("already_started", exc.pid, "normal")
     server = cls.__new__(cls)
@@ -267,9 +236,8 @@ def _serve(cls: type, args: tuple, kwargs: dict, name: str | None, parent: Pid, 
 
 
 def _loop(server: GenServer, parent: Pid) -> None:
-    ctx = context()
     while True:
-        message = api.receive()
+        message = receive()
         kind = type(message)
         try:
             if kind is tuple and message and message[0] == CALL:
@@ -292,7 +260,7 @@ def _loop(server: GenServer, parent: Pid) -> None:
                 server.terminate(reason)
                 reply(From(*caller), "ok")
                 raise ProcessExit(reason)
-            elif kind is Exit and message.pid == parent and ctx.trap:
+            elif kind is Exit and message.pid == parent and lowlevel.is_trapping():
                 _terminate(server, message.reason)
             else:
                 result = server.handle_info(message)

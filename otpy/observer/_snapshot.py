@@ -2,7 +2,7 @@
 and mailbox length from the status table, memory and CPU from /proc.
 
 Only the zygote is asked for anything (one signal per read, see
-otpy.runtime.observe); the node's processes are never called, so a busy or
+otpy._runtime.observe); the node's processes are never called, so a busy or
 hung one shows like any other (status "running", its mailbox growing).
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import psutil
 
-from ..runtime.observe import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
-from ..runtime.status import NAME as STATUS_NAME
-from ..runtime.status import STATE_NAMES, StatusTable
-from .nodes import Node, NodeNotFound, find_fd, find_node
+from ..lowlevel.observation import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
+from ..lowlevel.observation import STATUS_NAME
+from ..lowlevel.observation import STATE_NAMES, StatusTable
+from ._nodes import Node, NodeNotFound, find_fd, find_node
 
 READ_TIMEOUT = 2.0
 

@@ -18,9 +18,9 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
-from .nodes import Node, NodeNotFound
-from .snapshot import NodeReader, ObserverError
-from .text import COLUMNS, cells, duration, flatten, label, render_exit, size
+from ._nodes import Node, NodeNotFound
+from ._snapshot import NodeReader, ObserverError
+from ._text import COLUMNS, cells, duration, flatten, label, render_exit, size
 
 EVENT_LINES = 6
 

@@ -18,12 +18,9 @@ import threading
 import time
 from types import TracebackType
 
-from ..behaviours.child import ChildSpec
-from ..behaviours.supervisor import Supervisor
-from ..runtime import api
-from ..runtime.errors import OtpyError, Timeout
-from ..runtime.node import context
-from ..runtime.terms import Down, Exit, Pid
+from .. import ChildSpec, Exit, OtpyError, Pid, Supervisor, Timeout, exit, is_alive, monitor
+from .. import lowlevel
+from .. import self as otpy_self
 
 _SHM = "/dev/shm"
 GRACE = 2.0  # a process that was just told to stop may still be exiting
@@ -55,7 +52,7 @@ class Tree:
 
     def processes(self) -> list[Pid]:
         """The live processes that belong to this tree."""
-        return context().request("processes", self.namespace)
+        return lowlevel.processes_in(self.namespace)
 
     def __repr__(self) -> str:
         return f"<Tree {self.name!r} supervisor={self.supervisor!r}>"
@@ -83,15 +80,14 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
         self.tree: Tree | None = None
 
     def __enter__(self) -> Tree:
-        ctx = context()
         namespace = f"{self.name}#{secrets.token_hex(4)}"
         self._shm_before = _listdir(_SHM)
         tmp_path = tempfile.mkdtemp(prefix="otpy-tree-")
-        ctx.push_namespace(namespace)
+        lowlevel.enter_namespace(namespace)
         try:
             supervisor = Supervisor.start_link(self.children, name=self.name, **self.options)
         except BaseException:
-            ctx.pop_namespace(namespace)
+            lowlevel.leave_namespace(namespace)
             shutil.rmtree(tmp_path, ignore_errors=True)
             self._cleanup(namespace)
             raise
@@ -104,7 +100,6 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
     def __exit__(self, exc_type: type | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         tree = self.tree
-        ctx = context()
         with _active_lock:
             me = threading.get_ident()
             _active[me] -= 1
@@ -118,7 +113,7 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
                 leaks += self._shm_leaks()
         finally:
             shutil.rmtree(tree.tmp_path, ignore_errors=True)
-            ctx.pop_namespace(tree.namespace)
+            lowlevel.leave_namespace(tree.namespace)
         if leaks:
             error = LeakError(tree.name, leaks)
             if exc is not None:
@@ -129,40 +124,24 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
 
     def _stop(self, tree: Tree) -> None:
         sup = tree.supervisor
-        ctx = context()
-        if api.is_alive(sup):
-            ref = api.monitor(sup)
+        if is_alive(sup):
+            ref = monitor(sup)
             try:
                 Supervisor.stop(sup, "shutdown")
             except OtpyError:
                 pass  # it died on its own: the Down below says so
-            api.receive(timeout=60, match=lambda m: type(m) is Down and m.ref == ref)
-        ctx.take(lambda m: type(m) is Exit and m.pid == sup)  # our link's Exit
+            lowlevel.await_down(ref, timeout=60)
+        lowlevel.flush(lambda m: type(m) is Exit and m.pid == sup)  # our link's Exit
 
     def _cleanup(self, namespace: str) -> list[str]:
         """Kill the tree's stragglers and drop its names; describe what was found."""
-        ctx = context()
-        leaks = []
-        remaining = [p for p in ctx.request("processes", namespace) if p != ctx.pid]
-        refs = {api.monitor(p): p for p in remaining}
-        deadline = time.monotonic() + GRACE
-        stragglers = []
-        for ref, pid in refs.items():
-            try:
-                api.receive(timeout=max(0.0, deadline - time.monotonic()),
-                            match=lambda m, r=ref: type(m) is Down and m.ref == r)
-            except Timeout:
-                stragglers.append(pid)
-                api.exit(pid, "kill")
-                api.receive(timeout=60, match=lambda m, r=ref: type(m) is Down and m.ref == r)
-        if stragglers:
-            leaks.append(f"processes still alive: {stragglers}")
-        ctx.take(lambda m: type(m) is Exit and m.pid in refs.values())
-        names = ctx.request("registered", namespace)
+        stragglers = reap(lowlevel.processes_in(namespace), GRACE)
+        leaks = [f"processes still alive: {stragglers}"] if stragglers else []
+        names = lowlevel.registered_in(namespace)
         if names:
             leaks.append(f"names still registered: {names}")
             for name in names:
-                ctx.request("unregister", namespace, name)
+                lowlevel.unregister_in(namespace, name)
         return leaks
 
     def _shm_leaks(self) -> list[str]:
@@ -173,6 +152,24 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             except OSError:
                 pass
         return [f"shared memory segments: {new}"] if new else []
+
+
+def reap(pids: list[Pid], grace: float) -> list[Pid]:
+    """Wait up to ``grace`` seconds for ``pids`` to exit; kill the ones that
+    did not and return them. Their Exits (if linked) are dropped too."""
+    me = otpy_self()
+    refs = {monitor(p): p for p in pids if p != me}
+    deadline = time.monotonic() + grace
+    stragglers = []
+    for ref, pid in refs.items():
+        try:
+            lowlevel.await_down(ref, max(0.0, deadline - time.monotonic()))
+        except Timeout:
+            stragglers.append(pid)
+            exit(pid, "kill")
+            lowlevel.await_down(ref, 60)
+    lowlevel.flush(lambda m: type(m) is Exit and m.pid in refs.values())
+    return stragglers
 
 
 def _listdir(path: str) -> set[str]:

@@ -22,15 +22,14 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ..runtime import api
-from ..runtime.terms import Exit, Pid
-from . import reports
-from .child import (AlreadyPresent, Child, ChildInfo, ChildNotFound, ChildRunning, ChildSpec,
-                    RestartIntensity, SupervisorBase, ask, check_specs, restart_needed)
-from .gen_server import StartError
+from .. import Exit, Pid, trap_exit
+from ..lowlevel import ChildSpec, RestartIntensity, ask, restart_needed
+from . import _reports as reports
+from ._gen_server import StartError
+from ._supervision import (RETRY, AlreadyPresent, Child, ChildInfo, ChildNotFound, ChildRunning,
+                           SupervisorBase, check_specs)
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
-_RETRY = "$try_again_restart"
 
 
 class Supervisor(SupervisorBase):
@@ -90,7 +89,7 @@ class Supervisor(SupervisorBase):
 
     def init(self, specs: list[ChildSpec], strategy: str, max_restarts: int,
              max_seconds: float) -> None:
-        api.trap_exit(True)
+        trap_exit(True)
         reports.announce_supervisor()
         self.strategy = strategy
         self.intensity = RestartIntensity(max_restarts, max_seconds)
@@ -99,10 +98,10 @@ class Supervisor(SupervisorBase):
         for spec in specs:
             child = Child(spec, next(self.order))
             try:
-                child.start()
-            except Exception as exc:
+                child.start_or_fail()
+            except StartError:
                 self._stop_all()
-                raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
+                raise
             self.children.append(child)
 
     def handle_info(self, message: Any) -> Any:
@@ -111,7 +110,7 @@ class Supervisor(SupervisorBase):
             if child is not None:
                 child.exited(message.reason, self.intensity)
                 return self._child_exited(child, message.reason)
-        elif type(message) is tuple and message[:1] == (_RETRY,):
+        elif type(message) is tuple and message[:1] == (RETRY,):
             child = self._find_id(message[1])
             if child is not None and child.pid is None:
                 return self._restart(child)
@@ -149,10 +148,9 @@ class Supervisor(SupervisorBase):
             member.restarts += 1
             try:
                 member.start()
-            except Exception:
-                # retry through the mailbox, so a restart that keeps failing
-                # counts against the intensity instead of looping here
-                api.send(api.self(), (_RETRY, member.spec.id))
+            except Exception as exc:
+                reports.start_failed(member.spec.id, exc)
+                self._retry_later(member.spec.id)
                 return None
         return None
 
@@ -195,10 +193,7 @@ class Supervisor(SupervisorBase):
         child = self._get(child_id)
         if child.pid is not None:
             raise ChildRunning(f"child {child_id!r} is running as {child.pid!r}")
-        try:
-            return child.start()
-        except Exception as exc:
-            raise StartError(exc, f"child {child_id!r} failed to start: {exc!r}") from None
+        return child.start_or_fail()
 
     def _op_delete_child(self, child_id: Any) -> None:
         child = self._get(child_id)
@@ -213,10 +208,7 @@ class Supervisor(SupervisorBase):
             state = f"running as {existing.pid!r}" if existing.pid else "stopped"
             raise AlreadyPresent(f"a child with id {spec.id!r} is already present ({state})")
         child = Child(spec, next(self.order))
-        try:
-            child.start()
-        except Exception as exc:
-            raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
+        child.start_or_fail()
         if child.pid is not None or spec.restart != "temporary":
             self.children.append(child)
         return child.pid

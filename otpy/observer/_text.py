@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-from .nodes import Node
+from ._nodes import Node
 
 COLUMNS = ("NAME", "PID", "OS PID", "KIND", "STATUS", "RESTARTS", "UPTIME", "RSS", "CPU%", "MSGQ")
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ..runtime import api
-from ..runtime.terms import Exit, Pid
-from . import reports
-from .child import (Child, ChildInfo, ChildNotFound, ChildSpec, MaxChildren, RestartIntensity,
-                    SupervisorBase, ask, begin_shutdown, deadline_for, finish_shutdown,
-                    restart_needed)
-from .gen_server import StartError
-
-_RETRY = "$try_again_restart"
+from .. import Exit, Pid, trap_exit
+from ..lowlevel import ChildSpec, RestartIntensity, ask, begin_shutdown, deadline_for, \
+    finish_shutdown, restart_needed
+from . import _reports as reports
+from ._supervision import RETRY, Child, ChildInfo, ChildNotFound, MaxChildren, SupervisorBase
 
 
 class DynamicSupervisor(SupervisorBase):
@@ -56,25 +52,34 @@ class DynamicSupervisor(SupervisorBase):
     # ---- callbacks ----------------------------------------------------------------
 
     def init(self, max_children: int | None, max_restarts: int, max_seconds: float) -> None:
-        api.trap_exit(True)
+        trap_exit(True)
         reports.announce_supervisor()
         self.max_children = max_children
         self.intensity = RestartIntensity(max_restarts, max_seconds)
         self.order = itertools.count()
-        self.children: dict[Pid, Child] = {}  # in start order
+        # In start order. A child whose restart failed stays here with pid None
+        # until a retry starts it, so max_children still counts it.
+        self.children: list[Child] = []
 
     def handle_info(self, message: Any) -> Any:
-        if type(message) is Exit and message.pid in self.children:
-            child = self.children.pop(message.pid)
-            child.exited(message.reason, self.intensity)
-            if restart_needed(child.spec, message.reason):
+        if type(message) is Exit:
+            child = self._find_pid(message.pid)
+            if child is not None:
+                child.exited(message.reason, self.intensity)
+                if restart_needed(child.spec, message.reason):
+                    return self._restart(child)
+                self.children.remove(child)
+        elif type(message) is tuple and message[:1] == (RETRY,):
+            child = next((c for c in self.children if c.order == message[1]), None)
+            if child is not None and child.pid is None:
                 return self._restart(child)
-        elif type(message) is tuple and message[:1] == (_RETRY,):
-            return self._restart(message[1])
         return None
 
     def terminate(self, reason: Any) -> None:
         self._stop_all()
+
+    def _find_pid(self, pid: Pid) -> Child | None:
+        return next((c for c in self.children if c.pid == pid), None)
 
     def _restart(self, child: Child) -> Any:
         if self.intensity.add():
@@ -82,19 +87,20 @@ class DynamicSupervisor(SupervisorBase):
         child.restarts += 1
         try:
             pid = child.start()
-        except Exception:
-            api.send(api.self(), (_RETRY, child))
+        except Exception as exc:
+            reports.start_failed(child.spec.id, exc)
+            self._retry_later(child.order)
             return None
-        if pid is not None:
-            self.children[pid] = child
+        if pid is None:
+            self.children.remove(child)
         return None
 
     def _stop_all(self) -> None:
         """All children at once: signal everyone, then wait for each in turn."""
-        pending = [(pid, child, begin_shutdown(pid, child.spec.shutdown),
-                    deadline_for(child.spec.shutdown)) for pid, child in self.children.items()]
+        pending = [(c.pid, c, begin_shutdown(c.pid, c.spec.shutdown), deadline_for(c.spec.shutdown))
+                   for c in self.children if c.pid is not None]
         for pid, child, mref, deadline in pending:
-            reason = finish_shutdown(pid, mref, child.spec.shutdown, deadline)
+            reason = finish_shutdown(pid, mref, deadline)
             reports.child_terminated(child.spec.id, pid, reason)
         self.children.clear()
 
@@ -105,26 +111,24 @@ class DynamicSupervisor(SupervisorBase):
             raise MaxChildren(f"already {len(self.children)} children "
                               f"(max_children={self.max_children})")
         child = Child(spec, next(self.order))
-        try:
-            pid = child.start()
-        except Exception as exc:
-            raise StartError(exc, f"child {spec.id!r} failed to start: {exc!r}") from None
+        pid = child.start_or_fail()
         if pid is not None:
-            self.children[pid] = child
+            self.children.append(child)
         return pid
 
     def _op_terminate_child(self, pid: Pid) -> None:
-        child = self.children.pop(pid, None)
+        child = self._find_pid(pid) if type(pid) is Pid else None
         if child is None:
             raise ChildNotFound(f"{pid!r} is not a child of this supervisor")
+        self.children.remove(child)
         child.shutdown()
 
     def _op_which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(c.spec.id, pid, c.spec.type) for pid, c in self.children.items()]
+        return [ChildInfo(c.spec.id, c.pid, c.spec.type) for c in self.children]
 
     def _op_count_children(self) -> dict[str, int]:
-        specs = [c.spec for c in self.children.values()]
-        return {"specs": len(specs), "active": len(specs),
+        specs = [c.spec for c in self.children]
+        return {"specs": len(specs), "active": sum(c.pid is not None for c in self.children),
                 "supervisors": sum(s.type == "supervisor" for s in specs),
                 "workers": sum(s.type == "worker" for s in specs)}
 

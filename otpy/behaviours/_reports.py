@@ -1,0 +1,86 @@
+"""What supervisors log, and what they tell the observer about their children.
+
+Events (structlog, see otpy._runtime.log), each with the supervisor's own
+context (node, pid, name, tree) plus ``supervisor`` and ``child_id``:
+
+- ``child started`` / ``child restarted`` (info): pid, restarts so far
+- ``child terminated`` (info): stopped by its supervisor; pid, reason
+- ``crash report`` (error): an abnormal child exit; pid, reason, the remote
+  traceback as ``exception``, and ``restarts_in_window`` (restarts counted
+  in the intensity window before this one)
+- ``start failed`` (error): a child's (re)start raised; reason and traceback
+- ``restart intensity exceeded`` (error): the supervisor gives up and exits;
+  ``last_failures`` names the most recent crash reasons
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collections import deque
+
+from .. import Pid
+from .. import self as self_pid
+from ..lowlevel import annotate, describe_reason, logger, process_name, traceback_text
+
+# the last few abnormal exits and failed starts, for "restart intensity exceeded"
+_recent_failures: deque[str] = deque(maxlen=5)
+
+
+def child_label(child_id: Any) -> str:
+    return child_id if isinstance(child_id, str) else repr(child_id)
+
+
+def _supervisor() -> Any:
+    return process_name() or self_pid().serial
+
+
+def announce_supervisor() -> None:
+    """A supervisor marks itself, so the observer draws it with its children."""
+    annotate(self_pid(), is_supervisor=True)
+
+
+def child_started(child_id: Any, pid: Pid, order: int, restarts: int,
+                  last_exit: str | None) -> None:
+    annotate(pid, supervisor=self_pid().serial, child_id=child_label(child_id),
+             order=order, restarts=restarts, last_exit=last_exit)
+    logger().info("child restarted" if restarts else "child started",
+                  supervisor=_supervisor(), child_id=child_label(child_id),
+                  child_pid=pid.serial, os_pid=pid.os_pid, restarts=restarts)
+
+
+def child_terminated(child_id: Any, pid: Pid, reason: Any) -> None:
+    logger().info("child terminated", supervisor=_supervisor(),
+                  child_id=child_label(child_id), child_pid=pid.serial,
+                  reason=describe_reason(reason))
+
+
+def crash_report(child_id: Any, pid: Pid, reason: Any, restarts_in_window: int) -> None:
+    _recent_failures.append(f"{child_label(child_id)}: {describe_reason(reason, 120)}")
+    details = {}
+    text = traceback_text(reason)
+    if text is not None:
+        details["exception"] = text
+    logger().error("crash report", supervisor=_supervisor(), child_id=child_label(child_id),
+                   child_pid=pid.serial, os_pid=pid.os_pid, reason=describe_reason(reason),
+                   restarts_in_window=restarts_in_window, **details)
+
+
+def start_failed(child_id: Any, exc: BaseException) -> None:
+    """A (re)start raised: the reason and its traceback, at error level."""
+    cause = getattr(exc, "reason", None)  # a StartError carries the init's exception
+    if isinstance(cause, BaseException):
+        exc = cause
+    _recent_failures.append(f"{child_label(child_id)} start: {describe_reason(exc, 120)}")
+    details = {}
+    text = traceback_text(exc)
+    if text is not None:
+        details["exception"] = text
+    logger().error("start failed", supervisor=_supervisor(), child_id=child_label(child_id),
+                   reason=describe_reason(exc), **details)
+
+
+def intensity_exceeded(child_id: Any, max_restarts: int, max_seconds: float) -> None:
+    logger().error("restart intensity exceeded", supervisor=_supervisor(),
+                   child_id=child_label(child_id), max_restarts=max_restarts,
+                   max_seconds=max_seconds, last_failures=list(_recent_failures))

@@ -1,0 +1,48 @@
+"""otpy.lowlevel: the extension API that behaviours are written with.
+
+``otpy`` is the friendly surface (processes, GenServer, supervisors).
+Underneath it, this is what a *new* behaviour needs, documented and stable:
+otpy's own GenServer, Supervisor and DynamicSupervisor are written with
+nothing but ``otpy`` and this module, and so is ``otpy_pool``. See
+docs/lowlevel.md.
+
+- calls: :func:`call` / :func:`reply` / :class:`From` (the call convention),
+  :func:`request` (wait for a reply or the callee's death, with your own
+  message format), :func:`ask` / :func:`dispatch` (an operation whose
+  server-side error is raised in the caller), :func:`resolve`.
+- stopping: :func:`await_down`, :func:`stop_process` (exit signal, bounded
+  wait, kill), and the supervisor's shutdown protocol (:func:`shutdown_child`,
+  :func:`begin_shutdown` / :func:`finish_shutdown`, :func:`deadline_for`).
+- supervision: :class:`ChildSpec`, :func:`is_clean`, :func:`restart_needed`,
+  :class:`RestartIntensity` (N events in T seconds).
+- observing: :func:`annotate` (what the observer shows for a process),
+  :func:`logger`, :func:`describe_reason`, :func:`traceback_text`.
+- the node: :func:`start`, :func:`shutdown`, :func:`node_running`, namespaces
+  (:func:`current_namespace`, :func:`enter_namespace`, :func:`leave_namespace`,
+  :func:`processes_in`, :func:`registered_in`, :func:`unregister_in`),
+  :func:`flush`, :func:`is_trapping`; logs for tools that capture them
+  (:func:`parse_log_lines`, :func:`render_log_event`, :func:`reset_logging`).
+"""
+
+from .._runtime.api import annotate
+from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
+from ._child_spec import RESTARTS, TYPES, ChildSpec, is_clean, restart_needed
+from ._intensity import RestartIntensity
+from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
+                    is_trapping, leave_namespace, logger, node_running, parse_log_lines,
+                    process_name, processes_in, registered_in, render_log_event, reset_logging,
+                    shutdown, start, traceback_text, unregister_in, zygote_os_pid)
+from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdown, flush,
+                        shutdown_child, stop_process)
+
+__all__ = [
+    "CALL", "DEFAULT_TIMEOUT", "From", "ask", "call", "dispatch", "reply", "request", "resolve",
+    "RESTARTS", "TYPES", "ChildSpec", "is_clean", "restart_needed", "RestartIntensity",
+    "annotate", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",
+    "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
+    "start", "unregister_in", "zygote_os_pid",
+    "LOG_LEVELS", "logger", "parse_log_lines", "render_log_event", "reset_logging",
+    "traceback_text",
+    "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
+    "stop_process",
+]

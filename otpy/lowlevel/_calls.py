@@ -1,0 +1,96 @@
+"""The call convention every behaviour shares (OTP's ``gen`` module).
+
+A call is a message ``(CALL, (caller_pid, ref), request)``; its answer is
+``(REPLY, ref, value)``. The caller waits for that reply *or* the callee's
+death, so a dead callee never turns into a timeout. ``ask``/``dispatch`` add
+one convention on top: a server answers ``("ok", value)`` or ``("error",
+exc)`` and the error is raised in the caller, so an operation that fails on
+the server side fails where it was asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._runtime import api
+from .._runtime.errors import Timeout
+from .._runtime.node import context
+from .._runtime.process import REPLY
+from .._runtime.terms import Pid, Ref
+
+CALL = "$call"
+DEFAULT_TIMEOUT = 5.0
+
+
+class From(NamedTuple):
+    """Who is waiting for a call's reply; pass it to :func:`reply`."""
+
+    pid: Pid
+    ref: Ref
+
+
+def resolve(dest: Pid | str) -> Pid:
+    """A pid for a pid or a registered name (in the caller's namespace); NoProc if unknown."""
+    return context().resolve(dest)
+
+
+def request(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
+    """Send ``message`` (which carries ``ref``) to ``pid`` and wait for ``(REPLY, ref, value)``.
+
+    Returns ``value``. NoProc at once if ``pid`` is dead; Exited with its
+    reason if it dies before replying; Timeout when ``timeout`` expires (a
+    reply that comes later is dropped on arrival, never queued as a stray
+    message). The building block of :func:`call`, for behaviours with a
+    message format of their own.
+    """
+    return context().call(pid, message, ref, timeout)
+
+
+def call(server: Pid | str, request_term: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    """Send ``request_term`` to a server and wait for its reply.
+
+    NoProc at once for a dead or unknown server; Exited with the server's
+    reason if it dies first; Timeout when ``timeout`` expires (a late reply is
+    dropped). A server calling itself gets Exited at once instead of a hang.
+    """
+    ctx = context()
+    pid = ctx.resolve(server)
+    ref = Ref.make(ctx.pid)
+    return ctx.call(pid, (CALL, (ctx.pid, ref), request_term), ref, timeout)
+
+
+def reply(caller: From, value: Any) -> None:
+    """Answer a call: ``caller`` is the From the server received."""
+    api.send(caller.pid, (REPLY, caller.ref, value))
+
+
+def ask(server: Pid | str, request_term: tuple, timeout: float | None = None) -> Any:
+    """Client side of an operation: call, and raise the error the server returned.
+
+    The server answers with :func:`dispatch`. ``timeout=None`` waits until the
+    answer or the server's death.
+    """
+    outcome, value = call(server, request_term, timeout=timeout)
+    if outcome == "error":
+        raise value
+    return value
+
+
+def dispatch(server: Any, request_term: tuple) -> tuple[str, Any]:
+    """Server side: run ``server._op_<name>(*args)`` for ``(name, *args)``.
+
+    Returns ``("ok", value)`` or ``("error", exc)`` for :func:`ask`. An
+    unknown operation is an error naming it, not a crash of the server.
+    """
+    op, *args = request_term
+    method = getattr(server, "_op_" + op, None) if isinstance(op, str) else None
+    if method is None:
+        return ("error", ValueError(f"{type(server).__name__} has no operation {op!r}"))
+    try:
+        return ("ok", method(*args))
+    except Exception as exc:
+        return ("error", exc)
+
+
+__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "ask", "call", "dispatch", "reply",
+           "request", "resolve"]

@@ -1,0 +1,117 @@
+"""The node as a whole: starting and stopping it on purpose, and namespaces
+(the private name spaces isolated trees are made of)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._runtime import log, process, reasons
+from .._runtime.node import context
+from .._runtime import node as _node
+from .._runtime.node import shutdown as _shutdown
+from .._runtime.terms import Pid
+
+
+def start() -> Pid:
+    """Start this program's node now, if it is not running; the program's pid.
+
+    otpy starts the node at the first otpy call. A program that starts threads
+    of its own calls this first, so the zygote is forked while the program is
+    still single-threaded.
+    """
+    return context().pid
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Stop the node: every process it started is killed and reaped.
+
+    The next otpy call starts a fresh node.
+    """
+    _shutdown(timeout)
+
+
+def current_namespace() -> str:
+    """The namespace names resolve in for the calling thread ("" is the node's own)."""
+    return context().namespace()
+
+
+def enter_namespace(namespace: str) -> None:
+    """Make ``namespace`` the calling thread's: names and spawns use it until left."""
+    context().push_namespace(namespace)
+
+
+def leave_namespace(namespace: str) -> None:
+    """Leave the innermost namespace, which must be ``namespace``."""
+    context().pop_namespace(namespace)
+
+
+def processes_in(namespace: str) -> list[Pid]:
+    """The live processes spawned in ``namespace`` (and their descendants)."""
+    return context().request("processes", namespace)
+
+
+def registered_in(namespace: str) -> list[str]:
+    """The names registered in ``namespace``."""
+    return context().request("registered", namespace)
+
+
+def unregister_in(namespace: str, name: str) -> bool:
+    """Remove ``name`` from ``namespace``; False if it was not registered."""
+    return context().request("unregister", namespace, name)
+
+
+def process_name() -> str | None:
+    """The calling process's registered name, if any."""
+    return context().name
+
+
+def logger(**bound: Any) -> Any:
+    """A structlog logger bound to the calling process's context (node, pid, name, tree)."""
+    return log.logger(**bound)
+
+
+def describe_reason(reason: Any, limit: int = 300) -> str:
+    """A short text for an exit reason, as logs and the observer show it."""
+    return reasons.describe(reason, limit)
+
+
+def traceback_text(reason: Any) -> str | None:
+    """The remote traceback carried by an exit reason, if it is an exception."""
+    return reasons.traceback_text(reason)
+
+
+def is_trapping() -> bool:
+    """Whether the calling process traps exits."""
+    return context().trap
+
+
+def node_running() -> bool:
+    """Whether this program has a running node, without starting one."""
+    ctx = process.current
+    return ctx is not None and ctx.is_main
+
+
+# ---- logs, for tools that capture or show them (the pytest plugin) ------------
+
+LOG_LEVELS = log.LEVELS
+
+
+def parse_log_lines(data: bytes) -> list[dict]:
+    """The events in a JSON log (as ``configure_logging(json=True)`` writes it)."""
+    return log.parse_lines(data)
+
+
+def render_log_event(event: dict) -> str:
+    """One parsed event as the console format shows it."""
+    return log.render_console(event)
+
+
+def reset_logging() -> None:
+    """Configure logs from the environment again (OTPY_LOG, OTPY_LOG_LEVEL, OTPY_LOG_FILE)."""
+    log.configure_from_environment()
+
+
+def zygote_os_pid() -> int | None:
+    """The OS pid of this program's zygote (the process that forks every otpy
+    process), or None if the node is not running."""
+    return _node.zygote_os_pid()
