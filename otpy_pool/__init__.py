@@ -1,7 +1,14 @@
-"""otpy_pool: session pool, circuit breaker, rate limiter and error recovery.
+"""otpy_pool: what applications build on otpy's supervisors: a session pool of
+worker processes, a circuit breaker, a rate limiter and error recovery, each a
+supervised part of the program's tree.
 
-Coming: built on otpy's supervisors (see the project's issues). Importing it
-today gives this package and nothing else.
+Built on ``otpy`` and ``otpy.lowlevel`` only.
 """
 
 __all__: list[str] = []
+
+# ---- pool (issue: session pool) ----
+
+# ---- breaker and limiter ----
+
+# ---- recovery ----
