@@ -278,7 +278,7 @@ class ProcessContext:
             raise Timeout(f"receive timed out after {timeout}s")
         return found[0]
 
-    def take(self, match: Callable[[Any], bool]) -> list:
+    def take(self, match: Callable[[Any], bool]) -> int:
         """Remove every queued message matching ``match`` (lock taken here)."""
         with self.cond:
             kept = [m for m in self.mailbox if not match(m)]

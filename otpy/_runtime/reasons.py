@@ -16,13 +16,14 @@ from typing import Any
 from tblib import pickling_support
 
 from . import wire
+from .errors import OtpyError
 
 NORMAL = "normal"
 KILL = "kill"
 OTHER = "other"
 
 
-class RemoteError(Exception):
+class RemoteError(OtpyError):
     """Stands in for an exception that could not be pickled: keeps its text."""
 
     def __init__(self, type_name: str, text: str, formatted: str, otpy_pid: Any = None) -> None:

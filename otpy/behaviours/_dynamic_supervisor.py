@@ -13,7 +13,7 @@ import itertools
 from typing import Any
 
 from .. import Exit, Pid, trap_exit
-from ..lowlevel import ChildSpec, RestartIntensity, ask, begin_shutdown, deadline_for, \
+from ..lowlevel import ChildSpec, Restart, RestartIntensity, Shutdown, ask, begin_shutdown, deadline_for, \
     finish_shutdown, restart_needed
 from . import _reports as reports
 from ._supervision import RETRY, Child, ChildInfo, ChildNotFound, MaxChildren, SupervisorBase
@@ -23,16 +23,20 @@ class DynamicSupervisor(SupervisorBase):
     """``DynamicSupervisor.start_link(max_children=None, max_restarts=3, max_seconds=5.0, name=None)``."""
 
     @classmethod
-    def start_link(cls, *, max_children: int | None = None, max_restarts: int = 3,
-                   max_seconds: float = 5.0, name: str | None = None,
-                   timeout: float | None = None) -> Pid:
+    def start_link(  # type: ignore[override]
+            cls, *, max_children: int | None = None, max_restarts: int = 3,
+            max_seconds: float = 5.0, name: str | None = None,
+            timeout: float | None = None) -> Pid:
         _check(max_children, max_restarts, max_seconds)
-        return super().start_link(max_children, max_restarts, max_seconds, name=name,
-                                  timeout=timeout)
+        pid = super().start_link(max_children, max_restarts, max_seconds, name=name,
+                                 timeout=timeout)
+        assert pid is not None  # a supervisor's init never returns IGNORE
+        return pid
 
     @classmethod
-    def child_spec(cls, *, id: Any = None, restart: str = "permanent",
-                   shutdown: Any = "infinity", **opts: Any) -> ChildSpec:
+    def child_spec(  # type: ignore[override]
+            cls, *, id: Any = None, restart: Restart = "permanent",
+            shutdown: Shutdown = "infinity", **opts: Any) -> ChildSpec:
         return ChildSpec(id if id is not None else opts.get("name", cls.__qualname__),
                          cls.start_link, kwargs=opts, restart=restart, shutdown=shutdown,
                          type="supervisor")

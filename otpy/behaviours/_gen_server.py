@@ -33,7 +33,7 @@ from .. import (AlreadyRegistered, Down, Exit, Exited, NoProc, OtpyError, Pid, P
 from .. import exit as exit_signal
 from .. import self as self_pid
 from .. import lowlevel
-from ..lowlevel import CALL, DEFAULT_TIMEOUT, ChildSpec, From, call, reply
+from ..lowlevel import CALL, DEFAULT_TIMEOUT, ChildSpec, From, Restart, Shutdown, call, reply
 
 CAST = "$cast"
 STOP = "$stop"
@@ -152,8 +152,8 @@ class GenServer:
         return _start(cls, args, kwargs, name, timeout, link=False)
 
     @classmethod
-    def child_spec(cls, *args: Any, id: Any = None, restart: str = "permanent",
-                   shutdown: Any = 5.0, name: str | None = None, **kwargs: Any) -> ChildSpec:
+    def child_spec(cls, *args: Any, id: Any = None, restart: Restart = "permanent",
+                   shutdown: Shutdown = 5.0, name: str | None = None, **kwargs: Any) -> ChildSpec:
         """A ChildSpec that starts this server with ``start_link(*args, name=..., **kwargs)``."""
         if name is not None:
             kwargs["name"] = name
@@ -196,7 +196,7 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
     if outcome == "ignore":
         return None
     if outcome == "already_started":
-        raise AlreadyStarted(name, detail)
+        raise AlreadyStarted(str(name), detail)
     if isinstance(detail, StartError):
         raise detail  # a supervisor's child failed: that error already names it
     raise StartError(detail, f"{cls.__qualname__}.init failed: {detail!r}")
@@ -204,7 +204,7 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
 
 # ---- the server process ---------------------------------------------------------------
 
-def _serve(cls: type, args: tuple, kwargs: dict, name: str | None, parent: Pid, ref: Ref,
+def _serve(cls: type[GenServer], args: tuple, kwargs: dict, name: str | None, parent: Pid, ref: Ref,
            linked: bool) -> None:
     def ack(outcome: str, detail: Any = None) -> None:
         send(parent, (START_ACK, ref, (outcome, detail)))

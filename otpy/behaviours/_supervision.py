@@ -76,7 +76,7 @@ class Child:
         """Its Exit arrived: remember why, and report a crash."""
         pid, self.pid = self.pid, None
         self.last_exit = describe_reason(reason)
-        if not is_clean(reason):
+        if pid is not None and not is_clean(reason):
             reports.crash_report(self.spec.id, pid, reason, intensity.count())
 
     def shutdown(self) -> None:
@@ -97,6 +97,11 @@ class SupervisorBase(GenServer):
     operations reach the server (``_op_<name>`` methods, errors raised in the caller)."""
 
     start_timeout = 60.0  # children bound their own inits
+    intensity: RestartIntensity  # set by each supervisor's init
+
+    def _stop_all(self) -> None:
+        """Stop every running child (each supervisor's own order)."""
+        raise NotImplementedError
 
     @staticmethod
     def which_children(sup: Any) -> list[ChildInfo]:

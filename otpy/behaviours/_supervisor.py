@@ -23,7 +23,7 @@ import itertools
 from typing import Any
 
 from .. import Exit, Pid, trap_exit
-from ..lowlevel import ChildSpec, RestartIntensity, ask, restart_needed
+from ..lowlevel import ChildSpec, Restart, RestartIntensity, Shutdown, ask, restart_needed
 from . import _reports as reports
 from ._gen_server import StartError
 from ._supervision import (RETRY, AlreadyPresent, Child, ChildInfo, ChildNotFound, ChildRunning,
@@ -35,25 +35,34 @@ STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 class Supervisor(SupervisorBase):
     """``Supervisor.start_link(children, strategy=..., max_restarts=3, max_seconds=5.0, name=...)``."""
 
+    # A supervisor is a GenServer by implementation; its start functions and
+    # child_spec take its own options, hence the override ignores below.
     @classmethod
-    def start_link(cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
-                   max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
-                   timeout: float | None = None) -> Pid:
+    def start_link(  # type: ignore[override]
+            cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
+            max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
+            timeout: float | None = None) -> Pid:
         _check_options(children, strategy, max_restarts, max_seconds)
-        return super().start_link(list(children), strategy, max_restarts, max_seconds,
-                                  name=name, timeout=timeout)
+        pid = super().start_link(list(children), strategy, max_restarts, max_seconds,
+                                 name=name, timeout=timeout)
+        assert pid is not None  # a supervisor's init never returns IGNORE
+        return pid
 
     @classmethod
-    def start(cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
-              max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
-              timeout: float | None = None) -> Pid:
+    def start(  # type: ignore[override]
+            cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
+            max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
+            timeout: float | None = None) -> Pid:
         _check_options(children, strategy, max_restarts, max_seconds)
-        return super().start(list(children), strategy, max_restarts, max_seconds,
-                             name=name, timeout=timeout)
+        pid = super().start(list(children), strategy, max_restarts, max_seconds,
+                            name=name, timeout=timeout)
+        assert pid is not None  # a supervisor's init never returns IGNORE
+        return pid
 
     @classmethod
-    def child_spec(cls, children: list[ChildSpec], *, id: Any = None, restart: str = "permanent",
-                   shutdown: Any = "infinity", **opts: Any) -> ChildSpec:
+    def child_spec(  # type: ignore[override]
+            cls, children: list[ChildSpec], *, id: Any = None, restart: Restart = "permanent",
+            shutdown: Shutdown = "infinity", **opts: Any) -> ChildSpec:
         """A spec that runs this supervisor (with ``opts``) as a child of another."""
         _check_options(children, opts.get("strategy", "one_for_one"),
                        opts.get("max_restarts", 3), opts.get("max_seconds", 5.0))

@@ -26,7 +26,7 @@ docs/lowlevel.md.
 
 from .._runtime.api import annotate
 from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
-from ._child_spec import RESTARTS, TYPES, ChildSpec, is_clean, restart_needed
+from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
                     is_trapping, leave_namespace, logger, node_running, parse_log_lines,
@@ -37,7 +37,7 @@ from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdow
 
 __all__ = [
     "CALL", "DEFAULT_TIMEOUT", "From", "ask", "call", "dispatch", "reply", "request", "resolve",
-    "RESTARTS", "TYPES", "ChildSpec", "is_clean", "restart_needed", "RestartIntensity",
+    "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed", "RestartIntensity",
     "annotate", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
     "start", "unregister_in", "zygote_os_pid",

@@ -14,12 +14,13 @@ import time
 
 import psutil
 
+from .. import OtpyError
 from ..lowlevel.observation import PAGE_NAME
 
 PREFIX = "otpy-"
 
 
-class NodeNotFound(LookupError):
+class NodeNotFound(OtpyError, LookupError):
     """No running node matches, or several do and none was named."""
 
 

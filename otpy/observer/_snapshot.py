@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from .. import OtpyError
 from ..lowlevel.observation import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
 from ..lowlevel.observation import STATUS_NAME
 from ..lowlevel.observation import STATE_NAMES, StatusTable
@@ -24,7 +25,7 @@ from ._nodes import Node, NodeNotFound, find_fd, find_node
 READ_TIMEOUT = 2.0
 
 
-class ObserverError(RuntimeError):
+class ObserverError(OtpyError, RuntimeError):
     """The node could not be read (it stopped answering, say)."""
 
 
