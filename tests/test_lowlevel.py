@@ -1,0 +1,179 @@
+"""otpy.lowlevel: the pieces behaviours are built from, each on its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import otpy
+import pytest
+from otpy import lowlevel
+
+from helpers import DEADLINE, expect
+
+
+def _ignore_shutdown(parent: otpy.Pid) -> None:
+    otpy.trap_exit(True)
+    otpy.send(parent, "trapping")
+    while True:
+        otpy.receive()  # an Exit "shutdown" arrives as a message and is ignored
+
+
+def _obey_shutdown(parent: otpy.Pid) -> None:
+    otpy.send(parent, "ready")
+    otpy.receive()
+
+
+def test_await_down_returns_the_reason_and_leaves_other_messages():
+    pid, ref = otpy.spawn_monitor(lambda: os.kill(os.getpid(), signal.SIGKILL))
+    otpy.send(otpy.self(), "unrelated")
+    assert lowlevel.await_down(ref, DEADLINE) == "killed"  # SIGKILL is seen as "killed"
+    assert otpy.receive(timeout=0) == "unrelated"
+
+
+def test_await_down_times_out_on_a_live_process():
+    pid, ref = otpy.spawn_monitor(otpy.receive)
+    with pytest.raises(otpy.Timeout):
+        lowlevel.await_down(ref, 0.01)
+    otpy.exit(pid, "kill")
+    assert lowlevel.await_down(ref, DEADLINE) == "killed"
+
+
+def test_stop_process_signals_then_returns_the_reason():
+    pid = otpy.spawn(_obey_shutdown, otpy.self())
+    expect(lambda m: m == "ready")
+    assert lowlevel.stop_process(pid, "shutdown", timeout=DEADLINE) == "shutdown"
+    assert not otpy.is_alive(pid)
+
+
+def test_stop_process_kills_a_process_that_ignores_the_signal():
+    pid = otpy.spawn(_ignore_shutdown, otpy.self())
+    expect(lambda m: m == "trapping")
+    assert lowlevel.stop_process(pid, "shutdown", timeout=0.05) == "killed"
+
+
+def test_stop_process_unlinks_so_the_caller_gets_no_exit():
+    pid = otpy.spawn_link(_obey_shutdown, otpy.self())
+    expect(lambda m: m == "ready")
+    lowlevel.stop_process(pid, "custom", timeout=DEADLINE)
+    with pytest.raises(otpy.Timeout):
+        otpy.receive(timeout=0.05, match=lambda m: isinstance(m, otpy.Exit))
+
+
+def test_stop_process_of_a_dead_pid_is_noproc():
+    pid, ref = otpy.spawn_monitor(lambda: None)
+    lowlevel.await_down(ref, DEADLINE)
+    assert lowlevel.stop_process(pid) == "noproc"
+
+
+class Ops(otpy.GenServer):
+    def handle_call(self, request, caller):
+        return lowlevel.dispatch(self, request)
+
+    def _op_double(self, n):
+        return 2 * n
+
+    def _op_fail(self):
+        raise KeyError("missing")
+
+
+def test_ask_returns_values_and_raises_server_errors_in_the_caller():
+    pid = Ops.start_link()
+    assert lowlevel.ask(pid, ("double", 21)) == 42
+    with pytest.raises(KeyError, match="missing"):
+        lowlevel.ask(pid, ("fail",))
+    with pytest.raises(ValueError, match="no operation 'nope'"):
+        lowlevel.ask(pid, ("nope",))
+    assert lowlevel.ask(pid, ("double", 1)) == 2  # the server carried on
+    otpy.stop(pid)
+
+
+def test_request_raises_the_callees_exit_reason_not_a_timeout():
+    pid = otpy.spawn(lambda: otpy.receive() and os.kill(os.getpid(), signal.SIGKILL))
+    ref = otpy.make_ref()
+    with pytest.raises(otpy.Exited) as info:
+        lowlevel.request(pid, ("anything", ref), ref, timeout=DEADLINE)
+    assert info.value.reason == "killed"
+
+
+def test_call_and_reply_with_a_hand_written_server():
+    def server():
+        kind, caller, request = otpy.receive()
+        assert kind == lowlevel.CALL
+        lowlevel.reply(lowlevel.From(*caller), ("echo", request))
+
+    pid = otpy.spawn(server)
+    assert lowlevel.call(pid, "hi") == ("echo", "hi")
+
+
+def test_shutdown_child_follows_the_spec():
+    pid = otpy.spawn_link(_ignore_shutdown, otpy.self())
+    expect(lambda m: m == "trapping")
+    assert lowlevel.shutdown_child(pid, 0.05) == "killed"
+    pid = otpy.spawn_link(_ignore_shutdown, otpy.self())
+    expect(lambda m: m == "trapping")
+    assert lowlevel.shutdown_child(pid, "brutal_kill") == "killed"
+
+
+def test_restart_intensity_window_edges():
+    now = [0.0]
+    window = lowlevel.RestartIntensity(2, 10.0, clock=lambda: now[0])
+    assert not window.add() and not window.add()
+    now[0] = 5.0
+    assert window.add()  # the third within 10 s
+    now[0] = 10.0  # the first two are exactly 10 s old: no longer counted
+    assert window.count() == 1
+    with pytest.raises(ValueError, match="max_restarts"):
+        lowlevel.RestartIntensity(-1, 1.0)
+    with pytest.raises(ValueError, match="max_seconds"):
+        lowlevel.RestartIntensity(1, 0)
+
+
+def test_child_spec_is_validated_and_is_clean_knows_the_clean_reasons():
+    with pytest.raises(ValueError, match="restart"):
+        lowlevel.ChildSpec("x", otpy.spawn_link, restart="sometimes")
+    with pytest.raises(ValueError, match="shutdown"):
+        lowlevel.ChildSpec("x", otpy.spawn_link, shutdown=-1)
+    assert lowlevel.ChildSpec("s", otpy.spawn_link, type="supervisor").shutdown == "infinity"
+    assert all(map(lowlevel.is_clean, ["normal", "shutdown", ("shutdown", 1)]))
+    assert not lowlevel.is_clean("killed")
+
+
+def test_annotate_shows_in_the_node_tables():
+    pid = otpy.spawn(otpy.receive)
+    lowlevel.annotate(pid, behaviour="Pool", in_use="3/10")
+    with pytest.raises(TypeError, match="in_use"):
+        lowlevel.annotate(pid, in_use=[3])
+    otpy.exit(pid, "kill")
+
+
+def test_start_and_shutdown_of_the_node_on_purpose(tmp_path):
+    script = textwrap.dedent("""
+        import threading
+        import otpy
+        from otpy import lowlevel
+
+        assert not lowlevel.node_running()
+        me = lowlevel.start()  # before any thread of ours
+        assert lowlevel.node_running() and me == otpy.self()
+        zygote = lowlevel.zygote_os_pid()
+        t = threading.Thread(target=lambda: otpy.spawn(otpy.receive))
+        t.start(); t.join()
+        lowlevel.shutdown()
+        assert not lowlevel.node_running()
+        import os
+        try:
+            os.kill(zygote, 0)
+            print("zygote alive")
+        except ProcessLookupError:
+            print("zygote gone")
+        print("restarted", lowlevel.start() != me)
+        lowlevel.shutdown()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["zygote", "gone", "restarted", "True"]
