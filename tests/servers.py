@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import otpy
 
 
@@ -118,3 +120,16 @@ def returns_garbage():
 
 def start_ignored():
     return None
+
+
+class StartsOnce(otpy.GenServer):
+    """Starts while ``flag`` (a path) does not exist and creates it; later
+    starts fail until the test removes it: a child whose restart fails."""
+
+    def init(self, flag):
+        if os.path.exists(flag):
+            raise ValueError(f"{flag} exists: refusing to restart")
+        open(flag, "w").close()
+
+    def handle_call(self, request, caller):
+        return request

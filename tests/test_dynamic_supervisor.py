@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import otpy
 import pytest
 from otpy import ChildSpec, DynamicSupervisor
@@ -99,3 +101,32 @@ def test_dynamic_supervisor_under_a_supervisor():
     started("w")
     stop_sup(top)
     assert [m[1] for m in terminations() if m[0] == "terminate_begin"] == ["w"]
+
+
+def _counts_until(sup, wanted, deadline=10.0):
+    """count_children once it equals ``wanted`` (each check is a call: no sleep)."""
+    import time
+
+    end = time.monotonic() + deadline
+    while True:
+        counts = DynamicSupervisor.count_children(sup)
+        if all(counts[k] == v for k, v in wanted.items()):
+            return counts
+        assert time.monotonic() < end, f"count_children stayed {counts}, wanted {wanted}"
+
+
+def test_a_child_whose_restart_failed_still_counts_for_max_children(tmp_path):
+    from servers import StartsOnce
+
+    flag = str(tmp_path / "started")
+    sup = DynamicSupervisor.start_link(max_children=1, max_restarts=100_000, max_seconds=60)
+    child = DynamicSupervisor.start_child(sup, StartsOnce.child_spec(flag, id="once"))
+    kill(child)
+    # its restarts now fail: it stays in the table, restarting, with no pid
+    _counts_until(sup, {"specs": 1, "active": 0})
+    assert [c.pid for c in DynamicSupervisor.which_children(sup)] == [None]
+    with pytest.raises(otpy.MaxChildren):
+        DynamicSupervisor.start_child(sup, StartsOnce.child_spec(flag + "2", id="other"))
+    os.unlink(flag)  # the next retry succeeds
+    _counts_until(sup, {"specs": 1, "active": 1})
+    stop_sup(sup)
