@@ -180,6 +180,10 @@ class ProcessContext:
         if tag == "dead":
             _, pid, rbody = term
             return _Dead(pid, reasons.unpack(rbody))
+        if tag == "fault":  # failure injection (otpy.testing); see faults.py
+            from . import faults
+
+            return faults.received(self, term)
         raise OtpyError(f"unknown control frame {tag!r}")
 
     def _apply(self, items: list) -> None:

@@ -22,6 +22,8 @@ docs/lowlevel.md.
   :func:`processes_in`, :func:`registered_in`, :func:`unregister_in`),
   :func:`flush`, :func:`is_trapping`; logs for tools that capture them
   (:func:`parse_log_lines`, :func:`render_log_event`, :func:`reset_logging`).
+- failure injection: :func:`inject_fault` / :func:`heal_fault` (faults a
+  process applies to itself: slow, partition, corrupt, memory, fds).
 """
 
 from .._runtime.api import annotate
@@ -34,6 +36,7 @@ from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namesp
                     shutdown, start, traceback_text, unregister_in, zygote_os_pid)
 from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdown, flush,
                         shutdown_child, stop_process)
+from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 
 __all__ = [
     "CALL", "DEFAULT_TIMEOUT", "From", "ask", "call", "dispatch", "reply", "request", "resolve",
@@ -45,4 +48,5 @@ __all__ = [
     "traceback_text",
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
     "stop_process",
+    "FAULT_KINDS", "FaultError", "heal_fault", "inject_fault",
 ]

@@ -17,15 +17,18 @@ import tempfile
 import threading
 import time
 from types import TracebackType
+from typing import Any, Callable
 
 from .. import ChildSpec, Exit, OtpyError, Pid, Supervisor, Timeout, exit, is_alive, monitor
 from .. import lowlevel
 from .. import self as otpy_self
+from ._layers import check_layer, require_layer
 
 _SHM = "/dev/shm"
 GRACE = 2.0  # a process that was just told to stop may still be exiting
 _active: dict[int, int] = {}  # thread id -> trees active in that thread
 _active_lock = threading.Lock()
+_trees: dict[str, "Tree"] = {}  # namespace -> tree, for helpers that clean up with it
 
 
 class LeakError(OtpyError):
@@ -45,6 +48,13 @@ class Tree:
         self.namespace = namespace
         self.supervisor = supervisor
         self.tmp_path = tmp_path
+        self.layer: str | None = None  # the test layer it was started for
+        self._on_exit: list[Callable[[], Any]] = []
+
+    def on_exit(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` when the tree exits, before it stops (last added, first run):
+        failure injections are healed there, so the tree can stop normally."""
+        self._on_exit.append(fn)
 
     def start_child(self, spec: ChildSpec) -> Pid | None:
         """Start a child under the tree's root supervisor."""
@@ -70,16 +80,18 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
 
     def __init__(self, name: str, children: list[ChildSpec] = (), *,
                  strategy: str = "one_for_one", max_restarts: int = 3,
-                 max_seconds: float = 5.0) -> None:
+                 max_seconds: float = 5.0, layer: str | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"an isolated tree needs a non-empty str name, not {name!r}")
         self.name = name
         self.children = list(children)
         self.options = dict(strategy=strategy, max_restarts=max_restarts,
                             max_seconds=max_seconds)
+        self.layer = check_layer(layer)  # a tree above the run's layer is skipped
         self.tree: Tree | None = None
 
     def __enter__(self) -> Tree:
+        require_layer(self.layer)
         namespace = f"{self.name}#{secrets.token_hex(4)}"
         self._shm_before = _listdir(_SHM)
         tmp_path = tempfile.mkdtemp(prefix="otpy-tree-")
@@ -95,6 +107,8 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             me = threading.get_ident()
             _active[me] = _active.get(me, 0) + 1
         self.tree = Tree(self.name, namespace, supervisor, tmp_path)
+        self.tree.layer = self.layer
+        _trees[namespace] = self.tree
         return self.tree
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None,
@@ -106,9 +120,11 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             if not _active[me]:
                 del _active[me]
             alone = all(tid == me for tid in _active)  # no tree in another thread
+        _trees.pop(tree.namespace, None)
+        failed = _run_on_exit(tree)
         try:
             self._stop(tree)
-            leaks = self._cleanup(tree.namespace)
+            leaks = failed + self._cleanup(tree.namespace)
             if alone:  # else a new segment could be another thread's tree's
                 leaks += self._shm_leaks()
         finally:
@@ -152,6 +168,22 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             except OSError:
                 pass
         return [f"shared memory segments: {new}"] if new else []
+
+
+def active_tree() -> Tree | None:
+    """The innermost isolated tree active in the calling thread, if any."""
+    return _trees.get(lowlevel.current_namespace())
+
+
+def _run_on_exit(tree: Tree) -> list[str]:
+    failed = []
+    while tree._on_exit:
+        fn = tree._on_exit.pop()
+        try:
+            fn()
+        except Exception as exc:  # reported with the leaks; the tree still stops
+            failed.append(f"on_exit {fn!r} failed: {type(exc).__name__}: {exc}")
+    return failed
 
 
 def reap(pids: list[Pid], grace: float) -> list[Pid]:

@@ -1,0 +1,221 @@
+"""Deterministic waiting for tests: wait on an event with a deadline, never
+on time.
+
+- ``wait_down(pid)`` and ``synchronize(...)`` wait on messages (a Down, a
+  "ready"), so they return the moment the event happens.
+- ``wait_for(predicate)`` and ``wait_registered(name)`` are for conditions
+  with no event to wait on: they re-check with a short backoff (1 ms,
+  doubling up to 50 ms). Checking a name is cheap: the runtime caches names
+  and asks the zygote only after some name changed.
+
+Every one of them has a deadline and raises ``otpy.Timeout`` saying what it
+was waiting for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from .. import (Down, Exited, Pid, Ref, SerializationError, Timeout, demonitor, exit, make_ref,
+                monitor, receive, send, spawn_monitor, whereis)
+from .. import self as otpy_self
+from .. import lowlevel
+
+_FIRST_PAUSE = 0.001
+_MAX_PAUSE = 0.05
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """The first truthy value ``predicate()`` returns.
+
+    Re-checks with a short backoff; raises Timeout naming the predicate and
+    its last value after ``timeout`` seconds. Prefer an event when one exists
+    (``wait_down``, a message): this is for state with no event.
+    """
+    if not callable(predicate):
+        raise TypeError(f"wait_for needs a callable predicate, not {type(predicate).__name__}")
+    deadline = time.monotonic() + timeout
+    pause = _FIRST_PAUSE
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"wait_for({_describe(predicate)}) timed out after {timeout}s; "
+                          f"last value: {value!r}")
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, _MAX_PAUSE)
+
+
+def wait_down(target: Pid | Ref, timeout: float = 5.0) -> Any:
+    """Wait until a process has exited; its exit reason.
+
+    ``target`` is a Pid, or the Ref of a monitor you set up before causing
+    the death (a Pid already gone gives "noproc": monitor first when the
+    reason matters). Raises Timeout if it is still alive after ``timeout``.
+    """
+    if isinstance(target, Ref):
+        ref, what = target, f"the process monitored by {target!r}"
+    elif isinstance(target, Pid):
+        ref, what = monitor(target), repr(target)
+    else:
+        raise TypeError(f"wait_down needs a Pid or a monitor Ref, not {type(target).__name__}")
+    try:
+        return lowlevel.await_down(ref, timeout)
+    except Timeout:
+        if ref is not target:
+            demonitor(ref, flush=True)
+        raise Timeout(f"{what} was still alive after {timeout}s") from None
+
+
+def wait_registered(name: str, timeout: float = 5.0) -> Pid:
+    """Wait until ``name`` is registered (in the caller's namespace); its pid."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"wait_registered needs a non-empty str name, not {name!r}")
+    try:
+        return wait_for(lambda: whereis(name), timeout)
+    except Timeout:
+        raise Timeout(f"no process registered {name!r} within {timeout}s") from None
+
+
+# ---- synchronize ------------------------------------------------------------------
+
+_READY, _GO, _DONE = "$sync_ready", "$sync_go", "$sync_done"
+
+
+def synchronize(operations: Mapping[str, Callable[[], Any]], timeout: float = 10.0,
+                in_processes: bool = True) -> dict[str, Any]:
+    """Run every operation at the same moment; ``{name: result}``.
+
+    Each runs in its own otpy process (or thread, ``in_processes=False``).
+    All are held at a barrier until every one is ready, then released
+    together: each process waits for a "go" message sent once all have said
+    they are ready. An operation that raises has the exception as its
+    result (one that dies has ``otpy.Exited``). After ``timeout`` seconds in
+    all, the operations not finished are killed (threads cannot be: they are
+    abandoned) and Timeout names them.
+    """
+    if not isinstance(operations, Mapping) or not operations:
+        raise TypeError("synchronize needs a non-empty mapping of name -> callable")
+    for name, fn in operations.items():
+        if not callable(fn):
+            raise TypeError(f"synchronize: operation {name!r} is not callable")
+    if in_processes:
+        return _in_processes(dict(operations), timeout)
+    return _in_threads(dict(operations), timeout)
+
+
+def _operation(coordinator: Pid, token: Any, name: str, fn: Callable[[], Any]) -> None:
+    """Body of one synchronized process: ready, wait for go, run, report."""
+    send(coordinator, (_READY, token, name))
+    receive(match=lambda m: m == (_GO, token))
+    try:
+        outcome = ("ok", fn())
+    except Exception as exc:
+        outcome = ("raised", exc)
+    try:
+        send(coordinator, (_DONE, token, name, outcome))
+    except SerializationError as exc:
+        send(coordinator, (_DONE, token, name, ("raised", exc)))
+
+
+def _in_processes(operations: dict[str, Callable[[], Any]], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    me = otpy_self()
+    token = make_ref()
+    procs: dict[str, tuple[Pid, Any]] = {}
+    for name, fn in operations.items():
+        procs[name] = spawn_monitor(_operation, me, token, name, fn)
+    by_ref = {ref: name for name, (_pid, ref) in procs.items()}
+    results: dict[str, Any] = {}
+    ready: set[str] = set()
+
+    def ours(m: Any) -> bool:
+        return (type(m) is tuple and len(m) >= 3 and m[0] in (_READY, _DONE) and m[1] == token) \
+            or (type(m) is Down and m.ref in by_ref)
+
+    def collect(pending: Callable[[], set[str]]) -> None:
+        while pending():
+            remaining = deadline - time.monotonic()
+            try:
+                m = receive(timeout=max(0.0, remaining), match=ours)
+            except Timeout:
+                late = sorted(pending())
+                _kill_all(by_ref, procs)  # the ones held at the barrier too
+                raise Timeout(f"synchronize timed out after {timeout}s waiting for "
+                              f"{late} (killed)") from None
+            if type(m) is Down:
+                name = by_ref.pop(m.ref)
+                ready.add(name)
+                results.setdefault(name, Exited(m.reason, m.pid))
+            elif m[0] == _READY:
+                ready.add(m[2])
+            else:
+                results[m[2]] = m[3][1]
+
+    try:
+        collect(lambda: set(operations) - ready)
+        for name in operations:
+            send(procs[name][0], (_GO, token))
+        collect(lambda: {n for n in operations if n not in results or _alive(n, by_ref)})
+    finally:
+        for ref in list(by_ref):
+            demonitor(ref, flush=True)
+        lowlevel.flush(lambda m: type(m) is tuple and len(m) >= 2 and m[0] in (_READY, _DONE)
+                       and m[1] == token)
+    return {name: results[name] for name in operations}
+
+
+def _alive(name: str, by_ref: dict) -> bool:
+    """Still waiting for this operation's Down (its result is in: it is exiting)."""
+    return name in by_ref.values()
+
+
+def _kill_all(by_ref: dict, procs: dict) -> None:
+    """Kill every operation process not yet seen exiting, and wait for each."""
+    for ref in list(by_ref):
+        exit(procs[by_ref[ref]][0], "kill")
+    for ref in list(by_ref):
+        lowlevel.await_down(ref, 60)
+        del by_ref[ref]
+
+
+def _in_threads(operations: dict[str, Callable[[], Any]], timeout: float) -> dict[str, Any]:
+    barrier = threading.Barrier(len(operations))
+    results: dict[str, Any] = {}
+
+    def run(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout)
+        except threading.BrokenBarrierError:
+            return
+        try:
+            results[name] = fn()
+        except Exception as exc:
+            results[name] = exc
+
+    threads = {name: threading.Thread(target=run, args=(name, fn), daemon=True,
+                                      name=f"otpy-sync-{name}")
+               for name, fn in operations.items()}
+    for thread in threads.values():
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads.values():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stragglers = sorted(name for name, t in threads.items() if t.is_alive() or name not in results)
+    if stragglers:
+        barrier.abort()
+        raise Timeout(f"synchronize timed out after {timeout}s waiting for {stragglers} "
+                      "(threads cannot be killed: abandoned)")
+    return {name: results[name] for name in operations}
+
+
+def _describe(predicate: Callable[[], Any]) -> str:
+    name = getattr(predicate, "__qualname__", None) or repr(predicate)
+    code = getattr(predicate, "__code__", None)
+    if code is not None and name.endswith("<lambda>"):
+        return f"{name} at {code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}"
+    return name
