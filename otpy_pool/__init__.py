@@ -8,7 +8,25 @@ Built on ``otpy`` and ``otpy.lowlevel`` only.
 __all__: list[str] = []
 
 # ---- pool (issue: session pool) ----
+from ._errors import (CommandTimeout, PoolError, PoolOverloaded, PoolTimeout, SessionLost,
+                      SessionNotFound, UnknownCommand, WorkerCrashed)
+from ._pool import BoundSession, CheckedOut, Pool
+from ._pool_executor import PoolExecutor
+from ._pool_options import EVENT_KINDS, PoolEvent, PoolStatus
+from ._worker import Session, Worker, command
+
+__all__ += [
+    "Pool", "PoolStatus", "PoolEvent", "EVENT_KINDS", "PoolExecutor", "CheckedOut",
+    "BoundSession", "Worker", "command", "Session",
+    "PoolError", "PoolTimeout", "CommandTimeout", "PoolOverloaded", "WorkerCrashed",
+    "SessionLost", "SessionNotFound", "UnknownCommand",
+]
 
 # ---- breaker and limiter ----
+from ._breaker import BreakerError, BreakerEvent, BreakerNotRunning, CircuitBreaker, CircuitOpen
+from ._limiter import Decision, LimiterError, LimiterNotRunning, RateLimited, RateLimiter
+
+__all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "BreakerNotRunning",
+            "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning"]
 
 # ---- recovery ----

@@ -1,0 +1,56 @@
+"""The pool's errors. Every one is an ``otpy.OtpyError`` (through PoolError);
+the two timeouts are also ``otpy.Timeout`` (and so ``TimeoutError``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import otpy
+
+
+class PoolError(otpy.OtpyError):
+    """Base of every error the pool raises."""
+
+
+class PoolTimeout(PoolError, otpy.Timeout):
+    """No worker became free within the pool's ``checkout_timeout``."""
+
+
+class CommandTimeout(PoolError, otpy.Timeout):
+    """A command ran past its ``timeout``; its worker was killed and replaced."""
+
+
+class PoolOverloaded(PoolError):
+    """``max_queue`` callers are already waiting; refused at once."""
+
+
+class WorkerCrashed(PoolError):
+    """The worker running the command died; ``reason`` is its exit reason."""
+
+    def __init__(self, reason: Any, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or f"the worker exited: {otpy.lowlevel.describe_reason(reason)}")
+
+    def __reduce__(self):
+        return (type(self), (self.reason, str(self)))
+
+
+class SessionLost(PoolError):
+    """Replaying a session's ``replay=True`` commands on a new worker failed;
+    ``cause`` is why. The session starts empty next time."""
+
+    def __init__(self, session: Any, cause: Any, message: str | None = None) -> None:
+        self.session = session
+        self.cause = cause
+        super().__init__(message or f"session {session!r} was lost: replay failed with {cause!r}")
+
+    def __reduce__(self):
+        return (type(self), (self.session, self.cause, str(self)))
+
+
+class SessionNotFound(PoolError, LookupError):
+    """No such session in this pool."""
+
+
+class UnknownCommand(PoolError, LookupError):
+    """The worker has no ``@command`` by that name."""

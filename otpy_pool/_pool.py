@@ -1,0 +1,400 @@
+"""``Pool``: the handle programs use, and how a pool's subtree starts.
+
+A handle is the pool server's registered name plus the namespace it was
+started in; it is picklable and works from every thread and otpy process of
+the program. It caches session -> worker bindings per OS process, so a bound
+session's command is one round trip to its worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from typing import Any, Iterator
+
+import otpy
+from otpy import lowlevel
+
+from ._errors import CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed
+from ._pool_options import Options, PoolStatus, make_options
+from ._pool_server import PoolServer
+from ._worker import FUNCTION, RETIRED, Worker
+
+_UNSET: Any = object()
+_RETRIES = 8  # re-binds of one command whose worker moved or vanished before it ran
+_SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
+_MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
+
+# session -> worker, per pool, for this OS process (stale entries are harmless:
+# a worker answers "unbound" for a session it does not hold, and the caller asks again)
+_bindings: dict[tuple[str, str], dict[Any, otpy.Pid]] = {}
+_settings: dict[tuple[str, str], tuple] = {}
+_lock = threading.Lock()
+
+
+def _start_subtree(opts: Options) -> otpy.Pid:
+    """The pool's supervisor: the workers' DynamicSupervisor, then the server
+    (rest_for_one: a new workers' supervisor means a new server; a new server
+    adopts the workers alive)."""
+    workers = f"{opts.name}.workers"
+    return otpy.Supervisor.start_link([
+        otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
+                                          max_seconds=5.0),
+        PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0),
+    ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0)
+
+
+class Pool:
+    """A handle on a running pool: ``Pool("name")``, or what ``start_link`` returns."""
+
+    def __init__(self, name: str, namespace: str | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a pool is named by a non-empty str, not {name!r}")
+        self.name = name
+        self.namespace = lowlevel.current_namespace() if namespace is None else namespace
+
+    def __reduce__(self):
+        return (Pool, (self.name, self.namespace))
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pool) and (self.name, self.namespace) == (other.name,
+                                                                             other.namespace)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.namespace))
+
+    # ---- starting ---------------------------------------------------------------
+
+    @staticmethod
+    def _options(worker: Any, args: Any, kwargs: Any, name: str | None, opts: dict) -> Options:
+        if name is None:
+            name = f"otpy_pool.{getattr(worker, '__qualname__', 'pool')}.{secrets.token_hex(4)}"
+        elif not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        return make_options(worker, args, kwargs, name, **opts)
+
+    @classmethod
+    def start_link(cls, worker: type[Worker], args: tuple = (), kwargs: dict | None = None, *,
+                   name: str | None = None, size: int | None = None, max_overflow: int = 0,
+                   overflow_idle: float = 10.0, lazy: bool = False, strategy: str = "lifo",
+                   checkout_timeout: float = 5.0, max_queue: int | None = None,
+                   command_timeout: float | None = None, health_interval: float | None = None,
+                   health_timeout: float = 5.0, max_commands: int | None = None,
+                   max_memory: int | None = None) -> "Pool":
+        """Start the pool's subtree linked to the caller; returns its handle
+        once the first workers are up (StartError if they cannot start).
+        Unnamed pools get a generated name (``handle.name``)."""
+        opts = cls._options(worker, args, kwargs, name, dict(
+            size=size, max_overflow=max_overflow, overflow_idle=overflow_idle, lazy=lazy,
+            strategy=strategy, checkout_timeout=checkout_timeout, max_queue=max_queue,
+            command_timeout=command_timeout, health_interval=health_interval,
+            health_timeout=health_timeout, max_commands=max_commands, max_memory=max_memory))
+        _start_subtree(opts)
+        return cls(opts.name)
+
+    @classmethod
+    def child_spec(cls, worker: type[Worker], args: tuple = (), kwargs: dict | None = None, *,
+                   name: str | None = None, id: Any = None, restart: str = "permanent",
+                   **options: Any) -> otpy.ChildSpec:
+        """A ChildSpec running the pool (with the options of ``start_link``)
+        under another supervisor; ``Pool(name)`` reaches it."""
+        defaults = dict(size=None, max_overflow=0, overflow_idle=10.0, lazy=False,
+                        strategy="lifo", checkout_timeout=5.0, max_queue=None,
+                        command_timeout=None, health_interval=None, health_timeout=5.0,
+                        max_commands=None, max_memory=None)
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")
+        opts = cls._options(worker, args, kwargs, name, {**defaults, **options})
+        return otpy.ChildSpec(id if id is not None else opts.name, _start_subtree, args=(opts,),
+                              restart=restart, shutdown="infinity", type="supervisor")
+
+    # ---- reaching the server ---------------------------------------------------------
+
+    def _server(self) -> otpy.Pid:
+        if lowlevel.current_namespace() == self.namespace:
+            return lowlevel.resolve(self.name)
+        lowlevel.enter_namespace(self.namespace)
+        try:
+            return lowlevel.resolve(self.name)
+        finally:
+            lowlevel.leave_namespace(self.namespace)
+
+    def _ask(self, *request: Any, timeout: float | None = None) -> Any:
+        """One operation on the server; its error raised here. A server that
+        is being replaced (its supervisor restarts it) is waited for, briefly."""
+        for attempt in (1, 2, 3):
+            server = self._await_server()
+            try:
+                outcome, value = otpy.call(server, request, timeout=timeout)
+            except otpy.Exited as exc:  # NoProc included
+                if attempt == 3:
+                    raise PoolError(f"pool {self.name!r}: its server exited: "
+                                    f"{lowlevel.describe_reason(exc.reason)}") from None
+                continue
+            if outcome == "error":
+                raise value
+            return value
+        raise AssertionError("unreachable")
+
+    def _await_server(self) -> otpy.Pid:
+        """The server's pid. Between a server's death and its replacement's
+        start the name is unregistered: polled for up to _SERVER_WAIT."""
+        deadline = time.monotonic() + _SERVER_WAIT
+        delay = 0.002
+        while True:
+            try:
+                return self._server()
+            except otpy.NoProc:
+                if time.monotonic() + delay > deadline:
+                    raise PoolError(f"pool {self.name!r} is not running") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def _cast(self, request: tuple) -> None:
+        try:
+            otpy.cast(self._server(), request)
+        except otpy.NoProc:
+            pass
+
+    def _key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def _settings(self) -> tuple:
+        key = self._key()
+        found = _settings.get(key)
+        if found is None:
+            found = _settings[key] = self._ask("settings")
+        return found
+
+    # ---- commands ---------------------------------------------------------------------
+
+    def execute(self, command: str, *args: Any, session: Any = None, timeout: Any = _UNSET,
+                **kwargs: Any) -> Any:
+        """Run ``command`` on a worker: the session's own worker if
+        ``session`` is given, else any free one (waiting up to
+        ``checkout_timeout``). ``timeout`` bounds the command's run (default:
+        the pool's ``command_timeout``)."""
+        if not isinstance(command, str):
+            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+        if timeout is _UNSET:
+            timeout = self._settings()[0]
+        if session is None:
+            for _ in range(_RETRIES):
+                with self._checked_out(None) as (worker, token):
+                    try:
+                        return self._run_on(worker, token, None, command, args, kwargs,
+                                            timeout, retry=True)
+                    except _NotRun:
+                        continue  # it died before our command reached it: another one
+            raise PoolError(f"pool {self.name!r}: no live worker to run {command!r} on")
+        return self._run_in_session(session, command, args, kwargs, timeout)
+
+    def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
+                        timeout: float | None) -> Any:
+        with _lock:
+            cache = _bindings.setdefault(self._key(), {})
+        stale = None
+        for _ in range(_RETRIES):
+            worker = cache.get(sid)
+            if worker is None:
+                worker = cache[sid] = self._ask("bind", sid, stale)
+            try:
+                outcome = otpy.call(worker, ("run", sid, command, args, kwargs), timeout=timeout)
+            except otpy.NoProc:  # dead before it got the command: nothing ran
+                stale = self._forget(cache, sid, worker)
+                continue
+            except otpy.Exited as exc:
+                stale = self._forget(cache, sid, worker)
+                if exc.reason == RETIRED:  # retired before it got the command
+                    continue
+                self._cast(("crashed", worker))
+                raise WorkerCrashed(exc.reason) from None
+            except otpy.Timeout:
+                self._forget(cache, sid, worker)
+                self._deadline(worker, None)
+                raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
+                                     f"{timeout}s; its worker was replaced") from None
+            if outcome[0] in ("unbound", "moved"):
+                stale = self._forget(cache, sid, worker) if outcome[0] == "moved" else None
+                continue
+            if outcome[0] == "lost":
+                raise SessionLost(sid, outcome[1]) from None
+            return _result(outcome)
+        raise PoolError(f"pool {self.name!r}: session {sid!r} could not be bound to a worker")
+
+    @staticmethod
+    def _forget(cache: dict, sid: Any, worker: otpy.Pid) -> otpy.Pid:
+        if cache.get(sid) == worker:
+            cache.pop(sid, None)
+        return worker
+
+    def _run_on(self, worker: otpy.Pid, token: Any, sid: Any, command: str, args: tuple,
+                kwargs: dict, timeout: float | None, retry: bool = False) -> Any:
+        """A command on a checked-out worker."""
+        try:
+            outcome = otpy.call(worker, ("run", sid, command, args, kwargs), timeout=timeout)
+        except otpy.NoProc:
+            if retry:
+                raise _NotRun() from None
+            self._cast(("crashed", worker))
+            raise WorkerCrashed("noproc") from None
+        except otpy.Exited as exc:
+            self._cast(("crashed", worker))
+            raise WorkerCrashed(exc.reason) from None
+        except otpy.Timeout:
+            self._deadline(worker, token)
+            raise CommandTimeout(f"command {command!r} ran past {timeout}s; "
+                                 "its worker was replaced") from None
+        return _result(outcome)
+
+    def _deadline(self, worker: otpy.Pid, token: Any) -> None:
+        """Have the server kill (and count, and replace) a worker past its deadline."""
+        try:
+            self._ask("deadline", worker, token)
+        except PoolError:  # no server now: kill it ourselves; the supervisor sees it
+            otpy.exit(worker, "kill")
+
+    @contextlib.contextmanager
+    def _checked_out(self, timeout: float | None,
+                     replace_on_error: bool = False) -> Iterator[tuple[otpy.Pid, Any]]:
+        """Hold a worker for the with-body, then return it; with
+        ``replace_on_error``, an exception in the body replaces it instead."""
+        token = otpy.make_ref()
+        wait = self._settings()[1] if timeout is None else timeout
+        try:
+            worker = self._ask("checkout", token, timeout, timeout=wait + _MARGIN)
+        except otpy.Timeout:
+            self._cast(("cancel", token))
+            raise PoolTimeout(f"no worker of pool {self.name!r} within {wait}s") from None
+        how = "return"
+        try:
+            yield worker, token
+        except (WorkerCrashed, _NotRun):
+            how = "dead"  # the server waits for its Down rather than reuse it
+            raise
+        except BaseException:
+            how = "replace" if replace_on_error else "return"
+            raise
+        finally:
+            self._cast(("checkin", token, how))
+
+    @contextlib.contextmanager
+    def checkout(self, timeout: float | None = None) -> Iterator["CheckedOut"]:
+        """Hold one worker exclusively for the with-body (waiting up to
+        ``timeout``, default the pool's ``checkout_timeout``). An exception
+        in the body replaces the worker; a normal exit returns it."""
+        if timeout is not None:
+            _positive("timeout", timeout)
+        with self._checked_out(timeout, replace_on_error=True) as (worker, token):
+            yield CheckedOut(self, worker, token)
+
+    @contextlib.contextmanager
+    def session(self, session: Any) -> Iterator["BoundSession"]:
+        """A handle bound to ``session``; the session ends when the with-block does."""
+        if session is None:
+            raise ValueError("a session id cannot be None")
+        try:
+            yield BoundSession(self, session)
+        finally:
+            try:
+                self.end_session(session)
+            except PoolError:
+                pass  # never bound (no command ran), or the pool is gone
+
+    def end_session(self, session: Any) -> None:
+        """Drop the session and its state in its worker; SessionNotFound if unknown."""
+        with _lock:
+            _bindings.get(self._key(), {}).pop(session, None)
+        self._ask("end_session", session)
+
+    # ---- looking -------------------------------------------------------------------
+
+    def status(self) -> PoolStatus:
+        return self._ask("status")
+
+    def workers(self) -> list[otpy.Pid]:
+        """The worker pids, in start order."""
+        return self._ask("workers")
+
+    def worker_of(self, session: Any) -> otpy.Pid | None:
+        """The session's worker, or None (unknown, or to be re-bound at its next command)."""
+        return self._ask("worker_of", session)
+
+    def subscribe(self) -> None:
+        """The calling process receives PoolEvent messages until unsubscribe()."""
+        self._ask("subscribe", otpy.self())
+
+    def unsubscribe(self) -> None:
+        self._ask("unsubscribe", otpy.self())
+
+    def executor(self, max_workers: int | None = None) -> Any:
+        """A concurrent.futures.Executor running plain functions on the workers."""
+        from ._pool_executor import PoolExecutor
+
+        return PoolExecutor(self, max_workers)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the pool's subtree (its workers first). Under a supervisor of
+        your own, use that supervisor's terminate_child instead: a permanent
+        child would be restarted."""
+        supervisor = self._settings_fresh()[2]
+        with _lock:
+            _bindings.pop(self._key(), None)
+            _settings.pop(self._key(), None)
+        otpy.unlink(supervisor)
+        otpy.Supervisor.stop(supervisor, "shutdown", timeout=timeout)
+
+    def _settings_fresh(self) -> tuple:
+        with _lock:
+            _settings.pop(self._key(), None)
+        return self._settings()
+
+
+class _NotRun(Exception):
+    """The checked-out worker was dead before the command reached it."""
+
+
+class CheckedOut:
+    """A worker held by ``checkout()``: run session-less commands on it."""
+
+    def __init__(self, pool: Pool, worker: otpy.Pid, token: Any) -> None:
+        self.pool = pool
+        self.pid = worker
+        self._token = token
+
+    def execute(self, command: str, *args: Any, timeout: float | None = None,
+                **kwargs: Any) -> Any:
+        return self.pool._run_on(self.pid, self._token, None, command, args, kwargs, timeout)
+
+    def call_function(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.execute(FUNCTION, fn, args, kwargs)
+
+
+class BoundSession:
+    """``pool.session(id)``: execute() with the session given."""
+
+    def __init__(self, pool: Pool, session: Any) -> None:
+        self.pool = pool
+        self.id = session
+
+    def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
+        return self.pool.execute(command, *args, session=self.id, timeout=timeout, **kwargs)
+
+
+def _result(outcome: tuple) -> Any:
+    if outcome[0] == "ok":
+        return outcome[1]
+    raise outcome[1]
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be seconds (a number), not {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")

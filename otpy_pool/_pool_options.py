@@ -1,0 +1,120 @@
+"""A pool's options, checked before anything starts, and what ``status()``
+and ``subscribe()`` return."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, NamedTuple
+
+from ._worker import Worker
+
+STRATEGIES = ("lifo", "fifo")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    worker: type
+    args: tuple
+    kwargs: dict
+    name: str
+    size: int
+    max_overflow: int
+    overflow_idle: float
+    lazy: bool
+    strategy: str
+    checkout_timeout: float
+    max_queue: int | None
+    command_timeout: float | None
+    health_interval: float | None
+    health_timeout: float
+    max_commands: int | None
+    max_memory: int | None
+
+
+def _int(name: str, value: Any, minimum: int, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int{' or None' if none_ok else ''}, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+
+
+def _seconds(name: str, value: Any, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be seconds (a number){' or None' if none_ok else ''}, "
+                        f"not {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+
+
+def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | None,
+                 max_overflow: int, overflow_idle: float, lazy: bool, strategy: str,
+                 checkout_timeout: float, max_queue: int | None, command_timeout: float | None,
+                 health_interval: float | None, health_timeout: float,
+                 max_commands: int | None, max_memory: int | None) -> Options:
+    """Every option checked; a TypeError or ValueError names the bad one."""
+    if not (isinstance(worker, type) and issubclass(worker, Worker)):
+        raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"args must be a tuple, not {args!r}")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
+    if size is None:
+        size = os.cpu_count() or 1
+    _int("size", size, 1)
+    _int("max_overflow", max_overflow, 0)
+    _seconds("overflow_idle", overflow_idle)
+    if not isinstance(lazy, bool):
+        raise TypeError(f"lazy must be a bool, not {lazy!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    _seconds("checkout_timeout", checkout_timeout)
+    _int("max_queue", max_queue, 0, none_ok=True)
+    _seconds("command_timeout", command_timeout, none_ok=True)
+    _seconds("health_interval", health_interval, none_ok=True)
+    _seconds("health_timeout", health_timeout)
+    _int("max_commands", max_commands, 1, none_ok=True)
+    _int("max_memory", max_memory, 1, none_ok=True)
+    return Options(worker, tuple(args), dict(kwargs), name, size, max_overflow,
+                   float(overflow_idle), lazy, strategy, float(checkout_timeout), max_queue,
+                   command_timeout, health_interval, float(health_timeout), max_commands,
+                   max_memory)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStatus:
+    """A pool's state now and its counters since it started (see docs/pool.md)."""
+
+    size: int  # as configured
+    overflow: int  # overflow workers alive now
+    idle: int  # workers not checked out
+    busy: int  # workers checked out (a stateless execute, or checkout())
+    queued: int  # callers waiting for a worker
+    sessions: int  # sessions known to the pool
+    total_commands: int  # commands that ran (or died, or timed out) on a worker
+    errors: int  # commands that ended in an error
+    timeouts: int  # PoolTimeout plus CommandTimeout
+    worker_restarts: int  # replacements after an unplanned death or a deadline kill
+    sessions_recovered: int  # sessions re-bound by a successful replay
+    sessions_lost: int  # sessions whose replay failed
+    workers: int  # workers alive now (overflow included)
+
+
+class PoolEvent(NamedTuple):
+    """Sent to subscribers: ``kind`` is one of EVENT_KINDS; ``time`` is epoch seconds."""
+
+    kind: str
+    worker: Any
+    session: Any
+    detail: Any
+    time: float
+
+
+EVENT_KINDS = ("checkout", "checkin", "queued", "timeout", "worker_started", "worker_exited",
+               "session_bound", "session_recovered", "session_lost", "recycled",
+               "health_failed", "overloaded")

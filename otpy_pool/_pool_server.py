@@ -1,0 +1,492 @@
+"""The pool's server: a GenServer that owns the pool's bookkeeping.
+
+It monitors the workers and the callers holding or waiting for one, and
+holds the idle list, the FIFO wait queue, the session bindings, each
+session's replay log, the counters and the subscribers. It is *not* on the
+path of a bound session's commands: callers call their worker directly, and
+the worker tells the server what ran with one cast. See docs/pool.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from typing import Any
+
+import otpy
+from otpy import lowlevel
+
+from ._errors import PoolError, PoolOverloaded, PoolTimeout, SessionNotFound
+from ._pool_options import Options, PoolEvent, PoolStatus
+from ._worker import DONE, HEALTH, REPLAYED, RETIRED, worker_spec
+
+MAX_INIT_FAILURES = 5  # in a row: the pool stops with the last reason
+DOWN_WAIT = 5.0  # how long a bind waits for the Down of a worker a caller saw die
+
+
+class _W:
+    """The server's record of one worker."""
+
+    __slots__ = ("pid", "mref", "sessions", "holder", "overflow", "retiring", "deadline_killed",
+                 "idle_stamp", "health_token")
+
+    def __init__(self, pid: otpy.Pid, mref: otpy.Ref, overflow: bool) -> None:
+        self.pid = pid
+        self.mref = mref
+        self.sessions: set = set()
+        self.holder: Any = None  # the checkout token while checked out
+        self.overflow = overflow
+        self.retiring: str | None = None  # why it is being replaced on purpose
+        self.deadline_killed = False
+        self.idle_stamp = 0
+        self.health_token: Any = None
+
+
+class _Waiter:
+    __slots__ = ("caller", "token", "mref", "timer")
+
+    def __init__(self, caller: otpy.From, token: Any, mref: otpy.Ref, timer: otpy.Ref) -> None:
+        self.caller, self.token, self.mref, self.timer = caller, token, mref, timer
+
+
+class PoolServer(otpy.GenServer):
+    start_timeout = 120.0  # it starts the first workers, whose inits may be slow
+
+    def init(self, opts: Options, workers_sup: str) -> None:
+        self.opts = opts
+        self.workers_sup = workers_sup
+        self.me = otpy.self()
+        info = otpy.process_info(self.me)
+        self.supervisor = info["parent"] if info else None
+        self.log = lowlevel.logger(pool=opts.name)
+        self.limits = (opts.max_commands, opts.max_memory)
+        self.keys = itertools.count(1)
+        self.stamps = itertools.count(1)
+        self.workers: dict[otpy.Pid, _W] = {}  # in start order
+        self.by_mref: dict[otpy.Ref, tuple[str, Any]] = {}
+        self.idle: collections.deque[otpy.Pid] = collections.deque()
+        self.queue: collections.deque[_Waiter] = collections.deque()
+        self.checkouts: dict[Any, tuple[otpy.Pid, otpy.Ref]] = {}  # token -> worker, caller mref
+        self.sessions: dict[Any, otpy.Pid | None] = {}  # session -> its worker (None: re-bind)
+        self.logs: dict[Any, list] = {}
+        self.subscribers: dict[otpy.Pid, otpy.Ref] = {}
+        self.init_failures = 0
+        self.label = ""
+        self.counts = dict(total_commands=0, errors=0, timeouts=0, worker_restarts=0,
+                           sessions_recovered=0, sessions_lost=0)
+        self._adopt()
+        if not opts.lazy:
+            while self._regular_count() < opts.size:
+                self._start_worker(overflow=False, failing_raises=True)
+        if opts.health_interval is not None:
+            otpy.send_after(self.me, ("$health_tick",), opts.health_interval)
+        self._annotate()
+
+    def _adopt(self) -> None:
+        """A replaced server takes over the workers (and their sessions) alive."""
+        for child in otpy.DynamicSupervisor.which_children(self.workers_sup):
+            if child.pid is None:
+                continue
+            try:
+                sessions = otpy.call(child.pid, ("adopt", self.me), timeout=DOWN_WAIT)
+            except (otpy.Exited, otpy.Timeout):
+                continue
+            w = self._track(child.pid, overflow=False)
+            for sid, log in sessions.items():
+                self.sessions[sid] = child.pid
+                w.sessions.add(sid)
+                if log:
+                    self.logs[sid] = log
+            self.idle.append(child.pid)
+
+    # ---- workers --------------------------------------------------------------
+
+    def _regular_count(self) -> int:
+        return sum(1 for w in self.workers.values() if not w.overflow and not w.retiring)
+
+    def _overflow_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.overflow)
+
+    def _track(self, pid: otpy.Pid, overflow: bool) -> _W:
+        mref = otpy.monitor(pid)
+        w = self.workers[pid] = _W(pid, mref, overflow)
+        self.by_mref[mref] = ("worker", pid)
+        return w
+
+    def _start_worker(self, overflow: bool, failing_raises: bool = False) -> _W | None:
+        """Start one worker (idle); None if its init failed (a retry is scheduled)."""
+        spec = worker_spec(("worker", next(self.keys)), self.opts.worker, self.opts.args,
+                           self.opts.kwargs, self.me, self.limits)
+        try:
+            pid = otpy.DynamicSupervisor.start_child(self.workers_sup, spec)
+        except Exception as exc:
+            if failing_raises:
+                raise
+            self.init_failures += 1
+            self.log.warning("pool.worker_start_failed", reason=repr(exc),
+                             in_a_row=self.init_failures)
+            if self.init_failures >= MAX_INIT_FAILURES:
+                raise otpy.ProcessExit(("worker_init_failed", getattr(exc, "reason", exc)))
+            if not overflow:
+                otpy.send_after(self.me, ("$start",), 0.05 * self.init_failures)
+            return None
+        self.init_failures = 0
+        w = self._track(pid, overflow)
+        self.idle.append(pid)
+        self._event("worker_started", pid, detail="overflow" if overflow else None)
+        return w
+
+    def _worker_down(self, pid: otpy.Pid, reason: Any) -> None:
+        w = self.workers.pop(pid)
+        self.by_mref.pop(w.mref, None)
+        if pid in self.idle:
+            self.idle.remove(pid)
+        if w.holder is not None:
+            _, caller_mref = self.checkouts.pop(w.holder)
+            self.by_mref.pop(caller_mref, None)
+            otpy.demonitor(caller_mref, flush=True)
+        for sid in w.sessions:
+            if self.sessions.get(sid) == pid:
+                self.sessions[sid] = None  # re-bound (and replayed) at its next command
+        planned = w.retiring is not None or reason == RETIRED
+        self._event("worker_exited", pid, detail=lowlevel.describe_reason(reason))
+        if not planned or w.deadline_killed:
+            self.counts["worker_restarts"] += 1
+        if not planned and not w.overflow:
+            self._start_worker(overflow=False)
+        self._serve_queue()
+
+    def _take_down(self, pid: otpy.Pid) -> None:
+        """A caller saw the worker die before this server did: take its Down now."""
+        w = self.workers[pid]
+        try:
+            reason = lowlevel.await_down(w.mref, DOWN_WAIT)
+        except otpy.Timeout:  # alive after all (a caller's mistake): leave it be
+            return
+        self.by_mref.pop(w.mref, None)
+        self._worker_down(pid, reason)
+
+    def _retire(self, w: _W, why: str, kill: bool = False) -> None:
+        """Replace a worker on purpose: its sessions move (by replay) at their
+        next command, a replacement starts, and it stops once idle."""
+        if w.retiring is not None:
+            return
+        w.retiring = why
+        for sid in w.sessions:
+            if self.sessions.get(sid) == w.pid:
+                self.sessions[sid] = None
+        w.sessions.clear()
+        if w.pid in self.idle:
+            self.idle.remove(w.pid)
+        self._event(why, w.pid)
+        if not w.overflow and self._regular_count() < self.opts.size and not self.opts.lazy:
+            self._start_worker(overflow=False)
+        if kill:
+            otpy.exit(w.pid, "kill")
+        elif w.holder is None:
+            otpy.cast(w.pid, ("retire",))
+        # else: retired at its checkin
+        self._serve_queue()
+
+    # ---- checkouts ------------------------------------------------------------
+
+    def _take_idle(self) -> _W | None:
+        if not self.idle:
+            return None
+        pid = self.idle.pop() if self.opts.strategy == "lifo" else self.idle.popleft()
+        return self.workers[pid]
+
+    def _grow(self) -> _W | None:
+        """A new worker under load: lazy up to size, then overflow."""
+        if self.opts.lazy and self._regular_count() < self.opts.size:
+            w = self._start_worker(overflow=False)
+        elif self._overflow_count() < self.opts.max_overflow:
+            w = self._start_worker(overflow=True)
+        else:
+            return None
+        if w is not None:
+            self.idle.remove(w.pid)
+        return w
+
+    def _give(self, w: _W, token: Any, caller_pid: otpy.Pid) -> otpy.Pid:
+        w.holder = token
+        mref = otpy.monitor(caller_pid)
+        self.checkouts[token] = (w.pid, mref)
+        self.by_mref[mref] = ("holder", token)
+        self._event("checkout", w.pid)
+        return w.pid
+
+    def _checkout(self, caller: otpy.From, token: Any, timeout: float | None) -> Any:
+        w = self._take_idle() or self._grow()
+        if w is not None:
+            return ("ok", self._give(w, token, caller.pid))
+        if self.opts.max_queue is not None and len(self.queue) >= self.opts.max_queue:
+            self._event("overloaded", None, detail=len(self.queue))
+            return ("error", PoolOverloaded(
+                f"pool {self.opts.name!r}: {len(self.queue)} callers already waiting "
+                f"(max_queue={self.opts.max_queue})"))
+        wait = self.opts.checkout_timeout if timeout is None else timeout
+        mref = otpy.monitor(caller.pid)
+        timer = otpy.send_after(self.me, ("$expire", token), wait)
+        self.queue.append(_Waiter(caller, token, mref, timer))
+        self.by_mref[mref] = ("waiter", token)
+        self._event("queued", None, detail=len(self.queue))
+        return otpy.NOREPLY
+
+    def _serve_queue(self) -> None:
+        while self.queue:
+            w = self._take_idle() or self._grow()
+            if w is None:
+                return
+            waiter = self.queue.popleft()
+            self.by_mref.pop(waiter.mref, None)
+            otpy.demonitor(waiter.mref, flush=True)
+            otpy.cancel_timer(waiter.timer)
+            otpy.reply(waiter.caller, ("ok", self._give(w, waiter.token, waiter.caller.pid)))
+
+    def _checkin(self, token: Any, how: str) -> None:
+        """``how``: "return" it, "replace" it (its state is unknown), or it is
+        "dead" (its holder saw it die: take its Down rather than reuse it)."""
+        entry = self.checkouts.get(token)
+        if entry is None:
+            return  # its worker's Down came first, or the checkout was already returned
+        pid, mref = entry
+        if how == "dead":
+            self._take_down(pid)
+            return
+        del self.checkouts[token]
+        self.by_mref.pop(mref, None)
+        otpy.demonitor(mref, flush=True)
+        w = self.workers[pid]
+        w.holder = None
+        self._event("checkin", pid, detail=None if how == "return" else how)
+        if how == "replace":  # its state is unknown: replaced (a planned replacement, not counted)
+            self._retire(w, "recycled", kill=True)
+            return
+        if w.retiring is not None:
+            otpy.cast(pid, ("retire",))
+            return
+        self.idle.append(pid)
+        if w.overflow:
+            w.idle_stamp = next(self.stamps)
+            otpy.send_after(self.me, ("$overflow_idle", pid, w.idle_stamp), self.opts.overflow_idle)
+        self._serve_queue()
+
+    def _drop_waiter(self, token: Any) -> _Waiter | None:
+        for waiter in self.queue:
+            if waiter.token == token:
+                self.queue.remove(waiter)
+                self.by_mref.pop(waiter.mref, None)
+                otpy.demonitor(waiter.mref, flush=True)
+                otpy.cancel_timer(waiter.timer)
+                return waiter
+        return None
+
+    # ---- sessions ---------------------------------------------------------------
+
+    def _bind(self, sid: Any, stale: otpy.Pid | None) -> otpy.Pid:
+        if stale is not None and stale in self.workers and not otpy.is_alive(stale):
+            self._take_down(stale)
+        current = self.sessions.get(sid)
+        if current is not None and current in self.workers and current != stale:
+            return current
+        w = self._least_loaded()
+        if w is None:
+            raise PoolError(f"pool {self.opts.name!r} has no worker to bind session {sid!r} to")
+        if current is not None and current in self.workers:
+            self.workers[current].sessions.discard(sid)
+        log = self.logs.get(sid)
+        otpy.cast(w.pid, ("bind", sid, log))  # reaches the worker before the caller's command
+        self.sessions[sid] = w.pid
+        w.sessions.add(sid)
+        self._event("session_bound", w.pid, sid, detail="replay" if log else None)
+        return w.pid
+
+    def _least_loaded(self) -> _W | None:
+        candidates = [w for w in self.workers.values() if w.retiring is None]
+        regular = [w for w in candidates if not w.overflow]
+        if self.opts.lazy and self._regular_count() < self.opts.size and \
+                all(w.sessions for w in regular):
+            started = self._start_worker(overflow=False)
+            if started is not None:
+                return started
+        pool = regular or candidates
+        if not pool:
+            return None
+        return min(pool, key=lambda w: (len(w.sessions), w.holder is not None))
+
+    # ---- the callbacks ------------------------------------------------------------
+
+    def handle_call(self, request: tuple, caller: otpy.From) -> Any:
+        op = request[0]
+        try:
+            if op == "checkout":
+                return self._checkout(caller, request[1], request[2])
+            return ("ok", getattr(self, "_op_" + op)(*request[1:]))
+        except otpy.ProcessExit:
+            raise
+        except Exception as exc:
+            return ("error", exc)
+        finally:
+            self._annotate()
+
+    def _op_bind(self, sid: Any, stale: otpy.Pid | None) -> otpy.Pid:
+        return self._bind(sid, stale)
+
+    def _op_deadline(self, pid: otpy.Pid, token: Any) -> None:
+        """A caller's command ran past its timeout: kill the worker, count it."""
+        self.counts["timeouts"] += 1
+        self.counts["errors"] += 1
+        self.counts["total_commands"] += 1
+        w = self.workers.get(pid)
+        if w is None:
+            return
+        w.deadline_killed = True
+        otpy.exit(pid, "kill")
+        reason = lowlevel.await_down(w.mref, DOWN_WAIT)
+        self._worker_down(pid, reason)
+        self._annotate()
+
+    def _op_end_session(self, sid: Any) -> None:
+        if sid not in self.sessions:
+            raise SessionNotFound(f"pool {self.opts.name!r} has no session {sid!r}")
+        pid = self.sessions.pop(sid)
+        self.logs.pop(sid, None)
+        if pid is not None and pid in self.workers:
+            self.workers[pid].sessions.discard(sid)
+            otpy.cast(pid, ("end", sid))
+
+    def _op_status(self) -> PoolStatus:
+        held = len(self.checkouts)
+        return PoolStatus(size=self.opts.size, overflow=self._overflow_count(),
+                          idle=len(self.idle), busy=held, queued=len(self.queue),
+                          sessions=len(self.sessions), workers=len(self.workers), **self.counts)
+
+    def _op_workers(self) -> list[otpy.Pid]:
+        return list(self.workers)
+
+    def _op_worker_of(self, sid: Any) -> otpy.Pid | None:
+        return self.sessions.get(sid)
+
+    def _op_subscribe(self, pid: otpy.Pid) -> None:
+        if pid not in self.subscribers:
+            mref = otpy.monitor(pid)
+            self.subscribers[pid] = mref
+            self.by_mref[mref] = ("subscriber", pid)
+
+    def _op_unsubscribe(self, pid: otpy.Pid) -> None:
+        mref = self.subscribers.pop(pid, None)
+        if mref is not None:
+            self.by_mref.pop(mref, None)
+            otpy.demonitor(mref, flush=True)
+
+    def _op_settings(self) -> tuple:
+        return (self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor)
+
+    def handle_cast(self, request: tuple) -> Any:
+        op = request[0]
+        if op == DONE:
+            _, pid, ok, sid, entry, worn_out = request
+            self.counts["total_commands"] += 1
+            if not ok:
+                self.counts["errors"] += 1
+            if entry is not None and self.sessions.get(sid, False) in (pid, None):
+                self.logs.setdefault(sid, []).append(entry)
+            w = self.workers.get(pid)
+            if worn_out and w is not None:
+                self._retire(w, "recycled")
+        elif op == REPLAYED:
+            _, pid, sid, cause = request
+            if cause is None:
+                self.counts["sessions_recovered"] += 1
+                self._event("session_recovered", pid, sid)
+            else:
+                self.counts["sessions_lost"] += 1
+                self.logs.pop(sid, None)
+                self._event("session_lost", pid, sid, detail=cause)
+        elif op == HEALTH:
+            _, pid, token, healthy, detail = request
+            w = self.workers.get(pid)
+            if w is not None and w.health_token == token:
+                w.health_token = None
+                if not healthy:
+                    self._event("health_failed", pid, detail=detail)
+                    self._retire(w, "recycled")
+        elif op == "crashed":  # a caller's command died with its worker
+            self.counts["total_commands"] += 1
+            self.counts["errors"] += 1
+        elif op == "checkin":
+            self._checkin(request[1], request[2])
+        elif op == "cancel":  # a caller gave up waiting
+            if self._drop_waiter(request[1]) is None:
+                self._checkin(request[1], "return")
+        self._annotate()
+        return None
+
+    def handle_info(self, message: Any) -> Any:
+        if type(message) is otpy.Down:
+            kind, key = self.by_mref.pop(message.ref, (None, None))
+            if kind == "worker":
+                self._worker_down(key, message.reason)
+            elif kind == "holder":  # died holding a worker: its state is unknown
+                self._checkin(key, "replace")
+            elif kind == "waiter":
+                self._drop_waiter(key)
+            elif kind == "subscriber":
+                self.subscribers.pop(key, None)
+        elif type(message) is tuple and message:
+            tag = message[0]
+            if tag == "$expire":
+                waiter = self._drop_waiter(message[1])
+                if waiter is not None:
+                    self.counts["timeouts"] += 1
+                    self._event("timeout", None, detail="checkout")
+                    otpy.reply(waiter.caller, ("error", PoolTimeout(
+                        f"no worker of pool {self.opts.name!r} became free in time")))
+            elif tag == "$start":
+                if self._regular_count() < self.opts.size:
+                    self._start_worker(overflow=False)
+                    self._serve_queue()
+            elif tag == "$overflow_idle":
+                w = self.workers.get(message[1])
+                if w is not None and w.holder is None and w.idle_stamp == message[2] \
+                        and not w.sessions:
+                    w.retiring = "overflow_idle"
+                    self.idle.remove(w.pid)
+                    otpy.cast(w.pid, ("retire",))
+            elif tag == "$health_tick":
+                self._health_tick()
+            elif tag == "$health_late":
+                w = self.workers.get(message[1])
+                if w is not None and w.health_token == message[2]:
+                    self._event("health_failed", w.pid, detail="no answer")
+                    self._retire(w, "recycled", kill=True)
+        self._annotate()
+        return None
+
+    def _health_tick(self) -> None:
+        for w in list(self.workers.values()):
+            if w.retiring is None and w.health_token is None:
+                w.health_token = next(self.stamps)
+                otpy.cast(w.pid, ("health", w.health_token))
+                otpy.send_after(self.me, ("$health_late", w.pid, w.health_token),
+                                self.opts.health_timeout)
+        otpy.send_after(self.me, ("$health_tick",), self.opts.health_interval)
+
+    # ---- observing ------------------------------------------------------------------
+
+    def _event(self, kind: str, worker: Any, session: Any = None, detail: Any = None) -> None:
+        event = PoolEvent(kind, worker, session, detail, time.time())
+        self.log.debug("pool." + kind, worker=repr(worker), session=repr(session),
+                       detail=None if detail is None else repr(detail))
+        for pid in list(self.subscribers):
+            otpy.send(pid, event)
+
+    def _annotate(self) -> None:
+        label = f"otpy_pool.Pool in use {len(self.checkouts)}/{len(self.workers)}"
+        if self.queue:
+            label += f" queued {len(self.queue)}"
+        if label != self.label:
+            self.label = label
+            lowlevel.annotate(self.me, behaviour=label)

@@ -1,0 +1,242 @@
+"""Workers: the user's class (``Worker``, ``@command``, ``Session``) and the
+GenServer that hosts one instance of it in its own process.
+
+The worker process answers the pool's callers directly. Before it replies to
+a command it tells the pool's server (one cast) that the command ran, and,
+for a ``replay=True`` command that succeeded, what to replay: so the server's
+replay log is complete whatever happens to the worker next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import traceback
+from typing import Any, Callable, TypeVar
+
+import otpy
+from otpy import lowlevel
+from tblib import pickling_support
+
+from ._errors import UnknownCommand
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The exit reason of a worker the pool retired on purpose (recycled, health,
+# idle overflow): clean for supervisors, and it tells a caller whose command
+# reached the worker too late that the command never ran, so it may retry.
+RETIRED = ("shutdown", "otpy_pool.retired")
+# The built-in command the executor runs plain functions with.
+FUNCTION = "otpy_pool.function"
+# Casts a worker sends to the pool's server.
+DONE, REPLAYED, HEALTH = "$done", "$replayed", "$health"
+
+
+@dataclasses.dataclass
+class Session:
+    """One session's view inside its worker: ``id`` (None for a command run
+    without a session) and ``state``, a dict no other session can reach."""
+
+    id: Any
+    state: dict = dataclasses.field(default_factory=dict)
+
+
+def command(fn: F | None = None, *, replay: bool = False) -> Any:
+    """Mark a Worker method as a command callers may execute.
+
+    ``replay=True``: the command builds its session's state; after the
+    session's worker dies, its successful replay commands run again, in
+    order, on the new worker. Commands without the flag must not change
+    ``session.state``.
+    """
+    if not isinstance(replay, bool):
+        raise TypeError(f"command(replay=...) must be a bool, not {replay!r}")
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise TypeError(f"@command marks a method, not {f!r}")
+        f._otpy_pool_command = {"replay": replay}  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+class Worker:
+    """Subclass with ``init`` and ``@command`` methods; the pool runs one
+    instance per worker process. ``health_check`` and ``terminate`` are optional."""
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        """Runs once, in the worker process, with the pool's ``args``/``kwargs``."""
+
+    def health_check(self) -> Any:
+        """Raise or return False when unhealthy (runs every ``health_interval``)."""
+        return True
+
+    def terminate(self, reason: Any) -> None:
+        """Runs when the worker stops on purpose (never after a SIGKILL)."""
+
+    @classmethod
+    def commands(cls) -> dict[str, bool]:
+        """The command names of this class, each with its replay flag."""
+        found = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                mark = getattr(value, "_otpy_pool_command", None)
+                if mark is not None:
+                    found[name] = mark["replay"]
+        return found
+
+
+def _portable(exc: BaseException, pid: otpy.Pid) -> BaseException:
+    """The exception as it travels to the caller: itself with its traceback
+    (tblib), or an otpy.RemoteError with its text if it cannot be pickled."""
+    try:
+        pickling_support.install(exc)
+        pickle.dumps(exc, 5)
+        return exc
+    except Exception:
+        return otpy.RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
+                                "".join(traceback.format_exception(exc)), pid)
+
+
+class WorkerProcess(otpy.GenServer):
+    """Hosts one Worker instance; runs its commands one at a time."""
+
+    start_timeout = 60.0  # a worker's init may load a model
+
+    def init(self, worker_cls: type[Worker], args: tuple, kwargs: dict, server: otpy.Pid,
+             limits: tuple[int | None, int | None]) -> None:
+        self.me = otpy.self()
+        self.server = server
+        self.max_commands, self.max_memory = limits
+        self.commands_run = 0
+        self.table = worker_cls.commands()
+        self.sessions: dict[Any, Session] = {}
+        self.logs: dict[Any, list] = {}
+        self.lost: dict[Any, BaseException] = {}
+        self.process = None
+        if self.max_memory is not None:
+            import psutil
+
+            self.process = psutil.Process()
+        lowlevel.annotate(self.me, behaviour=f"otpy_pool.Worker:{worker_cls.__qualname__}")
+        self.user = worker_cls.__new__(worker_cls)
+        self.user.init(*args, **kwargs)
+
+    # ---- commands -------------------------------------------------------------
+
+    def _invoke(self, session: Session, name: str, args: tuple, kwargs: dict) -> Any:
+        if name == FUNCTION:
+            fn, fargs, fkwargs = args
+            return fn(*fargs, **fkwargs)
+        if name not in self.table:
+            raise UnknownCommand(f"{type(self.user).__name__} has no command {name!r}")
+        return getattr(self.user, name)(session, *args, **kwargs)
+
+    def handle_call(self, request: Any, caller: otpy.From) -> Any:
+        op = request[0]
+        if op == "run":
+            self._run(caller, *request[1:])
+            return otpy.NOREPLY
+        if op == "adopt":  # a new pool server takes over: what it must know
+            self.server = request[1]
+            return {sid: list(self.logs.get(sid, ())) for sid in self.sessions}
+        raise ValueError(f"unknown worker request {request!r}")
+
+    def _run(self, caller: otpy.From, sid: Any, name: str, args: tuple, kwargs: dict) -> None:
+        entry = None
+        if sid is None:
+            session = Session(None)
+        elif sid in self.lost:  # its replay failed: this command reports it
+            cause = self.lost.pop(sid)
+            otpy.cast(self.server, (DONE, self.me, False, sid, None, False))
+            otpy.reply(caller, ("lost", cause))
+            return
+        elif sid not in self.sessions:
+            otpy.reply(caller, ("unbound",))  # not (or no longer) bound here: ask the pool
+            return
+        else:
+            session = self.sessions[sid]
+        try:
+            value = self._invoke(session, name, args, kwargs)
+            outcome: tuple = ("ok", value)
+            if sid is not None and self.table.get(name):
+                entry = (name, args, kwargs)
+                self.logs.setdefault(sid, []).append(entry)
+        except Exception as exc:
+            outcome = ("error", _portable(exc, self.me))
+        self.commands_run += 1
+        otpy.cast(self.server, (DONE, self.me, outcome[0] == "ok", sid, entry, self._worn_out()))
+        try:
+            otpy.reply(caller, outcome)
+        except otpy.SerializationError as exc:
+            otpy.reply(caller, ("error", otpy.SerializationError(
+                f"command {name!r} returned a value that cannot be sent: {exc}")))
+
+    def _worn_out(self) -> bool:
+        if self.max_commands is not None and self.commands_run >= self.max_commands:
+            return True
+        return self.process is not None and self.process.memory_info().rss > self.max_memory
+
+    # ---- from the pool's server ---------------------------------------------
+
+    def handle_cast(self, request: Any) -> Any:
+        op = request[0]
+        if op == "bind":
+            self._bind(request[1], request[2])
+        elif op == "end":
+            for table in (self.sessions, self.logs, self.lost):
+                table.pop(request[1], None)
+        elif op == "health":
+            try:
+                healthy, detail = self.user.health_check() is not False, None
+            except Exception as exc:
+                healthy, detail = False, repr(exc)
+            otpy.cast(self.server, (HEALTH, self.me, request[1], healthy, detail))
+        elif op == "retire":
+            return self._retire()
+        return None
+
+    def _bind(self, sid: Any, log: list | None) -> None:
+        session = Session(sid)
+        self.sessions[sid] = session
+        self.lost.pop(sid, None)
+        if not log:
+            self.logs.pop(sid, None)
+            return
+        try:
+            for name, args, kwargs in log:
+                self._invoke(session, name, args, kwargs)
+        except Exception as exc:
+            self.sessions[sid] = Session(sid)  # starts empty next time
+            self.logs.pop(sid, None)
+            self.lost[sid] = _portable(exc, self.me)
+            otpy.cast(self.server, (REPLAYED, self.me, sid, repr(exc)))
+            return
+        self.logs[sid] = list(log)
+        otpy.cast(self.server, (REPLAYED, self.me, sid, None))
+
+    def _retire(self) -> otpy.Stop:
+        """Answer every queued command with "moved" (they never ran: their
+        callers go to the session's new worker), then stop."""
+        call_of_run = (lambda m: type(m) is tuple and len(m) == 3 and m[0] == lowlevel.CALL
+                       and type(m[2]) is tuple and m[2][:1] == ("run",))
+        while True:
+            try:
+                message = otpy.receive(timeout=0, match=call_of_run)
+            except otpy.Timeout:
+                break
+            otpy.reply(otpy.From(*message[1]), ("moved",))
+        return otpy.Stop(RETIRED)
+
+    def terminate(self, reason: Any) -> None:
+        self.user.terminate(reason)
+
+
+def worker_spec(key: Any, worker_cls: type[Worker], args: tuple, kwargs: dict,
+                server: otpy.Pid, limits: tuple) -> otpy.ChildSpec:
+    """How the workers' DynamicSupervisor starts one worker: temporary, since
+    the pool's server decides about replacements (and counts them)."""
+    return otpy.ChildSpec(key, WorkerProcess.start_link,
+                          args=(worker_cls, args, kwargs, server, limits),
+                          restart="temporary", shutdown=5.0)

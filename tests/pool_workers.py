@@ -1,0 +1,95 @@
+"""Worker classes for the pool tests (importable by reference in workers)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import otpy
+from otpy_pool import Worker, command
+
+
+class Notes(Worker):
+    """Sessions of notes: ``add`` builds state (replayed), the rest read it."""
+
+    def init(self, tag="notes", fail_if=None, report_to=None):
+        if fail_if is not None and os.path.exists(fail_if):
+            raise RuntimeError(f"init refused: {fail_if} exists")
+        self.tag = tag
+        self.report_to = report_to
+        self.unhealthy_if = None
+
+    @command(replay=True)
+    def add(self, session, note):
+        session.state.setdefault("notes", []).append(note)
+        return len(session.state["notes"])
+
+    @command(replay=True)
+    def load(self, session, path):
+        """Reads a file: replaying it fails once the file is gone."""
+        session.state["loaded"] = pathlib.Path(path).read_text()
+        return session.state["loaded"]
+
+    @command
+    def notes(self, session):
+        return list(session.state.get("notes", []))
+
+    @command
+    def state(self, session):
+        return dict(session.state)
+
+    @command
+    def ping(self, session):
+        return ("pong", self.tag, session.id)
+
+    @command
+    def whoami(self, session):
+        return otpy.self()
+
+    @command
+    def echo(self, session, *args, **kwargs):
+        return (args, kwargs)
+
+    @command
+    def fail(self, session, text):
+        raise KeyError(text)
+
+    @command
+    def unpicklable_result(self, session):
+        return lambda_holder()
+
+    @command
+    def hold(self, session, report_to, tag):
+        """Tells ``report_to`` it runs, then waits for ("release", tag)."""
+        otpy.send(report_to, ("holding", tag, otpy.self()))
+        otpy.receive(match=lambda m: m == ("release", tag))
+        return tag
+
+    @command
+    def ran(self, session, report_to, tag):
+        otpy.send(report_to, ("ran", tag))
+        return tag
+
+    @command
+    def die(self, session):
+        os._exit(3)
+
+    @command
+    def grow(self, session, nbytes):
+        self.ballast = bytearray(nbytes)
+        return len(self.ballast)
+
+    @command
+    def set_unhealthy_if(self, session, path):
+        self.unhealthy_if = path
+        return path
+
+    def health_check(self):
+        return not (self.unhealthy_if and os.path.exists(self.unhealthy_if))
+
+    def not_a_command(self, session):
+        return "must not run"
+
+
+def lambda_holder():
+    return (n for n in range(3))  # a generator: cannot be pickled, even by dill

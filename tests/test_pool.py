@@ -1,0 +1,660 @@
+"""The session pool: each bullet of the issue's semantics, with real SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import traceback
+
+import otpy
+import pytest
+from otpy import lowlevel
+from otpy_pool import (CommandTimeout, Pool, PoolError, PoolEvent, PoolOverloaded, PoolStatus,
+                       PoolTimeout, SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
+
+from helpers import DEADLINE, expect, expect_down
+from pool_workers import Notes
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_events():
+    """Events are messages to the test's own process: none crosses tests."""
+    lowlevel.flush(lambda m: isinstance(m, PoolEvent))
+    yield
+    lowlevel.flush(lambda m: isinstance(m, PoolEvent) or
+                   (type(m) is tuple and m[:1] in (("holding",), ("ran",))))
+
+
+def start(**opts) -> Pool:
+    opts.setdefault("size", 2)
+    return Pool.start_link(Notes, **opts)
+
+
+def event(kind: str, timeout: float = DEADLINE) -> PoolEvent:
+    return expect(lambda m: isinstance(m, PoolEvent) and m.kind == kind, timeout)
+
+
+def sigkill(pid: otpy.Pid) -> None:
+    ref = otpy.monitor(pid)
+    os.kill(pid.os_pid, signal.SIGKILL)
+    expect_down(ref)
+
+
+def in_thread(fn, *args, **kwargs):
+    """Run fn in a thread; returns a function that joins it and returns (or raises) its result."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join():
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "the thread did not finish"
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return join
+
+
+# ---- sessions ----------------------------------------------------------------------
+
+def test_sessions_bind_to_the_least_loaded_worker_and_stay_there():
+    pool = start()
+    assert pool.execute("add", "a1", session="a") == 1
+    assert pool.execute("add", "b1", session="b") == 1
+    wa, wb = pool.worker_of("a"), pool.worker_of("b")
+    assert {wa, wb} == set(pool.workers()) and wa != wb  # one session each
+    for n in range(2, 6):
+        assert pool.execute("add", f"a{n}", session="a") == n
+        assert pool.execute("whoami", session="a") == wa
+    assert pool.execute("notes", session="a") == ["a1", "a2", "a3", "a4", "a5"]  # in order
+    assert pool.execute("notes", session="b") == ["b1"]
+    assert pool.status().sessions == 2
+    pool.stop()
+
+
+def test_a_session_never_sees_another_sessions_state():
+    pool = start(size=1)
+    pool.execute("add", "secret", session="a")
+    assert pool.execute("state", session="b") == {}
+    assert pool.execute("state") == {}  # a session-less command has its own empty state
+    assert pool.execute("ping", session="b") == ("pong", "notes", "b")
+    assert pool.execute("ping") == ("pong", "notes", None)
+    pool.stop()
+
+
+def test_end_session_drops_the_state_in_the_worker():
+    pool = start(size=1)
+    pool.execute("add", "x", session="s")
+    pool.end_session("s")
+    assert pool.worker_of("s") is None and pool.status().sessions == 0
+    assert pool.execute("notes", session="s") == []  # a new session, empty
+    with pytest.raises(SessionNotFound, match="nope"):
+        pool.end_session("nope")
+    with pool.session("t") as s:
+        s.execute("add", "y")
+        assert s.execute("notes") == ["y"]
+    assert pool.worker_of("t") is None
+    with pytest.raises(SessionNotFound):
+        pool.end_session("t")
+    pool.stop()
+
+
+def test_a_bound_session_does_not_go_through_the_pool_server():
+    """With the pool's server stopped (SIGSTOP), a bound session's commands
+    still run: caller to worker and back."""
+    pool = start(size=1)
+    pool.execute("add", "x", session="s")
+    server = otpy.whereis(pool.name)
+    os.kill(server.os_pid, signal.SIGSTOP)
+    try:
+        assert pool.execute("add", "y", session="s") == 2
+        assert pool.execute("notes", session="s") == ["x", "y"]
+    finally:
+        os.kill(server.os_pid, signal.SIGCONT)
+    assert pool.status().total_commands == 3  # the worker's reports arrive once it runs
+    pool.stop()
+
+
+def test_different_sessions_run_in_parallel_on_different_workers():
+    me = otpy.self()
+    pool = start()
+    pool.execute("ping", session="a")
+    pool.execute("ping", session="b")
+    held = in_thread(pool.execute, "hold", me, "a", session="a")
+    _, _, worker_a = expect(lambda m: m[:2] == ("holding", "a"))
+    assert pool.execute("ping", session="b") == ("pong", "notes", "b")  # not blocked by a
+    otpy.send(worker_a, ("release", "a"))
+    assert held() == "a"
+    pool.stop()
+
+
+# ---- waiting ---------------------------------------------------------------------
+
+def test_waiting_callers_are_served_in_fifo_order():
+    me = otpy.self()
+    pool = start(size=1)
+    pool.subscribe()
+    order = []
+    with pool.checkout() as w:
+        first = in_thread(lambda: order.append(pool.execute("ran", me, "first")))
+        event("queued")
+        second = in_thread(lambda: order.append(pool.execute("ran", me, "second")))
+        event("queued")
+        assert pool.status().queued == 2 and pool.status().busy == 1
+        w.execute("ping")  # the holder is served meanwhile
+    first()
+    second()
+    assert order == ["first", "second"]
+    pool.stop()
+
+
+def test_a_caller_that_waits_too_long_gets_pool_timeout_and_its_request_never_runs():
+    me = otpy.self()
+    pool = start(size=1, checkout_timeout=0.2)
+    with pool.checkout() as w:
+        with pytest.raises(PoolTimeout) as info:
+            pool.execute("ran", me, "late")
+        assert isinstance(info.value, otpy.Timeout) and isinstance(info.value, PoolError)
+        assert pool.status().queued == 0
+        assert w.execute("ping") == ("pong", "notes", None)  # the holder is not disturbed
+    assert pool.execute("ran", me, "now") == "now"
+    assert expect(lambda m: m[:1] == ("ran",)) == ("ran", "now")  # "late" never ran
+    status = pool.status()
+    assert status.timeouts == 1 and status.total_commands == 2
+    with pool.checkout():
+        with pytest.raises(PoolTimeout):
+            with pool.checkout(timeout=0.1):
+                pass
+    pool.stop()
+
+
+def test_max_queue_refuses_at_once():
+    pool = start(size=1, max_queue=1)
+    pool.subscribe()
+    with pool.checkout():
+        waiting = in_thread(pool.execute, "ping")
+        event("queued")
+        with pytest.raises(PoolOverloaded, match="max_queue=1"):
+            pool.execute("ping")
+        assert event("overloaded").detail == 1
+    assert waiting() == ("pong", "notes", None)
+    pool.stop()
+
+
+def _queue_then_report(pool: Pool, report_to: otpy.Pid) -> None:
+    otpy.send(report_to, ("queued_caller", otpy.self()))
+    pool.execute("ping")
+
+
+def test_a_caller_that_dies_while_queued_leaves_the_queue():
+    pool = start(size=1)
+    pool.subscribe()
+    with pool.checkout():
+        caller = otpy.spawn(_queue_then_report, pool, otpy.self())
+        event("queued")
+        assert pool.status().queued == 1
+        sigkill(caller)
+        pool.workers()  # the server has handled the Down by the time it answers
+        assert pool.status().queued == 0
+    pool.stop()
+
+
+def _checkout_and_wait(pool: Pool, report_to: otpy.Pid) -> None:
+    with pool.checkout() as w:
+        otpy.send(report_to, ("holding", "caller", w.pid))
+        otpy.receive()
+
+
+def test_a_caller_that_dies_holding_a_checkout_gets_its_worker_replaced():
+    pool = start(size=1)
+    pool.subscribe()
+    pool.execute("add", "kept", session="s")
+    caller = otpy.spawn(_checkout_and_wait, pool, otpy.self())
+    _, _, held = expect(lambda m: m[:2] == ("holding", "caller"))
+    ref = otpy.monitor(held)
+    sigkill(caller)
+    expect_down(ref)
+    event("worker_started")
+    assert held not in pool.workers() and len(pool.workers()) == 1
+    assert pool.execute("notes", session="s") == ["kept"]  # moved by replay
+    pool.stop()
+
+
+def test_checkout_returns_the_worker_or_replaces_it_after_an_exception():
+    pool = start(size=1)
+    with pool.checkout() as w:
+        first = w.pid
+        assert w.execute("echo", 1, k=2) == ((1,), {"k": 2})
+    assert pool.workers() == [first] and pool.status().idle == 1
+    ref = otpy.monitor(first)
+    with pytest.raises(ZeroDivisionError):
+        with pool.checkout() as w:
+            1 / 0
+    expect_down(ref)
+    assert len(pool.workers()) == 1 and pool.workers() != [first]
+    assert pool.status().worker_restarts == 0  # a planned replacement
+    pool.stop()
+
+
+# ---- deadlines and crashes ------------------------------------------------------------
+
+def test_a_command_past_its_deadline_gets_command_timeout_and_its_worker_is_replaced():
+    me = otpy.self()
+    pool = start(size=1)
+    pool.execute("add", "kept", session="other")
+    victim = pool.workers()[0]
+    with pytest.raises(CommandTimeout) as info:
+        pool.execute("hold", me, "forever", session="s", timeout=0.3)
+    assert isinstance(info.value, otpy.Timeout)
+    assert not otpy.is_alive(victim) and victim not in pool.workers()
+    status = pool.status()
+    assert status.timeouts == 1 and status.worker_restarts == 1 and status.errors == 1
+    assert pool.execute("notes", session="other") == ["kept"]  # treated as after a crash
+    assert pool.status().sessions_recovered == 1
+    with pytest.raises(CommandTimeout):  # session-less, and the pool's own default
+        Pool.start_link(Notes, size=1, command_timeout=0.2, name="p2").execute(
+            "hold", me, "forever2")
+    Pool("p2").stop()
+    pool.stop()
+
+
+def test_a_killed_worker_fails_only_its_own_command_and_sessions_replay():
+    me = otpy.self()
+    pool = start()
+    pool.subscribe()
+    pool.execute("add", "one", session="a")
+    pool.execute("add", "two", session="a")
+    pool.execute("ping", session="plain")  # no replay commands: re-bound silently, empty
+    pool.execute("ping", session="b")
+    wa = pool.worker_of("a")
+    if pool.worker_of("plain") != wa:  # put "plain" on a's worker
+        pool.end_session("plain")
+        pool.end_session("b")
+        pool.execute("ping", session="b")
+        pool.execute("ping", session="plain")
+    assert pool.worker_of("plain") == wa and pool.worker_of("b") != wa
+    running = in_thread(pool.execute, "hold", me, "x", session="a")
+    expect(lambda m: m[:2] == ("holding", "x"))
+    os.kill(wa.os_pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed) as info:
+        running()
+    assert info.value.reason == "killed"
+    assert pool.execute("ping", session="b") == ("pong", "notes", "b")  # others keep serving
+    event("worker_started")
+    assert pool.execute("notes", session="a") == ["one", "two"]  # replayed in order first
+    assert pool.execute("state", session="plain") == {}
+    assert pool.worker_of("a") not in (wa, None)
+    status = pool.status()
+    assert status.worker_restarts == 1 and status.sessions_recovered == 1
+    assert status.sessions_lost == 0 and len(pool.workers()) == 2
+    pool.stop()
+
+
+def test_a_worker_that_exits_by_itself_is_a_crash_too():
+    pool = start(size=1)
+    with pytest.raises(WorkerCrashed) as info:
+        pool.execute("die")
+    assert info.value.reason == ("exit", 3)
+    assert pool.execute("ping") == ("pong", "notes", None)
+    pool.stop()
+
+
+def test_a_failed_replay_is_session_lost_and_the_session_starts_empty(otpy_tree):
+    path = os.path.join(otpy_tree.tmp_path, "program.txt")
+    with open(path, "w") as f:
+        f.write("v1")
+    pool = start(size=1)
+    pool.subscribe()
+    assert pool.execute("load", path, session="s") == "v1"
+    os.remove(path)
+    sigkill(pool.worker_of("s"))
+    event("worker_started")
+    with pytest.raises(SessionLost) as info:
+        pool.execute("state", session="s")
+    assert "FileNotFoundError" in repr(info.value.cause) or \
+        isinstance(info.value.cause, FileNotFoundError)
+    assert event("session_lost").session == "s"
+    assert pool.execute("state", session="s") == {}  # empty next time
+    assert pool.status().sessions_lost == 1
+    pool.stop()
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+def test_a_command_error_reaches_the_caller_as_itself_with_its_remote_traceback():
+    pool = start(size=1)
+    pool.execute("add", "kept", session="s")
+    worker = pool.workers()[0]
+    with pytest.raises(KeyError) as info:
+        pool.execute("fail", "missing", session="s")
+    text = "".join(traceback.format_exception(info.value))
+    assert "pool_workers.py" in text and "in fail" in text
+    assert pool.workers() == [worker]  # the worker and its sessions carry on
+    assert pool.execute("notes", session="s") == ["kept"]
+    assert pool.status().errors == 1
+    pool.stop()
+
+
+def test_only_commands_can_be_executed():
+    pool = start(size=1)
+    for name in ("not_a_command", "init", "health_check", "nope"):
+        with pytest.raises(UnknownCommand, match=name):
+            pool.execute(name)
+    with pytest.raises(TypeError, match="command"):
+        pool.execute(42)
+    assert pool.execute("ping") == ("pong", "notes", None)
+    pool.stop()
+
+
+def test_unpicklable_arguments_fail_in_the_caller_and_nothing_is_sent():
+    pool = start(size=1)
+    pool.execute("ping", session="s")
+    before = pool.status().total_commands
+    with pytest.raises(otpy.SerializationError):
+        pool.execute("echo", (n for n in ()), session="s")
+    with pytest.raises(otpy.SerializationError):
+        pool.execute("echo", (n for n in ()))
+    with pytest.raises(otpy.SerializationError, match="cannot be sent"):
+        pool.execute("unpicklable_result")
+    assert pool.status().total_commands == before + 1  # only the last one ran
+    assert pool.status().busy == 0
+    pool.stop()
+
+
+def test_errors_are_otpy_errors():
+    for cls in (PoolTimeout, CommandTimeout, PoolOverloaded, WorkerCrashed, SessionLost,
+                SessionNotFound, UnknownCommand):
+        assert issubclass(cls, PoolError)
+    assert issubclass(PoolError, otpy.OtpyError)
+    assert issubclass(PoolTimeout, otpy.Timeout) and issubclass(CommandTimeout, otpy.Timeout)
+    crashed = pickle.loads(pickle.dumps(WorkerCrashed("killed")))
+    assert crashed.reason == "killed" and "killed" in str(crashed)
+    lost = pickle.loads(pickle.dumps(SessionLost("s", "cause")))
+    assert (lost.session, lost.cause) == ("s", "cause")
+
+
+# ---- options ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value, error", [
+    ("size", 0, ValueError), ("size", "2", TypeError), ("max_overflow", -1, ValueError),
+    ("overflow_idle", 0, ValueError), ("lazy", "yes", TypeError),
+    ("strategy", "random", ValueError), ("checkout_timeout", -1, ValueError),
+    ("max_queue", 1.5, TypeError), ("command_timeout", 0, ValueError),
+    ("health_interval", "1", TypeError), ("health_timeout", 0, ValueError),
+    ("max_commands", 0, ValueError), ("max_memory", True, TypeError), ("name", 3, TypeError),
+])
+def test_a_bad_option_is_named_before_anything_starts(option, value, error):
+    before = otpy.processes()
+    with pytest.raises(error, match=option):
+        Pool.start_link(Notes, **{option: value})
+    with pytest.raises(error, match=option):
+        Pool.child_spec(Notes, **{option: value})
+    assert otpy.processes() == before
+
+
+def test_bad_worker_args_and_unknown_options():
+    with pytest.raises(TypeError, match="Worker subclass"):
+        Pool.start_link(dict)
+    with pytest.raises(TypeError, match="args"):
+        Pool.start_link(Notes, args="x")
+    with pytest.raises(TypeError, match="kwargs"):
+        Pool.start_link(Notes, kwargs=[1])
+    with pytest.raises(TypeError, match="colour"):
+        Pool.child_spec(Notes, colour="red")
+
+
+def test_defaults():
+    pool = Pool.start_link(Notes)
+    status = pool.status()
+    assert status.size == os.cpu_count() and status.workers == os.cpu_count()
+    assert pool._settings()[:2] == (None, 5.0)
+    pool.stop()
+
+
+# ---- init failures ---------------------------------------------------------------------
+
+def test_start_link_raises_start_error_when_the_first_workers_cannot_start(otpy_tree):
+    flag = os.path.join(otpy_tree.tmp_path, "refuse")
+    open(flag, "w").close()
+    with pytest.raises(otpy.StartError, match="init refused"):
+        Pool.start_link(Notes, kwargs={"fail_if": flag}, size=1)
+    assert otpy.whereis("otpy_pool") is None
+
+
+def test_five_init_failures_in_a_row_stop_the_pool(otpy_tree):
+    flag = os.path.join(otpy_tree.tmp_path, "refuse")
+    pool_sup = otpy_tree.start_child(Pool.child_spec(Notes, kwargs={"fail_if": flag}, size=1,
+                                                     name="failing", restart="temporary"))
+    pool = Pool("failing")
+    pool.subscribe()
+    ref = otpy.monitor(pool_sup)
+    open(flag, "w").close()
+    sigkill(pool.workers()[0])  # a started worker's death never stops the pool...
+    reason = expect_down(ref, timeout=30).reason  # ...but its replacements' inits do
+    assert reason == "shutdown"
+    assert pool_sup not in [c.pid for c in otpy.Supervisor.which_children(otpy_tree.supervisor)]
+
+
+# ---- health, recycling, overflow, lazy, strategy ------------------------------------------
+
+def test_an_unhealthy_worker_is_replaced_and_its_sessions_move_by_replay(otpy_tree):
+    flag = os.path.join(otpy_tree.tmp_path, "sick")
+    pool = start(size=1, health_interval=0.1, health_timeout=2.0)
+    pool.subscribe()
+    pool.execute("add", "kept", session="s")
+    sick = pool.workers()[0]
+    pool.execute("set_unhealthy_if", flag, session="s")
+    open(flag, "w").close()
+    assert event("health_failed").worker == sick
+    os.remove(flag)
+    event("worker_started")
+    assert event("worker_exited").worker == sick  # retired once idle
+    assert pool.execute("notes", session="s") == ["kept"]
+    assert pool.worker_of("s") != sick
+    status = pool.status()
+    assert status.worker_restarts == 0 and status.sessions_recovered == 1
+    pool.stop()
+
+
+def test_a_hung_health_check_replaces_the_worker():
+    me = otpy.self()
+    pool = start(size=1, health_interval=0.2, health_timeout=0.2, command_timeout=None)
+    pool.subscribe()
+    hung = pool.workers()[0]
+    running = in_thread(pool.execute, "hold", me, "h")
+    expect(lambda m: m[:2] == ("holding", "h"))
+    assert event("health_failed").detail == "no answer"
+    with pytest.raises(WorkerCrashed):
+        running()
+    event("worker_started")
+    assert hung not in pool.workers()
+    pool.stop()
+
+
+def test_max_commands_recycles_a_worker_without_counting_a_restart():
+    pool = start(size=1, max_commands=3)
+    pool.subscribe()
+    first = pool.workers()[0]
+    pool.execute("add", "a", session="s")
+    pool.execute("add", "b", session="s")
+    pool.execute("ping")
+    assert event("recycled").worker == first
+    assert event("worker_exited").worker == first
+    assert pool.execute("notes", session="s") == ["a", "b"]  # moved by replay
+    assert pool.worker_of("s") != first
+    status = pool.status()
+    assert status.worker_restarts == 0 and status.total_commands == 4
+    pool.stop()
+
+
+def test_max_memory_recycles_a_worker_past_it():
+    pool = start(size=1, max_memory=10**12)
+    worker = pool.workers()[0]
+    pool.execute("grow", 10)
+    assert pool.workers() == [worker]
+    pool2 = Pool.start_link(Notes, size=1, max_memory=1, name="tiny")
+    pool2.subscribe()
+    first = pool2.workers()[0]
+    pool2.execute("ping")
+    assert event("recycled").worker == first
+    pool2.stop()
+    pool.stop()
+
+
+def test_overflow_workers_start_under_load_and_stop_when_idle():
+    pool = start(size=1, max_overflow=1, overflow_idle=0.2)
+    pool.subscribe()
+    with pool.checkout():
+        with pool.checkout() as extra:
+            assert pool.status().overflow == 1 and len(pool.workers()) == 2
+        event("worker_started")
+    gone = event("worker_exited")
+    assert gone.worker == extra.pid
+    status = pool.status()
+    assert status.overflow == 0 and status.worker_restarts == 0 and len(pool.workers()) == 1
+    pool.stop()
+
+
+def test_lazy_pools_start_workers_on_demand_up_to_size_plus_overflow():
+    pool = start(size=2, lazy=True, max_overflow=1, checkout_timeout=0.2)
+    assert pool.workers() == []
+    pool.execute("ping")
+    assert len(pool.workers()) == 1
+    with pool.checkout(), pool.checkout(), pool.checkout():
+        assert len(pool.workers()) == 3 and pool.status().overflow == 1
+        with pytest.raises(PoolTimeout):
+            pool.execute("ping")
+    pool.stop()
+
+
+@pytest.mark.parametrize("strategy", ["lifo", "fifo"])
+def test_strategy_picks_the_idle_worker(strategy):
+    pool = start(size=2, strategy=strategy)
+    with pool.checkout() as a:
+        with pool.checkout() as b:
+            pass
+    # b was returned first, then a: lifo serves a (last in), fifo serves b
+    with pool.checkout() as next_one:
+        assert next_one.pid == (a.pid if strategy == "lifo" else b.pid)
+    pool.stop()
+
+
+# ---- the subtree -----------------------------------------------------------------------
+
+def test_under_a_supervisor_by_name_and_a_server_kill(otpy_tree):
+    otpy_tree.start_child(Pool.child_spec(Notes, size=2, name="programs"))
+    pool = Pool("programs")
+    assert pool.execute("add", "kept", session="s") == 1
+    worker = pool.worker_of("s")
+    sigkill(otpy.whereis("programs"))
+    # the replacement adopts the workers alive, with their sessions and replay logs
+    assert pool.execute("notes", session="s") == ["kept"]
+    assert pool.worker_of("s") == worker and len(pool.workers()) == 2
+    sigkill(worker)
+    assert pool.execute("notes", session="s") == ["kept"]
+    pool.stop()
+
+
+def test_the_pool_shows_in_the_observer():
+    from otpy.observer import snapshot
+
+    pool = start(size=2, name="observed")
+    with pool.checkout():
+        rows = list(_flatten(snapshot()["tree"]))
+        server = next(r for r in rows if r["name"] == "observed")
+        assert "in use 1/2" in server["behaviour"]
+        # the pool's supervisor holds the workers' supervisor, which holds the workers
+        pool_sup = next(r for r in rows if server in r["children"])
+        workers_sup = next(r for r in pool_sup["children"] if r["name"] == "observed.workers")
+        assert sorted(r["pid"] for r in workers_sup["children"]) == \
+            sorted(p.serial for p in pool.workers())
+        assert all(r["behaviour"] == "otpy_pool.Worker:Notes" for r in workers_sup["children"])
+    pool.stop()
+
+
+def _flatten(rows):
+    for row in rows:
+        yield row
+        yield from _flatten(row.get("children", []))
+
+
+def test_stop_leaves_nothing_behind(otpy_tree):
+    pool = start(size=2, name="short")
+    os_pids = [p.os_pid for p in pool.workers()]
+    pool.stop()
+    assert otpy.whereis("short") is None
+    assert otpy_tree.processes() == [otpy_tree.supervisor] or \
+        all(p.os_pid not in os_pids for p in otpy_tree.processes())
+    with pytest.raises(PoolError, match="not running"):
+        pool.execute("ping")
+
+
+# ---- handles ----------------------------------------------------------------------
+
+def _use_pool(pool: Pool, report_to: otpy.Pid) -> None:
+    otpy.send(report_to, ("from_process", pool.execute("notes", session="shared"),
+                          pool.execute("ping")))
+
+
+def test_a_handle_is_picklable_and_works_from_threads_and_other_processes():
+    pool = start(size=2, name="shared_pool")
+    pool.execute("add", "x", session="shared")
+    copy = pickle.loads(pickle.dumps(pool))
+    assert copy == pool
+    otpy.spawn(_use_pool, copy, otpy.self())
+    assert expect(lambda m: m[0] == "from_process")[1:] == (["x"], ("pong", "notes", None))
+    joins = [in_thread(lambda i=i: [pool.execute("add", f"{i}.{n}", session=f"t{i}")
+                                    for n in range(5)]) for i in range(4)]
+    assert [join() for join in joins] == [[1, 2, 3, 4, 5]] * 4
+    for i in range(4):
+        assert pool.execute("notes", session=f"t{i}") == [f"{i}.{n}" for n in range(5)]
+    pool.stop()
+
+
+# ---- status and events ------------------------------------------------------------------
+
+def test_status_counts():
+    pool = start(size=2)
+    assert pool.status() == PoolStatus(size=2, overflow=0, idle=2, busy=0, queued=0,
+                                       sessions=0, total_commands=0, errors=0, timeouts=0,
+                                       worker_restarts=0, sessions_recovered=0,
+                                       sessions_lost=0, workers=2)
+    pool.execute("add", "x", session="a")
+    with pytest.raises(KeyError):
+        pool.execute("fail", "k")
+    with pool.checkout():
+        status = pool.status()
+        assert (status.idle, status.busy, status.sessions) == (1, 1, 1)
+    sigkill(pool.worker_of("a"))
+    pool.execute("notes", session="a")
+    status = pool.status()
+    assert (status.total_commands, status.errors, status.worker_restarts,
+            status.sessions_recovered) == (3, 1, 1, 1)
+    pool.stop()
+
+
+def test_events_reach_subscribers_until_they_unsubscribe():
+    pool = start(size=1)
+    pool.subscribe()
+    pool.execute("ping", session="s")
+    bound = event("session_bound")
+    assert bound.session == "s" and bound.worker == pool.workers()[0]
+    pool.execute("ping")
+    assert event("checkout").worker == event("checkin").worker == bound.worker
+    sigkill(bound.worker)
+    assert event("worker_exited").worker == bound.worker
+    assert event("worker_started").worker != bound.worker
+    pool.unsubscribe()
+    pool.execute("ping")
+    pool.workers()  # every event of that command was sent before this answer
+    assert lowlevel.flush(lambda m: isinstance(m, PoolEvent)) == 0
+    pool.stop()
