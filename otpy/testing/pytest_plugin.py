@@ -1,7 +1,9 @@
 """The otpy pytest plugin (registered through the ``pytest11`` entry point).
 
 - ``otpy_tree``: an isolated supervision tree per test, named after the test.
-- markers: unit, integration, system, performance, chaos.
+- markers: unit, integration, system, performance, chaos; and
+  ``layer(name)``: a test marked with a layer above ``--otpy-layer`` (mock <
+  bridge < full) is skipped, saying why.
 - a per-test leak report: a test that leaves an otpy process running fails in
   teardown, with the process listed (and killed); whatever it left in the
   program's mailbox is dropped so it cannot reach the next test.
@@ -25,6 +27,7 @@ import pytest
 from .. import Timeout, configure_logging, processes, receive
 from .. import self as otpy_self
 from .. import lowlevel
+from ._layers import LAYERS, check_layer, select_layer, skip_reason
 from ._tree import Tree, isolated_tree, reap
 
 MARKERS = {
@@ -45,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "or leave them on stderr")
     parser.addoption("--otpy-log-level", default="debug", choices=sorted(lowlevel.LOG_LEVELS),
                      help="the least level of otpy log events captured (default debug)")
+    parser.addoption("--otpy-layer", choices=LAYERS, default=None,
+                     help="the highest test layer to run (mock < bridge < full); tests marked "
+                          "with a higher layer are skipped (default: OTPY_LAYER, else full)")
 
 
 class _CapturedLog:
@@ -73,11 +79,16 @@ _captured = pytest.StashKey[_CapturedLog]()
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    config.addinivalue_line("markers", "layer(name): the test layer it needs (mock, bridge, "
+                            "full); skipped when --otpy-layer selects a lower one")
+    if config.getoption("--otpy-layer", None) is not None:
+        select_layer(config.getoption("--otpy-layer"))
     if config.getoption("--otpy-log", "stderr") == "capture":
         config.stash[_captured] = _CapturedLog(config.getoption("--otpy-log-level"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    select_layer(None)
     captured = config.stash.get(_captured, None)
     if captured is not None:
         captured.close()
@@ -110,8 +121,29 @@ def tree_name(nodeid: str) -> str:
 @pytest.fixture
 def otpy_tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
     """An isolated supervision tree for this test."""
-    with isolated_tree(tree_name(request.node.nodeid)) as tree:
+    with isolated_tree(tree_name(request.node.nodeid), layer=layer_of(request.node)) as tree:
         yield tree
+
+
+def layer_of(item: pytest.Item) -> str | None:
+    """The layer a test's ``@pytest.mark.layer(...)`` names, if any."""
+    marker = item.get_closest_marker("layer")
+    if marker is None:
+        return None
+    if len(marker.args) != 1 or marker.kwargs:
+        raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.layer(name) with one of "
+                                f"{', '.join(LAYERS)}")
+    try:
+        return check_layer(marker.args[0], f"{item.nodeid}: the layer marker")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = skip_reason(layer_of(item))
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)
