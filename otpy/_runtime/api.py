@@ -40,14 +40,20 @@ def spawn_monitor(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Pi
     return _spawn(fn, args, kwargs, False, ref), ref
 
 
-def send(dest: Pid | str, message: Any) -> None:
+def send(dest: Pid | str, message: Any, *, timeout: float | None = None) -> None:
     """Send ``message`` to a pid or registered name.
 
     An unknown name raises NoProc; a dead pid drops the message silently. A
     message that cannot be pickled raises SerializationError before anything
-    is sent.
+    is sent. While the receiver's inbound buffer is full (it is not reading),
+    the send waits for room, at most ``timeout`` seconds (default: the
+    ``OTPY_SEND_TIMEOUT`` environment variable, 60 s), then raises Timeout;
+    nothing is sent then.
     """
-    context().send(dest, message)
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or timeout < 0):
+        raise ValueError(f"send timeout must be a number of seconds >= 0, not {timeout!r}")
+    context().send(dest, message, timeout)
 
 
 def receive(timeout: float | None = None, match: Callable[[Any], bool] | None = None) -> Any:

@@ -9,9 +9,12 @@ interleave.
 Configure with :func:`configure_logging` or, before the program starts, the
 environment: ``OTPY_LOG=json`` (else readable console lines),
 ``OTPY_LOG_LEVEL=debug|info|warning|error`` (default info),
-``OTPY_LOG_FILE=path`` (default stderr). Configuring after the node has
-started also reconfigures the zygote, so processes spawned from then on
-follow; processes already running keep what they had.
+``OTPY_LOG_FILE=path`` (default stderr). Importing otpy configures nothing:
+the environment is read (and the log file opened) when the node starts, or
+at the first event logged before that, unless configure_logging came first.
+Configuring after the node has started also reconfigures the zygote, so
+processes spawned from then on follow; processes already running keep what
+they had.
 
 Bound context, added to every event where known: ``node``, ``pid`` (the
 process's serial), ``name`` (its registered name) and ``tree`` (the isolated
@@ -70,7 +73,7 @@ class _State:
     json = False
     level = logging.INFO
     fd = 2
-    logger: Any = None
+    logger: Any = None  # None until configured (by the environment or configure_logging)
 
 
 def _level(level: str | int) -> int:
@@ -126,7 +129,15 @@ def configure_logging(*, json: bool = False, level: str | int = "info",
 
 def logger(**context: Any) -> Any:
     """A structlog logger bound to ``context`` (node, pid, ... are added)."""
+    if _State.logger is None:
+        configure_from_environment()
     return _State.logger.bind(**context) if context else _State.logger
+
+
+def ensure_configured() -> None:
+    """Node start: configure from the environment unless already configured."""
+    if _State.logger is None:
+        configure_from_environment()
 
 
 def render_console(event: dict) -> str:
@@ -167,6 +178,3 @@ def configure_from_environment() -> None:
     except OSError as exc:
         print(f"otpy: ignoring OTPY_LOG_FILE: {exc}", file=sys.stderr)
         apply(fmt == "json", level, None)
-
-
-configure_from_environment()

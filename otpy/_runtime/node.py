@@ -6,6 +6,14 @@ with the program's modules already imported) and keeps a pipe whose write end
 only it holds: when the program dies, by any cause, the zygote sees EOF,
 SIGKILLs every process of the node and exits. Each process also has
 PR_SET_PDEATHSIG on the zygote, and the node is one process group.
+
+When the program ends on its own terms (its last line, an uncaught
+exception, Ctrl-C, SIGTERM) the node is stopped in order first, as OTP's
+``init:stop()`` does: each process the program started, newest first, gets
+the exit signal "shutdown" and is waited for (a supervisor then stops its
+children in reverse order, each within its shutdown time, so trapping
+workers run ``terminate``), all within one overall timeout
+(``OTPY_SHUTDOWN_TIMEOUT``, 5 s by default); whatever remains is killed.
 """
 
 from __future__ import annotations
@@ -16,14 +24,19 @@ import secrets
 import select
 import signal
 import socket
+import sys
 import threading
+import time
+from typing import Any
 
-from . import process, wire, zygote
-from .errors import RuntimeGone
+from . import log, process, reasons, wire, zygote
+from .errors import OtpyError, ProcessExit, RuntimeGone
 from .status import StatusTable
-from .terms import Pid
+from .terms import Down, Pid, Ref
 
 MAIN_SERIAL = 1
+SHUTDOWN_TIMEOUT = 5.0  # the orderly stop's overall bound (OTPY_SHUTDOWN_TIMEOUT)
+KILL_TIMEOUT = 5.0  # then: how long the zygote gets to kill and reap the rest
 _start_lock = threading.Lock()
 _zygote_os_pid: int | None = None
 _watch_w: int | None = None
@@ -40,8 +53,34 @@ def context() -> process.ProcessContext:
     return process.current
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+        if value >= 0:
+            return value
+    except ValueError:
+        pass
+    print(f"otpy: ignoring {name}={text!r}: expected a number of seconds >= 0", file=sys.stderr)
+    return default
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Unwind like Ctrl-C does, so that atexit stops the node in order.
+    raise SystemExit(128 + signum)
+
+
 def _start() -> None:
-    global _zygote_os_pid, _watch_w
+    global _zygote_os_pid, _watch_w, SHUTDOWN_TIMEOUT
+    zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
+    # Configuration is read now, not at import: importing otpy does nothing.
+    log.ensure_configured()
+    process.on_trapped_exit = log.log_trapped_exit
+    process.SEND_TIMEOUT = _seconds_from_env("OTPY_SEND_TIMEOUT", 60.0)
+    SHUTDOWN_TIMEOUT = _seconds_from_env("OTPY_SHUTDOWN_TIMEOUT", 5.0)
+    wire.note_main()  # what every process of this node can import from __main__
     node = secrets.token_hex(5)
     status = StatusTable.create()
     inbound_r, inbound_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -69,26 +108,68 @@ def _start() -> None:
     process.current = process.ProcessContext(
         main_pid, "", None, inbound_r, ctrl_main, status, zpid, trap=True, is_main=True
     )
+    if on_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def shutdown(timeout: float = 5.0) -> None:
-    """Stop the node: every process it started is killed and reaped."""
+def shutdown(timeout: float | None = None) -> None:
+    """Stop the node in order, within ``timeout`` seconds (default
+    SHUTDOWN_TIMEOUT), then kill and reap whatever remains."""
     global _zygote_os_pid, _watch_w
     ctx = process.current
     if ctx is None or not ctx.is_main or _zygote_os_pid is None:
         return
     zpid = _zygote_os_pid
+    if timeout is None:
+        timeout = SHUTDOWN_TIMEOUT
     try:
-        ctx.cast_ctrl("shutdown")
-    except RuntimeGone:
-        pass
-    _wait_or_kill(zpid, timeout)
+        _stop_in_order(ctx, time.monotonic() + timeout)
+    except (OtpyError, ProcessExit, OSError):
+        pass  # best effort: what is left is killed below
+    finally:
+        try:
+            ctx.cast_ctrl("shutdown")
+        except RuntimeGone:
+            pass
+        _wait_or_kill(zpid, KILL_TIMEOUT)
     process.current = None
     ctx.close()
     ctx.status.close_fd()
     if _watch_w is not None:
         os.close(_watch_w)
     _zygote_os_pid = _watch_w = None
+
+
+def _stop_in_order(ctx: process.ProcessContext, deadline: float) -> None:
+    """Send "shutdown" to each process the program started, newest first,
+    and wait for it to be gone, until ``deadline``."""
+    if ctx.gone:
+        return
+    top = []
+    for pid in ctx.request("processes", None):
+        if pid != ctx.pid:
+            info = ctx.request("info", pid.serial)
+            if info is not None and info["parent"] == ctx.pid:
+                top.append(pid)
+    cls, body = reasons.pack("shutdown", ctx.pid)
+    mailbox = ctx.mailbox
+    for pid in sorted(top, key=lambda p: p.serial, reverse=True):
+        if time.monotonic() >= deadline:
+            return
+        ref = Ref.make(ctx.pid)
+        if ctx.request("monitor", ref, pid, "") is None:
+            continue  # already gone
+        ctx.request("exit", pid.serial, cls, body, "shutdown")
+
+        def down(ref: Ref = ref) -> Any:
+            for i, m in enumerate(mailbox):
+                if type(m) is Down and m.ref == ref:
+                    del mailbox[i]
+                    return m
+            return None
+
+        if ctx.wait_for(down, deadline) is None:
+            return
 
 
 def _wait_or_kill(os_pid: int, timeout: float) -> None:

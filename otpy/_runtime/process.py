@@ -4,18 +4,28 @@ requests to the zygote, and (for spawned processes) its life cycle.
 Receiving: one thread at a time reads the inbound stream (the "reader"); it
 blocks in a single ``recvmsg`` on that socket, which is as fast as the OS
 allows (a poll before the read doubled the round trip when measured). Frames
-are decoded outside the lock and then applied: messages go to the mailbox,
-replies from the zygote to ``replies``, notices become Exit/Down messages.
-Other threads of the same process wait on a condition until the reader has
-applied what it read. Nothing runs in the background: a process that does not
-call into otpy costs nothing, and a process that must die while busy is
-killed by the zygote.
+are decoded outside the lock and then filed: messages go to the mailbox,
+replies from the zygote to ``replies``, notices become Exit/Down messages,
+and the reply to a call in progress goes to ``awaiting`` under its ref (so a
+call never scans the mailbox: its wait costs the same with 20,000 unrelated
+messages queued, as OTP's receive marker makes it). Other threads of the same
+process sleep, each on its own condition, and the reader wakes only those
+whose wait what it filed can end (a call's thread for its reply), and hands
+the reader role to one of them when it leaves. Nothing runs in the
+background: a process that does not call into otpy costs nothing, and a
+process that must die while busy is killed by the zygote.
+
+Sending: a frame is written without blocking; if the receiver's buffer is
+full the sender polls for room until its deadline (a call's timeout, or
+``SEND_TIMEOUT`` for a plain send), then raises Timeout: nothing was written,
+frames are atomic.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import struct
 import sys
@@ -39,8 +49,18 @@ _TIMEVAL = struct.Struct("ll")
 # trip to a third of it. The cost is bounded: at most this much CPU per wait.
 SPIN_NS = int(float(os.environ.get("OTPY_SPIN_US", "50")) * 1000)
 REQUEST_TIMEOUT = 60.0
+# How long a send waits for room in a full receiver before raising Timeout
+# (node start reads OTPY_SEND_TIMEOUT).
+SEND_TIMEOUT = 60.0
 REPLY = "$reply"  # (REPLY, ref, value): the answer to a call
 OUT_CACHE = 512  # inbound write ends kept open per process
+_WAITING = object()  # awaiting[ref] before the reply is filed
+_DEFAULT = object()  # "the default send deadline"
+
+# Called (lock held) with (context, Exit) when the program's process queues
+# an abnormal exit; node start sets it to the logger's (process.py does not
+# import log: the hook keeps the two modules independent).
+on_trapped_exit: Callable[[Any, Exit], None] | None = None
 
 
 class ProcessContext:
@@ -60,9 +80,14 @@ class ProcessContext:
         self.trap = trap
         self.is_main = is_main
         self.name: str | None = None  # its registered name, for log context
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)  # ``with ctx.cond`` holds the lock
         self.mailbox: deque[Any] = deque()
         self.replies: dict[int, Any] = {}
+        self.awaiting: dict[Ref, Any] = {}  # calls in progress: ref -> reply or _WAITING
+        # threads waiting while another reads: their condition -> what wakes
+        # them (a call's ref, a request id, or None: anything filed)
+        self.sleepers: dict[threading.Condition, Any] = {}
         self.reader = wire.FrameReader()
         self.reading = False
         self.rcvtimeo: float | None = None
@@ -187,45 +212,71 @@ class ProcessContext:
         raise OtpyError(f"unknown control frame {tag!r}")
 
     def _apply(self, items: list) -> None:
-        """File what was read (lock held)."""
+        """File what was read (lock held), and wake the sleepers it concerns."""
         mailbox = self.mailbox
+        awaiting = self.awaiting
+        keys = []  # what was filed, for the sleepers
+        mail = everyone = False
         for item in items:
             t = type(item)
             if t is _Reply:
                 self.replies[item.req_id] = item.value
+                keys.append(item.req_id)
+            elif t is tuple and len(item) == 3 and item[0] == REPLY and type(item[1]) is Ref:
+                ref = item[1]
+                if ref in awaiting:
+                    awaiting[ref] = item[2]  # filed by ref: the caller never scans
+                    keys.append(ref)
+                elif self.abandoned and ref in self.abandoned:
+                    del self.abandoned[ref]  # a late reply: dropped, never a stray message
+                else:
+                    mailbox.append(item)
+                    mail = True
             elif t is _Dead:
                 self.watched.discard(item.pid.serial)
                 self.dead[item.pid.serial] = item.reason
                 if len(self.dead) > 4096:
                     del self.dead[next(iter(self.dead))]
+                everyone = True  # a caller of that process may be asleep
             elif t is _Fatal:
                 self.fatal = ProcessExit(item.reason)
-            elif t is tuple and self.abandoned and len(item) == 3 and item[0] == REPLY \
-                    and item[1] in self.abandoned:
-                del self.abandoned[item[1]]  # a late reply: dropped, never a stray message
+                everyone = True
             else:
                 mailbox.append(item)
-                if t is Exit and self.is_main and item.reason not in ("normal", "shutdown"):
-                    from .log import log_trapped_exit
+                mail = True
+                if t is Exit and self.is_main and item.reason not in ("normal", "shutdown") \
+                        and on_trapped_exit is not None:
+                    on_trapped_exit(self, item)
+        if self.sleepers:
+            for cond, key in self.sleepers.items():
+                if key is None:
+                    if mail or keys or everyone:
+                        cond.notify()
+                elif everyone or key in keys:
+                    cond.notify()
 
-                    log_trapped_exit(self, item)
-
-    def wait_for(self, check: Callable[[], Any], deadline: float | None) -> Any:
+    def wait_for(self, check: Callable[[], Any], deadline: float | None,
+                 key: Any = None) -> Any:
         """Read until ``check()`` (called with the lock held) returns non-None.
 
-        Returns None when the deadline passes. Raises RuntimeGone if the node
-        is gone, and ProcessExit for the program's process when a signal it
-        does not trap told it to exit.
+        ``key`` says what can end the wait, so that a thread sleeping while
+        another reads is woken only for it: a call's ref, a request id, or
+        None (anything filed). Returns None when the deadline passes. Raises
+        RuntimeGone if the node is gone, and ProcessExit for the program's
+        process when a signal it does not trap told it to exit.
         """
-        with self.cond:
+        with self.lock:
             try:
-                return self._wait_for(check, deadline)
+                return self._wait_for(check, deadline, key)
             finally:
                 # what process_info reports: running, with the mailbox as it is now
                 self.status.set(self.pid.serial, RUNNING, len(self.mailbox))
+                if not self.reading and self.sleepers:
+                    # Someone must go on reading: hand the role to one sleeper.
+                    next(iter(self.sleepers)).notify()
 
-    def _wait_for(self, check: Callable[[], Any], deadline: float | None) -> Any:
-        cond = self.cond
+    def _wait_for(self, check: Callable[[], Any], deadline: float | None, key: Any) -> Any:
+        lock = self.lock
         while True:
             if self.fatal is not None:
                 fatal, self.fatal = self.fatal, None
@@ -236,29 +287,39 @@ class ProcessContext:
             if self.gone:
                 raise RuntimeGone("the otpy node is gone")
             if self.reading:
-                if deadline is None:
-                    cond.wait()
-                    continue
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
-                    return None
-                cond.wait(remaining)
+                remaining = None
+                if deadline is not None:
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0:
+                        return None
+                waiter = self._waiter()
+                self.sleepers[waiter] = key
+                try:
+                    waiter.wait(remaining)
+                finally:
+                    del self.sleepers[waiter]
                 continue
             self.reading = True
-            cond.release()
+            lock.release()
             try:
                 items = self._read(deadline)
             finally:
-                cond.acquire()
+                lock.acquire()
                 self.reading = False
             if items:
                 self._apply(items)
-                cond.notify_all()
             elif deadline is not None and _monotonic() >= deadline:
-                result = check()
-                return result
+                return check()
             elif self.gone:
-                cond.notify_all()
+                for waiter in self.sleepers:
+                    waiter.notify()
+
+    def _waiter(self) -> threading.Condition:
+        """This thread's own condition (on the process's lock)."""
+        waiter = getattr(self.local, "waiter", None)
+        if waiter is None:
+            waiter = self.local.waiter = threading.Condition(self.lock)
+        return waiter
 
     # ---- mailbox ----------------------------------------------------------------
 
@@ -303,7 +364,7 @@ class ProcessContext:
                 return (replies.pop(req_id),)
             return None
 
-        found = self.wait_for(check, _monotonic() + timeout)
+        found = self.wait_for(check, _monotonic() + timeout, req_id)
         if found is None:
             raise Timeout(f"the otpy zygote did not answer {op!r} within {timeout}s")
         value = found[0]
@@ -335,17 +396,23 @@ class ProcessContext:
             return pid
         raise TypeError(f"destination must be a Pid or a registered name, not {type(dest).__name__}")
 
-    def send(self, dest: Any, message: Any) -> None:
+    def send(self, dest: Any, message: Any, timeout: float | None = None) -> None:
         pid = self.resolve(dest)
         kind, body = wire.encode(message)
-        self.send_encoded(pid, kind, body)
+        deadline = _DEFAULT if timeout is None else _monotonic() + timeout
+        self.send_encoded(pid, kind, body, deadline)
 
-    def send_encoded(self, pid: Pid, kind: int, body: bytes) -> None:
+    def send_encoded(self, pid: Pid, kind: int, body: bytes, deadline: Any = _DEFAULT) -> None:
+        """Write one frame to ``pid``. While its buffer is full, wait for room
+        until ``deadline`` (monotonic; None: as long as it takes; by default
+        SEND_TIMEOUT from now), then raise Timeout having written nothing."""
         if pid == self.pid:
-            message = wire.decode(kind, body)  # a copy, as any other receiver gets
-            with self.cond:
-                self.mailbox.append(message)
-                self.cond.notify_all()
+            try:
+                message = wire.decode(kind, body)  # a copy, as any other receiver gets
+            except Exception as exc:
+                message = BadMessage(f"{type(exc).__name__}: {exc}", bytes(body))
+            with self.lock:
+                self._apply([message])
             return
         sock = self.out.get(pid.serial)
         if sock is None:
@@ -353,9 +420,32 @@ class ProcessContext:
             if sock is None:
                 return  # dead: dropped, as Erlang does
         try:
-            wire.send_frame(sock, kind, body)
+            if not wire.try_send_frame(sock, kind, body):
+                self._send_blocked(pid, sock, kind, body, deadline)
         except (BrokenPipeError, ConnectionResetError):
             self._forget(pid.serial, sock)
+
+    def _send_blocked(self, pid: Pid, sock: socket.socket, kind: int, body: bytes,
+                      deadline: Any) -> None:
+        """The receiver's buffer is full: poll for room until the deadline."""
+        if deadline is _DEFAULT:
+            deadline = _monotonic() + SEND_TIMEOUT
+        started = _monotonic()
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while True:
+            if deadline is None:
+                poller.poll()
+            else:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    raise Timeout(
+                        f"send to {pid!r} blocked for {_monotonic() - started:.3g}s and gave up: "
+                        f"its inbound buffer is full ({wire.unread_bytes(sock)} bytes unread); "
+                        "the receiver is not reading its messages. Nothing was sent.")
+                poller.poll(max(1, int(remaining * 1000 + 0.999)))
+            if wire.try_send_frame(sock, kind, body):
+                return
 
     def _open(self, pid: Pid) -> socket.socket | None:
         if pid.node != self.node:
@@ -436,28 +526,48 @@ class ProcessContext:
         if dead is not None:
             raise NoProc(pid)
         kind, body = wire.encode(message)
-        self.send_encoded(pid, kind, body)
+        deadline = None if timeout is None else _monotonic() + timeout
         serial = pid.serial
-        mailbox = self.mailbox
+        awaiting = self.awaiting
         dead_table = self.dead
+        # Registered before the send: the reply can only come after it, and
+        # is then filed under ``ref`` (the receive marker of OTP, in effect).
+        awaiting[ref] = _WAITING
 
         def check():
-            for i, m in enumerate(mailbox):
-                if type(m) is tuple and len(m) == 3 and m[0] == REPLY and m[1] == ref:
-                    del mailbox[i]
-                    return (m[2],)
+            value = awaiting[ref]
+            if value is not _WAITING:
+                return (value,)
             if serial in dead_table:
                 raise Exited(dead_table[serial], pid)
             return None
 
-        found = self.wait_for(check, None if timeout is None else _monotonic() + timeout)
+        try:
+            try:
+                self.send_encoded(pid, kind, body, deadline)
+            except Timeout:
+                raise Timeout(f"call to {pid!r} timed out after {timeout}s while sending: its "
+                              f"inbound buffer stayed full (the request was not sent)") from None
+            found = self.wait_for(check, deadline, ref)
+        except BaseException:
+            self._abandon(ref)
+            raise
         if found is None:
-            with self.cond:
-                self.abandoned[ref] = None
-                if len(self.abandoned) > 10000:
-                    del self.abandoned[next(iter(self.abandoned))]
+            self._abandon(ref)
             raise Timeout(f"call to {pid!r} timed out after {timeout}s")
-        return found[0]
+        del awaiting[ref]
+        value = found[0]
+        if type(value) is CallFailed:
+            raise value.error
+        return value
+
+    def _abandon(self, ref: Ref) -> None:
+        """A call gave up: a reply that comes later is dropped on arrival."""
+        with self.lock:
+            del self.awaiting[ref]
+            self.abandoned[ref] = None
+            if len(self.abandoned) > 10000:
+                del self.abandoned[next(iter(self.abandoned))]
 
     def close(self) -> None:
         for sock in self.out.values():
@@ -466,6 +576,19 @@ class ProcessContext:
         self.reader.close()
         self.inbound.close()
         self.ctrl.close()
+
+
+class CallFailed:
+    """A reply that makes the caller's call raise ``error`` (a server that
+    could not decode the request answers with one)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self):
+        return (CallFailed, (self.error,))
 
 
 class _Reply:

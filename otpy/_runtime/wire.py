@@ -11,6 +11,7 @@ the frame atomic at any size.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import io
 import mmap
@@ -51,21 +52,127 @@ _pickle_loads = pickle.loads
 
 
 def encode(term: Any) -> tuple[int, bytes]:
-    """Serialize ``term``: pickle (protocol 5) first, dill where pickle cannot.
+    """Serialize ``term``: pickle (protocol 5) first, dill where pickle cannot,
+    or where the term refers to a ``__main__`` class or function that the
+    receiver cannot import (defined after the node started): those travel by
+    value.
 
-    Raises SerializationError naming the type when neither can; the caller
-    has sent nothing at that point.
+    Raises SerializationError naming the type of the part that cannot be
+    serialized; the caller has sent nothing at that point.
     """
     try:
-        return MSG, _pickle_dumps(term, 5)
+        data = _pickle_dumps(term, 5)
+    except Exception:
+        return _encode_by_value(term)
+    # The hot path pays one substring search; only a term whose pickle names
+    # __main__ is looked at more closely.
+    if b"__main__" in data and _refers_to_new_main(term):
+        return _encode_by_value(term)
+    return MSG, data
+
+
+# ---- __main__ objects the receiver cannot import ---------------------------------
+
+# What __main__ held when the node started: every process of the node is
+# forked from the zygote, forked then, so it can import exactly these by name.
+_main_at_start: dict[str, Any] = {}
+_MISSING = object()
+
+
+def note_main() -> None:
+    """Remember what ``__main__`` holds now (node start calls this before forking)."""
+    _main_at_start.clear()
+    main = sys.modules.get("__main__")
+    if main is not None:
+        _main_at_start.update(vars(main))
+
+
+def _importable_main(obj: Any) -> bool:
+    """Whether a ``__main__`` class or function existed, as this very object,
+    when the node started (so every process finds it by name)."""
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(qualname, str) or "<" in qualname:
+        return False
+    first, _, rest = qualname.partition(".")
+    found = _main_at_start.get(first, _MISSING)
+    for part in rest.split(".") if rest else ():
+        found = getattr(found, part, _MISSING)
+    return found is obj
+
+
+class _NewMain(Exception):
+    pass
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles only to find a ``__main__`` class or function that must travel by value."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) \
+                and getattr(obj, "__module__", None) == "__main__" and not _importable_main(obj):
+            raise _NewMain
+        return NotImplemented
+
+
+def _refers_to_new_main(term: Any) -> bool:
+    try:
+        _MainFinder(io.BytesIO(), 5).dump(term)
+    except _NewMain:
+        return True
+    except Exception:
+        return True  # let dill try, and name the culprit if it cannot
+    return False
+
+
+def _encode_by_value(term: Any) -> tuple[int, bytes]:
+    try:
+        out = io.BytesIO()
+        _MessagePickler(out, protocol=5, recurse=True).dump(term)
+        return MSG_DILL, out.getvalue()
+    except Exception as exc:
+        culprit, path = _culprit(term)
+        where = "".join(f"[{key!r}]" for key in path)
+        where = f" (at {where} of the {_type_name(term)} sent)" if path else ""
+        raise SerializationError(f"cannot serialize {_type_name(culprit)}{where}: {exc}") from exc
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _serializable(obj: Any) -> bool:
+    try:
+        _pickle_dumps(obj, 5)
+        return True
     except Exception:
         pass
     try:
-        return MSG_DILL, dill.dumps(term, protocol=5, recurse=True)
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot serialize {type(term).__module__}.{type(term).__qualname__}: {exc}"
-        ) from exc
+        _MessagePickler(io.BytesIO(), protocol=5, recurse=True).dump(obj)
+        return True
+    except Exception:
+        return False
+
+
+def _culprit(term: Any, depth: int = 8) -> tuple[Any, list]:
+    """The innermost part of a container that cannot be serialized, and its path."""
+    path: list = []
+    while depth:
+        depth -= 1
+        if type(term) in (tuple, list):
+            items: Any = enumerate(term)
+        elif type(term) is dict:
+            items = term.items()
+        else:
+            break
+        for key, value in items:
+            if not _serializable(value):
+                path.append(key)
+                term = value
+                break
+        else:
+            break
+    return term, path
 
 
 class _BodyPickler(dill.Pickler):
@@ -89,6 +196,27 @@ def _save_module(pickler: Any, module: types.ModuleType) -> None:
 
 _dill_save_module = _BodyPickler.dispatch[types.ModuleType]
 _BodyPickler.dispatch[types.ModuleType] = _save_module
+
+
+class _MessagePickler(_BodyPickler):
+    """dill for messages: a ``__main__`` class or function that every process
+    can import (it existed when the node started) goes by name, as pickle
+    would send it; a newer one goes by value. Modules go by name."""
+
+    dispatch = _BodyPickler.dispatch.copy()
+
+
+def _by_name_if_importable(dill_save: Any) -> Any:
+    def save(pickler: Any, obj: Any) -> None:
+        if getattr(obj, "__module__", None) == "__main__" and _importable_main(obj):
+            pickler.save_global(obj)
+        else:
+            dill_save(pickler, obj)
+    return save
+
+
+for _t in (type, types.FunctionType):
+    _MessagePickler.dispatch[_t] = _by_name_if_importable(_MessagePickler.dispatch[_t])
 
 
 def encode_body(fn_args: Any) -> tuple[int, bytes]:
@@ -121,12 +249,142 @@ def decode(kind: int, body: Any) -> Any:
     return _pickle_loads(body)
 
 
+# ---- what can be read of a message that cannot be decoded --------------------------
+
+class Undecodable:
+    """Stands, in a salvaged message, for a part that could not be decoded;
+    ``what`` names its type (or the class or function that was missing)."""
+
+    what = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<undecodable {self.what}>"
+
+
+class _Salvager(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler, made to carry on past what fails: a missing
+    class or function becomes an Undecodable subclass, an object whose
+    reconstruction raises becomes an Undecodable instance. Slow, and only
+    used on a message that failed to decode."""
+
+    dispatch = pickle._Unpickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(io.BytesIO(data))
+        self.problems: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("__builtin__", "__main__"):
+            return sys.modules["__main__"].__dict__  # as dill's unpickler does
+        if (module, name) == ("__builtin__", "NoneType"):
+            return type(None)
+        if module == "dill.dill":
+            module = "dill._dill"
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            self.problems.append(f"{module}.{name} ({type(exc).__name__}: {exc})")
+            return type(name, (Undecodable,), {"what": f"{module}.{name}"})
+
+    def _broken(self, obj: Any, exc: Exception) -> Undecodable:
+        what = getattr(obj, "__qualname__", None) or _type_name(obj)
+        module = getattr(obj, "__module__", None)
+        if module and module != "builtins" and isinstance(what, str):
+            what = f"{module}.{what}"
+        self.problems.append(f"{what} ({type(exc).__name__}: {exc})")
+        stand_in = Undecodable()
+        stand_in.what = str(what)
+        return stand_in
+
+
+def _guarded(opcode: bytes, consumed: int) -> None:
+    """Wrap an opcode that pops ``consumed`` items and pushes one result."""
+    original = _Salvager.dispatch[opcode[0]]
+
+    def load(self: _Salvager) -> None:
+        stack = self.stack
+        depth = len(stack)
+        culprit = stack[depth - consumed] if depth >= consumed else None
+        try:
+            original(self)
+        except Exception as exc:
+            del stack[max(0, depth - consumed):]
+            stack.append(self._broken(culprit, exc))
+
+    _Salvager.dispatch[opcode[0]] = load
+
+
+for _op, _n in ((pickle.REDUCE, 2), (pickle.BUILD, 2), (pickle.NEWOBJ, 2),
+                (pickle.NEWOBJ_EX, 3)):
+    _guarded(_op, _n)
+
+
+def salvage(data: bytes) -> tuple[Any, list[str]]:
+    """What can be read of a message that failed to decode: the term with
+    each part that failed replaced by an Undecodable, and what failed (as
+    text). ``(None, problems)`` if even that is impossible."""
+    salvager = _Salvager(data)
+    try:
+        term = salvager.load()
+    except Exception as exc:
+        return None, salvager.problems + [f"{type(exc).__name__}: {exc}"]
+    return term, salvager.problems
+
+
 def send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryview) -> None:
     """Write one frame; blocks while the receiver's buffer is full."""
     size = len(body)
     if size <= INLINE_MAX:
         sock.sendall(HEADER.pack(size, kind) + body)
         return
+    fd = _memfd(body)
+    try:
+        socket.send_fds(sock, [HEADER.pack(size, kind | IN_FD)], [fd])
+    finally:
+        os.close(fd)
+
+
+def try_send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryview) -> bool:
+    """Write one frame without blocking: True if written, False if the
+    receiver's buffer is full (then nothing was written).
+
+    All or nothing: a frame of up to INLINE_MAX bytes (or a big frame's
+    5-byte header with its memfd) is queued by the kernel as one buffer, so a
+    non-blocking send either takes all of it or fails with EAGAIN.
+    """
+    size = len(body)
+    if size <= INLINE_MAX:
+        data = HEADER.pack(size, kind) + body
+        try:
+            sent = sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if sent != len(data):  # never seen; finish it rather than tear the frame
+            sock.sendall(memoryview(data)[sent:])
+        return True
+    fd = _memfd(body)
+    try:
+        try:
+            # (socket.send_fds ignores its flags argument: sendmsg it is)
+            sock.sendmsg([HEADER.pack(size, kind | IN_FD)],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))],
+                         socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _memfd(body: bytes | bytearray | memoryview) -> int:
+    """A memfd holding ``body`` (a big frame travels as one)."""
+    size = len(body)
     if size > MAX_BODY:
         raise SerializationError(f"message of {size} bytes exceeds the {MAX_BODY}-byte limit")
     fd = os.memfd_create("otpy-frame", os.MFD_CLOEXEC)
@@ -135,9 +393,21 @@ def send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryv
         written = 0
         while written < size:
             written += os.write(fd, view[written:])
-        socket.send_fds(sock, [HEADER.pack(size, kind | IN_FD)], [fd])
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+_SIOCOUTQ = 0x5411
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes written to a stream socket's peer and not read yet (0 if unknown)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 class FrameReader:

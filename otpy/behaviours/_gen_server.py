@@ -28,8 +28,9 @@ from typing import Any, ClassVar
 
 # The process API comes from otpy's public surface: otpy/__init__.py binds it
 # before it imports the behaviours.
-from .. import (AlreadyRegistered, Down, Exit, Exited, NoProc, OtpyError, Pid, ProcessExit, Ref,
-                Timeout, demonitor, monitor, receive, register, send, spawn, spawn_link, unlink)
+from .. import (AlreadyRegistered, BadMessage, Down, Exit, Exited, NoProc, OtpyError, Pid,
+                ProcessExit, Ref, SerializationError, Timeout, demonitor, monitor, receive,
+                register, send, spawn, spawn_link, unlink)
 from .. import exit as exit_signal
 from .. import self as self_pid
 from .. import lowlevel
@@ -262,6 +263,8 @@ def _loop(server: GenServer, parent: Pid) -> None:
                 raise ProcessExit(reason)
             elif kind is Exit and message.pid == parent and lowlevel.is_trapping():
                 _terminate(server, message.reason)
+            elif kind is BadMessage and _undecodable_call(server, message):
+                continue
             else:
                 result = server.handle_info(message)
                 if type(result) is Stop:
@@ -273,6 +276,24 @@ def _loop(server: GenServer, parent: Pid) -> None:
                 server.terminate(exc)
             finally:
                 raise exc
+
+
+def _undecodable_call(server: GenServer, message: BadMessage) -> bool:
+    """A message the server could not decode is logged; if it is a call, the
+    caller is answered with a SerializationError naming what could not be
+    decoded (instead of waiting out its timeout), and True is returned."""
+    term, problems = lowlevel.salvage(message)
+    what = "; ".join(problems) or message.error
+    is_call = (type(term) is tuple and len(term) == 3 and term[0] == CALL
+               and type(term[1]) is tuple and len(term[1]) == 2
+               and type(term[1][0]) is Pid and type(term[1][1]) is Ref)
+    lowlevel.logger().error("undecodable message", server=type(server).__qualname__,
+                            call=is_call, undecodable=what)
+    if not is_call:
+        return False
+    lowlevel.reply_error(From(*term[1]), SerializationError(
+        f"{type(server).__qualname__} could not decode the request: {what}"))
+    return True
 
 
 def _terminate(server: GenServer, reason: Any) -> None:

@@ -22,11 +22,14 @@ docs/lowlevel.md.
   :func:`processes_in`, :func:`registered_in`, :func:`unregister_in`),
   :func:`flush`, :func:`is_trapping`; logs for tools that capture them
   (:func:`parse_log_lines`, :func:`render_log_event`, :func:`reset_logging`).
+- messages that could not be decoded: :func:`salvage` (what can be read of a
+  BadMessage), :func:`reply_error` (answer a call with an error the caller raises).
 - failure injection: :func:`inject_fault` / :func:`heal_fault` (faults a
   process applies to itself: slow, partition, corrupt, memory, fds).
 """
 
 from .._runtime.api import annotate
+from ._bad_messages import Undecodable, reply_error, salvage
 from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
@@ -48,5 +51,6 @@ __all__ = [
     "traceback_text",
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
     "stop_process",
+    "Undecodable", "reply_error", "salvage",
     "FAULT_KINDS", "FaultError", "heal_fault", "inject_fault",
 ]

@@ -22,11 +22,18 @@ def start() -> Pid:
     return context().pid
 
 
-def shutdown(timeout: float = 5.0) -> None:
-    """Stop the node: every process it started is killed and reaped.
+def shutdown(timeout: float | None = None) -> None:
+    """Stop the node in order, then kill and reap whatever remains.
 
-    The next otpy call starts a fresh node.
+    Each process the program started, newest first, gets the exit signal
+    "shutdown" and is waited for (supervisors stop their children in reverse
+    order, so trapping workers run ``terminate``), all within ``timeout``
+    seconds (default: ``OTPY_SHUTDOWN_TIMEOUT``, 5 s). This is what happens
+    when the program exits; the next otpy call starts a fresh node.
     """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout < 0):
+        raise ValueError(f"shutdown timeout must be a number of seconds >= 0, not {timeout!r}")
     _shutdown(timeout)
 
 

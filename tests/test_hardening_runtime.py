@@ -1,0 +1,233 @@
+"""Runtime hardening, in the test's own node: nothing waits forever on a full
+receiver or an undecodable request, a call's wait does not depend on the
+unrelated messages queued, many threads share one process's stream."""
+
+from __future__ import annotations
+
+import ast
+import os
+import threading
+
+import pytest
+
+import otpy
+from otpy import lowlevel
+
+import helpers
+from helpers import DEADLINE
+
+RUNTIME = os.path.join(os.path.dirname(otpy.__file__), "_runtime")
+
+
+class Echo(otpy.GenServer):
+    def handle_call(self, request, caller):
+        return request
+
+
+class Generator(otpy.GenServer):
+    def handle_call(self, request, caller):
+        return ("ok", (x for x in range(3)))
+
+
+def _refuse():
+    raise ValueError("this object refuses to be rebuilt")
+
+
+class Refuses:
+    """Pickles fine, fails to unpickle anywhere."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def serve(cls, **spec):
+    """Start a server under the test's tree (so the tree stops it)."""
+    return helpers.CURRENT_TREE.start_child(cls.child_spec(**spec))
+
+
+def in_thread(fn, timeout=DEADLINE):
+    """Run ``fn`` in a thread; its result or exception, or fail if it hangs."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{fn} still blocked after {timeout}s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+# ---- 1. a request the server cannot decode is answered ----------------------------
+
+def test_a_call_the_server_cannot_decode_raises_naming_what_failed():
+    pid = serve(Echo)
+    with pytest.raises(otpy.SerializationError, match="could not decode the request.*_refuse"):
+        in_thread(lambda: otpy.call(pid, ("store", Refuses()), timeout=None))
+    assert otpy.call(pid, "still serving") == "still serving"
+
+
+def test_a_supervisor_operation_with_an_undecodable_spec_fails_instead_of_hanging():
+    sup = helpers.CURRENT_TREE.start_child(otpy.Supervisor.child_spec([], id="sup"))
+    spec = otpy.ChildSpec("w", otpy.spawn_link, args=(Refuses(),))
+    with pytest.raises(otpy.SerializationError, match="ValueError.*refuses to be rebuilt"):
+        in_thread(lambda: otpy.Supervisor.start_child(sup, spec))
+    assert otpy.Supervisor.which_children(sup) == []
+
+
+def test_salvage_names_the_missing_parts_of_a_bad_message():
+    me = otpy.self()
+    otpy.send(me, ("tag", [1, Refuses(), 3]))
+    bad = otpy.receive(timeout=DEADLINE)
+    assert isinstance(bad, otpy.BadMessage)
+    term, problems = lowlevel.salvage(bad)
+    assert term[0] == "tag" and term[1][0] == 1 and term[1][2] == 3
+    assert isinstance(term[1][1], lowlevel.Undecodable)
+    assert "refuses to be rebuilt" in problems[0]
+
+
+# ---- 2. a full receiver: every send has a deadline ----------------------------------
+
+def stuck(report_to):
+    """Never reads its inbound stream."""
+    otpy.send(report_to, "stuck")
+    threading.Event().wait()
+
+
+def fill(pid):
+    """Send 32 KiB frames until the receiver's buffer is full."""
+    chunk = b"x" * (32 * 1024 - 64)
+    sent = 0
+    while True:
+        try:
+            otpy.send(pid, chunk, timeout=0.2)
+        except otpy.Timeout as exc:
+            return sent, exc
+        sent += 1
+        assert sent < 10_000, "the receiver's buffer never filled"
+
+
+def test_a_call_to_a_full_receiver_honours_its_timeout():
+    me = otpy.self()
+    pid = helpers.CURRENT_TREE.start_child(
+        otpy.ChildSpec("stuck", otpy.spawn_link, args=(stuck, me), shutdown="brutal_kill"))
+    otpy.receive(timeout=DEADLINE, match=lambda m: m == "stuck")
+    sent, exc = fill(pid)
+    assert sent > 0 and "inbound buffer is full" in str(exc)
+    with pytest.raises(otpy.Timeout, match="while sending"):
+        in_thread(lambda: otpy.call(pid, "ping", timeout=0.5))
+    with pytest.raises(otpy.Timeout, match="Nothing was sent"):
+        in_thread(lambda: otpy.send(pid, b"z" * (1 << 20), timeout=0.2))  # a memfd frame
+    info = otpy.process_info(pid)
+    assert info["inbound_bytes"] > 4 * 1024 * 1024
+
+
+def test_send_rejects_a_bad_timeout():
+    with pytest.raises(ValueError, match="send timeout"):
+        otpy.send(otpy.self(), "x", timeout=-1)
+
+
+# ---- 7. a call's wait does not scan unrelated queued messages -------------------------
+
+class Counting:
+    """Counts how often anything compares it with something."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        type(self).compared += 1
+        return False
+
+    __hash__ = object.__hash__
+
+
+def test_a_call_does_not_rescan_unrelated_queued_messages():
+    pid = serve(Echo)
+    me = otpy.self()
+    for i in range(500):  # stale replies of someone else's calls, and plain messages
+        otpy.send(me, ("$reply", Counting(), i))
+        otpy.send(me, ("unrelated", i))
+    Counting.compared = 0
+    for i in range(20):
+        assert otpy.call(pid, i) == i
+    assert Counting.compared == 0
+    # the queued messages are all still there, in order
+    got = [otpy.receive(timeout=0) for _ in range(1000)]
+    assert [m[2] if m[0] == "$reply" else m[1] for m in got] == [i for i in range(500)
+                                                                   for _ in (0, 1)]
+
+
+def test_twenty_thousand_queued_messages_do_not_disturb_a_call():
+    pid = serve(Echo)
+    me = otpy.self()
+    for i in range(20_000):
+        otpy.send(me, ("unrelated", i))
+    for i in range(50):
+        assert otpy.call(pid, ("n", i)) == ("n", i)
+    assert lowlevel.flush(lambda m: m[0] == "unrelated") == 20_000
+
+
+# ---- 8. threads ---------------------------------------------------------------------
+
+def test_sixteen_threads_calling_one_server_each_get_their_own_replies():
+    pid = serve(Echo)
+    results = {}
+
+    def work(n):
+        results[n] = [otpy.call(pid, (n, i)) for i in range(200)]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert results == {n: [(n, i) for i in range(200)] for n in range(16)}
+
+
+def test_a_receiving_thread_and_calling_threads_share_the_stream():
+    pid = serve(Echo)
+    me = otpy.self()
+    got = []
+    receiver = threading.Thread(
+        target=lambda: got.extend(otpy.receive(timeout=DEADLINE, match=lambda m: m[0] == "mail")
+                                  for _ in range(100)))
+    receiver.start()
+    callers = [threading.Thread(target=lambda n=n: [otpy.call(pid, n) for _ in range(100)])
+               for n in range(4)]
+    for t in callers:
+        t.start()
+    for i in range(100):
+        otpy.send(me, ("mail", i))
+    for t in callers + [receiver]:
+        t.join(60)
+    assert got == [("mail", i) for i in range(100)]
+
+
+# ---- 9. smaller -----------------------------------------------------------------------
+
+def test_a_reply_that_cannot_be_pickled_names_the_value_type():
+    pid = serve(Generator, restart="temporary")
+    with pytest.raises(otpy.Exited) as info:
+        otpy.call(pid, "give")
+    text = str(info.value.reason)
+    assert "generator" in text and "builtins.tuple" not in text
+
+
+def test_the_process_module_does_not_import_the_logger():
+    with open(os.path.join(RUNTIME, "process.py")) as f:
+        tree = ast.parse(f.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.update(alias.name for alias in node.names)
+            imported.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "log" not in imported and not any(name.endswith(".log") for name in imported)
