@@ -223,7 +223,7 @@ class BreakerOwner(GenServer):
         if type(message) is tuple and message[:1] == ("$half_open",):
             if message[1] == self.machine.gen:
                 self.timer = None
-                self.machine.advance()
+                self.machine.on_timer(message[1])
                 if self.machine.gen == message[1]:
                     self._arm_timer()  # fired a hair early: wait out the rest
                 self._publish()

@@ -101,6 +101,11 @@ class BreakerMachine:
                 and self.clock() >= self.half_open_at:
             self._go(HALF_OPEN)
 
+    def on_timer(self, gen: int) -> None:
+        """The half-open timer armed at ``gen`` fired; stale if anything happened since."""
+        if gen == self.gen:
+            self.advance()
+
     def reset(self) -> None:
         """Close at once, failures forgotten (a disabled breaker stays disabled)."""
         if self.state == DISABLED:

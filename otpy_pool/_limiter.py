@@ -1,0 +1,434 @@
+"""RateLimiter: limits that hold across every process of the node (or, with
+Redis, of several machines).
+
+In memory, one owner process (a GenServer under a supervisor of its own,
+registered under the limiter's name) holds every bucket; each hit is one
+synchronous call to it. The owner is the only writer and answers calls one at
+a time, so the limiter is exact under any concurrency: no hit is lost and no
+window admits more than its limit. The arithmetic lives in
+``_limiter_algorithms`` (pure, integer nanoseconds).
+
+With ``storage="redis://host:port"`` the ``limits`` library's Redis storage
+keeps the buckets; hits go from the calling process straight to Redis, and
+the owner only holds the configuration (and checks Redis at start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from typing import Any, Iterator, NamedTuple
+
+import otpy
+from otpy import ChildSpec, GenServer, OtpyError, Pid, StartError, AlreadyStarted
+from otpy import lowlevel
+
+from ._limiter_algorithms import ALGORITHMS, Buckets
+from ._shared_owner import OwnerLink
+
+DEFAULT_TIMEOUT = 5.0
+INSTALL_HINT = "pip install 'otpy[redis]'  (the limits library with its Redis client)"
+_REDIS = "$redis"
+
+
+# ---- errors and results ------------------------------------------------------------------
+
+class LimiterError(OtpyError):
+    """Base of the rate limiter's errors."""
+
+
+class LimiterNotRunning(LimiterError, LookupError):
+    """No limiter of that name could be reached before the deadline."""
+
+
+class RateLimited(LimiterError):
+    """A hit was denied; ``retry_after`` seconds until it could fit (and the
+    ``decision`` that denied it)."""
+
+    def __init__(self, retry_after: float, decision: "Decision | None" = None,
+                 message: str | None = None) -> None:
+        self.retry_after = retry_after
+        self.decision = decision
+        super().__init__(message or f"rate limited: retry after {retry_after:.3f}s")
+
+    def __reduce__(self):
+        return (type(self), (self.retry_after, self.decision, str(self)))
+
+
+class Decision(NamedTuple):
+    """The answer to a hit: ``count`` used in the bucket and ``remaining``
+    (after this hit, if allowed), ``retry_after`` seconds until a denied hit
+    would fit (0 if allowed), ``reset_at`` epoch seconds when the bucket is
+    back to empty (full, for a token bucket)."""
+
+    allowed: bool
+    count: int
+    remaining: int
+    retry_after: float
+    reset_at: float
+
+
+# ---- checking arguments ----------------------------------------------------------------------
+
+def check_key(key: Any) -> Any:
+    """A key is a str, bytes, int, or a tuple of keys; anything else is a TypeError."""
+    kind = type(key)
+    if kind is str or kind is bytes or kind is int:
+        return key
+    if isinstance(key, (str, bytes, int)):
+        return key  # subclasses too (bool is an int: True is the bucket of 1, as in a dict)
+    if isinstance(key, tuple):
+        for item in key:
+            check_key(item)
+        return key
+    raise TypeError(f"a rate limiter key must be a str, bytes, int or tuple of them, "
+                    f"not {kind.__name__}")
+
+
+def _check_limit(limit: Any, cost: Any) -> None:
+    for option, value in (("limit", limit), ("cost", cost)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{option} must be an int, not {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{option} must be >= 1, not {value!r}")
+
+
+def _window_ns(window: Any) -> int:
+    if not isinstance(window, (int, float)) or isinstance(window, bool):
+        raise TypeError(f"window must be a number of seconds, not {type(window).__name__}")
+    if not math.isfinite(window) or window <= 0:
+        raise ValueError(f"window must be > 0 seconds, not {window!r}")
+    return max(1, round(window * 1_000_000_000))
+
+
+def _check_storage(storage: Any, algorithm: str) -> str | None:
+    if storage is None or storage == "memory":
+        return None
+    if not isinstance(storage, str) or "://" not in storage \
+            or not storage.split("://", 1)[0].startswith("redis"):
+        raise ValueError(f"storage must be None, 'memory' or a redis:// URL, not {storage!r}")
+    if algorithm == "token_bucket":
+        raise ValueError("algorithm 'token_bucket' is not available with a Redis storage "
+                         "(use fixed_window or sliding_window)")
+    _import_limits()
+    return storage
+
+
+def check_options(algorithm: Any, cleanup_interval: Any, storage: Any) -> dict[str, Any]:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    if not isinstance(cleanup_interval, (int, float)) or isinstance(cleanup_interval, bool):
+        raise TypeError(f"cleanup_interval must be a number of seconds, "
+                        f"not {type(cleanup_interval).__name__}")
+    if not math.isfinite(cleanup_interval) or cleanup_interval <= 0:
+        raise ValueError(f"cleanup_interval must be > 0 seconds, not {cleanup_interval!r}")
+    return {"algorithm": algorithm, "cleanup_interval": float(cleanup_interval),
+            "storage": _check_storage(storage, algorithm)}
+
+
+# ---- Redis, through the limits library --------------------------------------------------------
+
+def _import_limits() -> Any:
+    try:
+        import limits
+        import limits.storage
+        import limits.strategies
+        import redis  # noqa: F401  (limits imports it lazily; fail here, not on the first hit)
+    except ImportError as exc:
+        raise ImportError(f"a Redis storage for RateLimiter needs {INSTALL_HINT}; "
+                          f"missing: {exc.name or exc}") from None
+    return limits
+
+
+def key_digest(key: Any) -> str:
+    """A stable text id for a key: equal keys (as Python values) give equal ids,
+    different ones different ids, in every process and on every machine."""
+    parts: list[bytes] = []
+
+    def encode(k: Any) -> None:
+        if isinstance(k, str):
+            data = k.encode("utf-8", "surrogatepass")
+            parts.append(b"s%d:" % len(data) + data)
+        elif isinstance(k, bytes):
+            parts.append(b"b%d:" % len(k) + bytes(k))
+        elif isinstance(k, int):
+            parts.append(b"i%d;" % int(k))
+        else:
+            parts.append(b"t%d:" % len(k))
+            for item in k:
+                encode(item)
+
+    encode(key)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+class RedisBuckets:
+    """The same operations as the in-memory owner, on the limits library's
+    Redis storage (fixed window, and the moving window: the exact log)."""
+
+    def __init__(self, url: str, algorithm: str, name: str) -> None:
+        limits = _import_limits()
+        self.limits = limits
+        self.storage = limits.storage.storage_from_string(url, key_prefix=f"otpy-{name}")
+        strategy = (limits.strategies.FixedWindowRateLimiter if algorithm == "fixed_window"
+                    else limits.strategies.MovingWindowRateLimiter)
+        self.strategy = strategy(self.storage)
+
+    def check(self) -> bool:
+        return bool(self.storage.check())
+
+    def hit(self, key: Any, limit: int, window: float, cost: int, count: bool) -> Decision:
+        seconds = int(window)
+        if seconds != window:
+            raise ValueError(f"with a Redis storage, window must be a whole number of seconds "
+                             f"(the limits library's granularity), not {window!r}")
+        item = self.limits.RateLimitItemPerSecond(limit, seconds, namespace="otpy")
+        ident = key_digest(key)
+        if count:
+            allowed = self.strategy.hit(item, ident, cost=cost)
+        else:
+            allowed = self.strategy.test(item, ident, cost=cost)
+        reset_at, remaining = self.strategy.get_window_stats(item, ident)
+        now = time.time()
+        retry = 0.0 if allowed else max(1e-6, min(float(window), reset_at - now))
+        return Decision(allowed, limit - remaining, remaining, retry, float(reset_at))
+
+    def reset(self, key: Any) -> int:
+        """Delete every bucket of ``key`` (every window and limit it was used with)."""
+        connection = self.storage.get_connection()
+        pattern = self.storage.prefixed_key(f"otpy/{key_digest(key)}/") + "*"
+        names = list(connection.scan_iter(match=pattern))
+        buckets = {n for n in names if not n.endswith(b"/-1")}  # limits' helper keys
+        if names:
+            connection.delete(*names)
+        return len(buckets) if buckets else len(names)
+
+
+# ---- the owner ----------------------------------------------------------------------------
+
+def _start_owner(name: str, options: dict[str, Any]) -> Pid | None:
+    return LimiterOwner.start_link(name, options, otpy.self(), name=name)
+
+
+def _start_subtree(name: str, options: dict[str, Any]) -> Pid:
+    spec = ChildSpec("owner", _start_owner, args=(name, options), shutdown=5.0)
+    return otpy.Supervisor.start_link([spec])
+
+
+class LimiterOwner(GenServer):
+    """The process holding one limiter's buckets (registered under its name).
+
+    A replacement after a crash starts with no buckets: what was counted
+    before is forgotten (documented; see docs/breaker_and_limiter.md).
+    """
+
+    def init(self, name: str, options: dict[str, Any], supervisor: Pid) -> None:
+        otpy.trap_exit(True)
+        self.name = name
+        self.options = options
+        self.supervisor = supervisor
+        self.sweeps = 0
+        self.log = lowlevel.logger(limiter=name)
+        storage = options["storage"]
+        self.buckets = None if storage is not None else Buckets(options["algorithm"])
+        if storage is not None:
+            backend = RedisBuckets(storage, options["algorithm"], name)
+            try:
+                reachable = backend.check()
+            except Exception:
+                reachable = False
+            if not reachable:
+                raise ConnectionError(f"rate limiter {name!r}: Redis at {storage} is not reachable")
+        else:
+            self._arm_sweep()
+
+    def handle_call(self, request: Any, caller: lowlevel.From) -> Any:
+        op = request[0]
+        if op == "hit":
+            if self.buckets is None:
+                return (_REDIS, self.options["storage"], self.options["algorithm"])
+            _, key, limit, window_ns, cost, count = request
+            return tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
+        if op == "reset":
+            if self.buckets is None:
+                return (_REDIS, self.options["storage"], self.options["algorithm"])
+            return self.buckets.reset(request[1])
+        if op == "stats":
+            return {"algorithm": self.options["algorithm"],
+                    "storage": self.options["storage"] or "memory",
+                    "buckets": len(self.buckets) if self.buckets is not None else None,
+                    "keys": len(self.buckets.table) if self.buckets is not None else None,
+                    "sweeps": self.sweeps}
+        if op == "supervisor":
+            return self.supervisor
+        return None  # not an operation of ours (handles send only the ones above)
+
+    def handle_info(self, message: Any) -> Any:
+        if message == ("$sweep",) and self.buckets is not None:
+            removed = self.buckets.sweep(time.time_ns())
+            self.sweeps += 1
+            if removed:
+                self.log.debug("rate limiter buckets expired", removed=removed,
+                               left=len(self.buckets.table))
+            self._arm_sweep()
+        return None
+
+    def _arm_sweep(self) -> None:
+        otpy.send_after(otpy.self(), ("$sweep",), self.options["cleanup_interval"])
+
+
+# ---- the handle ---------------------------------------------------------------------------
+
+#: Redis clients of this process, by (node, namespace, name)
+_REDIS_BACKENDS: dict[tuple[str, str, str], RedisBuckets] = {}
+
+
+class RateLimiter:
+    """A handle on the limiter registered as ``name``: picklable, usable from
+    any process and thread of the node."""
+
+    __slots__ = ("name", "namespace", "timeout", "_link", "_redis")
+
+    def __init__(self, name: str, *, namespace: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.name = name
+        self.namespace = lowlevel.current_namespace() if namespace is None else namespace
+        self.timeout = float(timeout)
+        self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning)
+        self._redis: RedisBuckets | None = None
+
+    def __reduce__(self):
+        return (_handle, (self.name, self.namespace, self.timeout))
+
+    def __repr__(self) -> str:
+        return f"<RateLimiter {self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, RateLimiter) and other.name == self.name
+                and other.namespace == self.namespace)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.namespace))
+
+    # ---- starting --------------------------------------------------------------------------
+
+    @classmethod
+    def start_link(cls, name: str, *, algorithm: str = "fixed_window",
+                   cleanup_interval: float = 60.0, storage: str | None = None) -> "RateLimiter":
+        """Start the limiter's supervisor (linked to the caller) and owner; a handle.
+
+        ``storage``: None (in memory, this node) or ``"redis://host:port"``.
+        A missing ``limits`` library is an ImportError naming the extra to install.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        options = check_options(algorithm, cleanup_interval, storage)
+        try:
+            _start_subtree(name, options)
+        except StartError as exc:
+            if isinstance(exc.reason, AlreadyStarted):
+                raise exc.reason from None
+            raise
+        return cls(name)
+
+    @classmethod
+    def child_spec(cls, name: str, *, algorithm: str = "fixed_window",
+                   cleanup_interval: float = 60.0, storage: str | None = None,
+                   id: Any = None, restart: Any = "permanent") -> ChildSpec:
+        """A spec that runs this limiter (its supervisor and owner) under your supervisor."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        options = check_options(algorithm, cleanup_interval, storage)
+        return ChildSpec(id if id is not None else name, _start_subtree, args=(name, options),
+                         restart=restart, shutdown="infinity", type="supervisor")
+
+    def stop(self) -> None:
+        """Stop the limiter's supervisor and owner."""
+        supervisor = self._link.call(("supervisor",), self.timeout)
+        otpy.stop(supervisor)
+        _REDIS_BACKENDS.pop(self._key(), None)
+        self._redis = None
+
+    # ---- hits ---------------------------------------------------------------------------
+
+    def hit(self, key: Any, limit: int, window: float, cost: int = 1) -> Decision:
+        """Count a hit of ``cost`` on ``key``'s bucket if it fits; the Decision."""
+        return self._hit(key, limit, window, cost, True)
+
+    def inspect(self, key: Any, limit: int, window: float, cost: int = 1) -> Decision:
+        """The Decision a hit would get, counting nothing."""
+        return self._hit(key, limit, window, cost, False)
+
+    def _hit(self, key: Any, limit: int, window: float, cost: int, count: bool) -> Decision:
+        check_key(key)
+        _check_limit(limit, cost)
+        window_ns = _window_ns(window)
+        if self._redis is not None:
+            return self._redis.hit(key, limit, window, cost, count)
+        answer = self._link.call(("hit", key, limit, window_ns, cost, count), self.timeout)
+        if answer[0] == _REDIS:
+            return self._use_redis(answer).hit(key, limit, window, cost, count)
+        allowed, used, remaining, retry_ns, reset_ns = answer
+        return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
+
+    def reset(self, key: Any) -> int:
+        """Delete every bucket of ``key`` (all windows); how many there were."""
+        check_key(key)
+        if self._redis is not None:
+            return self._redis.reset(key)
+        answer = self._link.call(("reset", key), self.timeout)
+        if type(answer) is tuple and answer[0] == _REDIS:
+            return self._use_redis(answer).reset(key)
+        return answer
+
+    @contextlib.contextmanager
+    def limit(self, key: Any, limit: int, window: float, cost: int = 1) -> Iterator[Decision]:
+        """``with api.limit(key, limit=..., window=...):`` runs the block if the
+        hit is allowed, else raises RateLimited (the block does not run)."""
+        decision = self.hit(key, limit, window, cost)
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after, decision)
+        yield decision
+
+    def acquire(self, key: Any, limit: int, window: float, cost: int = 1,
+                timeout: float = 5.0) -> Decision:
+        """Wait until a hit is allowed (the Decision that admitted it), or raise
+        RateLimited at once when it cannot be within ``timeout`` seconds."""
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        deadline = time.monotonic() + timeout
+        while True:
+            decision = self.hit(key, limit, window, cost)
+            if decision.allowed:
+                return decision
+            left = deadline - time.monotonic()
+            if cost > limit or decision.retry_after > left:
+                raise RateLimited(decision.retry_after, decision)
+            time.sleep(decision.retry_after)  # the quota comes back with time, nothing else
+
+    def stats(self) -> dict[str, Any]:
+        """algorithm, storage, buckets and keys held (None with Redis), sweeps done."""
+        return self._link.call(("stats",), self.timeout)
+
+    # ---- Redis ---------------------------------------------------------------------------
+
+    def _key(self) -> tuple[str, str, str]:
+        return (otpy.self().node, self.namespace, self.name)
+
+    def _use_redis(self, answer: tuple) -> RedisBuckets:
+        key = self._key()
+        backend = _REDIS_BACKENDS.get(key)
+        if backend is None:
+            backend = _REDIS_BACKENDS[key] = RedisBuckets(answer[1], answer[2], self.name)
+        self._redis = backend
+        return backend
+
+
+def _handle(name: str, namespace: str, timeout: float) -> RateLimiter:
+    return RateLimiter(name, namespace=namespace, timeout=timeout)
