@@ -28,10 +28,5 @@ from ._limiter import Decision, LimiterError, LimiterNotRunning, RateLimited, Ra
 
 __all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "BreakerNotRunning",
             "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning"]
-from ._breaker import BreakerError, BreakerEvent, BreakerNotRunning, CircuitBreaker, CircuitOpen
-from ._limiter import Decision, LimiterError, LimiterNotRunning, RateLimited, RateLimiter
-
-__all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "BreakerNotRunning",
-            "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning"]
 
 # ---- recovery ----
