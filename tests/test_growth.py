@@ -11,7 +11,7 @@ import os
 import psutil
 
 import otpy
-from otpy import lowlevel
+from otpy import lowlevel, observer
 
 from helpers import echo, expect, idle, kill_and_wait
 
@@ -69,3 +69,25 @@ def test_a_new_process_holds_none_of_the_others_descriptors():
         assert _descriptors(last.os_pid) <= _descriptors(first.os_pid) + 2
     finally:
         kill_and_wait([first, last, *crowd])
+
+
+def _rows(tree: list[dict]) -> list[dict]:
+    rows = []
+    for row in tree:
+        rows.append(row)
+        rows.extend(_rows(row["children"]))
+    return rows
+
+
+def test_the_observer_shows_what_a_process_holds_alone():
+    pids = _spawn_idle(20)
+    try:
+        rows = {r["pid"]: r for r in _rows(observer.snapshot()["tree"])}
+        for pid in pids:
+            row = rows[pid.serial]
+            # RSS counts the pages every process shares with the zygote; USS
+            # and PSS do not (or only their share)
+            assert 0 < row["memory_unique"] <= row["memory_proportional"] < row["memory"]
+            assert row["memory_unique"] < row["memory"] / 2
+    finally:
+        kill_and_wait(pids)

@@ -138,7 +138,8 @@ class ObserverApp(App):
             + (f"  child {row['child_id']} of <{row['supervisor']}>" if row["child_id"] else ""),
             f"status {row['status']}  trap_exit {row['trap_exit']}  "
             f"mailbox {row['message_queue_len']} messages, {row['inbound_bytes']} bytes unread",
-            f"memory {size(row['memory'])}  cpu {row['cpu_percent']:.1f}%  started {started}  "
+            f"memory {size(row['memory_unique'])} unique, {size(row['memory_proportional'])} "
+            f"proportional, {size(row['memory'])} resident  cpu {row['cpu_percent']:.1f}%  started {started}  "
             f"restarts {row['restarts']}",
             f"links {_pids(row['links'])}  monitors {_pids(row['monitors'])}  "
             f"monitored by {_pids(row['monitored_by'])}",

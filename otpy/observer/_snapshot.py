@@ -118,7 +118,7 @@ class NodeReader:
             kind = "worker"
         else:
             kind = "process"
-        memory, cpu = self._usage(serial, p["os_pid"], now)
+        (rss, uss, pss), cpu = self._usage(serial, p["os_pid"], now)
         return {
             "name": p["name"],
             "pid": serial,
@@ -127,7 +127,9 @@ class NodeReader:
             "status": status,
             "restarts": meta.get("restarts", 0),
             "uptime": round(now - p["started_at"], 3),
-            "memory": memory,
+            "memory": rss,
+            "memory_unique": uss,
+            "memory_proportional": pss,
             "cpu_percent": cpu,
             "message_queue_len": queue,
             "inbound_bytes": p["inbound_bytes"],
@@ -145,8 +147,16 @@ class NodeReader:
             "children": [],
         }
 
-    def _usage(self, serial: int, os_pid: int, now: float) -> tuple[int, float]:
-        """RSS bytes and CPU %: since the previous read, or over its life on the first."""
+    def _usage(self, serial: int, os_pid: int, now: float) -> tuple[tuple[int, int, int], float]:
+        """(RSS, USS, PSS) bytes and CPU %: since the previous read, or over its life on
+        the first.
+
+        RSS counts every page a process maps, the pages it shares with the zygote
+        and with every other process included (all of them forked from it): on its
+        own it reads as if each process cost the whole zygote. USS is what the
+        process alone holds (what killing it frees), PSS its fair share of the
+        shared pages. They cost a walk of its page tables (~0.2 ms a process).
+        """
         proc = self._cpu.get(serial)
         try:
             if proc is None:
@@ -157,9 +167,10 @@ class NodeReader:
                 cpu = 100.0 * (times.user + times.system) / age if age > 0 else 0.0
             else:
                 cpu = proc.cpu_percent(None)
-            return proc.memory_info().rss, round(cpu, 1)
+            memory = proc.memory_full_info()
+            return (memory.rss, memory.uss, memory.pss), round(cpu, 1)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return 0, 0.0
+            return (0, 0, 0), 0.0
 
     def close(self) -> None:
         for fd in (self._pidfd, self._page):
@@ -195,7 +206,9 @@ def snapshot(node: str | int | None = None, timeout: float = READ_TIMEOUT) -> di
          "processes" (how many), "taken_at", "recent_exits",
          "tree": [{"name", "pid", "os_pid", "kind" (supervisor/worker/process),
                    "status" (running/waiting/exiting), "restarts", "uptime",
-                   "memory" (RSS bytes), "cpu_percent", "message_queue_len",
+                   "memory" (RSS bytes), "memory_unique" (USS bytes: what only
+                   this process holds), "memory_proportional" (PSS bytes),
+                   "cpu_percent", "message_queue_len",
                    "child_id", "behaviour", "supervisor", "last_exit", "links",
                    "monitors", "monitored_by", "trap_exit", ..., "children": [...]}]}
 

@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 from ._nodes import Node
 
-COLUMNS = ("NAME", "PID", "OS PID", "KIND", "STATUS", "RESTARTS", "UPTIME", "RSS", "CPU%", "MSGQ")
+COLUMNS = ("NAME", "PID", "OS PID", "KIND", "STATUS", "RESTARTS", "UPTIME", "RSS", "USS", "CPU%",
+           "MSGQ")
 
 
 def flatten(tree: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -41,7 +42,7 @@ def label(row: dict[str, Any]) -> str:
 def cells(prefix: str, row: dict[str, Any]) -> tuple[str, ...]:
     return (prefix + label(row), f"<{row['pid']}>", str(row["os_pid"]), row["kind"],
             row["status"], str(row["restarts"]), duration(row["uptime"]),
-            size(row["memory"]), f"{row['cpu_percent']:.1f}", str(row["message_queue_len"]))
+            size(row["memory"]), size(row["memory_unique"]), f"{row['cpu_percent']:.1f}", str(row["message_queue_len"]))
 
 
 def duration(seconds: float) -> str:
