@@ -172,7 +172,8 @@ class RedisBuckets:
         limits = _import_limits()
         self.limits = limits
         self.storage = limits.storage.storage_from_string(url, key_prefix=f"otpy-{name}")
-        strategy = (limits.strategies.FixedWindowRateLimiter if algorithm == "fixed_window"
+        self.fixed = algorithm == "fixed_window"
+        strategy = (limits.strategies.FixedWindowRateLimiter if self.fixed
                     else limits.strategies.MovingWindowRateLimiter)
         self.strategy = strategy(self.storage)
 
@@ -186,7 +187,16 @@ class RedisBuckets:
                              f"(the limits library's granularity), not {window!r}")
         item = self.limits.RateLimitItemPerSecond(limit, seconds, namespace="otpy")
         ident = key_digest(key)
-        if count:
+        if count and self.fixed:
+            # limits' fixed window counts a denied hit; ours does not (as its
+            # moving window): take the cost back. Under contention a denial in
+            # flight can briefly deny another hit that would fit, never admit
+            # one too many.
+            name, expiry = item.key_for(ident), item.get_expiry()
+            allowed = self.storage.incr(name, expiry, amount=cost) <= limit
+            if not allowed:
+                self.storage.incr(name, expiry, amount=-cost)
+        elif count:
             allowed = self.strategy.hit(item, ident, cost=cost)
         else:
             allowed = self.strategy.test(item, ident, cost=cost)

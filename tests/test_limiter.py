@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sys
 import time
 
 import pytest
@@ -278,3 +279,10 @@ def test_start_link_stop_and_a_stopped_limiter():
     assert otpy.whereis("api") is None
     with pytest.raises(LimiterNotRunning):
         RateLimiter("api", timeout=0.2).hit("k", 1, 1.0)
+
+
+def test_a_missing_limits_library_is_an_import_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "limits", None)  # import limits fails
+    with pytest.raises(ImportError, match=r"pip install 'otpy\[redis\]'"):
+        RateLimiter.start_link("api", storage="redis://127.0.0.1:6379")
+    assert otpy.whereis("api") is None
