@@ -339,6 +339,7 @@ class PoolServer(otpy.GenServer):
         self.counts["timeouts"] += 1
         self.counts["errors"] += 1
         self.counts["total_commands"] += 1
+        self._event("timeout", pid, detail="command")
         w = self.workers.get(pid)
         if w is None:
             return

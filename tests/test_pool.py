@@ -658,3 +658,43 @@ def test_events_reach_subscribers_until_they_unsubscribe():
     pool.workers()  # every event of that command was sent before this answer
     assert lowlevel.flush(lambda m: isinstance(m, PoolEvent)) == 0
     pool.stop()
+
+
+# ---- the executor -------------------------------------------------------------------
+
+def _kill_own_process():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_the_executor_runs_functions_on_the_workers_and_a_death_fails_only_its_future():
+    pool = start(size=2)
+    executor = pool.executor()
+    assert list(executor.map(pow, [2, 3, 4], [2, 2, 2])) == [4, 9, 16]
+    worker_os_pids = {p.os_pid for p in pool.workers()}
+    assert executor.submit(os.getpid).result(DEADLINE) in worker_os_pids
+    assert executor.submit(lambda x: x * 2, 21).result(DEADLINE) == 42  # dill carries lambdas
+    doomed = executor.submit(_kill_own_process)
+    with pytest.raises(WorkerCrashed) as info:
+        doomed.result(DEADLINE)
+    assert info.value.reason == "killed"
+    assert executor.submit(abs, -5).result(DEADLINE) == 5  # the executor carries on
+    with pytest.raises(ZeroDivisionError):
+        executor.submit(divmod, 1, 0).result(DEADLINE)
+    executor.shutdown()
+    with pytest.raises(RuntimeError):
+        executor.submit(abs, 1)
+    with pytest.raises(ValueError, match="max_workers"):
+        pool.executor(max_workers=0)
+    pool.stop()
+
+
+def test_a_command_timeout_is_an_event():
+    me = otpy.self()
+    pool = start(size=1)
+    pool.subscribe()
+    victim = pool.workers()[0]
+    with pytest.raises(CommandTimeout):
+        pool.execute("hold", me, "t", timeout=0.2)
+    timeout = event("timeout")
+    assert (timeout.worker, timeout.detail) == (victim, "command")
+    pool.stop()
