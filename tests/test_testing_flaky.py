@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 pytest_plugins = ["pytester"]
 
 ORDER_DEPENDENT = '''

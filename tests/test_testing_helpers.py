@@ -9,6 +9,8 @@ import pytest
 import otpy
 from otpy.testing import synchronize, wait_down, wait_for, wait_registered
 
+pytestmark = pytest.mark.integration
+
 DEADLINE = 10.0
 
 
