@@ -85,14 +85,19 @@ class BreakerEvent(NamedTuple):
 # ---- the shared page ----------------------------------------------------------------------
 
 # Word indexes (int64). Word 0 is the page id written by the holder.
-W_STATE, W_FAULT, W_HALF_OPEN_AT, W_SNAPSHOT = 1, 2, 3, 4
+# W_GATE is what the closed path reads: 0 means "closed, no injected
+# faults: just run it"; anything else sends the caller down the slow path.
+W_GATE, W_STATE, W_FAULT, W_HALF_OPEN_AT, W_SNAPSHOT = 1, 2, 3, 4, 5
 CODES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2, DISABLED: 3}
 RETIRED = 4  # the owner stopped: handles must reconnect
 NAMES = {code: state for state, code in CODES.items()}
 C_CLOSED, C_OPEN, C_DISABLED = CODES[CLOSED], CODES[OPEN], CODES[DISABLED]
+assert W_GATE == 1  # CircuitBreaker.call reads words[1] as a constant
 
-# Counter slots, one per process that uses the breaker: calls, successes,
-# rejected. One writer each (that process), read by the owner for stats().
+# Counter slots, one per process that uses the breaker: successes, rejected,
+# "neither" (an ignored or unlisted exception). One writer each (that
+# process), read by the owner for stats(). Calls are their sum plus the
+# failures reported, so the closed path bumps a single counter.
 SLOT_BASE = 16
 SLOTS = 4096
 SLOT_WIDTH = 3
@@ -196,7 +201,8 @@ class BreakerOwner(GenServer):
                                       options["reset_after"], options["half_open_calls"],
                                       options["success_threshold"])
         self.slots: dict[Pid, int] = {}
-        self.retired = [0, 0, 0]  # counters of processes gone: calls, successes, rejected
+        self.retired = [0, 0, 0]  # counters of processes gone: successes, rejected, neither
+        self.melts = 0
         self.subscribers: set[Pid] = set()
         self.watched: set[Pid] = set()
         self.timer: otpy.Ref | None = None
@@ -206,6 +212,7 @@ class BreakerOwner(GenServer):
             self.machine.restore(snapshot["machine"])
             self.slots = snapshot["slots"]
             self.retired = snapshot["retired"]
+            self.melts = snapshot["melts"]
             self.subscribers = set(snapshot["subscribers"])
             for pid in [*self.slots, *self.subscribers, *(t[0] for t in self.machine.trials)]:
                 self._watch(pid)  # a dead one gives a Down at once: handled as usual
@@ -236,6 +243,7 @@ class BreakerOwner(GenServer):
         # Handles that look next reconnect; a replacement (if the supervisor
         # starts one) publishes the real state again.
         self.words[W_STATE] = RETIRED
+        self.words[W_GATE] = 1
 
     # ---- operations (lowlevel.dispatch) ----------------------------------------------------
 
@@ -273,6 +281,7 @@ class BreakerOwner(GenServer):
         return ("reject", m.retry_after())
 
     def _op_melt(self) -> str:
+        self.melts += 1
         self.machine.melt()
         return self.machine.state
 
@@ -294,8 +303,10 @@ class BreakerOwner(GenServer):
             for i, word in enumerate(_slot_words(slot)):
                 totals[i] += self.words[word]
         m = self.machine
-        return {"calls": totals[0], "successes": totals[1], "failures": m.failures,
-                "rejected": totals[2], "opened": m.opened, "state": m.state, "since": m.since,
+        successes, rejected, neither = totals
+        calls = successes + rejected + neither + m.failures - self.melts
+        return {"calls": calls, "successes": successes, "failures": m.failures,
+                "rejected": rejected, "opened": m.opened, "state": m.state, "since": m.since,
                 "failures_in_window": m.failures_in_window()}
 
     def _op_subscribe(self, pid: Pid) -> None:
@@ -335,6 +346,7 @@ class BreakerOwner(GenServer):
         self.words[W_HALF_OPEN_AT] = (round(m.half_open_at * 1e9)
                                       if m.half_open_at is not None else 0)
         self.words[W_STATE] = CODES[m.state]
+        self.words[W_GATE] = 0 if m.state == CLOSED and not self.words[W_FAULT] else 1
         events, m.events = m.events, []
         for state, previous, at in events:
             self.log.info("circuit breaker state changed", state=state, previous=previous)
@@ -356,7 +368,8 @@ class BreakerOwner(GenServer):
 
     def _save(self) -> None:
         data = pickle.dumps({"machine": self.machine.snapshot(), "slots": self.slots,
-                             "retired": self.retired, "subscribers": list(self.subscribers)})
+                             "retired": self.retired, "melts": self.melts,
+                             "subscribers": list(self.subscribers)})
         if _LENGTH.size + len(data) > SNAPSHOT_BYTES:
             self.log.warning("circuit breaker snapshot too large to keep", size=len(data))
             return
@@ -383,14 +396,14 @@ class BreakerOwner(GenServer):
 class _Connection:
     """This process's view of one breaker: its page mapping and counter slot."""
 
-    __slots__ = ("words", "page", "calls", "successes", "rejected", "failure_on", "ignore",
+    __slots__ = ("words", "page", "successes", "rejected", "neither", "failure_on", "ignore",
                  "owner", "me", "tokens", "dead")
 
     def __init__(self, owner: OwnerLink, me: Pid, timeout: float) -> None:
         info = owner.ask(("attach", me), timeout)
         self.page = Page.open(*info["page"])
         self.words = self.page.words
-        self.calls, self.successes, self.rejected = _slot_words(info["slot"])
+        self.successes, self.rejected, self.neither = _slot_words(info["slot"])
         self.failure_on = info["failure_on"]
         self.ignore = info["ignore"]
         self.owner = owner
@@ -399,13 +412,28 @@ class _Connection:
         self.dead = False
 
 
+class _NotConnected:
+    """What a handle holds until it connects: its gate word says "slow path"."""
+
+    words = memoryview(bytearray(8 * SLOT_BASE)).cast("q")
+    words[W_GATE] = 1
+    dead = True
+
+
+_NOT_CONNECTED: Any = _NotConnected()
 _CONNECTIONS: dict[tuple[str, str, str], _Connection] = {}
+
+
+def _retire(conn: _Connection) -> None:
+    """Send every later use of ``conn`` down the slow path, which reconnects."""
+    conn.dead = True
+    conn.words = _NOT_CONNECTED.words
 
 
 def _after_fork() -> None:
     # A forked copy must not share its parent's counter slot: it reconnects.
     for conn in _CONNECTIONS.values():
-        conn.dead = True
+        _retire(conn)
     _CONNECTIONS.clear()
 
 
@@ -424,7 +452,7 @@ class CircuitBreaker:
         self.name = _check_name(name)
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
         self.timeout = _check_seconds("timeout", timeout)
-        self._conn: _Connection | None = None
+        self._conn: Any = _NOT_CONNECTED
         self._local: threading.local | None = None
 
     def __reduce__(self):
@@ -489,12 +517,9 @@ class CircuitBreaker:
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` here if the breaker lets it; CircuitOpen if not."""
         conn = self._conn
-        if conn is None or conn.dead:
-            conn = self._connection()
         words = conn.words
-        if words[W_STATE] == C_CLOSED and not words[W_FAULT]:
-            # The closed path: one read, two counter bumps in our own slot.
-            words[conn.calls] += 1
+        if not words[1]:  # W_GATE, as a constant: closed, no faults
+            # The closed path: one read, and one counter bump in our own slot.
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -522,10 +547,7 @@ class CircuitBreaker:
         return guarded
 
     def __enter__(self) -> "CircuitBreaker":
-        conn = self._conn
-        if conn is None or conn.dead:
-            conn = self._connection()
-        conn, trial = self._admit(conn)
+        conn, trial = self._admit(self._conn)
         local = self._local
         if local is None:
             local = self._local = threading.local()
@@ -546,13 +568,14 @@ class CircuitBreaker:
     def _admit(self, conn: _Connection) -> tuple[_Connection, Any]:
         """Count the call and decide: run it (trial None), run it as a granted
         half-open trial (its token), or raise CircuitOpen."""
+        if conn.dead:
+            conn = self._connection()
         words = conn.words
         code = words[W_STATE]
         if code == RETIRED:
             conn = self._reconnect(conn)
             words = conn.words
             code = words[W_STATE]
-        words[conn.calls] += 1
         if code == C_CLOSED:
             fault = words[W_FAULT]
             if fault and random.random() * FAULT_SCALE < fault:
@@ -585,6 +608,7 @@ class CircuitBreaker:
 
     def _failed(self, conn: _Connection, exc: BaseException, trial: Any) -> None:
         if isinstance(exc, conn.ignore) or not isinstance(exc, conn.failure_on):
+            conn.words[conn.neither] += 1
             if trial is not None:
                 self._report(conn, ("release", trial))  # neither failure nor success
             return
@@ -605,7 +629,7 @@ class CircuitBreaker:
     def state(self) -> str:
         """"closed", "open", "half_open" or "disabled", read from the shared page."""
         conn = self._conn
-        if conn is None or conn.dead:
+        if conn.dead:
             conn = self._connection()
         code = conn.words[W_STATE]
         if code == RETIRED:
@@ -648,7 +672,7 @@ class CircuitBreaker:
 
     def _owner(self) -> OwnerLink:
         conn = self._conn
-        if conn is not None and not conn.dead:
+        if not conn.dead:
             return conn.owner
         return OwnerLink(self.name, self.namespace, "circuit breaker", BreakerNotRunning)
 
@@ -663,16 +687,16 @@ class CircuitBreaker:
 
     def _reconnect(self, conn: _Connection) -> _Connection:
         """The owner retired: attach again (waiting out a restart, within the timeout)."""
-        conn.dead = True
-        self._conn = None
+        _retire(conn)
+        self._conn = _NOT_CONNECTED
         return self._connection()
 
     def _forget(self) -> None:
         conn = self._conn
-        if conn is not None:
-            conn.dead = True
+        if not conn.dead:
+            _retire(conn)
             _CONNECTIONS.pop(self._key(), None)
-        self._conn = None
+        self._conn = _NOT_CONNECTED
 
 
 def _handle(name: str, namespace: str, timeout: float) -> CircuitBreaker:
