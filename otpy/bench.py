@@ -34,6 +34,7 @@ RATIOS = {
     "send_receive_over_pipe_p50": ("send_receive_rtt_us", "pipe_pickle_rtt_us"),
     "call_over_pipe_p50": ("call_rtt_us", "pipe_pickle_rtt_us"),
     "call_observed_over_call_p50": ("call_rtt_observed_us", "call_rtt_us"),
+    "spawn_at_1000_over_at_10_p50": ("spawn_ms_at_1000", "spawn_ms_at_10"),
 }
 OBSERVER_INTERVAL = 0.1  # the live view's refresh while observed: 10x its default rate
 
@@ -169,34 +170,129 @@ _ROOT_PROGRAM = textwrap.dedent("""
 
 def orphans_after_root_kill() -> int:
     """SIGKILL a program holding 8 processes (4 busy); count its processes alive 1 s later."""
-    import psutil
-
     proc = subprocess.Popen([sys.executable, "-c", _ROOT_PROGRAM], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
-        os_pids = json.loads(proc.stdout.readline())
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 1.0
-        fds = [os.pidfd_open(p) for p in os_pids if psutil.pid_exists(p)]
-        try:
-            import select
-
-            pending = list(fds)
-            while pending and time.monotonic() < deadline:
-                ready, _, _ = select.select(pending, [], [], max(0.0, deadline - time.monotonic()))
-                pending = [fd for fd in pending if fd not in ready]
-        finally:
-            for fd in fds:
-                os.close(fd)
-        alive = [p for p in os_pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        for p in alive:  # the benchmark itself must not leak what it measured
-            os.kill(p, signal.SIGKILL)
-        return len(alive)
+        return _alive_after_kill(proc, json.loads(proc.stdout.readline()))
     finally:
         proc.stdin.close()
         proc.stdout.close()
+
+
+def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int]) -> int:
+    """SIGKILL ``proc``; count ``os_pids`` alive (not zombies) 1 s later, then kill them."""
+    import select
+
+    import psutil
+
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 1.0
+    poll = select.poll()  # not select(): thousands of pidfds pass fd number 1,024
+    fds = []
+    for os_pid in os_pids:
+        try:
+            fds.append(os.pidfd_open(os_pid))
+        except ProcessLookupError:
+            continue
+        poll.register(fds[-1], select.POLLIN)
+    try:
+        pending = len(fds)
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                poll.unregister(fd)
+                pending -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+    alive = []
+    for os_pid in os_pids:
+        try:
+            if psutil.Process(os_pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(os_pid)
+        except psutil.NoSuchProcess:
+            pass
+    for os_pid in alive:  # the benchmark itself must not leak what it measured
+        try:
+            os.kill(os_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(alive)
+
+
+_GROWTH_PROGRAM = textwrap.dedent("""
+    import json, sys, time, otpy, psutil
+    from otpy import lowlevel
+
+    def idle():
+        otpy.receive()
+
+    def announce(parent):
+        otpy.send(parent, "up")
+
+    live, n, warmup = (int(a) for a in sys.argv[1:])
+    me = otpy.self()
+    zygote = psutil.Process(lowlevel.zygote_os_pid())
+    before = zygote.memory_info().rss
+    for _ in range(live):
+        otpy.spawn(idle)
+    after = zygote.memory_info().rss
+    samples = []
+    for _ in range(warmup + n):
+        t = time.perf_counter_ns()
+        pid, ref = otpy.spawn_monitor(announce, me)
+        otpy.receive(timeout=60, match=lambda m: m == "up")
+        samples.append(time.perf_counter_ns() - t)
+        otpy.receive(timeout=60, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+    print(json.dumps({"samples": samples[warmup:], "rss_before": before, "rss_after": after,
+                      "os_pids": [p.os_pid for p in otpy.processes() if p != me]
+                                 + [lowlevel.zygote_os_pid()]}), flush=True)
+    sys.stdin.read()
+""")
+
+
+def growth(live: int, n: int, warmup: int) -> dict[str, Any]:
+    """A program with ``live`` idle processes: spawn latency (as spawn_ms), the
+    zygote's RSS growth per process, and its processes alive 1 s after a SIGKILL
+    of the program."""
+    proc = subprocess.Popen([sys.executable, "-c", _GROWTH_PROGRAM, str(live), str(n),
+                             str(warmup)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"the program with {live} processes did not report")
+        report = json.loads(line)
+        orphans = _alive_after_kill(proc, report["os_pids"])
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+    return {"spawn": summarize(report["samples"], 1e6),
+            "zygote_kib_per_process": round((report["rss_after"] - report["rss_before"])
+                                            / 1024 / max(1, live), 1),
+            "orphans": orphans}
+
+
+def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Callable[[], Any]]]:
+    """One program per size; its figures become the keys ``*_at_<size>``."""
+    cases = []
+    measured: dict[int, dict[str, Any]] = {}
+
+    def part(size: int, key: str) -> Callable[[], Any]:
+        def case() -> Any:
+            if size not in measured:
+                measured[size] = growth(size, n, warmup)
+            return measured[size][key]
+        return case
+
+    for size in sizes:
+        cases.append((f"spawn_ms_at_{size}", part(size, "spawn")))
+        if size > 10:  # at 10 the growth is within the noise
+            cases.append((f"zygote_kib_per_process_at_{size}", part(size, "zygote_kib_per_process")))
+    cases.append((f"orphans_after_kill_at_{sizes[-1]}", part(sizes[-1], "orphans")))
+    return cases
 
 
 class _Counter(otpy.GenServer):
@@ -358,6 +454,8 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
         ("restart_ms", lambda: restart_ms(sp_n, sp_w)),
         ("isolated_tree_ms", lambda: isolated_tree_ms(sp_n, sp_w)),
         ("orphans_after_root_kill", orphans_after_root_kill),
+        # the 5,000-process program takes about a minute: full runs only
+        *growth_cases([10, 1000] if quick else [10, 1000, 5000], sp_n, sp_w),
     ]
 
 

@@ -29,7 +29,7 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     assert report["ratios"]["send_receive_over_pipe_p50"] > 0
     assert report["ratios"]["call_over_pipe_p50"] > 0
     assert report["ratios"]["call_observed_over_call_p50"] > 0
-    assert "[1/10] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
+    assert "[1/14] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
 
     baseline = dict(report, ratios={k: v / 1000 for k, v in report["ratios"].items()})
     path = tmp_path / "baseline.json"
@@ -41,3 +41,15 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     path.write_text(json.dumps(generous))
     fine = run_bench("--compare", str(path))
     assert fine.returncode == 0, fine.stdout + fine.stderr
+
+
+def test_growth_keys_in_a_quick_run():
+    report = json.loads(run_bench("--json", "-").stdout)
+    results = report["results"]
+    for size in (10, 1000):
+        figure = results[f"spawn_ms_at_{size}"]
+        assert figure["n"] > 0 and 0 < figure["p50"] <= figure["p99"], size
+    assert results["zygote_kib_per_process_at_1000"] > 0
+    assert results["orphans_after_kill_at_1000"] == 0
+    assert report["ratios"]["spawn_at_1000_over_at_10_p50"] > 0
+    assert "spawn_ms_at_5000" not in results  # the 5,000-process program: full runs only
