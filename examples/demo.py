@@ -4,10 +4,16 @@
     ├─ config   a GenServer holding settings
     ├─ cache    a Supervisor (one_for_all) of two shards
     ├─ jobs     a DynamicSupervisor of three job workers that tick
-    └─ flaky    a worker that crashes now and then, on purpose
+    ├─ flaky    a worker that crashes now and then, on purpose
+    └─ notebook an otpy_pool.Pool of two workers holding sessions
 
 Every few seconds the demo also SIGKILLs one cache shard: the cache
-supervisor restarts both shards (one_for_all). Crash reports and restarts are
+supervisor restarts both shards (one_for_all). And it SIGKILLs the worker
+holding the session "alice" in the notebook pool: her next command is
+re-bound to another worker, which first replays her ``remember`` commands,
+so she still remembers everything.
+
+Crash reports and restarts are
 logged; point the observer at the node to watch it live (the demo prints the
 command). Ctrl-C, or the end of --duration, stops the tree cleanly.
 
@@ -24,6 +30,7 @@ import sys
 import time
 
 import otpy
+from otpy_pool import Pool, Worker, command
 
 
 class Config(otpy.GenServer):
@@ -74,6 +81,19 @@ class Flaky(otpy.GenServer):
             raise RuntimeError("flaky crashed on purpose")
 
 
+class Notebook(Worker):
+    """A session's facts live in its worker; ``remember`` is replayed after a crash."""
+
+    @command(replay=True)
+    def remember(self, session, fact: str) -> int:
+        session.state.setdefault("facts", []).append(fact)
+        return len(session.state["facts"])
+
+    @command
+    def recall(self, session) -> list:
+        return list(session.state.get("facts", []))
+
+
 def application(crash_after: float) -> list[otpy.ChildSpec]:
     shards = [Shard.child_spec(i, id=f"shard-{i}", name=f"shard-{i}") for i in range(2)]
     return [
@@ -81,6 +101,7 @@ def application(crash_after: float) -> list[otpy.ChildSpec]:
         otpy.Supervisor.child_spec(shards, id="cache", name="cache", strategy="one_for_all"),
         otpy.DynamicSupervisor.child_spec(id="jobs", name="jobs"),
         Flaky.child_spec(crash_after, id="flaky", name="flaky"),
+        Pool.child_spec(Notebook, size=2, name="notebook", id="notebook"),
     ]
 
 
@@ -115,6 +136,20 @@ def main() -> int:
             ticks = sum(otpy.call(pid, "ticks") for pid in jobs)
             print(f"round {rounds}: {len(otpy.processes())} processes, job ticks {ticks}, "
                   f"shard-0 holds round={otpy.call('shard-0', ('get', 'round'))}", flush=True)
+            notebook = Pool("notebook")
+            facts = notebook.execute("remember", f"fact {rounds}", session="alice")
+            print(f"notebook: alice remembers {facts} facts on {notebook.worker_of('alice')}",
+                  flush=True)
+            if rounds % 2 == 0:
+                victim = notebook.worker_of("alice")
+                print(f"chaos: SIGKILL alice's worker {victim}", flush=True)
+                ref = otpy.monitor(victim)
+                os.kill(victim.os_pid, signal.SIGKILL)
+                otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+                recalled = notebook.execute("recall", session="alice")
+                print(f"notebook: alice still remembers {len(recalled)} facts, replayed on "
+                      f"{notebook.worker_of('alice')} (recovered sessions: "
+                      f"{notebook.status().sessions_recovered})", flush=True)
             if rounds % 3 == 0:
                 victim = otpy.whereis(f"shard-{random.randrange(2)}")
                 print(f"chaos: SIGKILL {victim} (cache restarts both shards)", flush=True)

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import otpy
 from otpy import lowlevel
+from otpy.lowlevel import Restart
 
 from ._errors import CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed
 from ._pool_options import Options, PoolStatus, make_options
@@ -99,7 +100,7 @@ class Pool:
 
     @classmethod
     def child_spec(cls, worker: type[Worker], args: tuple = (), kwargs: dict | None = None, *,
-                   name: str | None = None, id: Any = None, restart: str = "permanent",
+                   name: str | None = None, id: Any = None, restart: Restart = "permanent",
                    **options: Any) -> otpy.ChildSpec:
         """A ChildSpec running the pool (with the options of ``start_link``)
         under another supervisor; ``Pool(name)`` reaches it."""

@@ -64,7 +64,7 @@ class PoolServer(otpy.GenServer):
         self.keys = itertools.count(1)
         self.stamps = itertools.count(1)
         self.workers: dict[otpy.Pid, _W] = {}  # in start order
-        self.by_mref: dict[otpy.Ref, tuple[str, Any]] = {}
+        self.by_mref: dict[otpy.Ref, tuple[str, Any]] = {}  # monitor -> (kind, key)
         self.idle: collections.deque[otpy.Pid] = collections.deque()
         self.queue: collections.deque[_Waiter] = collections.deque()
         self.checkouts: dict[Any, tuple[otpy.Pid, otpy.Ref]] = {}  # token -> worker, caller mref
@@ -132,6 +132,7 @@ class PoolServer(otpy.GenServer):
                 otpy.send_after(self.me, ("$start",), 0.05 * self.init_failures)
             return None
         self.init_failures = 0
+        assert pid is not None  # a WorkerProcess's init never returns IGNORE
         w = self._track(pid, overflow)
         self.idle.append(pid)
         self._event("worker_started", pid, detail="overflow" if overflow else None)
@@ -427,7 +428,7 @@ class PoolServer(otpy.GenServer):
 
     def handle_info(self, message: Any) -> Any:
         if type(message) is otpy.Down:
-            kind, key = self.by_mref.pop(message.ref, (None, None))
+            kind, key = self.by_mref.pop(message.ref, ("", None))
             if kind == "worker":
                 self._worker_down(key, message.reason)
             elif kind == "holder":  # died holding a worker: its state is unknown
@@ -473,6 +474,7 @@ class PoolServer(otpy.GenServer):
                 otpy.cast(w.pid, ("health", w.health_token))
                 otpy.send_after(self.me, ("$health_late", w.pid, w.health_token),
                                 self.opts.health_timeout)
+        assert self.opts.health_interval is not None  # ticks only run with it set
         otpy.send_after(self.me, ("$health_tick",), self.opts.health_interval)
 
     # ---- observing ------------------------------------------------------------------
