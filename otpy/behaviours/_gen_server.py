@@ -229,7 +229,7 @@ def _serve(cls: type[GenServer], args: tuple, kwargs: dict, name: str | None, pa
     except ProcessExit as exc:
         give_up("error", exc.reason, exc.reason)
     except Exception as exc:
-        give_up("error", exc, exc)
+        give_up("error", lowlevel.keep_traceback(exc), exc)  # the starter logs the traceback
     if result is IGNORE:
         give_up("ignore", None, "normal")
     ack("ok")

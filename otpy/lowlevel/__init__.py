@@ -30,6 +30,7 @@ docs/lowlevel.md.
 
 from .._runtime.api import annotate
 from ._bad_messages import Undecodable, reply_error, salvage
+from ._node import keep_traceback
 from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
@@ -51,6 +52,6 @@ __all__ = [
     "traceback_text",
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
     "stop_process",
-    "Undecodable", "reply_error", "salvage",
+    "Undecodable", "reply_error", "salvage", "keep_traceback",
     "FAULT_KINDS", "FaultError", "heal_fault", "inject_fault",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tblib import pickling_support
+
 from .._runtime import log, process, reasons
 from .._runtime.node import context
 from .._runtime import node as _node
@@ -85,6 +87,13 @@ def describe_reason(reason: Any, limit: int = 300) -> str:
 def traceback_text(reason: Any) -> str | None:
     """The remote traceback carried by an exit reason, if it is an exception."""
     return reasons.traceback_text(reason)
+
+
+def keep_traceback(exc: BaseException) -> BaseException:
+    """Make ``exc`` carry its traceback when it is sent in a message (as exit
+    reasons always do), so that the receiver can log it; returns ``exc``."""
+    pickling_support.install(exc)
+    return exc
 
 
 def is_trapping() -> bool:
