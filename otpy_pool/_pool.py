@@ -221,8 +221,9 @@ class Pool:
                 self._deadline(worker, None)
                 raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
                                      f"{timeout}s; its worker was replaced") from None
-            if outcome[0] in ("unbound", "moved"):
-                stale = self._forget(cache, sid, worker) if outcome[0] == "moved" else None
+            if outcome[0] in ("unbound", "moved"):  # not (or no longer) its worker
+                self._forget(cache, sid, worker)
+                stale = worker if outcome[0] == "moved" else None
                 continue
             if outcome[0] == "lost":
                 raise SessionLost(sid, outcome[1]) from None

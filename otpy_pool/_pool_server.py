@@ -178,6 +178,7 @@ class PoolServer(otpy.GenServer):
             if self.sessions.get(sid) == w.pid:
                 self.sessions[sid] = None
         w.sessions.clear()
+        otpy.cast(w.pid, ("release",))  # from now on it answers "unbound" for them
         if w.pid in self.idle:
             self.idle.remove(w.pid)
         self._event(why, w.pid)

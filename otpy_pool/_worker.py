@@ -193,6 +193,10 @@ class WorkerProcess(otpy.GenServer):
             except Exception as exc:
                 healthy, detail = False, repr(exc)
             otpy.cast(self.server, (HEALTH, self.me, request[1], healthy, detail))
+        elif op == "release":  # being retired: its sessions are re-bound elsewhere
+            self.sessions.clear()
+            self.logs.clear()
+            self.lost.clear()
         elif op == "retire":
             return self._retire()
         return None
@@ -217,8 +221,8 @@ class WorkerProcess(otpy.GenServer):
         otpy.cast(self.server, (REPLAYED, self.me, sid, None))
 
     def _retire(self) -> otpy.Stop:
-        """Answer every queued command with "moved" (they never ran: their
-        callers go to the session's new worker), then stop."""
+        """Answer every command already queued with "moved" (they never ran:
+        their callers go to the session's new worker), then stop."""
         call_of_run = (lambda m: type(m) is tuple and len(m) == 3 and m[0] == lowlevel.CALL
                        and type(m[2]) is tuple and m[2][:1] == ("run",))
         while True:

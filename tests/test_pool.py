@@ -698,3 +698,58 @@ def test_a_command_timeout_is_an_event():
     timeout = event("timeout")
     assert (timeout.worker, timeout.detail) == (victim, "command")
     pool.stop()
+
+
+def test_a_retired_workers_sessions_move_at_once_even_while_it_is_held(otpy_tree):
+    """Health failed while the worker is checked out: it stops only at
+    checkin, but its sessions already run on the replacement."""
+    flag = os.path.join(otpy_tree.tmp_path, "sick")
+    pool = start(size=1, health_interval=0.1)
+    pool.subscribe()
+    pool.execute("add", "kept", session="s")
+    pool.execute("set_unhealthy_if", flag, session="s")
+    with pool.checkout() as held:
+        open(flag, "w").close()
+        assert event("health_failed").worker == held.pid
+        replacement = event("worker_started").worker
+        os.remove(flag)
+        assert pool.execute("notes", session="s") == ["kept"]  # replayed on the replacement
+        assert pool.worker_of("s") == replacement != held.pid
+        assert held.execute("ping") == ("pong", "notes", None)  # the holder still has it
+    assert event("worker_exited").worker == held.pid  # stopped once returned
+    pool.stop()
+
+
+def test_killing_the_pool_server_never_hangs_a_waiting_caller():
+    pool = start(size=1, name="waited")
+    pool.subscribe()
+    with pool.checkout():
+        waiting = in_thread(pool.execute, "ping")
+        event("queued")
+        sigkill(otpy.whereis("waited"))
+        try:  # served by the replacement, or a clear error: never a hang
+            assert waiting() == ("pong", "notes", None)
+        except PoolError:
+            pass
+    # the tree comes back whole
+    assert len(pool.workers()) == 1 and pool.status().size == 1
+    assert pool.execute("ping") == ("pong", "notes", None)
+    pool.stop()
+
+
+def _end_session(pool: Pool, session, report_to: otpy.Pid) -> None:
+    pool.end_session(session)
+    otpy.send(report_to, ("ended", session))
+
+
+def test_a_binding_cached_by_a_process_is_checked_by_the_worker():
+    """Another process ends the session: this process's cached binding is
+    stale, the worker answers that it does not hold it, and the command runs
+    in a new session instead of a ghost of the old one."""
+    pool = start(size=1)
+    pool.execute("add", "old", session="s")
+    otpy.spawn(_end_session, pool, "s", otpy.self())
+    expect(lambda m: m == ("ended", "s"))
+    assert pool.execute("notes", session="s") == []
+    assert pool.status().sessions == 1
+    pool.stop()
