@@ -753,3 +753,17 @@ def test_a_binding_cached_by_a_process_is_checked_by_the_worker():
     assert pool.execute("notes", session="s") == []
     assert pool.status().sessions == 1
     pool.stop()
+
+
+def test_many_worker_deaths_never_make_the_pool_give_up():
+    """More deaths than any restart intensity allows: the pool keeps replacing."""
+    pool = start(size=1)
+    pool.subscribe()
+    pool.execute("add", "kept", session="s")
+    for _ in range(8):
+        victim = pool.workers()[0]
+        sigkill(victim)
+        event("worker_started")
+    assert pool.execute("notes", session="s") == ["kept"]
+    assert pool.status().worker_restarts == 8
+    pool.stop()

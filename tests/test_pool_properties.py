@@ -29,7 +29,7 @@ class PoolModel(RuleBasedStateMachine):
         self.pool.subscribe()
         self.notes: dict[str, list[str]] = {}  # the sessions the pool knows, and their notes
         self.pending_replay: set[str] = set()
-        self.commands = self.restarts = self.recovered = 0
+        self.commands = self.restarts = self.recovered = self.errors = 0
         self.serial = 0
 
     def teardown(self):
@@ -70,17 +70,46 @@ class PoolModel(RuleBasedStateMachine):
             assert worker.execute("ping") == ("pong", "notes", None)
         self.commands += 1
 
+    @rule()
+    def failing_command(self):
+        try:
+            self.pool.execute("fail", "k")
+        except KeyError:
+            pass
+        else:
+            raise AssertionError("the command's KeyError did not reach the caller")
+        self.commands += 1
+        self.errors += 1
+
+    @rule()
+    def checkout_that_raises(self):
+        """The held worker is replaced (planned: not a restart); its
+        sessions move by replay."""
+        try:
+            with self.pool.checkout() as worker:
+                self._sessions_of(worker.pid)
+                raise LookupError("body failed")
+        except LookupError:
+            pass
+        self._wait_replaced(worker.pid)
+
+    def _sessions_of(self, victim):
+        for session, notes in self.notes.items():
+            if notes and self.pool.worker_of(session) == victim:
+                self.pending_replay.add(session)
+
+    def _wait_replaced(self, victim):
+        assert expect(lambda m: isinstance(m, PoolEvent) and m.kind == "worker_exited",
+                      DEADLINE).worker == victim
+        expect(lambda m: isinstance(m, PoolEvent) and m.kind == "worker_started", DEADLINE)
+
     @rule(index=st.integers(0, 1))
     def crash(self, index):
         workers = self.pool.workers()
         victim = workers[index % len(workers)]
-        for session, notes in self.notes.items():
-            if notes and self.pool.worker_of(session) == victim:
-                self.pending_replay.add(session)
+        self._sessions_of(victim)
         os.kill(victim.os_pid, signal.SIGKILL)
-        assert expect(lambda m: isinstance(m, PoolEvent) and m.kind == "worker_exited",
-                      DEADLINE).worker == victim
-        expect(lambda m: isinstance(m, PoolEvent) and m.kind == "worker_started", DEADLINE)
+        self._wait_replaced(victim)
         self.restarts += 1
 
     @rule(session=SESSIONS)
@@ -104,11 +133,12 @@ class PoolModel(RuleBasedStateMachine):
         status = self.pool.status()
         assert status.sessions == len(self.notes)
         assert status.total_commands == self.commands
-        assert status.errors == 0 and status.timeouts == 0 and status.sessions_lost == 0
+        assert status.errors == self.errors
+        assert status.timeouts == 0 and status.sessions_lost == 0
         assert status.worker_restarts == self.restarts
         assert status.sessions_recovered == self.recovered
         assert status.workers == 2 and status.busy == 0 and status.queued == 0
 
 
-PoolModel.TestCase.settings = settings(max_examples=15, stateful_step_count=15, deadline=None)
+PoolModel.TestCase.settings = settings(max_examples=20, stateful_step_count=15, deadline=None)
 test_pool_against_a_model = PoolModel.TestCase
