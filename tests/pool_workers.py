@@ -85,6 +85,8 @@ class Notes(Worker):
         return path
 
     def health_check(self):
+        if self.report_to is not None:
+            otpy.send(self.report_to, ("health_checked", otpy.self()))
         return not (self.unhealthy_if and os.path.exists(self.unhealthy_if))
 
     def not_a_command(self, session):

@@ -24,7 +24,7 @@ def _no_stale_events():
     lowlevel.flush(lambda m: isinstance(m, PoolEvent))
     yield
     lowlevel.flush(lambda m: isinstance(m, PoolEvent) or
-                   (type(m) is tuple and m[:1] in (("holding",), ("ran",))))
+                   (type(m) is tuple and m[:1] in (("holding",), ("ran",), ("health_checked",))))
 
 
 def start(**opts) -> Pool:
@@ -766,4 +766,22 @@ def test_many_worker_deaths_never_make_the_pool_give_up():
         event("worker_started")
     assert pool.execute("notes", session="s") == ["kept"]
     assert pool.status().worker_restarts == 8
+    pool.stop()
+
+
+def test_replays_and_health_checks_do_not_count_toward_max_commands():
+    pool = start(size=1, max_commands=3, health_interval=0.05,
+                 kwargs={"report_to": otpy.self()})
+    pool.subscribe()
+    pool.execute("add", "a", session="s")
+    pool.execute("add", "b", session="s")
+    sigkill(pool.workers()[0])
+    fresh = event("worker_started").worker
+    assert pool.execute("notes", session="s") == ["a", "b"]  # 2 replays + 1 command
+    for _ in range(3):  # health checks of the fresh worker: none counts
+        expect(lambda m: m == ("health_checked", fresh))
+    pool.execute("ping")
+    assert pool.workers() == [fresh]  # 2 commands so far
+    pool.execute("ping")  # the 3rd
+    assert event("recycled").worker == fresh
     pool.stop()
