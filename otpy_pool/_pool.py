@@ -185,6 +185,8 @@ class Pool:
             raise TypeError(f"command must be a str (a @command's name), not {command!r}")
         if timeout is _UNSET:
             timeout = self._settings()[0]
+        elif timeout is not None:
+            _positive("timeout", timeout)
         if session is None:
             for _ in range(_RETRIES):
                 with self._checked_out(None) as (worker, token):
@@ -194,6 +196,11 @@ class Pool:
                     except _NotRun:
                         continue  # it died before our command reached it: another one
             raise PoolError(f"pool {self.name!r}: no live worker to run {command!r} on")
+        try:
+            hash(session)
+        except TypeError:
+            raise TypeError(f"a session id must be hashable, not {type(session).__name__}") \
+                from None
         return self._run_in_session(session, command, args, kwargs, timeout)
 
     def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
@@ -372,6 +379,10 @@ class CheckedOut:
 
     def execute(self, command: str, *args: Any, timeout: float | None = None,
                 **kwargs: Any) -> Any:
+        if not isinstance(command, str):
+            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+        if timeout is not None:
+            _positive("timeout", timeout)
         return self.pool._run_on(self.pid, self._token, None, command, args, kwargs, timeout)
 
     def call_function(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

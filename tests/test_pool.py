@@ -351,6 +351,18 @@ def test_only_commands_can_be_executed():
             pool.execute(name)
     with pytest.raises(TypeError, match="command"):
         pool.execute(42)
+    with pytest.raises(ValueError, match="timeout"):
+        pool.execute("ping", timeout=0)
+    with pytest.raises(TypeError, match="timeout"):
+        pool.execute("ping", session="s", timeout="5")
+    with pytest.raises(TypeError, match="session id must be hashable"):
+        pool.execute("ping", session=["s"])
+    with pool.checkout() as w:
+        with pytest.raises(ValueError, match="timeout"):
+            w.execute("ping", timeout=-1)
+    with pytest.raises(TypeError, match="timeout"):
+        with pool.checkout(timeout="soon"):
+            pass
     assert pool.execute("ping") == ("pong", "notes", None)
     pool.stop()
 
