@@ -84,13 +84,22 @@ class PoolServer(otpy.GenServer):
         self._annotate()
 
     def _adopt(self) -> None:
-        """A replaced server takes over the workers (and their sessions) alive."""
-        for child in otpy.DynamicSupervisor.which_children(self.workers_sup):
+        """A replaced server takes over the workers (and their sessions) alive.
+        One that does not answer within DOWN_WAIT (stuck in a command) is
+        killed: nobody could reach it any more."""
+        children = otpy.DynamicSupervisor.which_children(self.workers_sup)
+        numbers = [c.id[1] for c in children if type(c.id) is tuple and len(c.id) == 2
+                   and isinstance(c.id[1], int)]
+        self.keys = itertools.count(max(numbers, default=0) + 1)
+        for child in children:
             if child.pid is None:
                 continue
             try:
                 sessions = otpy.call(child.pid, ("adopt", self.me), timeout=DOWN_WAIT)
-            except (otpy.Exited, otpy.Timeout):
+            except otpy.Exited:
+                continue
+            except otpy.Timeout:
+                otpy.exit(child.pid, "kill")
                 continue
             w = self._track(child.pid, overflow=False)
             for sid, log in sessions.items():
