@@ -30,3 +30,7 @@ __all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "Br
             "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning"]
 
 # ---- recovery ----
+from ._recovery import ClassStats, DeadlineExceeded, Policy, Protected, Recovery, classify, protect
+
+__all__ += ["Recovery", "Policy", "protect", "Protected", "classify", "ClassStats",
+            "DeadlineExceeded"]

@@ -1,0 +1,443 @@
+"""``python -m otpy_pool.bench``: the pool's figures beside the pools users
+would pick instead, in one run.
+
+As with ``python -m otpy.bench``, a latency means something only next to a
+reference measured in the same run, so the report gives ratios, and
+``--compare`` checks them against a saved baseline.
+
+    python -m otpy_pool.bench                  # full run
+    python -m otpy_pool.bench --quick          # seconds; same keys, fewer samples
+    python -m otpy_pool.bench --peers          # also each peer's fate when a busy worker is SIGKILLed
+    python -m otpy_pool.bench --json out.json  # also write the report as JSON ('-': stdout)
+    python -m otpy_pool.bench --compare base.json [--margin 0.25]
+
+Peers (billiard, pebble, loky, pybreaker, limits) are the ``bench`` extra:
+``pip install -e '.[bench]'``. One that is not installed is reported as
+skipped. The node's logs stay out of the output unless ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import otpy
+from otpy import lowlevel
+from otpy.bench import compare, machine, summarize
+
+from . import _peers
+from ._errors import WorkerCrashed
+from ._pool import Pool
+from ._worker import Worker, command
+
+_ns = time.perf_counter_ns
+
+# Ratios are "lower is better" unless named *_over_* with a rate on top (see RATES).
+RATIOS = {
+    "execute_over_call_p50": ("pool_execute_us", "call_rtt_us"),
+    "execute_over_billiard_p50": ("pool_execute_us", "billiard_apply_us"),
+    "execute_over_mp_pool_p50": ("pool_execute_us", "mp_pool_apply_us"),
+    "breaker_over_pybreaker": ("breaker_overhead_ns", "pybreaker_overhead_ns"),
+    "limiter_over_limits_p50": ("limiter_hit_us", "limits_hit_us"),
+}
+# Rate ratios: higher is better, so --compare reads them the other way round.
+RATES = {
+    "burst_over_mp_pool": ("pool_burst_per_s", "mp_pool_burst_per_s"),
+}
+
+
+class BenchWorker(Worker):
+    """The no-op commands the benchmark runs."""
+
+    @command(replay=True)
+    def remember(self, session: Any, key: Any, value: Any) -> Any:
+        session.state[key] = value
+        return key
+
+    @command
+    def noop(self, session: Any, x: Any = None) -> Any:
+        return x
+
+    @command
+    def recall(self, session: Any, key: Any) -> Any:
+        return session.state.get(key)
+
+    @command
+    def whoami(self, session: Any) -> int:
+        return os.getpid()
+
+    @command
+    def spin(self, session: Any, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+
+class _Echo(otpy.GenServer):
+    def handle_call(self, request: Any, caller: Any) -> Any:
+        return request
+
+
+# ---- cases ---------------------------------------------------------------------
+
+def call_rtt(n: int, warmup: int) -> dict:
+    """Reference: a plain GenServer call round trip."""
+    pid = _Echo.start()
+    try:
+        samples = []
+        for i in range(warmup + n):
+            t = _ns()
+            otpy.call(pid, i)
+            samples.append(_ns() - t)
+        return summarize(samples[warmup:], 1e3)
+    finally:
+        otpy.stop(pid)
+
+
+def pool_execute(n: int, warmup: int, session: Any) -> dict:
+    """One caller, 2 workers: a no-op command, on a session or stateless (session=None)."""
+    pool = Pool.start_link(BenchWorker, size=2)
+    try:
+        samples = []
+        for i in range(warmup + n):
+            t = _ns()
+            pool.execute("noop", i, session=session)
+            samples.append(_ns() - t)
+        return summarize(samples[warmup:], 1e3)
+    finally:
+        pool.stop()
+
+
+def _burst_caller(pool: Pool, parent: otpy.Pid, count: int, session: Any) -> None:
+    otpy.send(parent, ("ready", otpy.self()))
+    otpy.receive(match=lambda m: m == "go")
+    for i in range(count):
+        pool.execute("noop", i, session=session)
+    otpy.send(parent, ("done", otpy.self()))
+
+
+def pool_burst(total: int, callers: int = 8, size: int = 2) -> int:
+    """``callers`` processes run ``total`` no-op session commands between them
+    (each its own session), ``size`` workers: commands per second."""
+    pool = Pool.start_link(BenchWorker, size=size)
+    me = otpy.self()
+    pids = []
+    try:
+        for c in range(callers):
+            pids.append(otpy.spawn_link(_burst_caller, pool, me, total // callers, f"s{c}"))
+        for _ in pids:
+            otpy.receive(timeout=30, match=lambda m: type(m) is tuple and m[0] == "ready")
+        t = time.perf_counter()
+        for pid in pids:
+            otpy.send(pid, "go")
+        for _ in pids:
+            otpy.receive(timeout=300, match=lambda m: type(m) is tuple and m[0] == "done")
+        return int(callers * (total // callers) / (time.perf_counter() - t))
+    finally:
+        for pid in pids:
+            lowlevel.stop_process(pid, "kill", timeout=5)
+        pool.stop()
+
+
+def worker_crash(n: int) -> dict:
+    """SIGKILL a worker in the middle of a command: from the kill to its
+    caller's WorkerCrashed (``error_ms``), and to a replacement worker serving
+    a command (``replaced_ms``). Times are CLOCK_MONOTONIC, shared by processes."""
+    pool = Pool.start_link(BenchWorker, size=2)
+    me = otpy.self()
+    errors, replaced = [], []
+    try:
+        pool.execute("noop", session="anchor")  # keeps the survivor the busier worker
+        for i in range(n):
+            session = f"victim{i}"
+            pool.execute("noop", session=session)
+            victim = pool.worker_of(session)
+            old = {w.os_pid for w in pool.workers()}
+            killer = otpy.spawn(_kill_when_busy, victim.os_pid, me)
+            try:
+                pool.execute("spin", 30.0, session=session, timeout=60)
+                raise AssertionError("the command outlived its worker")
+            except WorkerCrashed:
+                crashed_at = time.monotonic()
+            killed_at = otpy.receive(timeout=10, match=lambda m: type(m) is tuple
+                                     and m[0] == "killed_at")[1]
+            errors.append(crashed_at - killed_at)
+            for k in range(100_000):  # a new session binds to the least loaded: the replacement
+                probe = f"probe{i}.{k}"
+                served_by = pool.execute("whoami", session=probe)
+                pool.end_session(probe)
+                if served_by not in old:
+                    break
+            replaced.append(time.monotonic() - killed_at)
+            pool.end_session(session)
+            lowlevel.stop_process(killer, "kill", timeout=5)
+        return {"error": summarize([int(x * 1e9) for x in errors], 1e6),
+                "replaced": summarize([int(x * 1e9) for x in replaced], 1e6)}
+    finally:
+        pool.stop()
+
+
+def _kill_when_busy(os_pid: int, parent: otpy.Pid) -> None:
+    """SIGKILL ``os_pid`` once it is running a command (its CPU time grows),
+    then tell ``parent`` when."""
+    import psutil
+
+    proc = psutil.Process(os_pid)
+    start = sum(proc.cpu_times()[:2])
+    while sum(proc.cpu_times()[:2]) - start < 0.005:
+        pass
+    os.kill(os_pid, signal.SIGKILL)
+    otpy.send(parent, ("killed_at", time.monotonic()))
+
+
+def _wait_whole(pool: Pool, size: int, timeout: float = 10.0) -> float:
+    """Seconds until the pool has ``size`` live workers again."""
+    t = time.perf_counter()
+    end = t + timeout
+    while len(pool.workers()) < size:
+        if time.perf_counter() > end:
+            raise otpy.Timeout(f"the pool did not get back to {size} workers in {timeout}s")
+    return time.perf_counter() - t
+
+
+def session_recovery(n: int, replays: int = 10) -> dict:
+    """A session with ``replays`` replay commands; its worker SIGKILLed; until
+    its next command's result (replayed on the new worker first)."""
+    pool = Pool.start_link(BenchWorker, size=2)
+    samples = []
+    try:
+        for i in range(n):
+            session = f"s{i}"
+            for k in range(replays):
+                pool.execute("remember", k, k * k, session=session)
+            worker = pool.worker_of(session)
+            ref = otpy.monitor(worker)
+            t = _ns()
+            os.kill(worker.os_pid, signal.SIGKILL)
+            lowlevel.await_down(ref, 10)
+            assert pool.execute("recall", replays - 1, session=session) == (replays - 1) ** 2
+            samples.append(_ns() - t)
+            _wait_whole(pool, 2)
+        return summarize(samples, 1e6)
+    finally:
+        pool.stop()
+
+
+def protection(quick: bool) -> dict:
+    """The breaker's closed path beside pybreaker's; a limiter hit from two
+    processes beside ``limits``' in-memory hit in one (see _bench_protect)."""
+    from . import _bench_protect
+
+    if importlib.util.find_spec("pybreaker") is None:
+        raise Skipped("pybreaker is not installed: pip install -e '.[bench]'")
+    breaker = _bench_protect.breaker_closed_overhead(20_000 if quick else 200_000)
+    limiter = _bench_protect.limiter_hit_p50(2, 500 if quick else 5_000)
+    out = {"breaker_overhead_ns": round(breaker["otpy_overhead_us"] * 1000, 1),
+           "pybreaker_overhead_ns": round(breaker["pybreaker_overhead_us"] * 1000, 1),
+           "limiter_hit_us": limiter["otpy_p50_us"]}
+    if "limits_memory_p50_us" in limiter:
+        out["limits_hit_us"] = limiter["limits_memory_p50_us"]
+    return out
+
+
+def throughput_by_workers(sizes: tuple[int, ...], total: int) -> dict:
+    """Session-command throughput with 8 callers, by pool size: sizing a pool."""
+    return {f"workers_{n}": pool_burst(total, callers=8, size=n) for n in sizes}
+
+
+def sessions_growth(counts: tuple[int, ...], n: int) -> dict:
+    """The pool server's memory (USS, KiB) and execute p50 (µs) with many bound sessions."""
+    import psutil
+
+    out = {}
+    pool = Pool.start_link(BenchWorker, size=2)
+    try:
+        bound = 0
+        server = lowlevel.resolve(pool.name)
+        for count in counts:
+            while bound < count:
+                pool.execute("noop", session=f"g{bound}")
+                bound += 1
+            samples = []
+            for i in range(n):
+                t = _ns()
+                pool.execute("noop", session=f"g{i % count}")
+                samples.append(_ns() - t)
+            uss = psutil.Process(server.os_pid).memory_full_info().uss
+            out[f"sessions_{count}"] = {"server_uss_kib": uss // 1024,
+                                        "execute_p50_us": summarize(samples, 1e3)["p50"]}
+        return out
+    finally:
+        pool.stop()
+
+
+def idle_worker_memory() -> dict:
+    """Unique memory (USS, KiB) of an idle worker: ours beside a multiprocessing.Pool worker's."""
+    import multiprocessing
+
+    import psutil
+
+    pool = Pool.start_link(BenchWorker, size=2)
+    try:
+        ours = [psutil.Process(w.os_pid).memory_full_info().uss for w in pool.workers()]
+    finally:
+        pool.stop()
+    mp = multiprocessing.get_context("fork").Pool(2)
+    try:
+        mp.apply(_peers.noop, (1,))
+        theirs = [c.memory_full_info().uss for c in psutil.Process().children()
+                  if c.pid in {p.pid for p in mp._pool}]  # noqa: SLF001 - its worker pids
+    finally:
+        mp.close()
+        mp.join()
+    return {"otpy_pool_kib": max(ours) // 1024, "mp_pool_kib": max(theirs) // 1024}
+
+
+# ---- plan, report --------------------------------------------------------------
+
+def plan(quick: bool, peers: bool) -> list[tuple[str, Callable[[], Any]]]:
+    rtt_n, rtt_w = (300, 50) if quick else (5000, 500)
+    burst = 2000 if quick else 20000
+    crash_n = 5 if quick else 30
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
+        ("pool_execute_us", lambda: pool_execute(rtt_n, rtt_w, "bench")),
+        ("pool_execute_stateless_us", lambda: pool_execute(rtt_n, rtt_w, None)),
+    ]
+    for peer in _peers.PEERS:
+        cases.append((f"{peer.name}_apply_us", _peer_case(peer, _peers.round_trip_us, rtt_n,
+                                                          rtt_w)))
+    cases.append(("pool_burst_per_s", lambda: pool_burst(burst)))
+    for peer in _peers.PEERS:
+        cases.append((f"{peer.name}_burst_per_s", _peer_case(peer, _peers.burst_per_s, burst)))
+    cases += [
+        ("worker_crash", lambda: worker_crash(crash_n)),
+        ("session_recovery_ms", lambda: session_recovery(crash_n)),
+        ("protection", lambda: protection(quick)),
+        ("growth_throughput_per_s", lambda: throughput_by_workers(
+            (1, 2) if quick else (1, 2, 4, 8), burst)),
+        ("growth_sessions", lambda: sessions_growth(
+            (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
+        ("idle_worker_memory", idle_worker_memory),
+    ]
+    if peers:
+        for peer in _peers.PEERS:
+            cases.append((f"{peer.name}_worker_kill", _peer_case(peer, _peers.kill_busy_worker)))
+    return cases
+
+
+class Skipped(Exception):
+    """A peer that is not installed."""
+
+
+def _peer_case(peer: _peers.Peer, fn: Callable, *args: Any) -> Callable[[], Any]:
+    def case() -> Any:
+        if not peer.available():
+            raise Skipped(f"{peer.module} is not installed: pip install -e '.[bench]'")
+        return fn(peer, *args)
+    return case
+
+
+def run(quick: bool, peers: bool, progress: Any = sys.stderr) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    cases = plan(quick, peers)
+    for i, (key, case) in enumerate(cases, 1):
+        print(f"[{i}/{len(cases)}] {key} ...", file=progress, flush=True)
+        try:
+            value = case()
+        except Skipped as why:
+            skipped[key] = str(why)
+            continue
+        except Exception as exc:  # report the failure, keep measuring the rest
+            errors[key] = f"{type(exc).__name__}: {exc}"
+            continue
+        if key == "worker_crash":
+            results["worker_crash_error_ms"] = value["error"]
+            results["worker_replaced_ms"] = value["replaced"]
+        elif key == "protection":
+            results.update(value)
+        else:
+            results[key] = value
+    ratios = {}
+    for name, (top, bottom) in {**RATIOS, **RATES}.items():
+        a, b = results.get(top), results.get(bottom)
+        if isinstance(a, dict) and isinstance(b, dict):
+            ratios[name] = round(a["p50"] / b["p50"], 3)
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+            ratios[name] = round(a / b, 3)
+    report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios}
+    if skipped:
+        report["skipped"] = skipped
+    if errors:
+        report["errors"] = errors
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'key':34} {'p50':>10} {'p99':>10} {'n':>7}"]
+    for key, value in report["results"].items():
+        if isinstance(value, dict) and "p50" in value:
+            lines.append(f"{key:34} {value['p50']:>10} {value['p99']:>10} {value['n']:>7}")
+        elif isinstance(value, dict):
+            lines.append(f"{key:34} " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        else:
+            lines.append(f"{key:34} {value:>10}")
+    lines.append("")
+    for name, value in report["ratios"].items():
+        lines.append(f"{name:34} {value:>10}")
+    for key, why in report.get("skipped", {}).items():
+        lines.append(f"{key:34} {'skipped':>10}  ({why})")
+    for key, why in report.get("errors", {}).items():
+        lines.append(f"{key:34} {'FAILED':>10}  ({why})")
+    m = report["machine"]
+    lines.append(f"\nmachine: {m['cpus']} cpus, {m['cpu_model']}, Python {m['python']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m otpy_pool.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run, in seconds")
+    parser.add_argument("--peers", action="store_true",
+                        help="also SIGKILL a busy worker of each peer (takes ~40 s)")
+    parser.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
+    parser.add_argument("--compare", metavar="BASELINE", help="compare ratios with a saved report")
+    parser.add_argument("--margin", type=float, default=0.25,
+                        help="allowed ratio regression for --compare (default 0.25)")
+    parser.add_argument("--verbose", action="store_true", help="show the node's logs")
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        otpy.configure_logging(level="critical")
+    report = run(args.quick, args.peers)
+    if args.json == "-":
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print(table(report))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+    status = 1 if report.get("errors") else 0
+    if args.compare:
+        with open(args.compare) as f:
+            baseline = json.load(f)
+        # rates are better when higher: compare their inverses
+        for side in (report, baseline):
+            for name in RATES:
+                if side["ratios"].get(name):
+                    side["ratios"][name] = round(1 / side["ratios"][name], 3)
+        if compare(report, baseline, args.margin):
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
