@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import time
 from typing import Any, Iterator, NamedTuple
 
@@ -26,11 +27,16 @@ from otpy import ChildSpec, GenServer, OtpyError, Pid, StartError, AlreadyStarte
 from otpy import lowlevel
 
 from ._limiter_algorithms import ALGORITHMS, Buckets
+from ._limiter_shared import (C_RETIRED, CONTROL_BYTES, GROW, Control, Retired, TableOwner,
+                              decide, digest, encode_key, reset_key)
 from ._shared_owner import OwnerLink
+from ._shared_page import hold
 
 DEFAULT_TIMEOUT = 5.0
 INSTALL_HINT = "pip install 'otpy[redis]'  (the limits library with its Redis client)"
-_REDIS = "$redis"
+_REATTACH = "$reattach"  # "the buckets are not with me (any more)": ask how to reach them
+#: algorithms whose buckets live in shared memory (the exact log needs the owner)
+SHARED = ("fixed_window", "token_bucket")
 
 
 # ---- errors and results ------------------------------------------------------------------
@@ -145,23 +151,7 @@ def _import_limits() -> Any:
 def key_digest(key: Any) -> str:
     """A stable text id for a key: equal keys (as Python values) give equal ids,
     different ones different ids, in every process and on every machine."""
-    parts: list[bytes] = []
-
-    def encode(k: Any) -> None:
-        if isinstance(k, str):
-            data = k.encode("utf-8", "surrogatepass")
-            parts.append(b"s%d:" % len(data) + data)
-        elif isinstance(k, bytes):
-            parts.append(b"b%d:" % len(k) + bytes(k))
-        elif isinstance(k, int):
-            parts.append(b"i%d;" % int(k))
-        else:
-            parts.append(b"t%d:" % len(k))
-            for item in k:
-                encode(item)
-
-    encode(key)
-    return hashlib.sha256(b"".join(parts)).hexdigest()
+    return hashlib.sha256(encode_key(key)).hexdigest()
 
 
 class RedisBuckets:
@@ -180,7 +170,10 @@ class RedisBuckets:
     def check(self) -> bool:
         return bool(self.storage.check())
 
-    def hit(self, key: Any, limit: int, window: float, cost: int, count: bool) -> Decision:
+    dead = False  # a client per process; nothing to redo after a fork but reconnecting
+
+    def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+            count: bool) -> Decision:
         seconds = int(window)
         if seconds != window:
             raise ValueError(f"with a Redis storage, window must be a whole number of seconds "
@@ -219,7 +212,11 @@ class RedisBuckets:
 # ---- the owner ----------------------------------------------------------------------------
 
 def _start_owner(name: str, options: dict[str, Any]) -> Pid | None:
-    return LimiterOwner.start_link(name, options, otpy.self(), name=name)
+    """Runs in the limiter's supervisor, which holds the control page (the lock)."""
+    control = None
+    if options["storage"] is None and options["algorithm"] in SHARED:
+        control = hold(("limiter", name), CONTROL_BYTES, f"otpy-limiter:{name}")
+    return LimiterOwner.start_link(name, options, otpy.self(), control, name=name)
 
 
 def _start_subtree(name: str, options: dict[str, Any]) -> Pid:
@@ -230,19 +227,34 @@ def _start_subtree(name: str, options: dict[str, Any]) -> Pid:
 class LimiterOwner(GenServer):
     """The process holding one limiter's buckets (registered under its name).
 
-    A replacement after a crash starts with no buckets: what was counted
-    before is forgotten (documented; see docs/breaker_and_limiter.md).
+    fixed_window and token_bucket: the buckets are in a shared table (see
+    ``_limiter_shared``) that callers update themselves; the owner creates,
+    grows and sweeps it. sliding_window: the owner holds the buckets and
+    answers every hit. A replacement after a crash starts with no buckets:
+    what was counted before is forgotten (see docs/breaker_and_limiter.md).
     """
 
-    def init(self, name: str, options: dict[str, Any], supervisor: Pid) -> None:
+    def init(self, name: str, options: dict[str, Any], supervisor: Pid,
+             control_ref: tuple[int, int, int] | None) -> None:
         otpy.trap_exit(True)
         self.name = name
         self.options = options
         self.supervisor = supervisor
+        self.control_ref = control_ref
         self.sweeps = 0
         self.log = lowlevel.logger(limiter=name)
         storage = options["storage"]
-        self.buckets = None if storage is not None else Buckets(options["algorithm"])
+        self.buckets = None
+        self.tables: TableOwner | None = None
+        if control_ref is not None:
+            control = Control(control_ref[0], control_ref[1])
+            self.tables = TableOwner(control, options["algorithm"])
+            with control:
+                control.words[C_RETIRED] = 0
+                self.tables.rebuild(time.time_ns())
+            self._arm_sweep()
+        elif storage is None:
+            self.buckets = Buckets(options["algorithm"])
         if storage is not None:
             backend = RedisBuckets(storage, options["algorithm"], name)
             try:
@@ -251,39 +263,66 @@ class LimiterOwner(GenServer):
                 reachable = False
             if not reachable:
                 raise ConnectionError(f"rate limiter {name!r}: Redis at {storage} is not reachable")
-        else:
+        elif self.buckets is not None:
             self._arm_sweep()
 
     def handle_call(self, request: Any, caller: lowlevel.From) -> Any:
         op = request[0]
+        if op == "attach":
+            if self.tables is not None:
+                return ("shared", self.control_ref, self.options["algorithm"])
+            if self.buckets is not None:
+                return ("call",)
+            return ("redis", self.options["storage"], self.options["algorithm"])
+        if op == "grow" and self.tables is not None:
+            with self.tables.control:
+                self.tables.rebuild(time.time_ns(), grow=True)
+            return None
         if op == "hit":
             if self.buckets is None:
-                return (_REDIS, self.options["storage"], self.options["algorithm"])
+                return (_REATTACH,)
             _, key, limit, window_ns, cost, count = request
             return tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
         if op == "reset":
             if self.buckets is None:
-                return (_REDIS, self.options["storage"], self.options["algorithm"])
+                return (_REATTACH,)
             return self.buckets.reset(request[1])
         if op == "stats":
+            buckets = keys = None
+            if self.tables is not None:
+                with self.tables.control:
+                    buckets, keys = self.tables.counts()
+            elif self.buckets is not None:
+                buckets, keys = len(self.buckets), len(self.buckets.table)
             return {"algorithm": self.options["algorithm"],
                     "storage": self.options["storage"] or "memory",
-                    "buckets": len(self.buckets) if self.buckets is not None else None,
-                    "keys": len(self.buckets.table) if self.buckets is not None else None,
-                    "sweeps": self.sweeps}
+                    "buckets": buckets, "keys": keys, "sweeps": self.sweeps}
         if op == "supervisor":
             return self.supervisor
         return None  # not an operation of ours (handles send only the ones above)
 
     def handle_info(self, message: Any) -> Any:
-        if message == ("$sweep",) and self.buckets is not None:
-            removed = self.buckets.sweep(time.time_ns())
+        if message == ("$sweep",):
+            if self.tables is not None:
+                with self.tables.control:
+                    removed = self.tables.rebuild(time.time_ns())
+            elif self.buckets is not None:
+                removed = self.buckets.sweep(time.time_ns())
+            else:
+                return None
             self.sweeps += 1
             if removed:
-                self.log.debug("rate limiter buckets expired", removed=removed,
-                               left=len(self.buckets.table))
+                self.log.debug("rate limiter buckets expired", removed=removed)
             self._arm_sweep()
         return None
+
+    def terminate(self, reason: Any) -> None:
+        if self.tables is not None:
+            # Callers that look next reconnect (to a replacement, if any);
+            # the table's memory goes now.
+            with self.tables.control:
+                self.tables.control.words[C_RETIRED] = 1
+                self.tables.close()
 
     def _arm_sweep(self) -> None:
         otpy.send_after(otpy.self(), ("$sweep",), self.options["cleanup_interval"])
@@ -291,15 +330,83 @@ class LimiterOwner(GenServer):
 
 # ---- the handle ---------------------------------------------------------------------------
 
-#: Redis clients of this process, by (node, namespace, name)
-_REDIS_BACKENDS: dict[tuple[str, str, str], RedisBuckets] = {}
+class SharedBuckets:
+    """This process's access to a shared table (fixed window, token bucket)."""
+
+    def __init__(self, control_ref: tuple[int, int, int], algorithm: str, link: OwnerLink,
+                 timeout: float) -> None:
+        self.control = Control(control_ref[0], control_ref[1])
+        self.algorithm = algorithm
+        self.link = link
+        self.timeout = timeout
+        self.dead = False
+
+    def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+            count: bool) -> Decision:
+        hi, lo = digest(key)
+        while True:
+            with self.control as control:
+                table = control.current()
+                outcome = decide(table, self.algorithm, hi, lo, limit, window_ns, cost,
+                                 time.time_ns(), count)
+            if outcome is not GROW:
+                allowed, used, remaining, retry_ns, reset_ns = outcome
+                return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
+            self.link.call(("grow",), self.timeout)  # the table is half full: the owner doubles it
+
+    def reset(self, key: Any) -> int:
+        hi, lo = digest(key)
+        with self.control as control:
+            return reset_key(control.current(), hi, lo)
+
+    def close(self) -> None:
+        self.control.close()
+
+
+class CalledBuckets:
+    """Buckets the owner holds (sliding window): every hit is a call."""
+
+    dead = False
+
+    def __init__(self, link: OwnerLink, timeout: float) -> None:
+        self.link = link
+        self.timeout = timeout
+
+    def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+            count: bool) -> Decision:
+        answer = self.link.call(("hit", key, limit, window_ns, cost, count), self.timeout)
+        if answer[0] == _REATTACH:
+            raise Retired()  # a new limiter of that name, not in this mode
+        allowed, used, remaining, retry_ns, reset_ns = answer
+        return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
+
+    def reset(self, key: Any) -> int:
+        answer = self.link.call(("reset", key), self.timeout)
+        if type(answer) is tuple:
+            raise Retired()
+        return answer
+
+
+#: this process's way to each limiter's buckets, by (node, namespace, name)
+_BACKENDS: dict[tuple[str, str, str], Any] = {}
+
+
+def _after_fork() -> None:
+    # A forked copy must not share its parent's open control page (a flock
+    # is per open file): it connects afresh.
+    for backend in _BACKENDS.values():
+        backend.dead = True
+    _BACKENDS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class RateLimiter:
     """A handle on the limiter registered as ``name``: picklable, usable from
     any process and thread of the node."""
 
-    __slots__ = ("name", "namespace", "timeout", "_link", "_redis")
+    __slots__ = ("name", "namespace", "timeout", "_link", "_backend")
 
     def __init__(self, name: str, *, namespace: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -311,7 +418,7 @@ class RateLimiter:
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
         self.timeout = float(timeout)
         self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning)
-        self._redis: RedisBuckets | None = None
+        self._backend: Any = None
 
     def __reduce__(self):
         return (_handle, (self.name, self.namespace, self.timeout))
@@ -362,8 +469,7 @@ class RateLimiter:
         """Stop the limiter's supervisor and owner."""
         supervisor = self._link.call(("supervisor",), self.timeout)
         otpy.stop(supervisor)
-        _REDIS_BACKENDS.pop(self._key(), None)
-        self._redis = None
+        self._drop()
 
     # ---- hits ---------------------------------------------------------------------------
 
@@ -377,25 +483,32 @@ class RateLimiter:
 
     def _hit(self, key: Any, limit: int, window: float, cost: int, count: bool) -> Decision:
         check_key(key)
-        _check_limit(limit, cost)
-        window_ns = _window_ns(window)
-        if self._redis is not None:
-            return self._redis.hit(key, limit, window, cost, count)
-        answer = self._link.call(("hit", key, limit, window_ns, cost, count), self.timeout)
-        if answer[0] == _REDIS:
-            return self._use_redis(answer).hit(key, limit, window, cost, count)
-        allowed, used, remaining, retry_ns, reset_ns = answer
-        return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
+        if type(limit) is not int or type(cost) is not int or limit < 1 or cost < 1:
+            _check_limit(limit, cost)
+        if type(window) is float and 0.0 < window < 1e10:
+            window_ns = round(window * 1_000_000_000) or 1
+        else:
+            window_ns = _window_ns(window)
+        backend = self._backend
+        if backend is None or backend.dead:
+            backend = self._connect()
+        try:
+            return backend.hit(key, limit, window, window_ns, cost, count)
+        except Retired:  # stopped, or restarting: find the owner again
+            self._drop()
+            return self._connect().hit(key, limit, window, window_ns, cost, count)
 
     def reset(self, key: Any) -> int:
         """Delete every bucket of ``key`` (all windows); how many there were."""
         check_key(key)
-        if self._redis is not None:
-            return self._redis.reset(key)
-        answer = self._link.call(("reset", key), self.timeout)
-        if type(answer) is tuple and answer[0] == _REDIS:
-            return self._use_redis(answer).reset(key)
-        return answer
+        backend = self._backend
+        if backend is None or backend.dead:
+            backend = self._connect()
+        try:
+            return backend.reset(key)
+        except Retired:
+            self._drop()
+            return self._connect().reset(key)
 
     @contextlib.contextmanager
     def limit(self, key: Any, limit: int, window: float, cost: int = 1) -> Iterator[Decision]:
@@ -431,13 +544,28 @@ class RateLimiter:
     def _key(self) -> tuple[str, str, str]:
         return (otpy.self().node, self.namespace, self.name)
 
-    def _use_redis(self, answer: tuple) -> RedisBuckets:
+    def _connect(self) -> Any:
         key = self._key()
-        backend = _REDIS_BACKENDS.get(key)
-        if backend is None:
-            backend = _REDIS_BACKENDS[key] = RedisBuckets(answer[1], answer[2], self.name)
-        self._redis = backend
+        backend = _BACKENDS.get(key)
+        if backend is None or backend.dead:
+            how = self._link.call(("attach",), self.timeout)
+            if how[0] == "shared":
+                backend = SharedBuckets(how[1], how[2], self._link, self.timeout)
+            elif how[0] == "call":
+                backend = CalledBuckets(self._link, self.timeout)
+            else:
+                backend = RedisBuckets(how[1], how[2], self.name)
+            _BACKENDS[key] = backend
+        self._backend = backend
         return backend
+
+    def _drop(self) -> None:
+        backend = _BACKENDS.pop(self._key(), None)
+        if backend is not None:
+            backend.dead = True
+            if isinstance(backend, SharedBuckets):
+                backend.close()
+        self._backend = None
 
 
 def _handle(name: str, namespace: str, timeout: float) -> RateLimiter:

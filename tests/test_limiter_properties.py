@@ -3,6 +3,7 @@ its exactness with real processes hitting one key at once."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 import otpy
 from otpy_pool import RateLimiter
 from otpy_pool._limiter_algorithms import Buckets
+from otpy_pool._limiter_shared import CONTROL_BYTES, GROW, Control, TableOwner, decide, digest
 
 from helpers import DEADLINE, expect
 
@@ -136,3 +138,76 @@ def test_concurrent_processes_get_exactly_min_of_limit_and_hits(processes, hits,
         assert seen.count == allowed
     finally:
         otpy.stop(sup)
+
+
+# ---- the shared table computes what the owner's buckets compute --------------------------------
+
+@SETTINGS
+@given(algorithm=st.sampled_from(["fixed_window", "token_bucket"]), limit=st.integers(1, 10),
+       hits=st.lists(st.tuples(st.integers(0, 2 * W), st.integers(0, 2500), st.integers(1, 6),
+                               st.booleans()), min_size=1, max_size=80))
+def test_the_shared_table_agrees_with_the_buckets(algorithm, limit, hits):
+    # Many keys (up to 2500) in a table that starts at 1024 slots: probing,
+    # growth (the owner's rebuild) and sweeps all happen along the way.
+    holder = os.memfd_create("test-control", os.MFD_CLOEXEC)
+    os.ftruncate(holder, CONTROL_BYTES)
+    control = Control(os.getpid(), holder)
+    owner = TableOwner(Control(os.getpid(), holder), algorithm)
+    try:
+        owner.rebuild(START)
+        model = Buckets(algorithm)
+        now = START
+        for gap, key, cost, count in hits:
+            now += gap
+            expected = tuple(model.hit(("k", key), limit, W, cost, now, count))
+            hi, lo = digest(("k", key))
+            with control:
+                got = decide(control.current(), algorithm, hi, lo, limit, W, cost, now, count)
+            if got is GROW:
+                owner.rebuild(now, grow=True)
+                with control:
+                    got = decide(control.current(), algorithm, hi, lo, limit, W, cost, now, count)
+            assert got == expected
+            if gap > W:  # now and then, the periodic sweep
+                owner.rebuild(now)
+                model.sweep(now)
+        assert owner.counts()[0] == len(model)
+    finally:
+        control.close()
+        owner.close()
+        owner.control.close()
+        os.close(holder)
+
+
+def test_the_shared_table_grows_and_keeps_every_bucket():
+    holder = os.memfd_create("test-control", os.MFD_CLOEXEC)
+    os.ftruncate(holder, CONTROL_BYTES)
+    control = Control(os.getpid(), holder)
+    owner = TableOwner(Control(os.getpid(), holder), "fixed_window")
+    try:
+        owner.rebuild(START)
+        grown = 0
+        for key in range(3000):
+            hi, lo = digest(key)
+            with control:
+                got = decide(control.current(), "fixed_window", hi, lo, 5, W, 2, START, True)
+            if got is GROW:
+                grown += 1
+                owner.rebuild(START, grow=True)
+                with control:
+                    got = decide(control.current(), "fixed_window", hi, lo, 5, W, 2, START, True)
+            assert got[:2] == (True, 2)
+        assert grown >= 2 and owner.table.capacity >= 8192
+        for key in range(3000):
+            hi, lo = digest(key)
+            with control:
+                assert decide(control.current(), "fixed_window", hi, lo, 5, W, 2, START,
+                              False)[1] == 2
+        assert owner.counts() == (3000, 3000)
+        assert owner.rebuild(START + W) == 3000  # the window passed: all dropped
+        assert owner.table.capacity == 1024  # and the table shrank back
+    finally:
+        control.close()
+        owner.close()
+        owner.control.close()
+        os.close(holder)
