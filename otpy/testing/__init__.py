@@ -10,17 +10,18 @@ injection, test layers, and a pytest plugin.
             ...
 
 With pytest, the ``otpy_tree`` fixture does the same, named after the test.
-See docs/testing.md.
+Chaos scenarios and load: ``otpy.testing.chaos``. See docs/testing.md.
 """
 
-from ._helpers import synchronize, wait_down, wait_for, wait_registered
+from ._helpers import (ensure_pool_ready, synchronize, wait_down, wait_event, wait_for,
+                       wait_registered)
 from ._inject import KINDS, Injection, inject_failure
 from ._layers import LAYERS, LayerSkipped, select_layer, selected_layer
 from ._tree import LeakError, Tree, active_tree, isolated_tree
 
 __all__ = [
     "LeakError", "Tree", "active_tree", "isolated_tree",
-    "synchronize", "wait_down", "wait_for", "wait_registered",
+    "synchronize", "wait_down", "wait_for", "wait_registered", "wait_event", "ensure_pool_ready",
     "KINDS", "Injection", "inject_failure",
     "LAYERS", "LayerSkipped", "select_layer", "selected_layer",
 ]

@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from .. import (Down, Exited, Pid, Ref, SerializationError, Timeout, demonitor, exit, make_ref,
-                monitor, receive, send, spawn_monitor, whereis)
+from .. import (Down, Exited, OtpyError, Pid, Ref, SerializationError, Timeout, demonitor,
+                exit, make_ref, monitor, receive, send, spawn_monitor, whereis)
 from .. import self as otpy_self
 from .. import lowlevel
 
@@ -211,6 +211,62 @@ def _in_threads(operations: dict[str, Callable[[], Any]], timeout: float) -> dic
         raise Timeout(f"synchronize timed out after {timeout}s waiting for {stragglers} "
                       "(threads cannot be killed: abandoned)")
     return {name: results[name] for name in operations}
+
+
+# ---- pools (any object with the pool's interface: otpy.testing does not import otpy_pool) ----
+
+POOL_EVENT_FIELDS = ("kind", "worker", "session", "detail", "time")
+
+
+def is_pool_event(message: Any) -> bool:
+    """A pool's event message (a named tuple with the PoolEvent fields)."""
+    return isinstance(message, tuple) and getattr(type(message), "_fields", None) == POOL_EVENT_FIELDS
+
+
+def wait_event(pool: Any, kind: str, timeout: float = 5.0,
+               match: Callable[[Any], bool] | None = None) -> Any:
+    """The next event ``kind`` of ``pool`` (for which ``match(event)`` is true).
+
+    Subscribes the caller to the pool's events (idempotent), so call it, or
+    ``pool.subscribe()``, *before* causing the event: events already queued
+    count, events from before the first subscription were never sent. Other
+    events stay queued. Raises Timeout naming the kind.
+    """
+    if not isinstance(kind, str):
+        raise TypeError(f"wait_event needs an event kind (str), not {kind!r}")
+    pool.subscribe()
+
+    def wanted(m: Any) -> bool:
+        return is_pool_event(m) and m.kind == kind and (match is None or bool(match(m)))
+
+    try:
+        return receive(timeout=timeout, match=wanted)
+    except Timeout:
+        raise Timeout(f"no {kind!r} event from {pool!r} within {timeout}s") from None
+
+
+def ensure_pool_ready(pool: Any, min_workers: int = 1, timeout: float = 10.0) -> Any:
+    """Wait until ``pool`` answers and has at least ``min_workers`` workers
+    alive; its status. A pool whose server is being restarted counts as not
+    ready yet (its errors are retried until the deadline)."""
+    if not isinstance(min_workers, int) or isinstance(min_workers, bool) or min_workers < 0:
+        raise ValueError(f"min_workers must be an int >= 0, not {min_workers!r}")
+    last: list[Any] = [None]
+
+    def ready() -> Any:
+        try:
+            status = pool.status()
+        except OtpyError as exc:
+            last[0] = exc
+            return None
+        last[0] = status
+        return status if status.workers >= min_workers else None
+
+    try:
+        return wait_for(ready, timeout)
+    except Timeout:
+        raise Timeout(f"{pool!r} did not have {min_workers} worker(s) within {timeout}s; "
+                      f"last: {last[0]!r}") from None
 
 
 def _describe(predicate: Callable[[], Any]) -> str:
