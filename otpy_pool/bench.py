@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import signal
 import sys
 import time
@@ -77,6 +78,24 @@ class BenchWorker(Worker):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             pass
+
+
+class ChaosWorker(Worker):
+    """Commands for the chaos scenario: an idempotent one, and a
+    non-idempotent one that records each run in a file (to prove at most once)."""
+
+    def init(self, log: str) -> None:
+        self.log = log
+
+    @command
+    def run(self, session: Any, x: Any) -> Any:
+        return x
+
+    @command
+    def charge(self, session: Any, token: str) -> str:
+        with open(self.log, "a") as f:
+            f.write(token + "\n")
+        return token
 
 
 class _Echo(otpy.GenServer):
@@ -299,6 +318,98 @@ def idle_worker_memory() -> dict:
     return {"otpy_pool_kib": max(ours) // 1024, "mp_pool_kib": max(theirs) // 1024}
 
 
+def _chaos_caller(protected: Any, parent: otpy.Pid, caller: int, calls: int,
+                  charge_every: int) -> None:
+    otpy.send(parent, ("ready", caller))
+    otpy.receive(timeout=60, match=lambda m: m == "go")
+    ok = failed = charges_failed = 0
+    errors: dict[str, int] = {}
+    for i in range(calls):
+        try:
+            if charge_every and i % charge_every == 0:
+                try:
+                    protected.execute("charge", f"{caller}.{i}", session=f"c{caller}")
+                except Exception:
+                    charges_failed += 1
+                continue
+            protected.execute("run", i, session=f"c{caller}")
+            ok += 1
+        except Exception as exc:
+            failed += 1
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+    otpy.send(parent, ("result", caller, ok, failed, charges_failed, errors))
+
+
+def chaos_kill(fraction: float = 0.6, callers: int = 8, calls: int = 500, size: int = 5,
+               interval: float = 0.02, charge_every: int = 10) -> dict:
+    """``callers`` processes run protected commands on a pool of ``size``
+    workers while ``fraction`` of the workers are SIGKILLed, ``interval``
+    apart. Idempotent "run" commands have retry policies; every
+    ``charge_every``-th call is a non-idempotent "charge" that records its run.
+    Returns the success rate of the idempotent calls, calls lost (never
+    answered), charges run twice, and seconds until the pool was whole again."""
+    import tempfile
+
+    from ._recovery import Policy, Recovery, protect
+
+    with tempfile.TemporaryDirectory(prefix="otpy-chaos-") as tmp:
+        log = os.path.join(tmp, "charges")
+        name = f"chaos.{time.monotonic_ns()}"
+        pool = Pool.start_link(ChaosWorker, args=(log,), size=size, name=name)
+        recovery = Recovery.start_link(f"{name}.recovery", {
+            "worker_crashed": Policy(retries=3, failover=True),
+            "timeout": Policy(retries=2),
+            "session_lost": Policy(retries=2)})
+        protected = protect(pool, recovery=recovery, idempotent={"run"}, deadline=10.0)
+        me = otpy.self()
+        pids = []
+        try:
+            for c in range(callers):
+                pids.append(otpy.spawn_link(_chaos_caller, protected, me, c, calls,
+                                            charge_every))
+            for _ in pids:
+                otpy.receive(timeout=30, match=lambda m: type(m) is tuple and m[0] == "ready")
+            for pid in pids:
+                otpy.send(pid, "go")
+            victims = random.Random(1).sample(pool.workers(), round(size * fraction))
+            for victim in victims:
+                try:
+                    os.kill(victim.os_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                time.sleep(interval)  # the scenario's pacing, not a synchronisation
+            whole = _wait_whole(pool, size, timeout=60)  # from the last kill
+            results = []
+            lost = 0
+            for _ in pids:
+                try:
+                    results.append(otpy.receive(timeout=120, match=lambda m: type(m) is tuple
+                                                and m[0] == "result"))
+                except otpy.Timeout:
+                    lost += 1
+            ok = sum(r[2] for r in results)
+            failed = sum(r[3] for r in results)
+            errors: dict[str, int] = {}
+            for r in results:
+                for k, v in r[5].items():
+                    errors[k] = errors.get(k, 0) + v
+            with open(log) as f:
+                tokens = f.read().split()
+            status = pool.status()
+            return {"success_rate": round(ok / max(1, ok + failed), 5), "calls_ok": ok,
+                    "calls_failed": failed, "callers_lost": lost,
+                    "charges_run_twice": len(tokens) - len(set(tokens)),
+                    "charges_failed": sum(r[4] for r in results), "errors": errors,
+                    "whole_after_s": round(whole, 3), "workers_killed": len(victims),
+                    "worker_restarts": status.worker_restarts,
+                    "recovered": {k: v.recovered for k, v in recovery.stats().items()}}
+        finally:
+            for pid in pids:
+                lowlevel.stop_process(pid, "kill", timeout=5)
+            recovery.stop()
+            pool.stop()
+
+
 # ---- plan, report --------------------------------------------------------------
 
 def plan(quick: bool, peers: bool) -> list[tuple[str, Callable[[], Any]]]:
@@ -320,6 +431,7 @@ def plan(quick: bool, peers: bool) -> list[tuple[str, Callable[[], Any]]]:
         ("worker_crash", lambda: worker_crash(crash_n)),
         ("session_recovery_ms", lambda: session_recovery(crash_n)),
         ("protection", lambda: protection(quick)),
+        ("chaos_kill_60pct", lambda: chaos_kill(calls=100 if quick else 1000)),
         ("growth_throughput_per_s", lambda: throughput_by_workers(
             (1, 2) if quick else (1, 2, 4, 8), burst)),
         ("growth_sessions", lambda: sessions_growth(
