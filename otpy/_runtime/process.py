@@ -85,9 +85,9 @@ class ProcessContext:
         self.mailbox: deque[Any] = deque()
         self.replies: dict[int, Any] = {}
         self.awaiting: dict[Ref, Any] = {}  # calls in progress: ref -> reply or _WAITING
-        # threads waiting while another reads: their condition -> what wakes
-        # them (a call's ref, a request id, or None: anything filed)
-        self.sleepers: dict[threading.Condition, Any] = {}
+        # threads waiting while another reads -> what wakes them (a call's
+        # ref, a request id, or None: anything filed)
+        self.sleepers: dict[_Sleeper, Any] = {}
         self.reader = wire.FrameReader()
         self.reading = False
         self.rcvtimeo: float | None = None
@@ -136,7 +136,8 @@ class ProcessContext:
         if not flags:
             self.status.set(self.pid.serial, WAITING, len(self.mailbox))
         try:
-            if flags or not self._spin(sock):
+            # spin only when no other thread waits: the spin would keep it from the GIL
+            if flags or self.sleepers or not self._spin(sock):
                 if not flags:
                     self._set_timeout(sock, remaining)
                 if not self.reader.read(sock, flags):
@@ -248,12 +249,12 @@ class ProcessContext:
                         and on_trapped_exit is not None:
                     on_trapped_exit(self, item)
         if self.sleepers:
-            for cond, key in self.sleepers.items():
+            for sleeper, key in self.sleepers.items():
                 if key is None:
                     if mail or keys or everyone:
-                        cond.notify()
+                        sleeper.wake()
                 elif everyone or key in keys:
-                    cond.notify()
+                    sleeper.wake()
 
     def wait_for(self, check: Callable[[], Any], deadline: float | None,
                  key: Any = None) -> Any:
@@ -273,7 +274,7 @@ class ProcessContext:
                 self.status.set(self.pid.serial, RUNNING, len(self.mailbox))
                 if not self.reading and self.sleepers:
                     # Someone must go on reading: hand the role to one sleeper.
-                    next(iter(self.sleepers)).notify()
+                    next(iter(self.sleepers)).wake()
 
     def _wait_for(self, check: Callable[[], Any], deadline: float | None, key: Any) -> Any:
         lock = self.lock
@@ -292,12 +293,7 @@ class ProcessContext:
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
                         return None
-                waiter = self._waiter()
-                self.sleepers[waiter] = key
-                try:
-                    waiter.wait(remaining)
-                finally:
-                    del self.sleepers[waiter]
+                self._sleep(key, remaining)
                 continue
             self.reading = True
             lock.release()
@@ -311,15 +307,24 @@ class ProcessContext:
             elif deadline is not None and _monotonic() >= deadline:
                 return check()
             elif self.gone:
-                for waiter in self.sleepers:
-                    waiter.notify()
+                for sleeper in self.sleepers:
+                    sleeper.wake()
 
-    def _waiter(self) -> threading.Condition:
-        """This thread's own condition (on the process's lock)."""
-        waiter = getattr(self.local, "waiter", None)
-        if waiter is None:
-            waiter = self.local.waiter = threading.Condition(self.lock)
-        return waiter
+    def _sleep(self, key: Any, timeout: float | None) -> None:
+        """Sleep (lock held; released meanwhile) until woken or ``timeout``."""
+        sleeper = getattr(self.local, "sleeper", None)
+        if sleeper is None:
+            sleeper = self.local.sleeper = _Sleeper()
+        sleeper.woken = False
+        self.sleepers[sleeper] = key
+        self.lock.release()
+        try:
+            acquired = sleeper.lock.acquire(True, -1 if timeout is None else timeout)
+        finally:
+            self.lock.acquire()
+            del self.sleepers[sleeper]
+        if not acquired and sleeper.woken:
+            sleeper.lock.acquire()  # woken just after the timeout: reset
 
     # ---- mailbox ----------------------------------------------------------------
 
@@ -576,6 +581,24 @@ class ProcessContext:
         self.reader.close()
         self.inbound.close()
         self.ctrl.close()
+
+
+class _Sleeper:
+    """A thread's own wake-up: a lock it sleeps on, held until woken (cheaper
+    than a condition, and it wakes that one thread only)."""
+
+    __slots__ = ("lock", "woken")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.woken = False
+
+    def wake(self) -> None:
+        """Called with the process's lock held."""
+        if not self.woken:
+            self.woken = True
+            self.lock.release()
 
 
 class CallFailed:
