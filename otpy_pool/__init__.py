@@ -24,10 +24,12 @@ __all__ += [
 
 # ---- breaker and limiter ----
 from ._breaker import BreakerError, BreakerEvent, BreakerNotRunning, CircuitBreaker, CircuitOpen
-from ._limiter import Decision, LimiterError, LimiterNotRunning, RateLimited, RateLimiter
+from ._limiter import (Decision, LimiterBusy, LimiterError, LimiterNotRunning, RateLimited,
+                       RateLimiter)
 
 __all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "BreakerNotRunning",
-            "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning"]
+            "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning",
+            "LimiterBusy"]
 
 # ---- recovery ----
 from ._recovery import ClassStats, DeadlineExceeded, Policy, Protected, Recovery, classify, protect

@@ -27,8 +27,8 @@ from otpy import ChildSpec, GenServer, OtpyError, Pid, StartError, AlreadyStarte
 from otpy import lowlevel
 
 from ._limiter_algorithms import ALGORITHMS, Buckets
-from ._limiter_shared import (C_RETIRED, CONTROL_BYTES, GROW, Control, Retired, TableOwner,
-                              decide, digest, encode_key, reset_key)
+from ._limiter_shared import (C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout, Retired,
+                              TableOwner, decide, digest, encode_key, reset_key)
 from ._shared_owner import OwnerLink
 from ._shared_page import hold
 
@@ -47,6 +47,11 @@ class LimiterError(OtpyError):
 
 class LimiterNotRunning(LimiterError, LookupError):
     """No limiter of that name could be reached before the deadline."""
+
+
+class LimiterBusy(LimiterError, TimeoutError):
+    """The shared table's lock stayed taken past the handle's timeout (a
+    process holding it was stopped, say: a dead one cannot hold it)."""
 
 
 class RateLimited(LimiterError):
@@ -288,15 +293,17 @@ class LimiterOwner(GenServer):
                 return (_REATTACH,)
             return self.buckets.reset(request[1])
         if op == "stats":
-            buckets = keys = None
+            buckets = keys = table_bytes = None
             if self.tables is not None:
                 with self.tables.control:
                     buckets, keys = self.tables.counts()
+                    table_bytes = self.tables.size()
             elif self.buckets is not None:
                 buckets, keys = len(self.buckets), len(self.buckets.table)
             return {"algorithm": self.options["algorithm"],
                     "storage": self.options["storage"] or "memory",
-                    "buckets": buckets, "keys": keys, "sweeps": self.sweeps}
+                    "buckets": buckets, "keys": keys, "sweeps": self.sweeps,
+                    "table_bytes": table_bytes}
         if op == "supervisor":
             return self.supervisor
         return None  # not an operation of ours (handles send only the ones above)
@@ -335,7 +342,7 @@ class SharedBuckets:
 
     def __init__(self, control_ref: tuple[int, int, int], algorithm: str, link: OwnerLink,
                  timeout: float) -> None:
-        self.control = Control(control_ref[0], control_ref[1])
+        self.control = Control(control_ref[0], control_ref[1], timeout)
         self.algorithm = algorithm
         self.link = link
         self.timeout = timeout
@@ -345,10 +352,12 @@ class SharedBuckets:
             count: bool) -> Decision:
         hi, lo = digest(key)
         while True:
-            with self.control as control:
-                table = control.current()
-                outcome = decide(table, self.algorithm, hi, lo, limit, window_ns, cost,
-                                 time.time_ns(), count)
+            try:
+                with self.control as control:
+                    outcome = decide(control.current(), self.algorithm, hi, lo, limit,
+                                     window_ns, cost, time.time_ns(), count)
+            except LockTimeout as exc:
+                raise LimiterBusy(str(exc)) from None
             if outcome is not GROW:
                 allowed, used, remaining, retry_ns, reset_ns = outcome
                 return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
@@ -356,8 +365,11 @@ class SharedBuckets:
 
     def reset(self, key: Any) -> int:
         hi, lo = digest(key)
-        with self.control as control:
-            return reset_key(control.current(), hi, lo)
+        try:
+            with self.control as control:
+                return reset_key(control.current(), hi, lo)
+        except LockTimeout as exc:
+            raise LimiterBusy(str(exc)) from None
 
     def close(self) -> None:
         self.control.close()
@@ -536,7 +548,8 @@ class RateLimiter:
             time.sleep(decision.retry_after)  # the quota comes back with time, nothing else
 
     def stats(self) -> dict[str, Any]:
-        """algorithm, storage, buckets and keys held (None with Redis), sweeps done."""
+        """algorithm, storage, buckets and keys held (None with Redis), sweeps
+        done, table_bytes (the shared table's size; None unless it has one)."""
         return self._link.call(("stats",), self.timeout)
 
     # ---- Redis ---------------------------------------------------------------------------

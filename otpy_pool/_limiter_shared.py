@@ -38,6 +38,7 @@ import hashlib
 import mmap
 import os
 import threading
+import time
 from typing import Any
 
 from ._limiter_algorithms import Buckets
@@ -60,6 +61,10 @@ GROW = object()  # a hit that needs a bigger table first
 
 class Retired(Exception):
     """The limiter this mapping belongs to was stopped (internal)."""
+
+
+class LockTimeout(Exception):
+    """The lock was held past the deadline (the handle raises its own error)."""
 
 
 def encode_key(key: Any) -> bytes:
@@ -241,7 +246,8 @@ def _insert(table: Table, where: int, hi: int, lo: int, window: int, algorithm: 
 class Control:
     """A process's open control page: the lock, and the current table."""
 
-    def __init__(self, os_pid: int, fd: int) -> None:
+    def __init__(self, os_pid: int, fd: int, timeout: float = 5.0) -> None:
+        self.timeout = timeout
         self.fd = os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
         self._map = mmap.mmap(self.fd, CONTROL_BYTES)
         self.words = memoryview(self._map).cast("q")
@@ -250,13 +256,41 @@ class Control:
         self.gen = -1
 
     def __enter__(self) -> "Control":
-        self.thread_lock.acquire()
+        if not self.thread_lock.acquire(timeout=self.timeout):
+            raise LockTimeout(f"a thread of this process held the limiter's lock "
+                              f"for over {self.timeout}s")
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._wait_for_lock()
         except BaseException:
             self.thread_lock.release()
             raise
         return self
+
+    def _wait_for_lock(self) -> None:
+        """Another process holds the lock. A dead holder cannot (the kernel
+        drops its flock), so this waits for a live one that is slow or
+        stopped: yield the CPU to it, then back off, until the deadline."""
+        deadline = time.monotonic() + self.timeout
+        tries = 0
+        try:
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    tries += 1
+                    if tries < 100:
+                        os.sched_yield()
+                    elif time.monotonic() > deadline:
+                        raise LockTimeout(f"another process held the limiter's lock "
+                                          f"for over {self.timeout}s") from None
+                    else:
+                        time.sleep(0.0001)
+        except BaseException:
+            self.thread_lock.release()
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         try:
@@ -344,6 +378,11 @@ class TableOwner:
         assert self.table is not None
         live = self.table.live()
         return len(live), len({(hi, lo) for hi, lo, _, _ in live})
+
+    def size(self) -> int:
+        """The table's bytes."""
+        assert self.table is not None
+        return (HEADER + self.table.capacity * SLOT) * 8
 
     def close(self) -> None:
         """Drop the table (with the lock held, the limiter marked retired):

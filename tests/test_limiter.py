@@ -286,3 +286,66 @@ def test_a_missing_limits_library_is_an_import_error_naming_the_extra(monkeypatc
     with pytest.raises(ImportError, match=r"pip install 'otpy\[redis\]'"):
         RateLimiter.start_link("api", storage="redis://127.0.0.1:6379")
     assert otpy.whereis("api") is None
+
+
+# ---- the shared table (fixed_window, token_bucket) ----------------------------------------------
+
+def test_threads_of_one_process_are_exact_too():
+    import threading
+
+    api = start(algorithm="token_bucket")  # 150 an hour: no refill within the test
+    api.hit("warm", 1, 60.0)  # connect before the threads start
+    allowed = []
+    go = threading.Event()
+
+    def hammer():
+        go.wait(DEADLINE)
+        allowed.append(sum(api.hit("t", limit=150, window=3600.0).allowed for _ in range(100)))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(DEADLINE)
+    assert sum(allowed) == 150
+
+
+def test_a_caller_killed_while_hitting_never_blocks_the_others():
+    api = start(algorithm="token_bucket")
+    me = otpy.self()
+
+    def forever():
+        handle = RateLimiter("api")
+        otpy.send(me, ("hitting", otpy.self()))
+        while True:
+            handle.hit("k", limit=10**6, window=3600.0)
+
+    victims = [otpy.spawn(forever) for _ in range(2)]
+    for pid in victims:
+        expect(lambda m, p=pid: m == ("hitting", p))
+    for pid in victims:  # likely inside the lock at some point of its loop
+        ref = otpy.monitor(pid)
+        os.kill(pid.os_pid, signal.SIGKILL)
+        expect_down(ref)
+    before = api.inspect("k", limit=10**6, window=3600.0).count
+    assert api.hit("k", limit=10**6, window=3600.0).allowed
+    assert api.inspect("k", limit=10**6, window=3600.0).count >= before
+
+
+def test_many_keys_grow_the_table_and_a_sweep_shrinks_it_back():
+    api = start(algorithm="fixed_window", cleanup_interval=0.05)
+    last = None
+    for n in range(3000):  # past half of the 1024 first slots, twice
+        last = api.hit(n, limit=1, window=0.5)
+        assert last.allowed
+    grown = api.stats()
+    assert grown["table_bytes"] > 8 * 8 * 4096
+    time.sleep(max(0.0, last.reset_at - time.time()) + 0.01)  # the window passes
+    end = time.monotonic() + DEADLINE
+    sweeps = api.stats()["sweeps"]
+    while api.stats()["sweeps"] < sweeps + 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    after = api.stats()
+    assert after["buckets"] == 0
+    assert after["table_bytes"] < grown["table_bytes"] / 2

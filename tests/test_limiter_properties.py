@@ -4,6 +4,7 @@ its exactness with real processes hitting one key at once."""
 from __future__ import annotations
 
 import os
+import time
 from fractions import Fraction
 
 from hypothesis import HealthCheck, given, settings
@@ -211,3 +212,34 @@ def test_the_shared_table_grows_and_keeps_every_bucket():
         owner.close()
         owner.control.close()
         os.close(holder)
+
+
+def _hold_lock(parent, control_ref):
+    control = Control(control_ref[0], control_ref[1])
+    with control:
+        otpy.send(parent, "holding")
+        otpy.receive(match=lambda m: m == "release")
+
+
+def test_a_lock_held_past_the_timeout_is_limiter_busy_not_a_hang():
+    import helpers
+    from otpy_pool import LimiterBusy, RateLimiter
+
+    helpers.CURRENT_TREE.start_child(RateLimiter.child_spec("api"))
+    api = RateLimiter("api", timeout=0.3)
+    mode, control_ref, _ = otpy.call("api", ("attach",))
+    assert mode == "shared"
+    holder = otpy.spawn(_hold_lock, otpy.self(), control_ref)
+    expect(lambda m: m == "holding")
+    try:
+        began = time.monotonic()
+        try:
+            api.hit("k", 1, 1.0)
+        except LimiterBusy:
+            pass
+        else:
+            raise AssertionError("the hit went through a held lock")
+        assert 0.3 <= time.monotonic() - began < DEADLINE
+    finally:
+        otpy.send(holder, "release")
+    assert api.hit("k", 1, 1.0).allowed  # released: on it goes
