@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import subprocess
+import sys
 import threading
 
 import otpy
@@ -81,12 +84,40 @@ def test_a_leaked_name_is_removed_and_reported():
     assert otpy.process_info(otpy.self())["name"] is None
 
 
-def test_a_leaked_shared_memory_segment_is_removed_and_reported():
-    with pytest.raises(LeakError, match="shared memory segments"):
-        with isolated_tree("test_leaky_shm"):
-            path = f"/dev/shm/otpy-test-{os.getpid()}"
-            open(path, "w").close()
+def _make_segment(path: str, parent: otpy.Pid, how: str) -> None:
+    """Create a /dev/shm file and hold it (open, or mapped only), until told to stop."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 4096)
+    if how == "mapped":
+        mapping = mmap.mmap(fd, 4096)  # kept mapped while this function waits below
+        os.close(fd)
+    otpy.send(parent, ("made", path))
+    otpy.receive()
+    if how == "mapped":
+        mapping.close()
+
+
+@pytest.mark.parametrize("how", ["open", "mapped"])
+def test_a_segment_a_tree_process_leaves_is_removed_and_reported(how):
+    path = f"/dev/shm/otpy-test-{os.getpid()}-{how}"
+    with pytest.raises(LeakError, match=f"shared memory segments: \\['{os.path.basename(path)}'\\]"):
+        with isolated_tree("test_leaky_shm") as tree:
+            tree.start_child(otpy.ChildSpec("maker", otpy.spawn_link,
+                                            args=(_make_segment, path, otpy.self(), how)))
+            otpy.receive(timeout=10, match=lambda m: m == ("made", path))
     assert not os.path.exists(path)
+
+
+def test_someone_elses_segment_is_neither_removed_nor_reported():
+    path = f"/dev/shm/otpy-test-{os.getpid()}-other"
+    try:
+        with isolated_tree("test_other_shm"):
+            # another program creates a segment while the tree is open
+            subprocess.run([sys.executable, "-c", f"open({path!r}, 'w').close()"], check=True)
+        assert os.path.exists(path)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_an_exception_inside_is_never_hidden_by_the_cleanup():

@@ -84,3 +84,36 @@ def test_logs_can_be_left_on_stderr(pytester):
                                            "--otpy-log=stderr")
     result.assert_outcomes(passed=1)
     assert "crash report" in result.stderr.str()
+
+
+OWNED = '''
+import otpy
+
+class Server(otpy.GenServer):
+    def handle_call(self, request, caller):
+        return request
+
+def stubborn(parent):
+    otpy.trap_exit(True)
+    otpy.send(parent, "trapping")
+    while True:
+        otpy.receive()  # ignores the shutdown signal
+
+def test_started_in_the_fixture(otpy_tree):
+    Server.start_link(name="server")
+    otpy.spawn(Server.start_link)
+    assert otpy.call("server", "hi") == "hi"
+
+def test_one_that_will_not_stop(otpy_tree):
+    otpy.spawn(stubborn, otpy.self())
+    otpy.receive(timeout=10, match=lambda m: m == "trapping")
+'''
+
+
+def test_the_fixture_owns_what_the_test_starts_in_it(pytester):
+    pytester.makepyfile(test_sample=OWNED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR*test_one_that_will_not_stop*"])
+    result.stdout.fnmatch_lines(["*processes that did not stop on shutdown*"])
+    assert "test_started_in_the_fixture" not in result.stdout.str().split("short test summary")[-1]

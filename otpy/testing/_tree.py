@@ -73,16 +73,27 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
 
     On exit the root supervisor is stopped (children in reverse order), then
     anything of the tree still alive is killed, names still registered in the
-    tree are removed, and the temp directory is deleted. If anything had to be
-    cleaned up, LeakError says what; an exception raised inside the ``with``
-    is never replaced (the leaks are added to it as a note).
+    tree are removed, shared-memory segments its processes left are removed,
+    and the temp directory is deleted. If anything had to be cleaned up,
+    LeakError says what; an exception raised inside the ``with`` is never
+    replaced (the leaks are added to it as a note).
+
+    ``adopt=True`` (what the ``otpy_tree`` fixture uses): the tree owns every
+    process started in it, not only its supervisor's children. At exit those
+    are sent the exit signal ``"shutdown"``, as a supervisor stops a child;
+    only one that has not stopped ``GRACE`` seconds later is killed and
+    reported.
     """
 
     def __init__(self, name: str, children: list[ChildSpec] = (), *,
                  strategy: str = "one_for_one", max_restarts: int = 3,
-                 max_seconds: float = 5.0, layer: str | None = None) -> None:
+                 max_seconds: float = 5.0, layer: str | None = None,
+                 adopt: bool = False) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"an isolated tree needs a non-empty str name, not {name!r}")
+        if not isinstance(adopt, bool):
+            raise TypeError(f"isolated_tree's adopt must be True or False, not {adopt!r}")
+        self.adopt = adopt
         self.name = name
         self.children = list(children)
         self.options = dict(strategy=strategy, max_restarts=max_restarts,
@@ -119,14 +130,16 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             _active[me] -= 1
             if not _active[me]:
                 del _active[me]
-            alone = all(tid == me for tid in _active)  # no tree in another thread
         _trees.pop(tree.namespace, None)
         failed = _run_on_exit(tree)
         try:
+            # Before anything stops: a segment is the tree's if one of its
+            # processes has it open or mapped now (see _segments_held_by).
+            segments = self._segments_of(tree.namespace)
             self._stop(tree)
-            leaks = failed + self._cleanup(tree.namespace)
-            if alone:  # else a new segment could be another thread's tree's
-                leaks += self._shm_leaks()
+            if self.adopt:
+                failed += self._stop_adopted(tree.namespace)
+            leaks = failed + self._cleanup(tree.namespace) + _remove_segments(segments)
         finally:
             shutil.rmtree(tree.tmp_path, ignore_errors=True)
             lowlevel.leave_namespace(tree.namespace)
@@ -160,14 +173,66 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
                 lowlevel.unregister_in(namespace, name)
         return leaks
 
-    def _shm_leaks(self) -> list[str]:
-        new = sorted(_listdir(_SHM) - self._shm_before)
-        for name in new:
-            try:
-                os.unlink(os.path.join(_SHM, name))
-            except OSError:
-                pass
-        return [f"shared memory segments: {new}"] if new else []
+    def _stop_adopted(self, namespace: str) -> list[str]:
+        """Stop what was started in the tree outside its supervisor, as a supervisor would."""
+        me = otpy_self()
+        stragglers: list[Pid] = []
+        seen: set[Pid] = set()
+        while True:  # again if one was starting another as it was told to stop
+            pids = [p for p in lowlevel.processes_in(namespace) if p != me and p not in seen]
+            if not pids:
+                break
+            seen.update(pids)
+            for pid in reversed(pids):  # the latest started first
+                exit(pid, "shutdown")
+            stragglers += reap(pids, GRACE)
+        return [f"processes that did not stop on shutdown: {stragglers}"] if stragglers else []
+
+    def _segments_of(self, namespace: str) -> set[str]:
+        """Segments created while the tree was open that its processes hold."""
+        new = _listdir(_SHM) - self._shm_before
+        if not new:
+            return set()  # the usual case costs one listdir
+        return _segments_held_by([p.os_pid for p in lowlevel.processes_in(namespace)], new)
+
+
+def _segments_held_by(os_pids: list[int], names: set[str]) -> set[str]:
+    """Which of ``names`` (in /dev/shm) these processes have open or mapped.
+
+    A segment in /dev/shm does not say who created it: another program, or
+    another test run, may create one while the tree is open. So only what the
+    tree's own processes hold is the tree's; everything else is left alone.
+    """
+    prefix = _SHM + "/"
+    held = set()
+    for os_pid in os_pids:
+        try:
+            for fd in os.listdir(f"/proc/{os_pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{os_pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(prefix):
+                    held.add(target[len(prefix):])
+            with open(f"/proc/{os_pid}/maps") as maps:
+                for line in maps:
+                    at = line.find(prefix)
+                    if at >= 0:  # a mapping that outlived its descriptor
+                        held.add(line[at + len(prefix):].rstrip("\n").removesuffix(" (deleted)"))
+        except OSError:
+            continue  # it exited meanwhile
+    return held & names
+
+
+def _remove_segments(names: set[str]) -> list[str]:
+    """Unlink the segments still there once the tree's processes are gone."""
+    left = sorted(name for name in names if os.path.exists(os.path.join(_SHM, name)))
+    for name in left:
+        try:
+            os.unlink(os.path.join(_SHM, name))
+        except OSError:
+            pass
+    return [f"shared memory segments: {left}"] if left else []
 
 
 def active_tree() -> Tree | None:

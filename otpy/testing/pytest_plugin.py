@@ -120,8 +120,10 @@ def tree_name(nodeid: str) -> str:
 
 @pytest.fixture
 def otpy_tree(request: pytest.FixtureRequest) -> Iterator[Tree]:
-    """An isolated supervision tree for this test."""
-    with isolated_tree(tree_name(request.node.nodeid), layer=layer_of(request.node)) as tree:
+    """An isolated supervision tree for this test; it owns what the test starts in
+    it (``adopt=True``): those processes are shut down with it, not reported."""
+    with isolated_tree(tree_name(request.node.nodeid), layer=layer_of(request.node),
+                       adopt=True) as tree:
         yield tree
 
 
