@@ -101,6 +101,56 @@ def limiter_hit_p50(processes: int = 2, hits: int = 2_000,
     return result
 
 
+def _rss_kb(os_pid: int) -> int:
+    """Resident memory of a process, shared pages included (its memfd mappings)."""
+    with open(f"/proc/{os_pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def limiter_memory(keys: int = 1_000_000, window: float = 60.0) -> dict[str, float]:
+    """``keys`` distinct keys hit once each (a fixed window), then the window
+    passes and a sweep runs: the shared table's size and this process's RSS
+    (which maps the table) at the peak and after. ``window`` must outlast the
+    filling (about 25 s for a million keys here)."""
+    name = f"bench-limiter-memory-{time.monotonic_ns()}"
+    limiter = RateLimiter.start_link(name, algorithm="fixed_window", cleanup_interval=0.2)
+    try:
+        import os
+        began = time.perf_counter()
+        last = None
+        for n in range(keys):
+            last = limiter.hit(n, 1, window)
+        filled = time.perf_counter() - began
+        peak = limiter.stats()
+        rss_peak = _rss_kb(os.getpid())
+        assert last is not None
+        time.sleep(max(0.0, last.reset_at - time.time()))  # the window passes
+        sweeps = limiter.stats()["sweeps"]
+        deadline = time.monotonic() + 60
+        while limiter.stats()["sweeps"] < sweeps + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        limiter.hit("one more", 1, window)  # remaps the (small) current table
+        after = limiter.stats()
+        rss_after = _rss_kb(os.getpid())
+    finally:
+        limiter.stop()
+    return {"keys": keys, "fill_seconds": round(filled, 1),
+            "table_mb_peak": round(peak["table_bytes"] / 2**20, 1),
+            "table_mb_after": round(after["table_bytes"] / 2**20, 2),
+            "buckets_after": after["buckets"],
+            "rss_mb_peak": round(rss_peak / 1024, 1), "rss_mb_after": round(rss_after / 1024, 1)}
+
+
 if __name__ == "__main__":
+    import sys
+
     print("breaker closed path:", breaker_closed_overhead())
-    print("limiter hit:", limiter_hit_p50())
+    print("limiter hit, 2 processes:", limiter_hit_p50())
+    print("limiter hit, 2 processes, token bucket:", limiter_hit_p50(algorithm="token_bucket"))
+    print("limiter hit, 2 processes, sliding window:",
+          limiter_hit_p50(algorithm="sliding_window"))
+    if "--memory" in sys.argv:
+        print("limiter memory:", limiter_memory())
