@@ -107,7 +107,7 @@ def received(ctx: process.ProcessContext, term: tuple) -> Control:
     _, token, op, kind, opts, reply_to = term
     state = ctx.__dict__.get("_faults")
     if state is None:
-        state = ctx._faults = _Faults(ctx)
+        state = ctx.__dict__["_faults"] = _Faults(ctx)
     state.install()
     return Control(token, op, kind, opts, reply_to)
 
@@ -129,9 +129,9 @@ class _Faults:
     # -- installing the filters ---------------------------------------------------
 
     def install(self) -> None:
-        ctx = self.ctx
-        if "_apply" not in ctx.__dict__:
-            ctx._apply = self.apply
+        d = self.ctx.__dict__  # instance attributes shadow the class's methods
+        if "_apply" not in d:
+            d["_apply"] = self.apply
 
     def uninstall(self) -> None:
         d = self.ctx.__dict__
@@ -151,18 +151,17 @@ class _Faults:
             peers = f.opts.get("peers")
             drop_to = None if peers is None or drop_to is None else drop_to | set(peers)
         self.drop_to = drop_to
-        ctx = self.ctx
-        d = ctx.__dict__
+        d = self.ctx.__dict__
         if parts and "send_encoded" not in d:
-            ctx.send_encoded = self.send_encoded
+            d["send_encoded"] = self.send_encoded
         elif not parts:
             d.pop("send_encoded", None)
         self.corrupt = sum(f.remaining for f in self.active.values() if f.kind == "corrupt")
         reader = d.get("reader")
         if self.corrupt and type(reader) is not _CorruptingReader:
-            ctx.reader = _CorruptingReader(ctx.reader, self)
+            d["reader"] = _CorruptingReader(reader, self)
         elif not self.corrupt and type(reader) is _CorruptingReader:
-            ctx.reader = reader.inner
+            d["reader"] = reader.inner
 
     # -- the filters --------------------------------------------------------------
 
@@ -218,9 +217,8 @@ class _Faults:
                 fault.start()
                 self.active[item.token] = fault
             elif item.op == "heal":
-                fault = self.active.pop(item.token, None)
-                if fault is not None:
-                    fault.stop()
+                if item.token in self.active:
+                    self.active.pop(item.token).stop()
             self._refresh()
             result = "ok"
         except Exception as exc:  # the injector is told; the process carries on

@@ -86,8 +86,8 @@ def wait_registered(name: str, timeout: float = 5.0) -> Pid:
 _READY, _GO, _DONE = "$sync_ready", "$sync_go", "$sync_done"
 
 
-def synchronize(operations: Mapping[str, Callable[[], Any]], timeout: float = 10.0,
-                in_processes: bool = True) -> dict[str, Any]:
+def synchronize(operations: Mapping[Any, Callable[[], Any]], timeout: float = 10.0,
+                in_processes: bool = True) -> dict[Any, Any]:
     """Run every operation at the same moment; ``{name: result}``.
 
     Each runs in its own otpy process (or thread, ``in_processes=False``).
@@ -122,7 +122,7 @@ def _operation(coordinator: Pid, token: Any, name: str, fn: Callable[[], Any]) -
         send(coordinator, (_DONE, token, name, ("raised", exc)))
 
 
-def _in_processes(operations: dict[str, Callable[[], Any]], timeout: float) -> dict[str, Any]:
+def _in_processes(operations: dict[Any, Callable[[], Any]], timeout: float) -> dict[Any, Any]:
     deadline = time.monotonic() + timeout
     me = otpy_self()
     token = make_ref()
@@ -183,7 +183,7 @@ def _kill_all(by_ref: dict, procs: dict) -> None:
         del by_ref[ref]
 
 
-def _in_threads(operations: dict[str, Callable[[], Any]], timeout: float) -> dict[str, Any]:
+def _in_threads(operations: dict[Any, Callable[[], Any]], timeout: float) -> dict[Any, Any]:
     barrier = threading.Barrier(len(operations))
     results: dict[str, Any] = {}
 

@@ -43,7 +43,9 @@ def selected_layer() -> str:
     """The highest layer this run allows."""
     if _selected is not None:
         return _selected
-    return check_layer(os.environ.get("OTPY_LAYER") or "full", "OTPY_LAYER")
+    layer = os.environ.get("OTPY_LAYER") or "full"
+    check_layer(layer, "OTPY_LAYER")
+    return layer
 
 
 def skip_reason(layer: str | None) -> str | None:

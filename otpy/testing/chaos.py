@@ -363,7 +363,7 @@ def _mix(mix: Mapping[str, Any]) -> tuple[list, list]:
 def _gather(token: Any, tag: str, count: int, procs: dict, deadline: float, downs: set) -> list:
     """``count`` messages ``(tag, token, ...)``; a client that dies first
     (not after reporting: its normal exit) is an error."""
-    got = []
+    got: list[tuple] = []
     while len(got) < count:
         try:
             m = receive(timeout=max(0.0, deadline - time.monotonic()),
@@ -451,11 +451,12 @@ class PoolMonitor:
         worker was held, checkout to checkin), since the monitor started."""
         if self._final is not None:
             return self._final
+        assert self.pid is not None, "the monitor is not started: use it in a with block"
         send(self.pid, ("$mon_stats", self.token, otpy_self()))
         return self._answer("$mon_answer")[2]
 
     def stop(self) -> dict:
-        if self._final is None:
+        if self._final is None and self.pid is not None:
             send(self.pid, ("$mon_stop", self.token, otpy_self()))
             self._final = self._answer("$mon_answer")[2]
             wait_down(self._ref, DEADLINE)
