@@ -21,6 +21,7 @@ MB = 1024 * 1024
 
 def agent(parent: otpy.Pid) -> None:
     """Does what it is told; reports every BadMessage to ``parent``."""
+    notes = []
     while True:
         m = otpy.receive()
         if isinstance(m, otpy.BadMessage):
@@ -39,6 +40,15 @@ def agent(parent: otpy.Pid) -> None:
                 otpy.send(to, x)
             case ("forward", x):
                 otpy.send(parent, ("forwarded", x))
+            case ("watch", other, path):
+                otpy.monitor(other)
+            case otpy.Down(pid=other):  # notices cross a partition; a note to itself too
+                otpy.send(otpy.self(), ("note", ("down", other)))
+            case ("note", x):
+                notes.append(x)
+                open(path, "w").close()  # a side channel the partition does not cut
+            case ("notes", to):
+                otpy.send(to, ("notes", list(notes)))
 
 
 AGENTS: list[otpy.Pid] = []
@@ -148,6 +158,19 @@ def test_partition_drops_messages_both_ways_and_keeps_the_process_alive():
     injection.heal()
     assert echo(pid, "after") == "after"  # sent after the heal: it gets through
     assert no_message(lambda m: m == ("echo", "lost"))  # it would have come first
+
+
+def test_a_partitioned_process_still_gets_notices_and_its_own_messages(otpy_tree):
+    pid, other = start_agent(), start_agent()
+    noted = os.path.join(otpy_tree.tmp_path, "noted")
+    otpy.send(pid, ("watch", other, noted))
+    assert echo(pid, "watching") == "watching"
+    with inject_failure("partition", pid):
+        otpy.exit(other, "kill")
+        wait_for(lambda: os.path.exists(noted), DEADLINE)
+    otpy.send(pid, ("notes", otpy.self()))
+    notes = otpy.receive(timeout=DEADLINE, match=lambda m: m[0] == "notes")[1]
+    assert notes == [("down", other)]
 
 
 def test_partition_between_given_peers():

@@ -125,6 +125,7 @@ class _Faults:
         self.drop_in = False  # partition: drop every incoming message
         self.drop_to: set[int] | None = set()  # partition: serials (None: all) not sent to
         self.corrupt = 0  # corrupt: how many more messages to damage
+        self.local = threading.local()  # .self_send: filing a message sent to itself
 
     # -- installing the filters ---------------------------------------------------
 
@@ -167,6 +168,9 @@ class _Faults:
 
     def apply(self, items: list) -> None:
         """``ctx._apply`` while faults may be active (the process's lock is held)."""
+        if getattr(self.local, "self_send", False):  # never crosses a partition
+            process.ProcessContext._apply(self.ctx, items)
+            return
         out = []
         for item in items:
             if type(item) is Control:
@@ -186,9 +190,15 @@ class _Faults:
     def send_encoded(self, pid: Pid, kind: int, body: bytes, *rest: Any) -> None:
         """``ctx.send_encoded`` while partitioned: drop what crosses the partition
         (``rest``: whatever else the class's method takes, passed through)."""
+        if pid == self.ctx.pid:
+            self.local.self_send = True
+            try:
+                process.ProcessContext.send_encoded(self.ctx, pid, kind, body, *rest)
+            finally:
+                self.local.self_send = False
+            return
         drop_to = self.drop_to
-        if kind != wire.CTRL and (drop_to is None or pid.serial in drop_to) \
-                and pid != self.ctx.pid:
+        if kind != wire.CTRL and (drop_to is None or pid.serial in drop_to):
             return
         process.ProcessContext.send_encoded(self.ctx, pid, kind, body, *rest)
 
