@@ -63,6 +63,7 @@ def assert_gone(os_pids: list[int]) -> None:
 # ---- 1. the guide's examples, with everything defined after the node started -----
 
 GUIDE = """
+    import abc
     import otpy
 
     class Counter(otpy.GenServer):
@@ -103,6 +104,17 @@ GUIDE = """
     def double(n):
         return 2 * n
 
+    class Shape(abc.ABC):  # a metaclass other than type
+        @abc.abstractmethod
+        def area(self): ...
+
+    class Square(Shape):
+        def __init__(self, n):
+            self.n = n
+
+        def area(self):
+            return self.n * self.n
+
     sup = otpy.Supervisor.start_link(
         [Counter.child_spec(0, name="counter"),
          otpy.ChildSpec("worker", otpy.spawn_link, args=(work,), restart="transient", shutdown=2.0)],
@@ -113,8 +125,9 @@ GUIDE = """
 
     pool = otpy.DynamicSupervisor.start_link(max_children=100, name="sessions")
     session = otpy.DynamicSupervisor.start_child("sessions", Session.child_spec(42))
-    request, point = otpy.call(session, ("where", Point(1, 1), double))
+    request, point = otpy.call(session, ("where", Point(1, 1), double, Square(3)))
     assert request[0] == "where" and request[1].x == 1 and request[2](4) == 8
+    assert request[3].area() == 9
     assert (point.x, point.y) == (42, 2)
     assert otpy.DynamicSupervisor.count_children("sessions")["active"] == 1
     otpy.DynamicSupervisor.terminate_child("sessions", session)

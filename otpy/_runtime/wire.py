@@ -175,6 +175,20 @@ def _culprit(term: Any, depth: int = 8) -> tuple[Any, list]:
     return term, path
 
 
+class _Dispatch(dict):
+    """A dispatch table as dill's own (a copy of which would be a plain dict):
+    a class whose metaclass is not ``type`` (ABCMeta...) is saved as a class,
+    else pickle would send it by name."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            if isinstance(key, type) and issubclass(key, type):
+                return self[type]
+            return default
+
+
 class _BodyPickler(dill.Pickler):
     """dill, except that imported modules travel by reference.
 
@@ -184,7 +198,7 @@ class _BodyPickler(dill.Pickler):
     of a node can import what the program imported, so a name is enough.
     """
 
-    dispatch = dill.Pickler.dispatch.copy()
+    dispatch = _Dispatch(dill.Pickler.dispatch)
 
 
 def _save_module(pickler: Any, module: types.ModuleType) -> None:
@@ -203,7 +217,7 @@ class _MessagePickler(_BodyPickler):
     can import (it existed when the node started) goes by name, as pickle
     would send it; a newer one goes by value. Modules go by name."""
 
-    dispatch = _BodyPickler.dispatch.copy()
+    dispatch = _Dispatch(_BodyPickler.dispatch)
 
 
 def _by_name_if_importable(dill_save: Any) -> Any:
