@@ -112,9 +112,9 @@ class ChaosMonkey:
     """Random faults on a schedule, against a pool's workers or an isolated
     tree's processes (never the tree's root supervisor, nor the caller).
 
-    Every ``interval`` seconds it picks a kind among ``kinds`` and a target
-    position among the candidates alive (sorted by pid), and injects it;
-    faults that can be healed last ``interval``. ``.log`` lists ``(time,
+    Every ``interval`` seconds it heals what it injected last, picks a kind
+    among ``kinds`` and a target position among the candidates alive (sorted
+    by pid), and injects it: a fault lasts one interval. ``.log`` lists ``(time,
     kind, target)``. The same seed gives the same sequence of kinds and
     target positions; the seed is added to any exception raised while it
     runs (``with monkey:`` or ``.run``), so a failing test shows it.
@@ -153,8 +153,11 @@ class ChaosMonkey:
         return sorted((p for p in pids if p not in self._exclude), key=lambda p: p.serial)
 
     def step(self) -> tuple[float, str, Pid] | None:
-        """One fault now. Two draws per step whatever the candidates, so the
-        sequence of kinds and positions depends on the seed only."""
+        """One fault now, after healing the previous step's (so faults never
+        pile up on one target: a hung process could not apply the next).
+        Two draws per step whatever the candidates, so the sequence of kinds
+        and positions depends on the seed only."""
+        self.heal()
         kind = self.kinds[int(self._rng.random() * len(self.kinds))]
         position = self._rng.random()
         pids = self.candidates()
@@ -162,8 +165,6 @@ class ChaosMonkey:
             return None
         pid = pids[int(position * len(pids))]
         opts = dict(self.options.get(kind, {}))
-        if kind not in ("crash", "exit"):
-            opts.setdefault("duration", self.interval)
         if kind == "slow":
             opts.setdefault("delay", 0.05)
         if kind == "memory":
