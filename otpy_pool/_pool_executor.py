@@ -21,13 +21,12 @@ class PoolExecutor(concurrent.futures.Executor):
 
     def __init__(self, pool: "Pool", max_workers: int | None = None) -> None:
         if max_workers is None:
-            status = pool.status()
-            max_workers = status.size + status.overflow + 1
+            max_workers = pool._settings()[3]  # as many as the pool can serve at once
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
         self.pool = pool
-        # Threads only wait on their worker's reply: cheap, and as many as
-        # the pool can serve at once (queued callers would just wait there).
+        # Threads only wait for their worker's reply: cheap. More than the
+        # pool's workers would only wait in its queue (and time out there).
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers, thread_name_prefix=f"otpy_pool:{pool.name}")
 

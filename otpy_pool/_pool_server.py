@@ -394,7 +394,8 @@ class PoolServer(otpy.GenServer):
             otpy.demonitor(mref, flush=True)
 
     def _op_settings(self) -> tuple:
-        return (self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor)
+        return (self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
+                self.opts.size + self.opts.max_overflow)
 
     def handle_cast(self, request: tuple) -> Any:
         op = request[0]
