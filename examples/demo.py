@@ -145,7 +145,8 @@ def main() -> int:
                 print(f"chaos: SIGKILL alice's worker {victim}", flush=True)
                 ref = otpy.monitor(victim)
                 os.kill(victim.os_pid, signal.SIGKILL)
-                otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+                otpy.receive(timeout=10,
+                             match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
                 recalled = notebook.execute("recall", session="alice")
                 print(f"notebook: alice still remembers {len(recalled)} facts, replayed on "
                       f"{notebook.worker_of('alice')} (recovered sessions: "

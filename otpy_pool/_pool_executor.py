@@ -30,7 +30,8 @@ class PoolExecutor(concurrent.futures.Executor):
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers, thread_name_prefix=f"otpy_pool:{pool.name}")
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future:
         if not callable(fn):
             raise TypeError(f"submit needs a callable, not {fn!r}")
         return self._threads.submit(self.pool.execute, FUNCTION, fn, args, kwargs)

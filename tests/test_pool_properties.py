@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 
-import otpy
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
