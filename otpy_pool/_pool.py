@@ -40,11 +40,15 @@ def _start_subtree(opts: Options) -> otpy.Pid:
     (rest_for_one: a new workers' supervisor means a new server; a new server
     adopts the workers alive)."""
     workers = f"{opts.name}.workers"
+    # the server starts the first workers one after the other, each within init_timeout
+    first = 0 if opts.lazy else opts.size
+    wait = first * opts.worker.init_timeout + 30.0
     return otpy.Supervisor.start_link([
         otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
                                           max_seconds=5.0),
-        PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0),
-    ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0)
+        PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0,
+                              timeout=wait),
+    ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0, timeout=wait + 10.0)
 
 
 class Pool:

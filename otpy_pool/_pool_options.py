@@ -59,6 +59,7 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
     """Every option checked; a TypeError or ValueError names the bad one."""
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
+    _seconds(f"{worker.__qualname__}.init_timeout", worker.init_timeout)
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple, not {args!r}")
     kwargs = {} if kwargs is None else kwargs

@@ -51,7 +51,6 @@ class _Waiter:
 
 
 class PoolServer(otpy.GenServer):
-    start_timeout = 120.0  # it starts the first workers, whose inits may be slow
 
     def init(self, opts: Options, workers_sup: str) -> None:
         self.opts = opts

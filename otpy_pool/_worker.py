@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import traceback
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import otpy
 from otpy import lowlevel
@@ -65,6 +65,9 @@ class Worker:
     """Subclass with ``init`` and ``@command`` methods; the pool runs one
     instance per worker process. ``health_check`` and ``terminate`` are optional."""
 
+    #: seconds ``init`` may take (a model load, say) before the start fails
+    init_timeout: ClassVar[float] = 60.0
+
     def init(self, *args: Any, **kwargs: Any) -> None:
         """Runs once, in the worker process, with the pool's ``args``/``kwargs``."""
 
@@ -102,7 +105,6 @@ def _portable(exc: BaseException, pid: otpy.Pid) -> BaseException:
 class WorkerProcess(otpy.GenServer):
     """Hosts one Worker instance; runs its commands one at a time."""
 
-    start_timeout = 60.0  # a worker's init may load a model
 
     def init(self, worker_cls: type[Worker], args: tuple, kwargs: dict, server: otpy.Pid,
              limits: tuple[int | None, int | None]) -> None:
@@ -243,4 +245,5 @@ def worker_spec(key: Any, worker_cls: type[Worker], args: tuple, kwargs: dict,
     the pool's server decides about replacements (and counts them)."""
     return otpy.ChildSpec(key, WorkerProcess.start_link,
                           args=(worker_cls, args, kwargs, server, limits),
+                          kwargs={"timeout": worker_cls.init_timeout},
                           restart="temporary", shutdown=5.0)

@@ -95,3 +95,12 @@ class Notes(Worker):
 
 def lambda_holder():
     return (n for n in range(3))  # a generator: cannot be pickled, even by dill
+
+
+class SlowInit(Notes):
+    """An init that never finishes, with a short init_timeout."""
+
+    init_timeout = 0.3
+
+    def init(self, *args, **kwargs):
+        otpy.receive(match=lambda m: m == "never sent")

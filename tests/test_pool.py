@@ -15,7 +15,7 @@ from otpy_pool import (CommandTimeout, Pool, PoolError, PoolEvent, PoolOverloade
                        PoolTimeout, SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
 
 from helpers import DEADLINE, expect, expect_down
-from pool_workers import Notes
+from pool_workers import Notes, SlowInit
 
 
 @pytest.fixture(autouse=True)
@@ -440,6 +440,14 @@ def test_start_link_raises_start_error_when_the_first_workers_cannot_start(otpy_
     with pytest.raises(otpy.StartError, match="init refused"):
         Pool.start_link(Notes, kwargs={"fail_if": flag}, size=1)
     assert otpy.whereis("otpy_pool") is None
+
+
+def test_a_worker_init_is_bounded_by_its_class_init_timeout():
+    with pytest.raises(otpy.StartError, match="did not finish init within 0.3s"):
+        Pool.start_link(SlowInit, size=1)
+    bad = type("BadTimeout", (Notes,), {"init_timeout": -1})
+    with pytest.raises(ValueError, match="BadTimeout.init_timeout"):
+        Pool.start_link(bad)
 
 
 def test_five_init_failures_in_a_row_stop_the_pool(otpy_tree):
