@@ -24,10 +24,10 @@ def test_live_view_draws_the_tree_follows_restarts_and_quits_with_q():
         node = re.search(r"node (\w+) is running", demo.stdout.readline()).group(1)
         view = Terminal(["-m", "otpy.observer", node, "--interval", "0.3"])
         try:
-            screen = view.wait_for(lambda s: "└─ flaky" in s and "[job-2]" in s)
+            screen = view.wait_for(lambda s: "─ flaky" in s and "[job-2]" in s)
             assert f"node {node}" in screen
             for drawn in ("app ", "├─ config", "├─ cache", "│  ├─ shard-0", "│  └─ shard-1",
-                          "├─ jobs", "│  └─ [job-2]", "└─ flaky"):
+                          "├─ jobs", "│  └─ [job-2]", "─ flaky"):
                 assert drawn in screen, drawn
             assert re.search(r"app\s+<\d+>\s+\d+\s+supervisor\s+waiting", screen)
             # the flaky worker crashes every second: its death and restart show up
