@@ -557,13 +557,12 @@ class CircuitBreaker:
         stack.append((conn, trial))
         return self
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         conn, trial = self._local.stack.pop()  # type: ignore[union-attr]
         if exc is None:
             self._succeeded(conn, trial)
         else:
             self._failed(conn, exc, trial)
-        return False
 
     def _admit(self, conn: _Connection) -> tuple[_Connection, Any]:
         """Count the call and decide: run it (trial None), run it as a granted

@@ -19,7 +19,7 @@ is recognised as stale and does nothing.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 from otpy.lowlevel import RestartIntensity
 
@@ -49,7 +49,7 @@ class BreakerMachine:
         self.state = CLOSED
         self.gen = 0
         self.half_open_at: float | None = None
-        self.trials: set[Hashable] = set()
+        self.trials: set[Any] = set()  # tokens: (pid, n) from handles
         self.trial_successes = 0
         self.failures = 0  # every failure ever reported (melts included)
         self.opened = 0
@@ -58,7 +58,7 @@ class BreakerMachine:
 
     # ---- what callers report ------------------------------------------------------
 
-    def failure(self, trial: Hashable | None = None) -> None:
+    def failure(self, trial: Any = None) -> None:
         """A guarded call failed (``trial``: the token of a half-open trial)."""
         self.failures += 1
         if trial is not None and trial in self.trials:
@@ -73,7 +73,7 @@ class BreakerMachine:
         """A failure without a call (fuse's melt)."""
         self.failure()
 
-    def success(self, trial: Hashable) -> None:
+    def success(self, trial: Any) -> None:
         """A half-open trial succeeded (closed-state successes need no owner)."""
         if trial in self.trials:
             self.trials.discard(trial)
@@ -81,11 +81,11 @@ class BreakerMachine:
             if self.trial_successes >= self.success_threshold:
                 self._go(CLOSED)
 
-    def release(self, trial: Hashable) -> None:
+    def release(self, trial: Any) -> None:
         """A trial ended without a verdict (an ignored exception, or its process died)."""
         self.trials.discard(trial)
 
-    def try_trial(self, trial: Hashable) -> bool:
+    def try_trial(self, trial: Any) -> bool:
         """Grant a half-open trial slot to ``trial``, if one is free."""
         self.advance()
         if self.state == HALF_OPEN and len(self.trials) < self.half_open_calls:

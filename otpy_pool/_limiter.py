@@ -27,8 +27,9 @@ from otpy import ChildSpec, GenServer, OtpyError, Pid, StartError, AlreadyStarte
 from otpy import lowlevel
 
 from ._limiter_algorithms import ALGORITHMS, Buckets
-from ._limiter_shared import (C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout, Retired,
-                              TableOwner, decide, digest, encode_key, reset_key)
+from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout,
+                              Retired, TableGone, TableOwner, decide, digest, encode_key,
+                              reset_key)
 from ._shared_owner import OwnerLink
 from ._shared_page import hold
 
@@ -75,7 +76,7 @@ class Decision(NamedTuple):
     back to empty (full, for a token bucket)."""
 
     allowed: bool
-    count: int
+    count: int  # type: ignore[assignment]  # the issue's name; shadows tuple.count
     remaining: int
     retry_after: float
     reset_at: float
@@ -281,7 +282,8 @@ class LimiterOwner(GenServer):
             return ("redis", self.options["storage"], self.options["algorithm"])
         if op == "grow" and self.tables is not None:
             with self.tables.control:
-                self.tables.rebuild(time.time_ns(), grow=True)
+                if self.tables.control.words[C_GEN] == request[1]:  # not grown since asked
+                    self.tables.rebuild(time.time_ns(), grow=True)
             return None
         if op == "hit":
             if self.buckets is None:
@@ -310,9 +312,12 @@ class LimiterOwner(GenServer):
 
     def handle_info(self, message: Any) -> Any:
         if message == ("$sweep",):
+            self._arm_sweep()
             if self.tables is not None:
                 with self.tables.control:
-                    removed = self.tables.rebuild(time.time_ns())
+                    removed = self.tables.sweep(time.time_ns())
+                if removed is None:
+                    return None  # nothing can have expired yet: not a sweep
             elif self.buckets is not None:
                 removed = self.buckets.sweep(time.time_ns())
             else:
@@ -320,7 +325,6 @@ class LimiterOwner(GenServer):
             self.sweeps += 1
             if removed:
                 self.log.debug("rate limiter buckets expired", removed=removed)
-            self._arm_sweep()
         return None
 
     def terminate(self, reason: Any) -> None:
@@ -351,6 +355,7 @@ class SharedBuckets:
     def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
             count: bool) -> Decision:
         hi, lo = digest(key)
+        deadline = None
         while True:
             try:
                 with self.control as control:
@@ -358,18 +363,38 @@ class SharedBuckets:
                                      window_ns, cost, time.time_ns(), count)
             except LockTimeout as exc:
                 raise LimiterBusy(str(exc)) from None
+            except TableGone:
+                deadline = self._wait_for_table(deadline)
+                continue
             if outcome is not GROW:
                 allowed, used, remaining, retry_ns, reset_ns = outcome
                 return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
-            self.link.call(("grow",), self.timeout)  # the table is half full: the owner doubles it
+            # the table is half full: the owner doubles it (once, however many ask)
+            self.link.call(("grow", self.control.gen), self.timeout)
 
     def reset(self, key: Any) -> int:
         hi, lo = digest(key)
-        try:
-            with self.control as control:
-                return reset_key(control.current(), hi, lo)
-        except LockTimeout as exc:
-            raise LimiterBusy(str(exc)) from None
+        deadline = None
+        while True:
+            try:
+                with self.control as control:
+                    return reset_key(control.current(), hi, lo)
+            except LockTimeout as exc:
+                raise LimiterBusy(str(exc)) from None
+            except TableGone:
+                deadline = self._wait_for_table(deadline)
+
+    def _wait_for_table(self, deadline: float | None) -> float:
+        """The owner died with the table: its replacement publishes a new one
+        in a moment. Wait for it, within the timeout."""
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.timeout
+        elif now > deadline:
+            raise LimiterNotRunning(f"rate limiter {self.link.name!r}: no owner published a "
+                                    f"table within {self.timeout}s")
+        time.sleep(0.001)  # the replacement is starting; nothing to wait on but the page
+        return deadline
 
     def close(self) -> None:
         self.control.close()

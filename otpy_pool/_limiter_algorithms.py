@@ -31,7 +31,7 @@ class Outcome(NamedTuple):
     """A decision in integer nanoseconds (the handle turns it into a Decision)."""
 
     allowed: bool
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, as Decision does
     remaining: int
     retry_after_ns: int
     reset_at_ns: int

@@ -49,6 +49,9 @@ CONTROL_BYTES = 4096
 
 # table
 T_USED = 0  # slots not empty (live + deleted)
+T_NEXT = 1  # no bucket expires before this (ns): a sweep before it has nothing to do
+T_GEN = 2  # the generation it was published as: proves a mapping is the right table
+_NEVER = (1 << 63) - 1
 HEADER = 8
 SLOT = 8
 EMPTY, LIVE, DELETED = 0, 1, 2
@@ -61,6 +64,10 @@ GROW = object()  # a hit that needs a bigger table first
 
 class Retired(Exception):
     """The limiter this mapping belongs to was stopped (internal)."""
+
+
+class TableGone(Exception):
+    """The table's owner died and no replacement has published one yet (internal)."""
 
 
 class LockTimeout(Exception):
@@ -127,6 +134,15 @@ def _store(algorithm: str, words: Any, base: int, state: list) -> None:
         words[base + 5] = units & _LOW62
         words[base + 6] = state[1]
         words[base + 7] = state[2]
+
+
+def _expiry(algorithm: str, state: list, window: int) -> int:
+    """When a bucket will hold nothing (ns); an update never makes it earlier
+    (unless a later hit gives a larger limit: then a sweep comes late)."""
+    if algorithm == "fixed_window":
+        return (state[0] + 1) * window
+    units, last, limit = state
+    return last + -(-(limit * window - units) // limit)
 
 
 def _expired(algorithm: str, state: list, window: int, now: int) -> bool:
@@ -240,6 +256,9 @@ def _insert(table: Table, where: int, hi: int, lo: int, window: int, algorithm: 
     words[where] = LIVE  # last: a slot is findable only once complete
     if fresh:
         words[T_USED] += 1
+    expiry = _expiry(algorithm, state, window)
+    if expiry < words[T_NEXT]:
+        words[T_NEXT] = expiry
     return None
 
 
@@ -307,8 +326,15 @@ class Control:
             old, self.table = self.table, None
             if old is not None:
                 old.close()
-            self.gen = words[C_GEN]
-            self.table = Table(words[C_PID], words[C_FD], words[C_CAPACITY])
+            gen = words[C_GEN]
+            try:
+                table = Table(words[C_PID], words[C_FD], words[C_CAPACITY])
+            except (OSError, ValueError):
+                raise TableGone() from None  # its owner is dead (its fds with it)
+            if table.words[T_GEN] != gen:  # the OS pid was reused: not our table
+                table.close()
+                raise TableGone()
+            self.table, self.gen = table, gen
         assert self.table is not None
         return self.table
 
@@ -359,7 +385,10 @@ class TableOwner:
             table.words[where + 3] = window
             table.words[where] = LIVE
         table.words[T_USED] = len(entries)
+        table.words[T_NEXT] = min((_expiry(self.algorithm, state, window)
+                                   for _, _, window, state in entries), default=_NEVER)
         words = self.control.words
+        table.words[T_GEN] = words[C_GEN] + 1
         words[C_PID] = os.getpid()
         words[C_FD] = fd
         words[C_CAPACITY] = capacity
@@ -372,6 +401,14 @@ class TableOwner:
         self.control.gen = words[C_GEN]
         self.control.table = None  # the owner's own view is self.table
         return dropped
+
+    def sweep(self, now: int) -> int | None:
+        """The periodic cleanup (lock held): a rebuild without the expired
+        buckets, or None if none can have expired yet (the table untouched)."""
+        assert self.table is not None
+        if now < self.table.words[T_NEXT]:
+            return None
+        return self.rebuild(now)
 
     def counts(self) -> tuple[int, int]:
         """(buckets, distinct keys) in the table."""
@@ -405,5 +442,5 @@ def reset_key(table: Table, hi: int, lo: int) -> int:
     return deleted
 
 
-__all__ = ["GROW", "Control", "Retired", "Table", "TableOwner", "decide", "digest",
+__all__ = ["GROW", "Control", "LockTimeout", "Retired", "TableGone", "Table", "TableOwner", "decide", "digest",
            "encode_key", "reset_key"]

@@ -4,6 +4,7 @@ its exactness with real processes hitting one key at once."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from fractions import Fraction
 
@@ -13,9 +14,10 @@ from hypothesis import strategies as st
 import otpy
 from otpy_pool import RateLimiter
 from otpy_pool._limiter_algorithms import Buckets
-from otpy_pool._limiter_shared import CONTROL_BYTES, GROW, Control, TableOwner, decide, digest
+from otpy_pool._limiter_shared import (CONTROL_BYTES, GROW, Control, TableGone, TableOwner, decide,
+                                      digest)
 
-from helpers import DEADLINE, expect
+from helpers import DEADLINE, expect, expect_down
 
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -169,9 +171,9 @@ def test_the_shared_table_agrees_with_the_buckets(algorithm, limit, hits):
                 with control:
                     got = decide(control.current(), algorithm, hi, lo, limit, W, cost, now, count)
             assert got == expected
-            if gap > W:  # now and then, the periodic sweep
-                owner.rebuild(now)
-                model.sweep(now)
+            if gap > W:  # now and then, the periodic sweep (skipped if nothing can be due)
+                dropped = owner.sweep(now)
+                assert (dropped or 0) == model.sweep(now)
         assert owner.counts()[0] == len(model)
     finally:
         control.close()
@@ -243,3 +245,50 @@ def test_a_lock_held_past_the_timeout_is_limiter_busy_not_a_hang():
     finally:
         otpy.send(holder, "release")
     assert api.hit("k", 1, 1.0).allowed  # released: on it goes
+
+
+def _publish_a_table_and_wait(parent, holder_pid, holder_fd):
+    owner = TableOwner(Control(holder_pid, holder_fd), "fixed_window")
+    with owner.control:
+        owner.rebuild(START)
+    otpy.send(parent, "published")
+    otpy.receive()
+
+
+def test_a_table_whose_owner_died_unreplaced_is_limiter_not_running_not_a_crash():
+    from otpy_pool import LimiterNotRunning
+    from otpy_pool._limiter import SharedBuckets
+    from otpy_pool._shared_owner import OwnerLink
+
+    holder = os.memfd_create("test-control", os.MFD_CLOEXEC)
+    os.ftruncate(holder, CONTROL_BYTES)
+    try:
+        owner, ref = otpy.spawn_monitor(_publish_a_table_and_wait, otpy.self(), os.getpid(),
+                                        holder)
+        expect(lambda m: m == "published")
+        os.kill(owner.os_pid, signal.SIGKILL)  # its table's fd dies with it
+        expect_down(ref)
+        control = Control(os.getpid(), holder)
+        try:
+            with control:
+                try:
+                    control.current()
+                except TableGone:
+                    pass
+                else:
+                    raise AssertionError("mapped a dead owner's table")
+        finally:
+            control.close()
+        link = OwnerLink("nobody", "", "rate limiter", LimiterNotRunning)
+        shared = SharedBuckets((os.getpid(), holder, CONTROL_BYTES), "fixed_window", link, 0.2)
+        try:
+            try:
+                shared.hit("k", 1, 1.0, W, 1, True)
+            except LimiterNotRunning:
+                pass
+            else:
+                raise AssertionError("a hit went through without a table")
+        finally:
+            shared.close()
+    finally:
+        os.close(holder)
