@@ -82,11 +82,13 @@ class Worker:
     def commands(cls) -> dict[str, bool]:
         """The command names of this class, each with its replay flag."""
         found = {}
-        for klass in reversed(cls.__mro__):
+        for klass in reversed(cls.__mro__):  # a subclass's definition wins
             for name, value in vars(klass).items():
                 mark = getattr(value, "_otpy_pool_command", None)
                 if mark is not None:
                     found[name] = mark["replay"]
+                else:
+                    found.pop(name, None)
         return found
 
 

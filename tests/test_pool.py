@@ -805,3 +805,28 @@ def test_replays_and_health_checks_do_not_count_toward_max_commands():
     pool.execute("ping")  # the 3rd
     assert event("recycled").worker == fresh
     pool.stop()
+
+
+def test_commands_are_inherited_and_a_redefinition_without_the_mark_is_not_one():
+    from otpy_pool import Worker, command
+
+    class Base(Worker):
+        @command(replay=True)
+        def a(self, session):
+            pass
+
+        @command
+        def b(self, session):
+            pass
+
+    class Derived(Base):
+        def b(self, session):  # no longer a command
+            pass
+
+        @command
+        def c(self, session):
+            pass
+
+    assert Derived.commands() == {"a": True, "c": False}
+    with pytest.raises(TypeError, match="replay"):
+        command(replay="yes")
