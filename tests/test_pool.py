@@ -830,3 +830,18 @@ def test_commands_are_inherited_and_a_redefinition_without_the_mark_is_not_one()
     assert Derived.commands() == {"a": True, "c": False}
     with pytest.raises(TypeError, match="replay"):
         command(replay="yes")
+
+
+def test_least_loaded_means_fewest_sessions_then_not_checked_out():
+    pool = start(size=3)
+    with pool.checkout() as held:
+        pool.execute("ping", session="a")
+        assert pool.worker_of("a") != held.pid  # no sessions anywhere: a free one
+    pool.execute("ping", session="b")
+    pool.execute("ping", session="c")
+    assert len({pool.worker_of(s) for s in "abc"}) == 3  # one session each
+    freed = pool.worker_of("b")
+    pool.end_session("b")
+    pool.execute("ping", session="e")
+    assert pool.worker_of("e") == freed  # the only worker without a session
+    pool.stop()
