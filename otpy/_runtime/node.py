@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 from . import log, process, reasons, wire, zygote
@@ -89,7 +90,19 @@ def _start() -> None:
     watch_r, watch_w = os.pipe()
     main_pid = Pid(node, MAIN_SERIAL, os.getpid())
     on_main_thread = threading.current_thread() is threading.main_thread()
-    zpid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns on every fork of a multi-threaded process: a lock
+        # another thread holds at that instant stays locked in the child. The
+        # node starts at the program's first otpy call, maybe after it started
+        # threads (otpy.lowlevel.start() before them avoids the question). The
+        # zygote forked here runs only the runtime, which takes no lock a
+        # program thread could hold: its log lines are single os.write calls,
+        # and the interpreter's own locks are reset by CPython after a fork.
+        # The filter is this call's only (the warning is still raised for any
+        # other fork), though it is process-wide for the instant of the fork.
+        warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, use of "
+                                r"fork\(\) may lead to deadlocks", DeprecationWarning)
+        zpid = os.fork()
     if zpid == 0:
         code = 1
         try:
