@@ -8,6 +8,8 @@ The callback contract (all optional except what you use)::
                                    reply(caller, value); Stop(reason, reply=...) to stop
     handle_cast(request)           return None, or Stop(reason)
     handle_info(message)           anything else, Exit and Down included; None or Stop
+                                   (a call the server could not decode never gets
+                                   here: it is logged and answered with an error)
     terminate(reason)              on stop, on an exception in a callback, and on an
                                    exit signal from the parent when the server traps exits
 
