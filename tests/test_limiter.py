@@ -354,3 +354,12 @@ def test_many_keys_grow_the_table_and_a_sweep_shrinks_it_back():
     after = wait_for_sweep(api)
     assert after["buckets"] == 0
     assert after["table_bytes"] < grown["table_bytes"] / 2
+
+
+def test_a_bad_handle_is_refused_by_name():
+    with pytest.raises(TypeError, match="name"):
+        RateLimiter("")
+    with pytest.raises(TypeError, match="timeout"):
+        RateLimiter("api", timeout="5")
+    with pytest.raises(ValueError, match="timeout"):
+        RateLimiter("api", timeout=0)
