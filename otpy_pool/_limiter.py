@@ -82,6 +82,11 @@ class Decision(NamedTuple):
     reset_at: float
 
 
+def _decision(fields: tuple, _new: Any = tuple.__new__) -> Decision:
+    """A Decision from its five fields, without NamedTuple's keyword handling."""
+    return _new(Decision, fields)
+
+
 # ---- checking arguments ----------------------------------------------------------------------
 
 def check_key(key: Any) -> Any:
@@ -368,7 +373,7 @@ class SharedBuckets:
                 continue
             if outcome is not GROW:
                 allowed, used, remaining, retry_ns, reset_ns = outcome
-                return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
+                return _decision((allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9))
             # the table is half full: the owner doubles it (once, however many ask)
             self.link.call(("grow", self.control.gen), self.timeout)
 

@@ -60,6 +60,8 @@ _LOW62 = (1 << 62) - 1
 _MIX = 0x9E3779B97F4A7C15
 
 GROW = object()  # a hit that needs a bigger table first
+_TRY_LOCK = fcntl.LOCK_EX | fcntl.LOCK_NB
+_UNLOCK = fcntl.LOCK_UN
 
 
 class Retired(Exception):
@@ -275,11 +277,12 @@ class Control:
         self.gen = -1
 
     def __enter__(self) -> "Control":
-        if not self.thread_lock.acquire(timeout=self.timeout):
+        if not self.thread_lock.acquire(False) \
+                and not self.thread_lock.acquire(timeout=self.timeout):
             raise LockTimeout(f"a thread of this process held the limiter's lock "
                               f"for over {self.timeout}s")
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, _TRY_LOCK)
         except BlockingIOError:
             self._wait_for_lock()
         except BaseException:
@@ -313,13 +316,15 @@ class Control:
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            fcntl.flock(self.fd, _UNLOCK)
         finally:
             self.thread_lock.release()
 
     def current(self) -> Table:
         """The table to use now (call with the lock held); Retired if stopped."""
         words = self.words
+        if words[C_GEN] == self.gen and not words[C_RETIRED]:
+            return self.table  # type: ignore[return-value]  # the usual case: unchanged
         if words[C_RETIRED]:
             raise Retired()
         if words[C_GEN] != self.gen:
