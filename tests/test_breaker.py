@@ -513,3 +513,25 @@ def test_a_bad_name_is_refused():
         CircuitBreaker.start_link("")
     with pytest.raises(TypeError, match="name"):
         CircuitBreaker(42)
+
+
+def test_threads_of_one_process_share_its_counters_without_losing_any():
+    import threading
+
+    db = start("db")
+    db.call(lambda: None)  # connect before the threads start
+    go = threading.Event()
+
+    def calls():
+        go.wait(DEADLINE)
+        for _ in range(5000):
+            db.call(lambda: None)
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(DEADLINE)
+    stats = db.stats()
+    assert (stats["calls"], stats["successes"]) == (20001, 20001)
