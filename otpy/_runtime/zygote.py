@@ -45,7 +45,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import log, process, reasons, wire
+from . import log, process, reasons, tables, wire
 from .observe import REQUEST_SIGNAL, Page
 from .status import STATE_NAMES, StatusTable
 from .terms import Pid, Ref
@@ -88,36 +88,30 @@ class _RequestReader(wire.FrameReader):
         self._view = self._shared_view
 
 
-class Entry:
-    """The zygote's record of one live process."""
+class Entry(tables.Relations):
+    """The zygote's record of one live process: its relations (the pure core's
+    part, see tables.py), its streams and what it will be remembered by."""
 
     __slots__ = (
-        "pid", "ns", "name", "name_ns", "parent", "started_at", "trap", "is_main",
-        "write", "ctrl", "reader", "pidfd", "links", "monitors", "monitoring",
-        "watchers", "watching", "pending", "last_words", "summary", "backlog", "exiting",
-        "meta", "last_name",
+        "ns", "name", "name_ns", "parent", "started_at", "is_main",
+        "write", "ctrl", "reader", "pidfd", "pending", "last_words", "summary", "backlog",
+        "exiting", "meta", "last_name",
     )
 
     def __init__(self, pid: Pid, ns: str, parent: Pid | None, write: socket.socket,
                  ctrl: socket.socket, pidfd: int, trap: bool, is_main: bool) -> None:
-        self.pid = pid
+        super().__init__(pid, trap)
         self.ns = ns  # the namespace it was spawned in: which tree it belongs to
         self.name: str | None = None
         self.last_name: str | None = None  # kept after the name is released, for logs
         self.name_ns = ns  # where its name is registered
         self.parent = parent
         self.started_at = time.time()
-        self.trap = trap
         self.is_main = is_main
         self.write = write  # this process's inbound write end
         self.ctrl = ctrl  # requests from this process
         self.reader = _RequestReader()
         self.pidfd = pidfd
-        self.links: set[int] = set()
-        self.monitors: dict[Ref, int] = {}  # monitors on this process: ref -> watcher
-        self.monitoring: dict[Ref, int] = {}  # monitors this process holds: ref -> target
-        self.watchers: set[int] = set()  # processes waiting on calls to this one
-        self.watching: set[int] = set()
         self.pending: tuple[str, bytes] | None = None
         self.last_words: tuple[str, bytes] | None = None
         self.summary: str | None = None  # the exit reason as text, with pending/last_words
@@ -360,36 +354,13 @@ class Zygote:
         self.tombstones[serial] = body
         if len(self.tombstones) > TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]
-        # Monitors are told last: once anyone has seen the Down, every linked
-        # process has already been sent its Exit, so a request sent after the
-        # Down (to a supervisor, say) is handled after the Exit.
-        for watcher in e.watchers:
-            w = self.procs.get(watcher)
-            if w is not None:
-                w.watching.discard(serial)
-                self.notify(w, ("dead", e.pid, body))
-        for target in e.watching:
-            t = self.procs.get(target)
-            if t is not None:
-                t.watchers.discard(serial)
-        for partner in e.links:
-            p = self.procs.get(partner)
-            if p is None:
-                continue
-            p.links.discard(serial)
-            if p.trap:
-                self.notify(p, ("exit", e.pid, body, False))
-            elif cls != reasons.NORMAL:
-                self.kill(p, reason, summary)
-        for ref, watcher in e.monitors.items():
-            w = self.procs.get(watcher)
-            if w is not None:
-                w.monitoring.pop(ref, None)
-                self.notify(w, ("down", ref, e.pid, body))
-        for ref, target in e.monitoring.items():
-            t = self.procs.get(target)
-            if t is not None:
-                t.monitors.pop(ref, None)
+        # The order (watchers, links, monitors) and why: see tables.py.
+        for notice in tables.death(self.procs, e, cls, body):
+            target = self.procs[notice.serial]
+            if type(notice) is tables.Kill:
+                self.kill(target, reason, summary)
+            else:
+                self.notify(target, notice.term)
         self._record_exit(e, summary)  # after the notices: off the path to a restart
         self._close(e)
 
@@ -477,11 +448,9 @@ class Zygote:
         # Links and monitors exist before the child runs a single line, so a
         # child that dies at once is still reported (spawn_link is atomic).
         if link:
-            child.links.add(e.pid.serial)
-            e.links.add(serial)
+            tables.link(e, child)
         if mref is not None:
-            child.monitors[mref] = e.pid.serial
-            e.monitoring[mref] = serial
+            tables.monitor(e, child, mref)
         return pid
 
     def _child(self, serial: int, ns: str, parent: Pid, inbound: socket.socket,
@@ -529,24 +498,18 @@ class Zygote:
         target = self.live(serial)
         if target is None:
             return False
-        if target is not e:
-            target.links.add(e.pid.serial)
-            e.links.add(serial)
+        tables.link(e, target)
         return True
 
     def op_unlink(self, e: Entry, serial: int) -> None:
-        e.links.discard(serial)
-        t = self.procs.get(serial)
-        if t is not None:
-            t.links.discard(e.pid.serial)
+        tables.unlink(self.procs, e, serial)
 
     def op_monitor(self, e: Entry, ref: Ref, target: Pid | str, ns: str) -> Pid | None:
         t = self._target(target, ns)
         if t is None:
             self.notify(e, ("down", ref, target, _NOPROC))
             return None
-        t.monitors[ref] = e.pid.serial
-        e.monitoring[ref] = t.pid.serial
+        tables.monitor(e, t, ref)
         return t.pid
 
     def _target(self, target: Pid | str, ns: str) -> Entry | None:
@@ -558,21 +521,14 @@ class Zygote:
         return self.live(target.serial)
 
     def op_demonitor(self, e: Entry, ref: Ref) -> bool:
-        serial = e.monitoring.pop(ref, None)
-        if serial is None:
-            return False
-        t = self.procs.get(serial)
-        if t is not None:
-            t.monitors.pop(ref, None)
-        return True
+        return tables.demonitor(self.procs, e, ref)
 
     def op_watch(self, e: Entry, serial: int) -> bytes | None:
         """Ask to be told ("dead") when ``serial`` dies; its reason if it already has."""
         t = self.live(serial)
         if t is None:
             return self.tombstones.get(serial, _NOPROC)
-        t.watchers.add(e.pid.serial)
-        e.watching.add(serial)
+        tables.watch(e, t)
         return None
 
     def op_trap(self, e: Entry, flag: bool) -> bool:
