@@ -177,23 +177,32 @@ class Pool:
             found = _settings[key] = self._ask("settings")
         return found
 
+    @property
+    def checkout_timeout(self) -> float:
+        """The pool's default bound on the wait for a free worker."""
+        return self._settings()[1]
+
     # ---- commands ---------------------------------------------------------------------
 
     def execute(self, command: str, *args: Any, session: Any = None, timeout: Any = _UNSET,
-                **kwargs: Any) -> Any:
+                checkout_timeout: float | None = None, **kwargs: Any) -> Any:
         """Run ``command`` on a worker: the session's own worker if
         ``session`` is given, else any free one (waiting up to
-        ``checkout_timeout``). ``timeout`` bounds the command's run (default:
-        the pool's ``command_timeout``)."""
+        ``checkout_timeout``, default the pool's). ``timeout`` bounds the
+        command's run (default: the pool's ``command_timeout``). ``session``,
+        ``timeout`` and ``checkout_timeout`` are the pool's: a command cannot
+        take keyword arguments of those names."""
         if not isinstance(command, str):
             raise TypeError(f"command must be a str (a @command's name), not {command!r}")
         if timeout is _UNSET:
             timeout = self._settings()[0]
         elif timeout is not None:
             _positive("timeout", timeout)
+        if checkout_timeout is not None:
+            _positive("checkout_timeout", checkout_timeout)
         if session is None:
             for _ in range(_RETRIES):
-                with self._checked_out(None) as (worker, token):
+                with self._checked_out(checkout_timeout) as (worker, token):
                     try:
                         return self._run_on(worker, token, None, command, args, kwargs,
                                             timeout, retry=True)

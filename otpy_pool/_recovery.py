@@ -343,11 +343,11 @@ class Protected:
                 pass
         budget = _smallest(timeout, remaining)
         if self.breaker is None:
-            return self._execute(command, args, kwargs, session, budget)
+            return self._execute(command, args, kwargs, session, budget, remaining)
         outcome: list[BaseException] = []
         with self.breaker:
             try:
-                return self._execute(command, args, kwargs, session, budget)
+                return self._execute(command, args, kwargs, session, budget, remaining)
             except Exception as exc:
                 if self._dependency_failure(exc):
                     raise
@@ -355,7 +355,10 @@ class Protected:
         raise outcome[0]
 
     def _execute(self, command: str, args: tuple, kwargs: dict, session: Any,
-                 budget: float | None) -> Any:
+                 budget: float | None, remaining: float | None) -> Any:
+        if remaining is not None and session is None:
+            # the wait for a free worker counts against the deadline too
+            kwargs = {**kwargs, "checkout_timeout": min(remaining, self.pool.checkout_timeout)}
         return self.pool.execute(command, *args, session=session, timeout=budget, **kwargs)
 
     def _dependency_failure(self, exc: BaseException) -> bool:

@@ -329,3 +329,25 @@ def test_sigkill_of_the_orchestrator_never_fails_a_call(pool, log):
         assert time.monotonic() < deadline, "the orchestrator did not come back"
     assert isinstance(Recovery("recovery").stats(), dict)  # the replacement answers
     recovery.stop()
+
+
+def test_the_wait_for_a_free_worker_ends_at_the_deadline(log):
+    pool = Pool.start_link(Jobs, args=(log,), size=1, checkout_timeout=30.0, name="busy")
+    try:
+        me = otpy.self()
+
+        def hold(parent):
+            with pool.checkout():
+                otpy.send(parent, "holding")
+                otpy.receive(timeout=DEADLINE, match=lambda m: m == "release")
+
+        holder = otpy.spawn(hold, me)
+        otpy.receive(timeout=DEADLINE, match=lambda m: m == "holding")
+        guarded = protect(pool, deadline=0.3)
+        began = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            guarded.execute("run", 1)  # the pool alone would wait 30 s for the worker
+        assert time.monotonic() - began < 0.3 + 1.0
+        otpy.send(holder, "release")
+    finally:
+        pool.stop()
