@@ -20,13 +20,14 @@ from otpy.lowlevel import Restart
 
 from ._errors import CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed
 from ._pool_options import Options, PoolStatus, make_options
-from ._pool_server import PoolServer
+from ._pool_server import DOWN_WAIT, PoolServer
 from ._worker import FUNCTION, RETIRED, Worker
 
 _UNSET: Any = object()
 _RETRIES = 8  # re-binds of one command whose worker moved or vanished before it ran
 _SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
 _MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
+_WINDOW = 64  # execute_many: commands outstanding at once, by default
 
 # session -> worker, per pool, for this OS process (stale entries are harmless:
 # a worker answers "unbound" for a session it does not hold, and the caller asks again)
@@ -218,8 +219,11 @@ class Pool:
 
     def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
                         timeout: float | None) -> Any:
-        with _lock:
-            cache = _bindings.setdefault(self._key(), {})
+        key = (self.namespace, self.name)
+        cache = _bindings.get(key)
+        if cache is None:
+            with _lock:
+                cache = _bindings.setdefault(key, {})
         stale = None
         for _ in range(_RETRIES):
             worker = cache.get(sid)
@@ -249,6 +253,163 @@ class Pool:
                 raise SessionLost(sid, outcome[1]) from None
             return _result(outcome)
         raise PoolError(f"pool {self.name!r}: session {sid!r} could not be bound to a worker")
+
+    def execute_many(self, command: str, calls: Any, *, session: Any = None,
+                     timeout: Any = _UNSET, window: int = _WINDOW,
+                     return_exceptions: bool = False) -> list:
+        """Run ``command`` once per entry of ``calls`` (each a tuple of
+        positional arguments), pipelined: up to ``window`` commands are
+        outstanding at once on one worker, so a burst costs no round trip
+        per command. With ``session``, on the session's worker, in order
+        (as that many ``execute`` calls); without, on one checked-out
+        worker. ``timeout`` bounds each command's run, as in ``execute``.
+
+        Returns the results in order. A command's exception is raised once
+        every command has answered (the first one's, by position), or put
+        in its place with ``return_exceptions=True``. If the worker dies,
+        the command it was running gets WorkerCrashed and the ones queued
+        behind it (which never ran) run on the session's new worker.
+        """
+        if not isinstance(command, str):
+            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+        calls = list(calls)
+        for entry in calls:
+            if type(entry) is not tuple:
+                raise TypeError(f"execute_many: each call is a tuple of arguments, not {entry!r}")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be an int >= 1, not {window!r}")
+        if timeout is _UNSET:
+            timeout = self._settings()[0]
+        elif timeout is not None:
+            _positive("timeout", timeout)
+        if session is not None:
+            try:
+                hash(session)
+            except TypeError:
+                raise TypeError(f"a session id must be hashable, not {type(session).__name__}") \
+                    from None
+        out: list = [_PENDING] * len(calls)
+        todo = list(range(len(calls)))
+        stale = None
+        for _ in range(_RETRIES):
+            if not todo:
+                break
+            if session is None:
+                try:
+                    with self._checked_out(None) as (worker, token):
+                        todo, gone = self._pipeline(worker, token, None, command, calls, todo,
+                                                    out, timeout, window)
+                        if gone:
+                            raise _NotRun()  # the server takes its Down rather than reuse it
+                except _NotRun:
+                    pass
+                continue
+            key = (self.namespace, self.name)
+            with _lock:
+                cache = _bindings.setdefault(key, {})
+            worker = cache.get(session)
+            if worker is None:
+                worker = cache[session] = self._ask("bind", session, stale)
+            todo, gone = self._pipeline(worker, None, session, command, calls, todo, out,
+                                        timeout, window)
+            if todo or gone:
+                stale = self._forget(cache, session, worker)
+        for i in todo:
+            out[i] = ("error", PoolError(f"pool {self.name!r}: no worker could run {command!r}"))
+        results = []
+        for outcome in out:
+            if outcome[0] != "ok" and not return_exceptions:
+                raise outcome[1]
+            results.append(outcome[1])
+        return results
+
+    def _pipeline(self, worker: otpy.Pid, token: Any, sid: Any, command: str, calls: list,
+                  todo: list, out: list, timeout: float | None,
+                  window: int) -> tuple[list, bool]:
+        """Send ``todo``'s commands to ``worker``, at most ``window`` unanswered,
+        and file each answer in ``out``. Returns the indexes that never ran
+        (to run again elsewhere) and whether the worker is gone. Commands are
+        calls in otpy's call convention, sent without waiting; the replies
+        come to this process's mailbox, matched by ref, and a monitor tells
+        of the worker's death. Sends never block (timeout 0): a full buffer
+        only means reading replies first, so two big payloads cannot stall
+        each other."""
+        me = otpy.self()
+        mref = otpy.monitor(worker)
+        pending: dict[otpy.Ref, int] = {}  # in the order sent: the worker runs them so
+        retry: list[int] = []
+        nxt = 0
+
+        def answer(m: Any) -> bool:
+            return (type(m) is tuple and len(m) == 3 and m[1] in pending) or \
+                (type(m) is otpy.Down and m.ref == mref)
+
+        try:
+            while True:
+                while nxt < len(todo) and len(pending) < window and not retry:
+                    ref = otpy.make_ref()
+                    i = todo[nxt]
+                    try:
+                        otpy.send(worker, (lowlevel.CALL, (me, ref),
+                                           ("run", sid, command, calls[i], {})),
+                                  timeout=None if not pending else 0)
+                    except otpy.Timeout:
+                        if pending:
+                            break  # its buffer is full: read replies first
+                        raise
+                    except otpy.SerializationError as exc:
+                        out[i] = ("error", exc)
+                        nxt += 1
+                        continue
+                    pending[ref] = i
+                    nxt += 1
+                if not pending:
+                    return retry + todo[nxt:], False
+                try:
+                    m = otpy.receive(timeout=timeout, match=answer)
+                except otpy.Timeout:  # the oldest command ran past its timeout
+                    first = next(iter(pending.values()))
+                    out[first] = ("error", CommandTimeout(
+                        f"command {command!r} ran past {timeout}s; its worker was replaced"))
+                    self._deadline(worker, token)
+                    otpy.receive(timeout=_MARGIN + DOWN_WAIT, match=lambda m: type(m) is
+                                 otpy.Down and m.ref == mref)
+                    mref = None
+                    return self._unanswered(pending, first, retry, todo[nxt:]), True
+                if type(m) is otpy.Down:
+                    mref = None
+                    return self._crashed(worker, m.reason, pending, out, retry, todo[nxt:]), True
+                i = pending.pop(m[1])
+                outcome = m[2]
+                if outcome[0] in ("unbound", "moved"):
+                    retry.append(i)  # never ran: again on the session's (new) worker; no
+                    # more is sent here (the ones sent are answered the same way)
+                elif outcome[0] == "lost":
+                    out[i] = ("error", SessionLost(sid, outcome[1]))
+                else:
+                    out[i] = outcome
+        finally:
+            if mref is not None:
+                otpy.demonitor(mref, flush=True)
+            if pending:  # answers that came after we gave up: not stray messages
+                lowlevel.flush(lambda m: type(m) is tuple and len(m) == 3 and m[1] in pending)
+
+    def _crashed(self, worker: otpy.Pid, reason: Any, pending: dict, out: list, retry: list,
+                 unsent: list) -> list:
+        """The worker died: the oldest unanswered command was running (unless
+        it was dead before or retired, when nothing ran); the rest never ran."""
+        if not pending:
+            return retry + unsent
+        first = next(iter(pending.values()))
+        if reason == "noproc" or reason == RETIRED:
+            return sorted(retry + list(pending.values())) + unsent
+        self._cast(("crashed", worker))
+        out[first] = ("error", WorkerCrashed(reason))
+        return self._unanswered(pending, first, retry, unsent)
+
+    @staticmethod
+    def _unanswered(pending: dict, first: int, retry: list, unsent: list) -> list:
+        return sorted(retry + [i for i in pending.values() if i != first]) + unsent
 
     @staticmethod
     def _forget(cache: dict, sid: Any, worker: otpy.Pid) -> otpy.Pid:
@@ -376,6 +537,9 @@ class Pool:
         with _lock:
             _settings.pop(self._key(), None)
         return self._settings()
+
+
+_PENDING = ("error", None)  # replaced by each command's outcome
 
 
 class _NotRun(Exception):

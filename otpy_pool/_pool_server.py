@@ -3,8 +3,11 @@
 It monitors the workers and the callers holding or waiting for one, and
 holds the idle list, the FIFO wait queue, the session bindings, each
 session's replay log, the counters and the subscribers. It is *not* on the
-path of a bound session's commands: callers call their worker directly, and
-the worker tells the server what ran with one cast. See docs/pool.md.
+path of a bound session's commands: callers call their worker directly. The
+workers count their commands in shared memory this server reads (see
+_counters); a worker casts to it only what changes its bookkeeping: a replay
+log entry, being worn out, a replay's outcome, a health answer. See
+docs/pool.md.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 import otpy
 from otpy import lowlevel
 
+from ._counters import CountsReader
 from ._errors import PoolError, PoolOverloaded, PoolTimeout, SessionNotFound
 from ._pool_options import Options, PoolEvent, PoolStatus
-from ._worker import DONE, HEALTH, REPLAYED, RETIRED, worker_spec
+from ._worker import HEALTH, LOGGED, REPLAYED, RETIRED, WORN, worker_spec
 
 MAX_INIT_FAILURES = 5  # in a row: the pool stops with the last reason
 DOWN_WAIT = 5.0  # how long a bind waits for the Down of a worker a caller saw die
@@ -29,7 +33,7 @@ class _W:
     """The server's record of one worker."""
 
     __slots__ = ("pid", "mref", "sessions", "holder", "overflow", "retiring", "deadline_killed",
-                 "idle_stamp", "health_token")
+                 "idle_stamp", "health_token", "counts")
 
     def __init__(self, pid: otpy.Pid, mref: otpy.Ref, overflow: bool) -> None:
         self.pid = pid
@@ -41,13 +45,14 @@ class _W:
         self.deadline_killed = False
         self.idle_stamp = 0
         self.health_token: Any = None
+        self.counts: CountsReader | None = None  # its command counts (shared memory)
 
 
 class _Waiter:
-    __slots__ = ("caller", "token", "mref", "timer")
+    __slots__ = ("caller", "token", "timer")
 
-    def __init__(self, caller: otpy.From, token: Any, mref: otpy.Ref, timer: otpy.Ref) -> None:
-        self.caller, self.token, self.mref, self.timer = caller, token, mref, timer
+    def __init__(self, caller: otpy.From, token: Any, timer: otpy.Ref) -> None:
+        self.caller, self.token, self.timer = caller, token, timer
 
 
 class PoolServer(otpy.GenServer):
@@ -66,7 +71,10 @@ class PoolServer(otpy.GenServer):
         self.by_mref: dict[otpy.Ref, tuple[str, Any]] = {}  # monitor -> (kind, key)
         self.idle: collections.deque[otpy.Pid] = collections.deque()
         self.queue: collections.deque[_Waiter] = collections.deque()
-        self.checkouts: dict[Any, tuple[otpy.Pid, otpy.Ref]] = {}  # token -> worker, caller mref
+        self.checkouts: dict[Any, tuple[otpy.Pid, otpy.Pid]] = {}  # token -> worker, caller
+        # One monitor per caller that ever checked out or queued, kept until it
+        # dies: a checkout then costs no monitor/demonitor round trip each time.
+        self.callers: dict[otpy.Pid, otpy.Ref] = {}
         self.sessions: dict[Any, otpy.Pid | None] = {}  # session -> its worker (None: re-bind)
         self.logs: dict[Any, list] = {}
         self.subscribers: dict[otpy.Pid, otpy.Ref] = {}
@@ -101,6 +109,10 @@ class PoolServer(otpy.GenServer):
                 otpy.exit(child.pid, "kill")
                 continue
             w = self._track(child.pid, overflow=False)
+            if w.counts is not None:  # this server counts from its own start, as before
+                ran, failed = w.counts.read()
+                self.counts["total_commands"] -= ran
+                self.counts["errors"] -= failed
             for sid, log in sessions.items():
                 self.sessions[sid] = child.pid
                 w.sessions.add(sid)
@@ -120,7 +132,20 @@ class PoolServer(otpy.GenServer):
         mref = otpy.monitor(pid)
         w = self.workers[pid] = _W(pid, mref, overflow)
         self.by_mref[mref] = ("worker", pid)
+        try:
+            w.counts = CountsReader(pid.os_pid, otpy.call(pid, ("counts_fd",), timeout=DOWN_WAIT))
+        except (otpy.Exited, otpy.Timeout):
+            pass  # dead (its Down follows) or stuck: it has run nothing we could count
         return w
+
+    def _fold_counts(self, w: _W) -> None:
+        """A worker is gone: its final counts join the pool's own."""
+        if w.counts is not None:
+            ran, failed = w.counts.read()
+            self.counts["total_commands"] += ran
+            self.counts["errors"] += failed
+            w.counts.close()
+            w.counts = None
 
     def _start_worker(self, overflow: bool, failing_raises: bool = False) -> _W | None:
         """Start one worker (idle); None if its init failed (a retry is scheduled)."""
@@ -149,12 +174,11 @@ class PoolServer(otpy.GenServer):
     def _worker_down(self, pid: otpy.Pid, reason: Any) -> None:
         w = self.workers.pop(pid)
         self.by_mref.pop(w.mref, None)
+        self._fold_counts(w)
         if pid in self.idle:
             self.idle.remove(pid)
         if w.holder is not None:
-            _, caller_mref = self.checkouts.pop(w.holder)
-            self.by_mref.pop(caller_mref, None)
-            otpy.demonitor(caller_mref, flush=True)
+            del self.checkouts[w.holder]
         for sid in w.sessions:
             if self.sessions.get(sid) == pid:
                 self.sessions[sid] = None  # re-bound (and replayed) at its next command
@@ -219,11 +243,24 @@ class PoolServer(otpy.GenServer):
             self.idle.remove(w.pid)
         return w
 
+    def _watch_caller(self, pid: otpy.Pid) -> None:
+        if pid not in self.callers:
+            mref = self.callers[pid] = otpy.monitor(pid)
+            self.by_mref[mref] = ("caller", pid)
+
+    def _caller_down(self, pid: otpy.Pid) -> None:
+        """A caller died: what it held is replaced (its state is unknown),
+        its place in the queue dropped."""
+        self.callers.pop(pid, None)
+        for token in [t for t, (_, holder) in self.checkouts.items() if holder == pid]:
+            self._checkin(token, "replace")
+        for waiter in [w for w in self.queue if w.caller.pid == pid]:
+            self._drop_waiter(waiter.token)
+
     def _give(self, w: _W, token: Any, caller_pid: otpy.Pid) -> otpy.Pid:
         w.holder = token
-        mref = otpy.monitor(caller_pid)
-        self.checkouts[token] = (w.pid, mref)
-        self.by_mref[mref] = ("holder", token)
+        self._watch_caller(caller_pid)
+        self.checkouts[token] = (w.pid, caller_pid)
         self._event("checkout", w.pid)
         return w.pid
 
@@ -237,10 +274,9 @@ class PoolServer(otpy.GenServer):
                 f"pool {self.opts.name!r}: {len(self.queue)} callers already waiting "
                 f"(max_queue={self.opts.max_queue})"))
         wait = self.opts.checkout_timeout if timeout is None else timeout
-        mref = otpy.monitor(caller.pid)
+        self._watch_caller(caller.pid)
         timer = otpy.send_after(self.me, ("$expire", token), wait)
-        self.queue.append(_Waiter(caller, token, mref, timer))
-        self.by_mref[mref] = ("waiter", token)
+        self.queue.append(_Waiter(caller, token, timer))
         self._event("queued", None, detail=len(self.queue))
         return otpy.NOREPLY
 
@@ -250,8 +286,6 @@ class PoolServer(otpy.GenServer):
             if w is None:
                 return
             waiter = self.queue.popleft()
-            self.by_mref.pop(waiter.mref, None)
-            otpy.demonitor(waiter.mref, flush=True)
             otpy.cancel_timer(waiter.timer)
             otpy.reply(waiter.caller, ("ok", self._give(w, waiter.token, waiter.caller.pid)))
 
@@ -261,13 +295,11 @@ class PoolServer(otpy.GenServer):
         entry = self.checkouts.get(token)
         if entry is None:
             return  # its worker's Down came first, or the checkout was already returned
-        pid, mref = entry
+        pid = entry[0]
         if how == "dead":
             self._take_down(pid)
             return
         del self.checkouts[token]
-        self.by_mref.pop(mref, None)
-        otpy.demonitor(mref, flush=True)
         w = self.workers[pid]
         w.holder = None
         self._event("checkin", pid, detail=None if how == "return" else how)
@@ -287,8 +319,6 @@ class PoolServer(otpy.GenServer):
         for waiter in self.queue:
             if waiter.token == token:
                 self.queue.remove(waiter)
-                self.by_mref.pop(waiter.mref, None)
-                otpy.demonitor(waiter.mref, flush=True)
                 otpy.cancel_timer(waiter.timer)
                 return waiter
         return None
@@ -370,9 +400,15 @@ class PoolServer(otpy.GenServer):
 
     def _op_status(self) -> PoolStatus:
         held = len(self.checkouts)
+        counts = dict(self.counts)
+        for w in self.workers.values():  # live workers' counts, read now
+            if w.counts is not None:
+                ran, failed = w.counts.read()
+                counts["total_commands"] += ran
+                counts["errors"] += failed
         return PoolStatus(size=self.opts.size, overflow=self._overflow_count(),
                           idle=len(self.idle), busy=held, queued=len(self.queue),
-                          sessions=len(self.sessions), workers=len(self.workers), **self.counts)
+                          sessions=len(self.sessions), workers=len(self.workers), **counts)
 
     def _op_workers(self) -> list[otpy.Pid]:
         return list(self.workers)
@@ -398,15 +434,13 @@ class PoolServer(otpy.GenServer):
 
     def handle_cast(self, request: tuple) -> Any:
         op = request[0]
-        if op == DONE:
-            _, pid, ok, sid, entry, worn_out = request
-            self.counts["total_commands"] += 1
-            if not ok:
-                self.counts["errors"] += 1
-            if entry is not None and self.sessions.get(sid, False) in (pid, None):
+        if op == LOGGED:  # a replay command ran: the session's log grows
+            _, pid, sid, entry = request
+            if self.sessions.get(sid, False) in (pid, None):
                 self.logs.setdefault(sid, []).append(entry)
-            w = self.workers.get(pid)
-            if worn_out and w is not None:
+        elif op == WORN:  # past max_commands or max_memory: replaced when idle
+            w = self.workers.get(request[1])
+            if w is not None:
                 self._retire(w, "recycled")
         elif op == REPLAYED:
             _, pid, sid, cause = request
@@ -441,10 +475,8 @@ class PoolServer(otpy.GenServer):
             kind, key = self.by_mref.pop(message.ref, ("", None))
             if kind == "worker":
                 self._worker_down(key, message.reason)
-            elif kind == "holder":  # died holding a worker: its state is unknown
-                self._checkin(key, "replace")
-            elif kind == "waiter":
-                self._drop_waiter(key)
+            elif kind == "caller":
+                self._caller_down(key)
             elif kind == "subscriber":
                 self.subscribers.pop(key, None)
         elif type(message) is tuple and message:

@@ -1,10 +1,13 @@
 """Workers: the user's class (``Worker``, ``@command``, ``Session``) and the
 GenServer that hosts one instance of it in its own process.
 
-The worker process answers the pool's callers directly. Before it replies to
-a command it tells the pool's server (one cast) that the command ran, and,
-for a ``replay=True`` command that succeeded, what to replay: so the server's
-replay log is complete whatever happens to the worker next.
+The worker process answers the pool's callers directly: a command is one
+round trip, caller -> worker -> caller. It counts what it ran in shared
+memory the server reads (``_counters``), so counting sends nothing. Only a
+``replay=True`` command that succeeded also tells the pool's server (one
+cast, before the reply) what to replay: so the server's replay log is
+complete whatever happens to the worker next. A worker past ``max_commands``
+or ``max_memory`` tells the server once, to be replaced when idle.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import otpy
 from otpy import lowlevel
 from tblib import pickling_support
 
+from ._counters import COMMANDS, ERRORS, WorkerCounts
 from ._errors import UnknownCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,7 +33,7 @@ RETIRED = ("shutdown", "otpy_pool.retired")
 # The built-in command the executor runs plain functions with.
 FUNCTION = "otpy_pool.function"
 # Casts a worker sends to the pool's server.
-DONE, REPLAYED, HEALTH = "$done", "$replayed", "$health"
+LOGGED, WORN, REPLAYED, HEALTH = "$logged", "$worn", "$replayed", "$health"
 
 
 @dataclasses.dataclass
@@ -113,7 +117,9 @@ class WorkerProcess(otpy.GenServer):
         self.me = otpy.self()
         self.server = server
         self.max_commands, self.max_memory = limits
-        self.commands_run = 0
+        self.check_wear = self.max_commands is not None or self.max_memory is not None
+        self.counts = WorkerCounts()
+        self.count = self.counts.view
         self.table = worker_cls.commands()
         self.sessions: dict[Any, Session] = {}
         self.logs: dict[Any, list] = {}
@@ -142,18 +148,21 @@ class WorkerProcess(otpy.GenServer):
         if op == "run":
             self._run(caller, *request[1:])
             return otpy.NOREPLY
+        if op == "counts_fd":  # the server maps our counts (see _counters)
+            return self.counts.fd
         if op == "adopt":  # a new pool server takes over: what it must know
             self.server = request[1]
             return {sid: list(self.logs.get(sid, ())) for sid in self.sessions}
         raise ValueError(f"unknown worker request {request!r}")
 
     def _run(self, caller: otpy.From, sid: Any, name: str, args: tuple, kwargs: dict) -> None:
-        entry = None
         if sid is None:
             session = Session(None)
         elif sid in self.lost:  # its replay failed: this command reports it
             cause = self.lost.pop(sid)
-            otpy.cast(self.server, (DONE, self.me, False, sid, None, False))
+            count = self.count
+            count[COMMANDS] += 1
+            count[ERRORS] += 1
             otpy.reply(caller, ("lost", cause))
             return
         elif sid not in self.sessions:
@@ -161,16 +170,22 @@ class WorkerProcess(otpy.GenServer):
             return
         else:
             session = self.sessions[sid]
+        count = self.count
         try:
             value = self._invoke(session, name, args, kwargs)
             outcome: tuple = ("ok", value)
             if sid is not None and self.table.get(name):
                 entry = (name, args, kwargs)
                 self.logs.setdefault(sid, []).append(entry)
+                # before the reply: the server's replay log survives this worker's death
+                otpy.cast(self.server, (LOGGED, self.me, sid, entry))
         except Exception as exc:
             outcome = ("error", _portable(exc, self.me))
-        self.commands_run += 1
-        otpy.cast(self.server, (DONE, self.me, outcome[0] == "ok", sid, entry, self._worn_out()))
+            count[ERRORS] += 1
+        count[COMMANDS] += 1
+        if self.check_wear and self._worn_out():
+            self.check_wear = False  # told once; the server retires it when idle
+            otpy.cast(self.server, (WORN, self.me))
         try:
             otpy.reply(caller, outcome)
         except otpy.SerializationError as exc:
@@ -178,7 +193,7 @@ class WorkerProcess(otpy.GenServer):
                 f"command {name!r} returned a value that cannot be sent: {exc}")))
 
     def _worn_out(self) -> bool:
-        if self.max_commands is not None and self.commands_run >= self.max_commands:
+        if self.max_commands is not None and self.count[COMMANDS] >= self.max_commands:
             return True
         return self.process is not None and self.process.memory_info().rss > self.max_memory
 

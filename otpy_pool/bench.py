@@ -50,6 +50,7 @@ RATIOS = {
 # Rate ratios: higher is better, so --compare reads them the other way round.
 RATES = {
     "burst_over_mp_pool": ("pool_burst_per_s", "mp_pool_burst_per_s"),
+    "burst_sync_over_mp_pool": ("pool_burst_sync_per_s", "mp_pool_burst_per_s"),
 }
 
 
@@ -133,23 +134,30 @@ def pool_execute(n: int, warmup: int, session: Any) -> dict:
         pool.stop()
 
 
-def _burst_caller(pool: Pool, parent: otpy.Pid, count: int, session: Any) -> None:
+def _burst_caller(pool: Pool, parent: otpy.Pid, count: int, session: Any,
+                  pipelined: bool) -> None:
     otpy.send(parent, ("ready", otpy.self()))
     otpy.receive(match=lambda m: m == "go")
-    for i in range(count):
-        pool.execute("noop", i, session=session)
+    if pipelined:  # all of its commands outstanding, a window at a time
+        pool.execute_many("noop", [(i,) for i in range(count)], session=session)
+    else:  # one at a time
+        for i in range(count):
+            pool.execute("noop", i, session=session)
     otpy.send(parent, ("done", otpy.self()))
 
 
-def pool_burst(total: int, callers: int = 8, size: int = 2) -> int:
+def pool_burst(total: int, callers: int = 8, size: int = 2, pipelined: bool = True) -> int:
     """``callers`` processes run ``total`` no-op session commands between them
-    (each its own session), ``size`` workers: commands per second."""
+    (each its own session), ``size`` workers: commands per second. Pipelined
+    (``execute_many``), the commands are outstanding at once as the peers'
+    submit-all-then-wait; else each caller waits for each command."""
     pool = Pool.start_link(BenchWorker, size=size)
     me = otpy.self()
     pids = []
     try:
         for c in range(callers):
-            pids.append(otpy.spawn_link(_burst_caller, pool, me, total // callers, f"s{c}"))
+            pids.append(otpy.spawn_link(_burst_caller, pool, me, total // callers, f"s{c}",
+                                        pipelined))
         for _ in pids:
             otpy.receive(timeout=30, match=lambda m: type(m) is tuple and m[0] == "ready")
         t = time.perf_counter()
@@ -425,6 +433,7 @@ def plan(quick: bool, peers: bool) -> list[tuple[str, Callable[[], Any]]]:
         cases.append((f"{peer.name}_apply_us", _peer_case(peer, _peers.round_trip_us, rtt_n,
                                                           rtt_w)))
     cases.append(("pool_burst_per_s", lambda: pool_burst(burst)))
+    cases.append(("pool_burst_sync_per_s", lambda: pool_burst(burst, pipelined=False)))
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_burst_per_s", _peer_case(peer, _peers.burst_per_s, burst)))
     cases += [

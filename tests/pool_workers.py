@@ -79,6 +79,21 @@ class Notes(Worker):
         self.ballast = bytearray(nbytes)
         return len(self.ballast)
 
+    @command(replay=True)
+    def add_or_exit(self, session, note):
+        """``add``; the note "exit" ends the worker's process instead (a crash)."""
+        if note == "exit":
+            os._exit(3)
+        return self.add(session, note)
+
+    @command
+    def nap(self, session, seconds):
+        """A command that takes ``seconds`` (the workload of a deadline test)."""
+        import time
+
+        time.sleep(seconds)
+        return seconds
+
     @command
     def set_unhealthy_if(self, session, path):
         self.unhealthy_if = path

@@ -120,7 +120,107 @@ def test_a_bound_session_does_not_go_through_the_pool_server():
         assert pool.execute("notes", session="s") == ["x", "y"]
     finally:
         os.kill(server.os_pid, signal.SIGCONT)
-    assert pool.status().total_commands == 3  # the worker's reports arrive once it runs
+    assert pool.status().total_commands == 3  # read from the worker's counts
+    pool.stop()
+
+
+def test_counts_are_exact_without_a_message_to_the_server_even_after_a_sigkill():
+    """A worker counts in shared memory the server reads: commands run while
+    the server is stopped, by a worker SIGKILLed before the server runs
+    again, are all counted (the failing one as an error too)."""
+    pool = start(size=1)
+    pool.execute("add", "x", session="s")
+    server = otpy.whereis(pool.name)
+    os.kill(server.os_pid, signal.SIGSTOP)
+    try:
+        for note in "yz":
+            pool.execute("add", note, session="s")
+        with pytest.raises(KeyError):
+            pool.execute("fail", "k", session="s")
+        victim = pool_worker_pid(pool, "s")
+        ref = otpy.monitor(victim)
+        os.kill(victim.os_pid, signal.SIGKILL)
+        expect_down(ref)
+    finally:
+        os.kill(server.os_pid, signal.SIGCONT)
+    status = pool.status()
+    assert (status.total_commands, status.errors, status.worker_restarts) == (5, 1, 1)
+    assert pool.execute("notes", session="s") == ["x", "y", "z"]  # replayed: the log is whole
+    pool.stop()
+
+
+def pool_worker_pid(pool: Pool, session) -> otpy.Pid:
+    """The session's worker, asked of the worker itself (the server may be stopped)."""
+    return pool.execute("whoami", session=session)
+
+
+# ---- pipelined: execute_many -------------------------------------------------------------
+
+def test_execute_many_runs_in_order_on_the_session_and_counts_each_command():
+    pool = start(size=2)
+    calls = [(f"n{i}",) for i in range(200)]
+    assert pool.execute_many("add", calls, session="s", window=16) == list(range(1, 201))
+    assert pool.execute("notes", session="s") == [c[0] for c in calls]
+    assert pool.execute_many("echo", [(1,), (2, 3), ()]) == [((1,), {}), ((2, 3), {}), ((), {})]
+    assert pool.execute_many("ping", []) == []
+    assert pool.status().total_commands == 204
+    sigkill(pool.worker_of("s"))  # its replay log holds all 200: pipelined entries too
+    assert pool.execute("notes", session="s") == [c[0] for c in calls]
+    pool.stop()
+
+
+def test_execute_many_errors_in_place_or_the_first_raised():
+    pool = start(size=1)
+    calls = [("a",), ("b",)]
+    out = pool.execute_many("fail", calls, return_exceptions=True)
+    assert [type(e) for e in out] == [KeyError, KeyError] and out[1].args == ("b",)
+    with pytest.raises(KeyError, match="'a'"):
+        pool.execute_many("fail", calls, session="s")
+    with pytest.raises(UnknownCommand):
+        pool.execute_many("nope", [()])
+    assert pool.status().errors == 5
+    pool.stop()
+
+
+def test_execute_many_bad_input_names_the_problem():
+    pool = start(size=1)
+    with pytest.raises(TypeError, match="tuple of arguments"):
+        pool.execute_many("ping", [1])
+    with pytest.raises(ValueError, match="window"):
+        pool.execute_many("ping", [()], window=0)
+    with pytest.raises(TypeError, match="hashable"):
+        pool.execute_many("ping", [()], session=[])
+    with pytest.raises(otpy.SerializationError):
+        pool.execute_many("echo", [((n for n in ()),)])  # only that one is not sent
+    assert pool.status().total_commands == 0  # nothing was sent
+    pool.stop()
+
+
+def test_execute_many_a_worker_death_fails_the_running_command_only():
+    """The command that killed its worker gets WorkerCrashed; those queued
+    behind it never ran, and run once each on the session's new worker,
+    after the replay."""
+    pool = start(size=2)
+    calls = [("a",), ("b",), ("exit",), ("c",), ("d",)]
+    out = pool.execute_many("add_or_exit", calls, session="s", return_exceptions=True)
+    assert out[:2] == [1, 2] and out[3:] == [3, 4]
+    assert isinstance(out[2], WorkerCrashed) and out[2].reason == ("exit", 3)
+    assert pool.execute("notes", session="s") == ["a", "b", "c", "d"]
+    status = pool.status()
+    assert (status.worker_restarts, status.sessions_recovered) == (1, 1)
+    assert (status.total_commands, status.errors) == (6, 1)  # 5 in the batch; replays are not
+    pool.stop()
+
+
+def test_execute_many_a_command_past_its_timeout_replaces_the_worker_and_the_rest_run():
+    pool = start(size=2)
+    old = set(pool.workers())
+    out = pool.execute_many("nap", [(0,), (60,), (0,)], timeout=2, return_exceptions=True)
+    assert out[0] == 0 and out[2] == 0 and isinstance(out[1], CommandTimeout)
+    status = pool.status()
+    assert (status.timeouts, status.worker_restarts) == (1, 1)
+    assert len(set(pool.workers()) - old) == 1
+    assert lowlevel.flush(lambda m: True) == 0  # no stray replies left behind
     pool.stop()
 
 
@@ -226,6 +326,37 @@ def test_a_caller_that_dies_holding_a_checkout_gets_its_worker_replaced():
     event("worker_started")
     assert held not in pool.workers() and len(pool.workers()) == 1
     assert pool.execute("notes", session="s") == ["kept"]  # moved by replay
+    pool.stop()
+
+
+def _checkout_twice_and_wait(pool: Pool, report_to: otpy.Pid) -> None:
+    with pool.checkout() as w:
+        w.execute("ping")
+    otpy.send(report_to, ("returned", w.pid))
+    otpy.receive(match=lambda m: m == "again")
+    _checkout_and_wait(pool, report_to)
+
+
+def test_only_what_a_dead_caller_holds_is_replaced():
+    """The server keeps one monitor per caller across its checkouts: a
+    caller that returned its worker and later dies holding another checkout
+    has only that one replaced; one that dies holding nothing changes nothing."""
+    pool = start(size=1)
+    caller = otpy.spawn(_checkout_twice_and_wait, pool, otpy.self())
+    _, first = expect(lambda m: type(m) is tuple and m[0] == "returned")
+    assert pool.workers() == [first] and pool.status().idle == 1
+    otpy.send(caller, "again")
+    _, _, held = expect(lambda m: m[:2] == ("holding", "caller"))
+    assert held == first
+    ref = otpy.monitor(held)
+    sigkill(caller)
+    expect_down(ref)
+    idle_caller = otpy.spawn(_checkout_twice_and_wait, pool, otpy.self())
+    _, second = expect(lambda m: type(m) is tuple and m[0] == "returned")
+    sigkill(idle_caller)
+    pool.workers()  # the server has handled the Down by the time it answers
+    assert pool.workers() == [second] and pool.status().idle == 1
+    assert pool.status().worker_restarts == 0  # replaced on purpose, not a crash
     pool.stop()
 
 

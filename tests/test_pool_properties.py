@@ -1,5 +1,5 @@
 """The pool against a model: random binds, commands, worker SIGKILLs,
-end_session and checkouts. No session ever sees another's state, no command
+end_session, checkouts and pipelined batches. No session ever sees another's state, no command
 is lost or run twice (``add`` returns the session's count of notes), and the
 counts in ``status()`` match the model's."""
 
@@ -51,6 +51,17 @@ class PoolModel(RuleBasedStateMachine):
         self._used(session)
         self.notes[session].append(note)
         assert count == len(self.notes[session])  # ran exactly once
+
+    @rule(session=SESSIONS)
+    def add_many(self, session):
+        """Pipelined: both notes outstanding at once, run in order, once each."""
+        notes = [f"{session}{self.serial + 1}", f"{session}{self.serial + 2}"]
+        self.serial += 2
+        counts = self.pool.execute_many("add", [(n,) for n in notes], session=session)
+        for note in notes:
+            self._used(session)
+            self.notes[session].append(note)
+        assert counts == [len(self.notes[session]) - 1, len(self.notes[session])]
 
     @rule(session=SESSIONS)
     def read(self, session):

@@ -1,0 +1,50 @@
+"""A worker's command counts, in shared memory the pool's server reads.
+
+Why: the counts in ``status()`` must be exact, yet a command's path is one
+round trip (caller -> worker -> caller) with no message to the pool's server.
+So each worker keeps its counts in a small memfd of its own (commands run,
+commands that ended in an error) and the server maps that memfd once, when
+it starts tracking the worker, through ``/proc/<worker>/fd/<n>`` (the kernel
+allows this to the same OS user only; otpy's observer reads the node the
+same way). The server reads the counts when ``status()`` is asked, and a
+last time when the worker dies: its mapping outlives the worker, so even a
+SIGKILL loses no count. An increment is one aligned 8-byte store, which the
+reader sees whole.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+NAME = "otpy_pool.counts"
+COMMANDS, ERRORS = 0, 1  # slots, each an unsigned 64-bit count
+_SIZE = 16
+
+
+class WorkerCounts:
+    """The worker's side: creates the memfd; ``view[COMMANDS] += 1`` counts."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, _SIZE)
+        self._map = mmap.mmap(self.fd, _SIZE)
+        self.view = memoryview(self._map).cast("Q")
+
+
+class CountsReader:
+    """The server's side: a worker's counts, readable after it died."""
+
+    def __init__(self, os_pid: int, fd: int) -> None:
+        with open(f"/proc/{os_pid}/fd/{fd}", "r+b", buffering=0) as f:
+            self._map = mmap.mmap(f.fileno(), _SIZE)
+        self.view = memoryview(self._map).cast("Q")
+
+    def read(self) -> tuple[int, int]:
+        """(commands, errors) so far."""
+        view = self.view
+        return view[COMMANDS], view[ERRORS]
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
