@@ -274,7 +274,7 @@ def protection(quick: bool) -> dict:
 
 
 def throughput_by_workers(sizes: tuple[int, ...], total: int) -> dict:
-    """Session-command throughput with 8 callers, by pool size: sizing a pool."""
+    """Session-command throughput with 8 callers (pipelined), by pool size: sizing a pool."""
     return {f"workers_{n}": pool_burst(total, callers=8, size=n) for n in sizes}
 
 
