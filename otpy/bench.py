@@ -188,21 +188,25 @@ def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int]) -> int:
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 1.0
-    poll = select.poll()  # not select(): thousands of pidfds pass fd number 1,024
+    # epoll, not select() (thousands of pidfds pass fd number 1,024) nor poll()
+    # (each call would scan them all, and this wait must not take the CPU the
+    # dying processes need)
+    ep = select.epoll()
     fds = []
-    for os_pid in os_pids:
-        try:
-            fds.append(os.pidfd_open(os_pid))
-        except ProcessLookupError:
-            continue
-        poll.register(fds[-1], select.POLLIN)
     try:
+        for os_pid in os_pids:
+            try:
+                fds.append(os.pidfd_open(os_pid))
+            except ProcessLookupError:
+                continue
+            ep.register(fds[-1], select.EPOLLIN)
         pending = len(fds)
         while pending and time.monotonic() < deadline:
-            for fd, _ in poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
-                poll.unregister(fd)
+            for fd, _ in ep.poll(max(0.0, deadline - time.monotonic()), maxevents=1024):
+                ep.unregister(fd)
                 pending -= 1
     finally:
+        ep.close()
         for fd in fds:
             os.close(fd)
     alive = []
@@ -220,15 +224,14 @@ def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int]) -> int:
     return len(alive)
 
 
+def _idle() -> None:
+    otpy.receive()
+
+
 _GROWTH_PROGRAM = textwrap.dedent("""
     import json, sys, time, otpy, psutil
     from otpy import lowlevel
-
-    def idle():
-        otpy.receive()
-
-    def announce(parent):
-        otpy.send(parent, "up")
+    from otpy.bench import _announce as announce, _idle as idle  # by reference, as spawn_ms
 
     live, n, warmup = (int(a) for a in sys.argv[1:])
     me = otpy.self()
