@@ -12,7 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy_pool"]
 # tests that check the runtime's internals on purpose
-INTERNAL_TESTS = {"test_call_watch.py", "test_observer.py",
+INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py",
                   # the breaker's and limiter's pure state machines, against models
                   "test_breaker_properties.py", "test_limiter_properties.py",
                   # the zygote's relation tables and notice order, without processes

@@ -27,6 +27,7 @@ sender.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import fcntl
@@ -221,7 +222,10 @@ class Zygote:
             if fd is None:
                 e.write.send(data, socket.MSG_DONTWAIT)
             else:
-                socket.send_fds(e.write, [data], [fd], socket.MSG_DONTWAIT)
+                # not socket.send_fds: it ignores its flags, and a blocking
+                # send to a stopped or stuck requester would stall the node
+                e.write.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", [fd]))], socket.MSG_DONTWAIT)
                 self._drop(fd)
             return True
         except BlockingIOError:

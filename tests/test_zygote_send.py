@@ -1,0 +1,32 @@
+"""The zygote never blocks on a process's full inbound stream, a descriptor
+hand-over included. A test of the runtime's internals."""
+
+from __future__ import annotations
+
+import os
+import socket
+import types
+
+from otpy._runtime.zygote import Zygote
+
+
+def test_handing_over_a_descriptor_to_a_full_stream_does_not_block():
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r, w = os.pipe()
+    try:
+        here.setblocking(False)
+        while True:  # fill the stream nobody reads
+            try:
+                here.send(b"x" * 4096)
+            except BlockingIOError:
+                break
+        here.setblocking(True)  # as the zygote's write ends are
+        entry = types.SimpleNamespace(write=here)
+        zygote = types.SimpleNamespace(held={w}, _drop=lambda fd: None)
+        # with socket.send_fds (which drops MSG_DONTWAIT) this blocked forever
+        assert Zygote._try_send(zygote, entry, b"reply", w) is False
+    finally:
+        for s in (here, there):
+            s.close()
+        os.close(r)
+        os.close(w)
