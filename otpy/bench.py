@@ -8,6 +8,10 @@ measured in the same run: the report gives ratios as well as raw figures, and
     python -m otpy.bench --quick         # seconds; same keys, fewer samples
     python -m otpy.bench --json out.json # also write the results as JSON
     python -m otpy.bench --compare base.json [--margin 0.25]
+    python -m otpy.bench --verbose       # with the node's logs (restarts, crash reports)
+
+The observed-call case needs the observer extra (``pip install -e '.[observer]'``);
+without it, it is reported as skipped.
 """
 
 from __future__ import annotations
@@ -361,8 +365,17 @@ class _LiveView:
             self.proc.wait()
 
 
+class Skipped(Exception):
+    """A case that cannot run here (an optional extra is missing); says how to install it."""
+
+
 def call_rtt_observed(n: int, warmup: int) -> dict:
     """call_rtt with the live view attached to this node, refreshing every 0.1 s."""
+    try:
+        import textual  # noqa: F401 - the live view's terminal UI
+    except ImportError:
+        raise Skipped("the observer extra is not installed: pip install -e '.[observer]'") \
+            from None
     view = _LiveView(otpy.self().node, OBSERVER_INTERVAL)
     try:
         return call_rtt(n, warmup)
@@ -482,11 +495,14 @@ def machine() -> dict[str, Any]:
 def run(quick: bool, progress=sys.stderr) -> dict[str, Any]:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     cases = plan(quick)
     for i, (key, case) in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {key} ...", file=progress, flush=True)
         try:
             results[key] = case()
+        except Skipped as why:
+            skipped[key] = str(why)
         except Exception as exc:  # report the failure, keep measuring the rest
             errors[key] = f"{type(exc).__name__}: {exc}"
     ratios = {}
@@ -494,6 +510,8 @@ def run(quick: bool, progress=sys.stderr) -> dict[str, Any]:
         if isinstance(results.get(top), dict) and isinstance(results.get(bottom), dict):
             ratios[name] = round(results[top]["p50"] / results[bottom]["p50"], 3)
     report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios}
+    if skipped:
+        report["skipped"] = skipped
     if errors:
         report["errors"] = errors
     return report
@@ -509,6 +527,8 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for name, value in report["ratios"].items():
         lines.append(f"{name:28} {value:>10}")
+    for key, why in report.get("skipped", {}).items():
+        lines.append(f"{key:28} {'skipped':>10}  ({why})")
     for key, why in report.get("errors", {}).items():
         lines.append(f"{key:28} {'FAILED':>10}  ({why})")
     m = report["machine"]
@@ -539,7 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", metavar="BASELINE", help="compare ratios with a saved report")
     parser.add_argument("--margin", type=float, default=0.25,
                         help="allowed ratio regression for --compare (default 0.25)")
+    parser.add_argument("--verbose", action="store_true", help="show the node's logs")
     args = parser.parse_args(argv)
+    if not args.verbose:  # restarts and crash reports are what the cases measure, not news
+        otpy.configure_logging(level="critical")
     report = run(args.quick)
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import otpy
 from otpy import lowlevel
-from otpy.bench import compare, machine, summarize
+from otpy.bench import Skipped, compare, machine, summarize
 
 from . import _peers
 from ._errors import WorkerCrashed
@@ -451,10 +451,6 @@ def plan(quick: bool, peers: bool) -> list[tuple[str, Callable[[], Any]]]:
         for peer in _peers.PEERS:
             cases.append((f"{peer.name}_worker_kill", _peer_case(peer, _peers.kill_busy_worker)))
     return cases
-
-
-class Skipped(Exception):
-    """A peer that is not installed."""
 
 
 def _peer_case(peer: _peers.Peer, fn: Callable, *args: Any) -> Callable[[], Any]:

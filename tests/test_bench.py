@@ -53,3 +53,18 @@ def test_growth_keys_in_a_quick_run():
     assert results["orphans_after_kill_at_1000"] == 0
     assert report["ratios"]["spawn_at_1000_over_at_10_p50"] > 0
     assert "spawn_ms_at_5000" not in results  # the 5,000-process program: full runs only
+
+
+def test_without_the_observer_extra_the_observed_case_is_skipped_at_once_and_logs_stay_out():
+    program = ("import sys; sys.modules['textual'] = None\n"
+               "from otpy.bench import main\n"
+               "sys.exit(main(['--quick', '--json', '-']))\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert "call_rtt_observed_us" not in report["results"]
+    assert "pip install" in report["skipped"]["call_rtt_observed_us"]
+    assert "errors" not in report
+    # restart_ms SIGKILLs a child hundreds of times: none of it is printed
+    assert "crash report" not in out.stderr and "child restarted" not in out.stderr
