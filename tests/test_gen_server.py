@@ -41,6 +41,33 @@ def test_init_raising_makes_start_raise_starterror_and_leaves_the_name_free():
     assert info.value.reason == ("shutdown", "refused")
 
 
+class BlockingInit(otpy.GenServer):
+    def init(self):
+        otpy.receive(match=lambda m: m == "never sent")
+
+
+def start_link_blocking(parent, trap):
+    otpy.trap_exit(trap)
+    try:
+        BlockingInit.start_link(timeout=0.2)
+    except otpy.StartError as exc:
+        otpy.send(parent, ("raised", str(exc)))
+    with pytest.raises(otpy.Timeout):  # and no Exit from the killed server is left behind
+        otpy.receive(timeout=0, match=lambda m: isinstance(m, otpy.Exit))
+    otpy.send(parent, ("alive", otpy.self()))
+
+
+@pytest.mark.parametrize("trap", [False, True])
+def test_start_link_timeout_raises_starterror_and_the_caller_survives(trap):
+    pid = otpy.spawn(start_link_blocking, otpy.self(), trap)
+    ref = otpy.monitor(pid)
+    first = expect(lambda m: (type(m) is tuple and m[0] == "raised")
+                   or (type(m) is otpy.Down and m.ref == ref))
+    assert first == ("raised", "BlockingInit did not finish init within 0.2s")
+    assert expect(lambda m: type(m) is tuple and m[0] == "alive") == ("alive", pid)
+    assert expect_down(ref).reason == "normal"
+
+
 def test_init_returning_ignore_makes_start_return_none():
     before = set(otpy.processes())
     assert FailingInit.start_link("ignore", name="ignored") is None

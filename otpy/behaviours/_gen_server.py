@@ -183,8 +183,12 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
             or (type(m) is Down and m.ref == mref),
         )
     except Timeout:
+        if link:  # the caller hears of it as a StartError, not as the exit signal "killed"
+            unlink(pid)
         exit_signal(pid, "kill")
         lowlevel.await_down(mref, DEFAULT_TIMEOUT * 2)
+        lowlevel.flush(lambda m: (type(m) is Exit and m.pid == pid)
+                       or (type(m) is tuple and len(m) == 3 and m[0] == START_ACK and m[1] == ref))
         raise StartError("timeout",
                          f"{cls.__qualname__} did not finish init within {timeout}s") from None
     if type(ack) is Down:
