@@ -213,6 +213,18 @@ def test_stop_runs_terminate_with_the_reason():
         otpy.stop(pid)
 
 
+def deaf():
+    otpy.receive(match=lambda m: False)
+
+
+def test_stop_that_times_out_leaves_no_monitor_behind():
+    pid = otpy.spawn(deaf)  # never answers the stop request
+    with pytest.raises(otpy.Timeout):
+        otpy.stop(pid, timeout=0.1)
+    assert otpy.process_info(otpy.self())["monitors"] == []
+    otpy.exit(pid, "kill")
+
+
 def test_a_local_genserver_class_works():
     class Local(otpy.GenServer):
         def handle_call(self, request, caller):

@@ -108,13 +108,16 @@ def stop(server: Pid | str, reason: Any = "normal", timeout: float | None = DEFA
     me = self_pid()
     ref = Ref.make(me)
     try:
-        lowlevel.request(pid, (STOP, (me, ref), reason), ref, timeout)
-    except NoProc:
+        try:
+            lowlevel.request(pid, (STOP, (me, ref), reason), ref, timeout)
+        except NoProc:
+            raise
+        except Exited:
+            pass  # it died on its way out; the Down below says it is gone
+        lowlevel.await_down(mref, timeout)
+    except (NoProc, Timeout):  # no Down may turn up later as a stray message
         demonitor(mref, flush=True)
         raise
-    except Exited:
-        pass  # it died on its way out; the Down below says it is gone
-    lowlevel.await_down(mref, timeout)
 
 
 class GenServer:
