@@ -221,6 +221,14 @@ def test_pool_monitor_collects_the_pools_events(otpy_tree):
     assert mon.stats() == mon.stop()  # final once the block ended
 
 
+def test_a_pool_monitor_that_dies_raises_exited_at_once(otpy_tree):
+    pool = start_pool(otpy_tree, size=1)
+    with pytest.raises(otpy.Exited, match="the pool monitor died: 'killed'"):
+        with chaos.pool_monitor(pool) as mon:
+            inject_failure("crash", mon.pid)
+            wait_down(mon.pid)
+
+
 def test_bad_scenario_arguments_name_the_problem(otpy_tree):
     pool = start_pool(otpy_tree, size=1)
     with pytest.raises(ValueError, match="fraction"):

@@ -377,7 +377,7 @@ def _gather(token: Any, tag: str, count: int, procs: dict, deadline: float, down
         if type(m) is Down:
             downs.add(m.ref)
             if m.reason != "normal":
-                raise RuntimeError(f"a load client died: {m.reason!r}")
+                raise Exited(m.reason, procs[m.ref], f"a load client died: {m.reason!r}")
             continue
         got.append(m)
     return got
@@ -461,6 +461,7 @@ class PoolMonitor:
             send(self.pid, ("$mon_stop", self.token, otpy_self()))
             self._final = self._answer("$mon_answer")[2]
             wait_down(self._ref, DEADLINE)
+            self._ref = None
         return self._final
 
     def _answer(self, tag: str) -> tuple:
@@ -468,7 +469,8 @@ class PoolMonitor:
                                                         and m[0] == tag and m[1] == self.token)
                     or (type(m) is Down and m.ref == self._ref))
         if type(m) is Down:
-            raise RuntimeError(f"the pool monitor died: {m.reason!r}")
+            self._ref = None  # its Down is taken: nothing left to wait for
+            raise Exited(m.reason, self.pid, f"the pool monitor died: {m.reason!r}")
         return m
 
     def __enter__(self) -> PoolMonitor:
@@ -478,7 +480,7 @@ class PoolMonitor:
         try:
             self.stop()
         except BaseException:
-            if self.pid is not None:
+            if self._ref is not None:
                 exit(self.pid, "kill")
                 lowlevel.await_down(self._ref, DEADLINE)
             raise
