@@ -37,10 +37,15 @@ def begin_shutdown(pid: Pid, shutdown: Any) -> Ref:
     sent is in the mailbox, in order, and is removed here). ``shutdown`` is a
     ChildSpec's: "brutal_kill" sends "kill", anything else "shutdown".
     """
+    return _signal(pid, "kill" if shutdown == "brutal_kill" else "shutdown")
+
+
+def _signal(pid: Pid, reason: Any) -> Ref:
+    """Monitor, unlink (dropping an Exit of ``pid`` already queued), send ``reason``."""
     mref = api.monitor(pid)
     api.unlink(pid)
     context().take(lambda m: type(m) is Exit and m.pid == pid)
-    api.exit(pid, "kill" if shutdown == "brutal_kill" else "shutdown")
+    api.exit(pid, reason)
     return mref
 
 
@@ -74,9 +79,6 @@ def stop_process(pid: Pid, reason: Any = "shutdown", timeout: float | None = 5.0
     the caller and ``pid`` is removed first, so a non-trapping caller survives
     and a trapping one gets no Exit. ``timeout=None`` waits as long as it takes.
     """
-    mref = api.monitor(pid)
-    api.unlink(pid)
-    context().take(lambda m: type(m) is Exit and m.pid == pid)
-    api.exit(pid, reason)
+    mref = _signal(pid, reason)
     deadline = None if timeout is None else time.monotonic() + timeout
     return finish_shutdown(pid, mref, deadline)
