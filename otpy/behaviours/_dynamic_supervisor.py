@@ -16,7 +16,7 @@ from .. import Exit, Pid, trap_exit
 from ..lowlevel import ChildSpec, Restart, RestartIntensity, Shutdown, ask, begin_shutdown, deadline_for, \
     finish_shutdown, restart_needed
 from . import _reports as reports
-from ._supervision import RETRY, Child, ChildInfo, ChildNotFound, MaxChildren, SupervisorBase
+from ._supervision import RETRY, Child, ChildNotFound, MaxChildren, SupervisorBase
 
 
 class DynamicSupervisor(SupervisorBase):
@@ -82,9 +82,6 @@ class DynamicSupervisor(SupervisorBase):
     def terminate(self, reason: Any) -> None:
         self._stop_all()
 
-    def _find_pid(self, pid: Pid) -> Child | None:
-        return next((c for c in self.children if c.pid == pid), None)
-
     def _restart(self, child: Child) -> Any:
         if self.intensity.add():
             return self._give_up(child)
@@ -126,15 +123,6 @@ class DynamicSupervisor(SupervisorBase):
             raise ChildNotFound(f"{pid!r} is not a child of this supervisor")
         self.children.remove(child)
         child.shutdown()
-
-    def _op_which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(c.spec.id, c.pid, c.spec.type) for c in self.children]
-
-    def _op_count_children(self) -> dict[str, int]:
-        specs = [c.spec for c in self.children]
-        return {"specs": len(specs), "active": sum(c.pid is not None for c in self.children),
-                "supervisors": sum(s.type == "supervisor" for s in specs),
-                "workers": sum(s.type == "worker" for s in specs)}
 
 
 def _check(max_children: int | None, max_restarts: int, max_seconds: float) -> None:

@@ -121,6 +121,23 @@ class SupervisorBase(GenServer):
     def handle_call(self, request: tuple, caller: Any) -> Any:
         return dispatch(self, request)
 
+    # each supervisor's init sets ``self.children``: its Child records, in start order
+    children: list[Child]
+
+    def _find_pid(self, pid: Pid) -> Child | None:
+        return next((c for c in self.children if c.pid == pid), None)
+
+    def _op_which_children(self) -> list[ChildInfo]:
+        return [ChildInfo(c.spec.id, c.pid, c.spec.type) for c in self.children]
+
+    def _op_count_children(self) -> dict[str, int]:
+        return {
+            "specs": len(self.children),
+            "active": sum(c.pid is not None for c in self.children),
+            "supervisors": sum(c.spec.type == "supervisor" for c in self.children),
+            "workers": sum(c.spec.type == "worker" for c in self.children),
+        }
+
     @staticmethod
     def _retry_later(key: Any) -> None:
         """Retry a failed restart through the mailbox (see RETRY)."""

@@ -26,7 +26,7 @@ from .. import Exit, Pid, trap_exit
 from ..lowlevel import ChildSpec, Restart, RestartIntensity, Shutdown, ask, restart_needed
 from . import _reports as reports
 from ._gen_server import StartError
-from ._supervision import (RETRY, AlreadyPresent, Child, ChildInfo, ChildNotFound, ChildRunning,
+from ._supervision import (RETRY, AlreadyPresent, Child, ChildNotFound, ChildRunning,
                            SupervisorBase, check_specs)
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
@@ -169,9 +169,6 @@ class Supervisor(SupervisorBase):
 
     # ---- operations ---------------------------------------------------------------
 
-    def _find_pid(self, pid: Pid) -> Child | None:
-        return next((c for c in self.children if c.pid == pid), None)
-
     def _find_id(self, child_id: Any) -> Child | None:
         return next((c for c in self.children if c.spec.id == child_id), None)
 
@@ -180,17 +177,6 @@ class Supervisor(SupervisorBase):
         if child is None:
             raise ChildNotFound(f"no child {child_id!r}")
         return child
-
-    def _op_which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(c.spec.id, c.pid, c.spec.type) for c in self.children]
-
-    def _op_count_children(self) -> dict[str, int]:
-        return {
-            "specs": len(self.children),
-            "active": sum(c.pid is not None for c in self.children),
-            "supervisors": sum(c.spec.type == "supervisor" for c in self.children),
-            "workers": sum(c.spec.type == "worker" for c in self.children),
-        }
 
     def _op_terminate_child(self, child_id: Any) -> None:
         child = self._get(child_id)
