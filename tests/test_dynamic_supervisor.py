@@ -55,6 +55,17 @@ def test_max_children_is_a_clear_error():
     stop_sup(sup)
     with pytest.raises(ValueError, match="max_children"):
         DynamicSupervisor.start_link(max_children=-1)
+    with pytest.raises(ValueError, match="max_children"):
+        DynamicSupervisor.start_link(max_children=True)
+
+
+def test_child_spec_checks_its_options_when_made_not_when_started():
+    with pytest.raises(ValueError, match="max_children"):
+        DynamicSupervisor.child_spec(max_children=-1)
+    with pytest.raises(ValueError, match="max_seconds"):
+        DynamicSupervisor.child_spec(max_seconds=0)
+    with pytest.raises(TypeError, match="no option.*strategy"):
+        DynamicSupervisor.child_spec(strategy="one_for_all")
 
 
 def test_children_stop_in_parallel():

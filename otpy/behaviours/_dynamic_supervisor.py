@@ -37,6 +37,11 @@ class DynamicSupervisor(SupervisorBase):
     def child_spec(  # type: ignore[override]
             cls, *, id: Any = None, restart: Restart = "permanent",
             shutdown: Shutdown = "infinity", **opts: Any) -> ChildSpec:
+        """A spec that runs this supervisor (with ``opts``) as a child of another."""
+        unknown = set(opts) - {"max_children", "max_restarts", "max_seconds", "name", "timeout"}
+        if unknown:
+            raise TypeError(f"DynamicSupervisor takes no option(s) {', '.join(sorted(unknown))}")
+        _check(opts.get("max_children"), opts.get("max_restarts", 3), opts.get("max_seconds", 5.0))
         return ChildSpec(id if id is not None else opts.get("name", cls.__qualname__),
                          cls.start_link, kwargs=opts, restart=restart, shutdown=shutdown,
                          type="supervisor")
@@ -126,6 +131,7 @@ class DynamicSupervisor(SupervisorBase):
 
 
 def _check(max_children: int | None, max_restarts: int, max_seconds: float) -> None:
-    if max_children is not None and (not isinstance(max_children, int) or max_children < 0):
+    if max_children is not None and (not isinstance(max_children, int)
+                                     or isinstance(max_children, bool) or max_children < 0):
         raise ValueError(f"max_children must be None or an int >= 0, not {max_children!r}")
     RestartIntensity(max_restarts, max_seconds)
