@@ -131,6 +131,27 @@ def idle() -> None:
     otpy.receive()
 
 
+class ListedPool:
+    """A pool whose list still holds a worker that died (its server has not
+    taken the Down yet): what a scenario sees right after another one."""
+
+    def __init__(self, pids):
+        self.pids = pids
+
+    def workers(self):
+        return list(self.pids)
+
+
+def test_scenarios_skip_a_listed_worker_that_is_already_dead(otpy_tree):
+    dead, first, second = (otpy.spawn(idle) for _ in range(3))
+    inject_failure("crash", dead)
+    wait_down(dead)
+    refs = {pid: otpy.monitor(pid) for pid in (first, second)}
+    assert chaos.cascade_failure(ListedPool([dead, first]), workers=1, interval=0) == [first]
+    assert chaos.kill_fraction(ListedPool([dead, second]), 1.0) == [second]
+    assert [wait_down(refs[pid]) for pid in (first, second)] == ["killed", "killed"]
+
+
 def test_the_same_seed_gives_the_same_kinds_and_positions(otpy_tree):
     for i in range(4):
         otpy_tree.start_child(otpy.ChildSpec(f"idle{i}", otpy.spawn_link, args=(idle,)))

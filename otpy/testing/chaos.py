@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from .. import Down, Exited, Pid, Timeout, exit, make_ref, receive, send, spawn_monitor
+from .. import Down, Exited, NoProc, Pid, Timeout, exit, make_ref, receive, send, spawn_monitor
 from .. import self as otpy_self
 from .. import lowlevel
 from ._helpers import is_pool_event, synchronize, wait_down
@@ -43,27 +43,39 @@ def cascade_failure(pool: Any, workers: int = 3, interval: float = 0.1) -> list[
     apart (each chosen among the workers alive at that moment); the pids killed."""
     _count("workers", workers)
     killed: list[Pid] = []
+    gone: set[Pid] = set()
     for i in range(workers):
         if i:
             time.sleep(interval)  # the scenario's pacing, not a synchronization
-        alive = [p for p in pool.workers() if p not in killed]
-        if not alive:
+        for pid in pool.workers():
+            if pid not in killed and pid not in gone and _kill(pid):
+                killed.append(pid)
+                break
+            gone.add(pid)
+        else:
             break
-        inject_failure("crash", alive[0])
-        killed.append(alive[0])
     return killed
+
+
+def _kill(pid: Pid) -> bool:
+    """SIGKILL ``pid``; False if it was dead already. A pool lists a worker
+    until its server has taken the Down, so a worker killed a moment ago (by
+    an earlier scenario, say) may still be listed."""
+    try:
+        inject_failure("crash", pid)
+    except NoProc:
+        return False
+    return True
 
 
 def kill_fraction(pool: Any, fraction: float = 0.6) -> list[Pid]:
     """SIGKILL ``fraction`` of the pool's workers (rounded, at least one) at
-    once; the pids killed."""
+    once; the pids killed (a listed worker found dead already is not)."""
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], not {fraction!r}")
     workers = pool.workers()
     victims = workers[:max(1, round(fraction * len(workers)))]
-    for pid in victims:
-        inject_failure("crash", pid)
-    return victims
+    return [pid for pid in victims if _kill(pid)]
 
 
 def thundering_herd(pool: Any, requests: int, command: str, *args: Any,
