@@ -134,8 +134,10 @@ class PoolServer(otpy.GenServer):
         self.by_mref[mref] = ("worker", pid)
         try:
             w.counts = CountsReader(pid.os_pid, otpy.call(pid, ("counts_fd",), timeout=DOWN_WAIT))
-        except (otpy.Exited, otpy.Timeout):
-            pass  # dead (its Down follows) or stuck: it has run nothing we could count
+        except (otpy.Exited, otpy.Timeout, OSError):
+            # dead (its Down follows; OSError: it died between answering and
+            # our opening its fd) or stuck: it has run nothing we could count
+            pass
         return w
 
     def _fold_counts(self, w: _W) -> None:

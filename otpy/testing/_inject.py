@@ -117,9 +117,13 @@ def inject_failure(kind: str, target: Any, *, tree: Tree | None = None,
     tree = tree if tree is not None else active_tree()
     if kind == "hang":
         injection._pidfd = _pidfd(pid)
-        _signal.pidfd_send_signal(injection._pidfd, _signal.SIGSTOP)
-        try:  # the signal is delivered when the target is next scheduled
+        try:
+            _signal.pidfd_send_signal(injection._pidfd, _signal.SIGSTOP)
+            # the signal is delivered when the target is next scheduled
             wait_for(lambda: _stopped(pid), opts.get("timeout", 5.0))
+        except ProcessLookupError:  # it died and was reaped since _pidfd checked it
+            injection.heal()
+            raise NoProc(pid) from None
         except BaseException:
             injection.heal()
             raise
