@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import otpy
 from otpy import lowlevel
-from otpy.bench import Skipped, compare, machine, summarize
+from otpy.bench import Skipped, call_rtt, compare, machine, summarize
 
 from . import _peers
 from ._errors import WorkerCrashed
@@ -99,26 +99,7 @@ class ChaosWorker(Worker):
         return token
 
 
-class _Echo(otpy.GenServer):
-    def handle_call(self, request: Any, caller: Any) -> Any:
-        return request
-
-
 # ---- cases ---------------------------------------------------------------------
-
-def call_rtt(n: int, warmup: int) -> dict:
-    """Reference: a plain GenServer call round trip."""
-    pid = _Echo.start()
-    try:
-        samples = []
-        for i in range(warmup + n):
-            t = _ns()
-            otpy.call(pid, i)
-            samples.append(_ns() - t)
-        return summarize(samples[warmup:], 1e3)
-    finally:
-        otpy.stop(pid)
-
 
 def pool_execute(n: int, warmup: int, session: Any) -> dict:
     """One caller, 2 workers: a no-op command, on a session or stateless (session=None)."""

@@ -16,8 +16,11 @@ docs/lowlevel.md.
 - supervision: :class:`ChildSpec`, :func:`is_clean`, :func:`restart_needed`,
   :class:`RestartIntensity` (N events in T seconds).
 - observing: :func:`annotate` (what the observer shows for a process),
-  :func:`logger`, :func:`describe_reason`, :func:`traceback_text`.
-- the node: :func:`start`, :func:`shutdown`, :func:`node_running`, namespaces
+  :func:`logger`, :func:`describe_reason`, :func:`traceback_text`,
+  :func:`keep_traceback` (an exception that travels with its traceback),
+  :func:`process_name`.
+- the node: :func:`start`, :func:`shutdown`, :func:`node_running`,
+  :func:`zygote_os_pid`, namespaces
   (:func:`current_namespace`, :func:`enter_namespace`, :func:`leave_namespace`,
   :func:`processes_in`, :func:`registered_in`, :func:`unregister_in`),
   :func:`flush`, :func:`is_trapping`; logs for tools that capture them
@@ -30,12 +33,12 @@ docs/lowlevel.md.
 
 from .._runtime.api import annotate
 from ._bad_messages import Undecodable, reply_error, salvage
-from ._node import keep_traceback
 from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
-                    is_trapping, leave_namespace, logger, node_running, parse_log_lines,
+                    is_trapping, keep_traceback, leave_namespace, logger, node_running,
+                    parse_log_lines,
                     process_name, processes_in, registered_in, render_log_event, reset_logging,
                     shutdown, start, traceback_text, unregister_in, zygote_os_pid)
 from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdown, flush,
