@@ -542,4 +542,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module's importable copy: run as __main__, BenchWorker would be a
+    # __main__ class, which otpy ships to every new worker by value (dill), and
+    # the replacement and recovery cases would measure that instead of the pool.
+    from otpy_pool.bench import main as importable_main
+
+    sys.exit(importable_main())
