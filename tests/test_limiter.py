@@ -274,7 +274,9 @@ def test_sigkill_of_the_owner_callers_never_hang_and_the_replacement_starts_empt
     expect_down(ref)
     done = [expect(lambda m: m[:1] == ("done",), timeout=DEADLINE * 3)[1] for _ in pids]
     assert done == [300, 300]  # every hit answered, by the old owner or the replacement
-    assert otpy.whereis("api") not in (None, owner)
+    # the replacement registers its name as it starts: wait for it, with a deadline
+    from otpy.testing import wait_for
+    wait_for(lambda: otpy.whereis("api") not in (None, owner), timeout=DEADLINE)
     fresh = api.hit("k", limit=3, window=LONG)
     assert fresh.allowed and fresh.count == 1  # the replacement starts with no buckets
 
