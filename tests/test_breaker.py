@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import time
 
 import pytest
 
 import otpy
+from otpy.testing import wait_for
 from otpy_pool import (BreakerEvent, BreakerNotRunning, CircuitBreaker, CircuitOpen)
 
 import helpers
@@ -34,14 +34,12 @@ def start(name, **options):
 
 def until(attempt, deadline=DEADLINE):
     """attempt() until it stops raising CircuitOpen; its result."""
-    end = time.monotonic() + deadline
-    while True:
+    def tried():
         try:
-            return attempt()
+            return (attempt(),)
         except CircuitOpen:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.005)  # between attempts, bounded by the deadline
+            return None
+    return wait_for(tried, timeout=deadline)[0]
 
 
 def boom(*_args):

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import otpy
+from otpy.testing import wait_for
 from otpy_pool import Decision, LimiterNotRunning, RateLimited, RateLimiter
 
 import helpers
@@ -242,12 +243,10 @@ def test_expired_buckets_are_cleaned_up_periodically(algorithm):
 def wait_for_sweep(api):
     """stats() once no bucket is left, polled within a deadline (sweeps run
     on the owner's timer; nothing to wait on but the outcome)."""
-    end = time.monotonic() + DEADLINE
-    stats = api.stats()
-    while stats["buckets"] and time.monotonic() < end:
-        time.sleep(0.01)
+    def swept():
         stats = api.stats()
-    return stats
+        return None if stats["buckets"] else stats
+    return wait_for(swept, timeout=DEADLINE)
 
 
 # ---- the owner is supervised ------------------------------------------------------------------
@@ -275,7 +274,6 @@ def test_sigkill_of_the_owner_callers_never_hang_and_the_replacement_starts_empt
     done = [expect(lambda m: m[:1] == ("done",), timeout=DEADLINE * 3)[1] for _ in pids]
     assert done == [300, 300]  # every hit answered, by the old owner or the replacement
     # the replacement registers its name as it starts: wait for it, with a deadline
-    from otpy.testing import wait_for
     wait_for(lambda: otpy.whereis("api") not in (None, owner), timeout=DEADLINE)
     fresh = api.hit("k", limit=3, window=LONG)
     assert fresh.allowed and fresh.count == 1  # the replacement starts with no buckets
