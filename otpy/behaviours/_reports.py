@@ -55,15 +55,22 @@ def child_terminated(child_id: Any, pid: Pid, reason: Any) -> None:
                   reason=describe_reason(reason))
 
 
-def crash_report(child_id: Any, pid: Pid, reason: Any, restarts_in_window: int) -> None:
-    _recent_failures.append(f"{child_label(child_id)}: {describe_reason(reason, 120)}")
-    details = {}
+def _failure(label: str, reason: Any) -> dict[str, Any]:
+    """Remember a failure for "restart intensity exceeded"; the log fields
+    describing it (its reason, and its traceback when it carries one)."""
+    _recent_failures.append(f"{label}: {describe_reason(reason, 120)}")
+    fields = {"reason": describe_reason(reason)}
     text = traceback_text(reason)
     if text is not None:
-        details["exception"] = text
+        fields["exception"] = text
+    return fields
+
+
+def crash_report(child_id: Any, pid: Pid, reason: Any, restarts_in_window: int) -> None:
     logger().error("crash report", supervisor=_supervisor(), child_id=child_label(child_id),
-                   child_pid=pid.serial, os_pid=pid.os_pid, reason=describe_reason(reason),
-                   restarts_in_window=restarts_in_window, **details)
+                   child_pid=pid.serial, os_pid=pid.os_pid,
+                   restarts_in_window=restarts_in_window,
+                   **_failure(child_label(child_id), reason))
 
 
 def start_failed(child_id: Any, exc: BaseException) -> None:
@@ -71,13 +78,8 @@ def start_failed(child_id: Any, exc: BaseException) -> None:
     cause = getattr(exc, "reason", None)  # a StartError carries the init's exception
     if isinstance(cause, BaseException):
         exc = cause
-    _recent_failures.append(f"{child_label(child_id)} start: {describe_reason(exc, 120)}")
-    details = {}
-    text = traceback_text(exc)
-    if text is not None:
-        details["exception"] = text
     logger().error("start failed", supervisor=_supervisor(), child_id=child_label(child_id),
-                   reason=describe_reason(exc), **details)
+                   **_failure(f"{child_label(child_id)} start", exc))
 
 
 def intensity_exceeded(child_id: Any, max_restarts: int, max_seconds: float) -> None:
