@@ -2,13 +2,15 @@
 the otpy pytest plugin, which also fails a test that leaks a process).
 
 Every test also gets one category marker (unit, integration, system,
-performance, chaos; see docs/testing.md, "Categories"): its module's, from
-the table below, or "integration" for a module not listed. A category marker
-written on the test or its module wins. The table keeps files where they are
-while tests are still being added; moving a module means editing one line.
+performance, chaos; see docs/testing.md, "Categories") from the folder it is
+in: ``tests/<category>/...``. Integration tests are further grouped by the
+package they exercise (runtime, behaviours, testing, observer, pool). A
+category marker written on a test wins over its folder's.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -16,39 +18,19 @@ import helpers
 
 CATEGORIES = ("unit", "integration", "system", "performance", "chaos")
 
-MODULE_CATEGORY = {
-    # unit: no otpy process, or one tool run (fast, pure logic)
-    "test_zygote_core": "unit",
-    "test_errors": "unit",
-    "test_layers": "unit",
-    "test_breaker_properties": "unit",
-    "test_typing": "unit",
-    "test_categories": "unit",
-    # system: whole programs, subprocesses, external servers, terminals
-    "test_examples": "system",
-    "test_orphans": "system",
-    "test_hardening_programs": "system",
-    "test_growth_limits": "system",
-    "test_growth_threads": "system",
-    "test_observer_live": "system",
-    "test_pytest_plugin": "system",
-    "test_docs": "system",
-    "test_limiter_redis": "system",
-    # performance: runs the benchmarks (quick mode) or measures per-process costs
-    "test_bench": "performance",
-    "test_pool_bench": "performance",
-    "test_growth": "performance",
-    # chaos: modules that mark themselves (test_pool_chaos, test_testing_chaos,
-    # test_testing_inject, test_recovery_chaos)
-}
+TESTS = Path(__file__).resolve().parent
 
 
 def category_of(item: pytest.Item) -> str:
-    """The test's category: its explicit marker, else its module's."""
+    """The test's category: its explicit marker, else its folder's."""
     for marker in item.iter_markers():
         if marker.name in CATEGORIES:
             return marker.name
-    return MODULE_CATEGORY.get(item.path.stem, "integration")
+    folder = item.path.resolve().relative_to(TESTS).parts[0]
+    if folder not in CATEGORIES:
+        raise pytest.UsageError(f"{item.nodeid}: a test module belongs in tests/<category>/, "
+                                f"one of {', '.join(CATEGORIES)}")
+    return folder
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import select
 import signal
 import time
@@ -10,6 +11,8 @@ from typing import Any, Iterable
 
 import otpy
 
+TESTS = pathlib.Path(__file__).resolve().parent  # tests/: helpers, servers, pool_workers
+ROOT = TESTS.parent  # the repository
 DEADLINE = 10.0  # generous: a deadline, never a sleep
 CURRENT_TREE = None  # the isolated tree the running test is in (set by conftest)
 

@@ -3,7 +3,7 @@
 No sockets, no fork, no clock: the zygote keeps one ``Relations`` per live
 process (its ``Entry`` is one), asks this module to change them, and on a
 death gets back the notices to send, in the order they must be sent. Keeping
-the rules here lets them be tested alone (tests/test_zygote_core.py).
+the rules here lets them be tested alone (tests/unit/test_zygote_core.py).
 
 The ordering rules on a death, as the rest of the runtime relies on them:
 

@@ -12,8 +12,6 @@ from otpy.testing import ensure_pool_ready, inject_failure, wait_down, wait_even
 from otpy.testing import chaos
 from otpy_pool import CommandTimeout, Pool, WorkerCrashed
 
-pytestmark = pytest.mark.chaos
-
 DEADLINE = 10.0
 MB = 1024 * 1024
 

@@ -3,13 +3,14 @@ the public modules of otpy.testing, otpy.observer and otpy_pool."""
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
+
 PUBLIC = ["otpy/__init__.py", "otpy/lowlevel", "otpy/behaviours", "otpy/testing/__init__.py",
           "otpy/observer/__init__.py", "otpy_pool/__init__.py"]
 

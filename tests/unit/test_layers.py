@@ -9,7 +9,9 @@ import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
+
 LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy_pool"]
 # tests that check the runtime's internals on purpose
 INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py",

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.integration
 
 pytest_plugins = ["pytester"]
 

@@ -5,6 +5,8 @@ counts in ``status()`` match the model's."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 
@@ -16,6 +18,8 @@ from otpy_pool import Pool, PoolEvent, SessionNotFound
 
 from helpers import DEADLINE, expect
 from pool_workers import Notes
+
+pytestmark = pytest.mark.layer("full")  # real pool workers
 
 SESSIONS = st.sampled_from(["a", "b", "c", "d"])
 

@@ -7,6 +7,8 @@ import pytest
 
 from otpy_pool.bench import chaos_kill
 
+pytestmark = pytest.mark.layer("full")  # real pool workers
+
 
 @pytest.mark.chaos
 def test_sixty_percent_of_workers_killed_under_load():

@@ -29,7 +29,7 @@ from otpy.testing import ensure_pool_ready, inject_failure, wait_down, wait_for
 from otpy.testing import chaos
 from otpy_pool import CommandTimeout, Pool, WorkerCrashed
 
-pytestmark = pytest.mark.chaos
+pytestmark = pytest.mark.layer("full")  # real pool workers
 
 CLIENTS = 50
 SIZE = 4

@@ -13,8 +13,6 @@ import pytest
 import otpy
 from otpy.testing import inject_failure, isolated_tree, wait_down, wait_for
 
-pytestmark = pytest.mark.chaos
-
 DEADLINE = 10.0
 MB = 1024 * 1024
 

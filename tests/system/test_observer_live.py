@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
 import signal
 import subprocess
@@ -10,10 +9,10 @@ import sys
 
 import psutil
 
-from helpers import DEADLINE
+from helpers import DEADLINE, ROOT
 from terminal import Terminal
 
-DEMO = pathlib.Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+DEMO = ROOT / "examples" / "demo.py"
 
 
 def test_live_view_draws_the_tree_follows_restarts_and_quits_with_q():

@@ -3,11 +3,15 @@ peers measured or skipped, no logs in the output (never the speed)."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 
 from otpy_pool import bench
+
+pytestmark = pytest.mark.layer("full")  # real pool workers
 
 LATENCIES = ["call_rtt_us", "pool_execute_us", "pool_execute_stateless_us",
              "worker_crash_error_ms", "worker_replaced_ms", "session_recovery_ms"]

@@ -10,9 +10,10 @@ import textwrap
 
 import pytest
 
+import helpers
 import otpy
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = str(helpers.TESTS)
 PROGRAM = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])

@@ -11,8 +11,6 @@ from otpy_pool import CommandTimeout, Pool, SessionNotFound, UnknownCommand, Wor
 from otpy_pool.testing import (Crash, Delay, Fail, InlinePool, MockWorker, Reply,
                                UnexpectedCommand, check_script, start_pool)
 
-pytestmark = pytest.mark.integration
-
 DEADLINE = 10.0
 
 
@@ -26,6 +24,7 @@ def mock_pool(tree, script, size=1, **options) -> Pool:
 
 # ---- MockWorker: the bridge layer -----------------------------------------------------------
 
+@pytest.mark.layer("bridge")
 def test_a_mock_worker_replies_as_scripted_in_turn(otpy_tree):
     pool = mock_pool(otpy_tree, {"run": Reply("ok"), "load": [Reply(1), Fail(OSError("disk")),
                                                                Reply(2)],
@@ -42,6 +41,7 @@ def test_a_mock_worker_replies_as_scripted_in_turn(otpy_tree):
                                             ("load", ()), ("load", ()), ("add", (41,))]
 
 
+@pytest.mark.layer("bridge")
 def test_a_mock_worker_crash_is_real(otpy_tree):
     pool = mock_pool(otpy_tree, {"die": Crash(3), "run": Reply("ok")})
     worker = pool.workers()[0]
@@ -52,6 +52,7 @@ def test_a_mock_worker_crash_is_real(otpy_tree):
     assert pool.execute("run") == "ok"
 
 
+@pytest.mark.layer("bridge")
 def test_a_mock_worker_delay_meets_the_pools_command_timeout(otpy_tree):
     pool = mock_pool(otpy_tree, {"slow": Delay(30, Reply("late")), "run": Reply("ok")},
                      command_timeout=0.2)
@@ -61,6 +62,7 @@ def test_a_mock_worker_delay_meets_the_pools_command_timeout(otpy_tree):
     assert pool.execute("run") == "ok"
 
 
+@pytest.mark.layer("bridge")
 def test_a_mock_worker_checks_the_commands_it_expects(otpy_tree):
     pool = mock_pool(otpy_tree, {"a": Reply(1), "b": Reply(2)},
                      worker={"expect": ["a", "b"]})
@@ -69,6 +71,7 @@ def test_a_mock_worker_checks_the_commands_it_expects(otpy_tree):
         pool.execute("a")
 
 
+@pytest.mark.layer("bridge")
 def test_a_mock_workers_scripted_health_fails_and_it_is_replaced(otpy_tree):
     pool = mock_pool(otpy_tree, {"run": Reply("ok")}, worker={"health": [True, False, True]},
                      health_interval=0.05)
@@ -79,6 +82,7 @@ def test_a_mock_workers_scripted_health_fails_and_it_is_replaced(otpy_tree):
     assert pool.execute("run") == "ok"
 
 
+@pytest.mark.layer("bridge")
 def test_a_bad_script_is_refused_naming_the_command(otpy_tree):
     with pytest.raises(otpy.StartError, match="a step is Reply, Fail, Delay, Crash or a function, "
                                               "not 42"):
@@ -91,6 +95,7 @@ def test_a_bad_script_is_refused_naming_the_command(otpy_tree):
 
 # ---- InlinePool: the mock layer -----------------------------------------------------------------
 
+@pytest.mark.layer("mock")
 def test_an_inline_pool_runs_commands_and_sessions_in_this_process():
     before = set(otpy.processes())
     pool = InlinePool(Notes, kwargs={"tag": "inline"})
@@ -112,6 +117,7 @@ def test_an_inline_pool_runs_commands_and_sessions_in_this_process():
     assert pool.workers() == [] and set(otpy.processes()) == before  # no process at all
 
 
+@pytest.mark.layer("mock")
 def test_an_inline_mock_worker_crash_raises_worker_crashed():
     pool = InlinePool(MockWorker, kwargs={"script": {"die": Crash(), "run": Reply(1)}})
     with pytest.raises(WorkerCrashed):

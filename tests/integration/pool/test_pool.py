@@ -17,6 +17,8 @@ from otpy_pool import (CommandTimeout, Pool, PoolError, PoolEvent, PoolOverloade
 from helpers import DEADLINE, expect, expect_down
 from pool_workers import Notes, SlowInit
 
+pytestmark = pytest.mark.layer("full")  # real pool workers
+
 
 @pytest.fixture(autouse=True)
 def _no_stale_events():

@@ -3,14 +3,13 @@ stops cleanly and leaves nothing behind."""
 
 from __future__ import annotations
 
-import pathlib
 import re
 import subprocess
 import sys
 
 import psutil
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from helpers import ROOT
 
 
 def test_demo_runs_for_a_bounded_time_and_leaves_no_process():

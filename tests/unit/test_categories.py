@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import CATEGORIES
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
 
 
 def test_every_test_of_this_run_has_exactly_one_category(request):
@@ -19,15 +18,15 @@ def test_every_test_of_this_run_has_exactly_one_category(request):
         if len(names) != 1:
             wrong[item.nodeid] = sorted(names)
     assert wrong == {}
-    assert request.node.get_closest_marker("unit") is not None  # from the module table
+    assert request.node.get_closest_marker("unit") is not None  # from its folder
 
 
-SAMPLE = {  # a module of each category (the last by its own marker, not the table)
-    "tests/test_zygote_core.py": "unit",
-    "tests/test_processes.py": "integration",
-    "tests/test_orphans.py": "system",
-    "tests/test_bench.py": "performance",
-    "tests/test_testing_inject.py": "chaos",
+SAMPLE = {  # a module of each category, by its folder
+    "tests/unit/test_zygote_core.py": "unit",
+    "tests/integration/runtime/test_processes.py": "integration",
+    "tests/system/test_orphans.py": "system",
+    "tests/performance/test_bench.py": "performance",
+    "tests/chaos/test_testing_inject.py": "chaos",
 }
 
 
@@ -45,7 +44,8 @@ def test_marker_expressions_select_by_category():
     by_module = {module: {t for t in everything if t.startswith(module + "::")}
                  for module in SAMPLE}
     assert all(by_module.values())
-    # the category markers exist before -m deselects (a marker expression, a module's own marker)
-    assert collect("-m", "unit or chaos") == (by_module["tests/test_zygote_core.py"]
-                                              | by_module["tests/test_testing_inject.py"])
-    assert collect("-m", "not performance") == everything - by_module["tests/test_bench.py"]
+    # the category markers exist before -m deselects
+    assert collect("-m", "unit or chaos") == (by_module["tests/unit/test_zygote_core.py"]
+                                              | by_module["tests/chaos/test_testing_inject.py"])
+    performance = by_module["tests/performance/test_bench.py"]
+    assert collect("-m", "not performance") == everything - performance

@@ -9,8 +9,6 @@ import pytest
 import otpy
 from otpy.testing import synchronize, wait_down, wait_for, wait_registered
 
-pytestmark = pytest.mark.integration
-
 DEADLINE = 10.0
 
 

@@ -16,6 +16,8 @@ from otpy_pool import (CircuitBreaker, CircuitOpen, CommandTimeout, Policy, Pool
                        PoolTimeout, RateLimited, RateLimiter, Recovery, SessionLost, Worker,
                        WorkerCrashed, classify, command, protect)
 
+pytestmark = pytest.mark.layer("full")  # real pool workers
+
 DEADLINE = 10.0
 
 

@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+import helpers
 import otpy
 from helpers import DEADLINE, busy, expect_down, idle, wait_gone
 from otpy import observer
@@ -42,7 +43,7 @@ PROGRAM = textwrap.dedent("""
         otpy.Supervisor.which_children("top")  # answered after the restart
         print("synced", flush=True)
 """)
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = str(helpers.TESTS)
 
 
 @contextlib.contextmanager

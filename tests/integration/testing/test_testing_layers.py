@@ -50,8 +50,6 @@ def test_a_bad_layer_marker_is_a_usage_error(pytester):
     pytester.makepyfile(test_sample='''
 import pytest
 
-pytestmark = pytest.mark.integration
-
 @pytest.mark.layer("fast")
 def test_x():
     pass
