@@ -41,6 +41,7 @@ from ._runtime.errors import (
     Timeout,
 )
 from ._runtime.reasons import RemoteError
+from ._runtime.rows import ProcessRow
 from ._runtime.terms import BadMessage, Down, Exit, Pid, Ref
 
 from . import lowlevel
@@ -72,7 +73,7 @@ __all__ = [
     "IGNORE", "NOREPLY", "AlreadyStarted", "From", "GenServer", "StartError", "Stop", "call",
     "cast", "reply", "stop",
     "AlreadyRegistered", "BadMessage", "Down", "Exit", "Exited", "NoProc", "OtpyError", "Pid",
-    "ProcessExit", "Ref", "RemoteError", "RuntimeGone", "SerializationError", "Timeout",
+    "ProcessExit", "ProcessRow", "Ref", "RemoteError", "RuntimeGone", "SerializationError", "Timeout",
     "cancel_timer", "configure_logging", "demonitor", "exit", "is_alive", "link", "make_ref", "monitor",
     "process_info", "processes", "receive", "register", "registered", "self", "send",
     "send_after", "spawn", "spawn_link", "spawn_monitor", "trap_exit", "unlink", "unregister",

@@ -7,6 +7,7 @@ from typing import Any, Callable
 from . import reasons, wire
 from .errors import NoProc, ProcessExit
 from .node import context
+from .rows import ProcessRow
 from .terms import Down, Exit, Pid, Ref
 
 
@@ -197,14 +198,15 @@ def processes() -> list[Pid]:
     return context().request("processes", None)
 
 
-def process_info(pid: Pid) -> dict | None:
+def process_info(pid: Pid) -> ProcessRow[Pid] | None:
     """What the node knows of a live process, or None once it is dead.
 
-    Keys: pid, name, namespace, os_pid, status ("running"/"waiting"), links,
-    monitors (processes it monitors), monitored_by, trap_exit,
+    A ``ProcessRow`` (otpy.ProcessRow: the same keys as the observer's rows):
+    pid, name, namespace, os_pid, parent, status ("running"/"waiting"),
+    trap_exit, links, monitors (processes it monitors), monitored_by,
     message_queue_len (messages read and not yet received), inbound_bytes
-    (bytes sent to it and not yet read), memory (RSS bytes), started_at
-    (epoch seconds), parent.
+    (bytes sent to it and not yet read), started_at (epoch seconds), memory
+    (RSS bytes).
     """
     _check_pid(pid)
     ctx = context()

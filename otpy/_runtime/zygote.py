@@ -44,10 +44,11 @@ import socket
 import struct
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import log, process, reasons, tables, wire
 from .observe import REQUEST_SIGNAL, Page
+from .rows import P, PageRow, ProcessRow
 from .status import STATE_NAMES, StatusTable
 from .terms import Pid, Ref
 
@@ -593,27 +594,35 @@ class Zygote:
         return [p.pid for p in list(self.procs.values())
                 if self.live(p.pid.serial) is not None and (ns is None or p.ns == ns)]
 
-    def op_info(self, e: Entry, serial: int) -> dict | None:
+    def op_info(self, e: Entry, serial: int) -> ProcessRow[Pid] | None:
         t = self.live(serial)
         if t is None:
             return None
-        slot = self.status.get(serial)
-        state, qlen = slot if slot else (0, 0)
+        row: ProcessRow[Pid] = self.row(t, lambda pid: pid)
+        row["memory"] = _rss(t.pid.os_pid)
+        return row
+
+    def row(self, t: Entry, name_of: Callable[[Pid], P]) -> ProcessRow[P]:
+        """``t`` as the schema of rows.py, naming processes by ``name_of(pid)``."""
+        state, qlen = self.status.get(t.pid.serial) or (0, 0)
+
+        def named(serials: Iterable[int]) -> list[P]:
+            return [name_of(self.procs[s].pid) for s in sorted(serials) if s in self.procs]
+
         return {
-            "pid": t.pid,
+            "pid": name_of(t.pid),
             "name": t.name,
             "namespace": t.ns,
             "os_pid": t.pid.os_pid,
+            "parent": name_of(t.parent) if t.parent is not None else None,
             "status": STATE_NAMES.get(state, "unknown"),
-            "links": sorted(self.procs[s].pid for s in t.links if s in self.procs),
-            "monitors": sorted(self.procs[s].pid for s in t.monitoring.values() if s in self.procs),
-            "monitored_by": sorted(self.procs[s].pid for s in t.monitors.values() if s in self.procs),
             "trap_exit": t.trap,
+            "links": named(t.links),
+            "monitors": named(t.monitoring.values()),
+            "monitored_by": named(t.monitors.values()),
             "message_queue_len": qlen,
             "inbound_bytes": _unread_bytes(t.write),
-            "memory": _rss(t.pid.os_pid),
             "started_at": t.started_at,
-            "parent": t.parent,
         }
 
     def op_timer(self, e: Entry, ref: Ref, dest: Any, ns: str, delay: float, kind: int,
@@ -673,17 +682,11 @@ class Zygote:
                 pass
         except BlockingIOError:
             pass
-        procs = []
+        procs: list[PageRow] = []
         for e in self.procs.values():
-            procs.append({
-                "pid": e.pid.serial, "os_pid": e.pid.os_pid, "name": e.name,
-                "namespace": e.ns, "parent": e.parent.serial if e.parent else None,
-                "started_at": e.started_at, "trap_exit": e.trap, "program": e.is_main,
-                "exiting": e.exiting, "links": sorted(e.links),
-                "monitors": sorted(e.monitoring.values()),
-                "monitored_by": sorted(e.monitors.values()),
-                "inbound_bytes": _unread_bytes(e.write), "meta": e.meta,
-            })
+            row: PageRow = {**self.row(e, _serial), "program": e.is_main, "exiting": e.exiting,
+                            "meta": e.meta}
+            procs.append(row)
         page = {"node": self.node, "zygote_os_pid": self.os_pid,
                 "program_os_pid": self.main_pid.os_pid, "started_at": self.started_at, "written_at": time.time(),
                 "processes": procs, "recent_exits": list(self.recent_exits)}
@@ -691,6 +694,10 @@ class Zygote:
 
     def op_shutdown(self, e: Entry) -> None:
         self.teardown()
+
+
+def _serial(pid: Pid) -> int:
+    return pid.serial
 
 
 class _FdSet:

@@ -4,11 +4,14 @@ A node's zygote keeps two files that any process of the same user can open
 through /proc/<zygote>/fd: the status table (one slot per process: state and
 mailbox length, updated by the processes themselves) and the page (a JSON
 snapshot of the node's tables, written on request under a sequence lock).
+Each process on the page is a ``PageRow``: ``otpy.ProcessRow`` with serial
+numbers for pids, plus ``program``, ``exiting`` and ``meta``.
 """
 
 from .._runtime.observe import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
+from .._runtime.rows import PageRow
 from .._runtime.status import NAME as STATUS_NAME
 from .._runtime.status import STATE_NAMES, StatusTable
 
-__all__ = ["PAGE_NAME", "REQUEST_SIGNAL", "STATE_NAMES", "STATUS_NAME", "StatusTable", "page_seq",
-           "read_page"]
+__all__ = ["PAGE_NAME", "PageRow", "REQUEST_SIGNAL", "STATE_NAMES", "STATUS_NAME", "StatusTable",
+           "page_seq", "read_page"]

@@ -6,7 +6,7 @@ processes is called. Only nodes of the same OS user can be read.
 """
 
 from ._nodes import Node, NodeNotFound, find_node, list_nodes
-from ._snapshot import NodeReader, ObserverError, snapshot
+from ._snapshot import NodeReader, ObserverError, SnapshotRow, snapshot
 
-__all__ = ["Node", "NodeNotFound", "NodeReader", "ObserverError", "find_node", "list_nodes",
-           "snapshot"]
+__all__ = ["Node", "NodeNotFound", "NodeReader", "ObserverError", "SnapshotRow", "find_node",
+           "list_nodes", "snapshot"]

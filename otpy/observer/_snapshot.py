@@ -16,14 +16,32 @@ from typing import Any
 
 import psutil
 
-from .. import OtpyError
+from .. import OtpyError, ProcessRow
 from ..lowlevel.observation import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
 from ..lowlevel.observation import STATUS_NAME
-from ..lowlevel.observation import STATE_NAMES, StatusTable
+from ..lowlevel.observation import STATE_NAMES, PageRow, StatusTable
 from ._nodes import Node, NodeNotFound, find_fd, find_node
 
 READ_TIMEOUT = 2.0
 UNIQUE_MEMORY_INTERVAL = 5.0  # seconds between two readings of a process's USS and PSS
+
+
+class SnapshotRow(ProcessRow[int]):
+    """A process in a ``snapshot()``: ``otpy.ProcessRow`` (pids as serial
+    numbers, ``memory`` always present) plus what the observer works out."""
+
+    program: bool  # the program's own process
+    kind: str  # "supervisor", "worker" (a supervised child) or "process"
+    restarts: int  # how often its supervisor restarted this child
+    uptime: float  # seconds
+    memory_unique: int  # USS bytes: what only this process holds (what killing it frees)
+    memory_proportional: int  # PSS bytes: its fair share of the pages it shares
+    cpu_percent: float
+    child_id: str | None
+    behaviour: str | None
+    supervisor: int | None  # its supervisor's serial
+    last_exit: str | None  # why the previous incarnation of this child exited
+    children: list[SnapshotRow]  # a supervisor's children, in start order
 
 
 class ObserverError(OtpyError, RuntimeError):
@@ -107,10 +125,10 @@ class NodeReader:
             "recent_exits": tables["recent_exits"],
         }
 
-    def _row(self, p: dict[str, Any], now: float) -> dict[str, Any]:
+    def _row(self, p: PageRow, now: float) -> SnapshotRow:
         meta = p["meta"]
         serial = p["pid"]
-        slot = self._status.get(serial)
+        slot = self._status.get(serial)  # fresher than the page's
         if p["exiting"] or slot is None:
             status, queue = "exiting", 0
         else:
@@ -123,30 +141,31 @@ class NodeReader:
             kind = "process"
         (rss, uss, pss), cpu = self._usage(serial, p["os_pid"], now)
         return {
-            "name": p["name"],
             "pid": serial,
-            "os_pid": p["os_pid"],
-            "kind": kind,
-            "status": status,
-            "restarts": meta.get("restarts", 0),
-            "uptime": round(now - p["started_at"], 3),
-            "memory": rss,
-            "memory_unique": uss,
-            "memory_proportional": pss,
-            "cpu_percent": cpu,
-            "message_queue_len": queue,
-            "inbound_bytes": p["inbound_bytes"],
-            "child_id": meta.get("child_id"),
-            "behaviour": meta.get("behaviour"),
-            "supervisor": meta.get("supervisor"),
-            "last_exit": meta.get("last_exit"),
-            "program": p["program"],
+            "name": p["name"],
             "namespace": p["namespace"],
+            "os_pid": p["os_pid"],
+            "parent": p["parent"],
+            "status": status,
             "trap_exit": p["trap_exit"],
             "links": p["links"],
             "monitors": p["monitors"],
             "monitored_by": p["monitored_by"],
+            "message_queue_len": queue,
+            "inbound_bytes": p["inbound_bytes"],
             "started_at": p["started_at"],
+            "memory": rss,
+            "program": p["program"],
+            "kind": kind,
+            "restarts": meta.get("restarts", 0),
+            "uptime": round(now - p["started_at"], 3),
+            "memory_unique": uss,
+            "memory_proportional": pss,
+            "cpu_percent": cpu,
+            "child_id": meta.get("child_id"),
+            "behaviour": meta.get("behaviour"),
+            "supervisor": meta.get("supervisor"),
+            "last_exit": meta.get("last_exit"),
             "children": [],
         }
 
@@ -215,13 +234,13 @@ def snapshot(node: str | int | None = None, timeout: float = READ_TIMEOUT) -> di
 
         {"node", "os_pid" (the program's), "zygote_os_pid", "cmdline", "uptime",
          "processes" (how many), "taken_at", "recent_exits",
-         "tree": [{"name", "pid", "os_pid", "kind" (supervisor/worker/process),
-                   "status" (running/waiting/exiting), "restarts", "uptime",
-                   "memory" (RSS bytes), "memory_unique" (USS bytes: what only
-                   this process holds), "memory_proportional" (PSS bytes),
-                   "cpu_percent", "message_queue_len",
-                   "child_id", "behaviour", "supervisor", "last_exit", "links",
-                   "monitors", "monitored_by", "trap_exit", ..., "children": [...]}]}
+         "tree": [SnapshotRow, ...]}
+
+    Each row is an ``otpy.ProcessRow`` (what ``otpy.process_info`` returns, with
+    serial numbers for pids) plus what the observer works out: "kind"
+    (supervisor/worker/process), "restarts", "uptime", "memory_unique" (USS),
+    "memory_proportional" (PSS), "cpu_percent", "child_id", "behaviour",
+    "supervisor", "last_exit", "program" and "children" (see SnapshotRow).
 
     Supervisors list their children in start order; processes that no
     supervisor holds are at the top level. CPU % is over each process's life

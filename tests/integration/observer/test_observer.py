@@ -17,6 +17,7 @@ import helpers
 import otpy
 from helpers import DEADLINE, busy, expect_down, idle, wait_gone
 from otpy import observer
+from otpy.lowlevel import observation
 from otpy.observer._nodes import find_fd
 from otpy.observer._text import flatten
 from servers import Counter
@@ -116,6 +117,42 @@ def test_snapshot_after_a_sigkill_shows_the_new_os_pid_and_the_restart(otpy_tree
     assert after["restarts"] == 1 and after["last_exit"] == "killed"
     assert {"pid": old.serial, "reason": "killed", "child_id": "victim"}.items() <= \
         [e for e in snap["recent_exits"] if e["pid"] == old.serial][0].items()
+
+
+def keys_of(schema: type) -> set[str]:
+    return set(schema.__required_keys__) | set(schema.__optional_keys__)
+
+
+def test_process_info_the_page_and_snapshot_rows_share_one_schema(otpy_tree):
+    """One schema, otpy.ProcessRow: process_info names processes by Pid, the page
+    and snapshot() by serial number; the keys are the schema's and the values agree."""
+    pid = otpy_tree.start_child(Counter.child_spec(name="shared"))  # linked to its supervisor
+    otpy.monitor(pid)
+    otpy.call(pid, "get")  # it is waiting in receive from here on
+
+    info = otpy.process_info(pid)
+    assert set(info) == keys_of(otpy.ProcessRow)
+    row = find(observer.snapshot()["tree"], pid=pid.serial)
+    assert set(row) == keys_of(observer.SnapshotRow)
+    node = observer.find_node(None)
+    fd = os.open(f"/proc/{node.zygote_os_pid}/fd/"
+                 f"{find_fd(node.zygote_os_pid, observation.PAGE_NAME)}", os.O_RDONLY)
+    try:
+        page = json.loads(observation.read_page(fd)[1])
+    finally:
+        os.close(fd)
+    on_page = [p for p in page["processes"] if p["pid"] == pid.serial][0]
+    assert set(on_page) == keys_of(observation.PageRow) - {"memory"}
+
+    def by_serial(value):
+        if isinstance(value, otpy.Pid):
+            return value.serial
+        return [by_serial(v) for v in value] if isinstance(value, list) else value
+
+    assert info["links"] == [otpy_tree.supervisor] and info["monitored_by"] == [otpy.self()]
+    for key in keys_of(otpy.ProcessRow) - {"memory"}:
+        assert by_serial(info[key]) == row[key] == on_page[key], key
+    assert info["memory"] > 0 and row["memory"] > 0
 
 
 def test_a_busy_process_still_shows_with_its_unread_mail():
