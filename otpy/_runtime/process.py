@@ -99,6 +99,7 @@ class ProcessContext:
         self.watched: set[int] = set()
         self.dead: dict[int, Any] = {}
         self.abandoned: dict[Ref, None] = {}  # calls that timed out: drop their replies
+        self.abandoned_requests: set[int] = set()  # zygote requests that timed out: likewise
         self.gone = False
         self.fatal: ProcessExit | None = None
         self.local = threading.local()  # per-thread namespace stack (isolated trees)
@@ -119,7 +120,8 @@ class ProcessContext:
     def pop_namespace(self, ns: str) -> None:
         stack = self.local.stack
         if not stack or stack[-1] != ns:
-            raise RuntimeError(f"isolated trees must exit in reverse order of entry ({ns!r})")
+            raise OtpyError(f"namespaces must be left in reverse order of entry: {ns!r} is "
+                            f"not the innermost ({stack[-1] if stack else None!r} is)")
         stack.pop()
 
     # ---- reading ----------------------------------------------------------------
@@ -221,8 +223,11 @@ class ProcessContext:
         for item in items:
             t = type(item)
             if t is _Reply:
-                self.replies[item.req_id] = item.value
-                keys.append(item.req_id)
+                if item.req_id in self.abandoned_requests:
+                    self.abandoned_requests.discard(item.req_id)  # late: nobody waits
+                else:
+                    self.replies[item.req_id] = item.value
+                    keys.append(item.req_id)
             elif t is tuple and len(item) == 3 and item[0] == REPLY and type(item[1]) is Ref:
                 ref = item[1]
                 if ref in awaiting:
@@ -370,6 +375,11 @@ class ProcessContext:
             return None
 
         found = self.wait_for(check, _monotonic() + timeout, req_id)
+        if found is None:
+            with self.lock:
+                found = check()  # it may have come in as the wait ended
+                if found is None:
+                    self.abandoned_requests.add(req_id)
         if found is None:
             raise Timeout(f"the otpy zygote did not answer {op!r} within {timeout}s")
         value = found[0]

@@ -50,7 +50,7 @@ def enter_namespace(namespace: str) -> None:
 
 
 def leave_namespace(namespace: str) -> None:
-    """Leave the innermost namespace, which must be ``namespace``."""
+    """Leave the innermost namespace, which must be ``namespace`` (else OtpyError)."""
     context().pop_namespace(namespace)
 
 

@@ -150,6 +150,20 @@ def test_annotate_shows_in_the_node_tables():
     otpy.exit(pid, "kill")
 
 
+def test_namespaces_are_left_innermost_first_or_an_otpy_error_names_both():
+    outer = lowlevel.current_namespace()
+    lowlevel.enter_namespace("ns-a")
+    lowlevel.enter_namespace("ns-b")
+    try:
+        with pytest.raises(otpy.OtpyError, match="'ns-a' is not the innermost .'ns-b' is"):
+            lowlevel.leave_namespace("ns-a")
+        assert lowlevel.current_namespace() == "ns-b"  # nothing was left
+    finally:
+        lowlevel.leave_namespace("ns-b")
+        lowlevel.leave_namespace("ns-a")
+    assert lowlevel.current_namespace() == outer
+
+
 def test_start_and_shutdown_of_the_node_on_purpose(tmp_path):
     script = textwrap.dedent("""
         import threading

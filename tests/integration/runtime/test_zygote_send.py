@@ -1,12 +1,18 @@
 """The zygote never blocks on a process's full inbound stream, a descriptor
-hand-over included. A test of the runtime's internals."""
+hand-over included; a zygote reply that comes after its request timed out is
+dropped, not kept. Tests of the runtime's internals."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import types
 
+import pytest
+
+import otpy
+from otpy._runtime.node import context
 from otpy._runtime.zygote import Zygote
 
 
@@ -30,3 +36,15 @@ def test_handing_over_a_descriptor_to_a_full_stream_does_not_block():
             s.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_zygote_reply_after_its_request_timed_out_is_dropped():
+    ctx = context()
+    os.kill(ctx.zygote_os_pid, signal.SIGSTOP)  # it cannot answer in time
+    try:
+        with pytest.raises(otpy.Timeout, match="'processes'"):
+            ctx.request("processes", None, timeout=0.01)
+    finally:
+        os.kill(ctx.zygote_os_pid, signal.SIGCONT)
+    assert otpy.processes()  # a later request: its reply comes after the late one
+    assert ctx.replies == {} and ctx.abandoned_requests == set()
