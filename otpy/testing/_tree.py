@@ -83,17 +83,25 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
     are sent the exit signal ``"shutdown"``, as a supervisor stops a child;
     only one that has not stopped ``GRACE`` seconds later is killed and
     reported.
+
+    ``stop_timeout``: how long the root supervisor may take to stop its
+    children (each within its own shutdown time); after that it is killed,
+    its processes with it, and LeakError says so. The exit never waits longer.
     """
 
     def __init__(self, name: str, children: list[ChildSpec] = (), *,
                  strategy: str = "one_for_one", max_restarts: int = 3,
                  max_seconds: float = 5.0, layer: str | None = None,
-                 adopt: bool = False) -> None:
+                 adopt: bool = False, stop_timeout: float = 60.0) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"an isolated tree needs a non-empty str name, not {name!r}")
         if not isinstance(adopt, bool):
             raise TypeError(f"isolated_tree's adopt must be True or False, not {adopt!r}")
+        if not isinstance(stop_timeout, (int, float)) or stop_timeout <= 0:
+            raise TypeError(f"isolated_tree's stop_timeout must be seconds > 0, "
+                            f"not {stop_timeout!r}")
         self.adopt = adopt
+        self.stop_timeout = stop_timeout
         self.name = name
         self.children = list(children)
         self.options = dict(strategy=strategy, max_restarts=max_restarts,
@@ -131,15 +139,17 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             if not _active[me]:
                 del _active[me]
         _trees.pop(tree.namespace, None)
-        failed = _run_on_exit(tree)
+        leaks = _run_on_exit(tree)
         try:
             # Before anything stops: a segment is the tree's if one of its
             # processes has it open or mapped now (see _segments_held_by).
             segments = self._segments_of(tree.namespace)
-            self._stop(tree)
-            if self.adopt:
-                failed += self._stop_adopted(tree.namespace)
-            leaks = failed + self._cleanup(tree.namespace) + _remove_segments(segments)
+            try:
+                leaks += self._stop(tree)
+                if self.adopt:
+                    leaks += self._stop_adopted(tree.namespace)
+            finally:  # whatever went wrong above, nothing of the tree survives it
+                leaks += self._cleanup(tree.namespace) + _remove_segments(segments)
         finally:
             shutil.rmtree(tree.tmp_path, ignore_errors=True)
             lowlevel.leave_namespace(tree.namespace)
@@ -151,16 +161,23 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             raise error
         return None
 
-    def _stop(self, tree: Tree) -> None:
+    def _stop(self, tree: Tree) -> list[str]:
+        """Stop the root supervisor in order, within stop_timeout; say if it had to be killed."""
         sup = tree.supervisor
+        leaks = []
         if is_alive(sup):
             ref = monitor(sup)
             try:
-                Supervisor.stop(sup, "shutdown")
+                Supervisor.stop(sup, "shutdown", timeout=self.stop_timeout)
+            except Timeout:
+                exit(sup, "kill")  # its children are linked to it: they go too
+                leaks.append(f"the root supervisor did not stop within {self.stop_timeout}s "
+                             f"(a child ignoring shutdown?): killed")
             except OtpyError:
                 pass  # it died on its own: the Down below says so
-            lowlevel.await_down(ref, timeout=60)
+            lowlevel.await_down(ref, timeout=GRACE)
         lowlevel.flush(lambda m: type(m) is Exit and m.pid == sup)  # our link's Exit
+        return leaks
 
     def _cleanup(self, namespace: str) -> list[str]:
         """Kill the tree's stragglers and drop its names; describe what was found."""

@@ -12,8 +12,8 @@ import otpy
 import pytest
 from otpy.testing import LeakError, isolated_tree
 
-from helpers import idle, others
-from servers import Counter
+from helpers import expect, idle, others
+from servers import Counter, start_stubborn
 
 
 def test_a_tree_has_a_named_root_supervisor_a_tmp_path_and_private_names():
@@ -139,6 +139,22 @@ def test_a_tree_whose_child_fails_to_start_cleans_up_and_raises():
 
 def _boom():
     raise RuntimeError("cannot start")
+
+
+def test_a_root_supervisor_that_cannot_stop_is_killed_after_stop_timeout():
+    # a child that ignores "shutdown" with shutdown="infinity": the supervisor
+    # would wait for it forever, and so would the tree's exit
+    me = otpy.self()
+    with pytest.raises(LeakError, match="did not stop within 0.5s") as info:
+        with isolated_tree("test_stuck", stop_timeout=0.5) as tree:
+            tree.start_child(otpy.ChildSpec("stuck", start_stubborn, args=(me,),
+                                            shutdown="infinity"))
+            stuck = expect(lambda m: m[0] == "stubborn")[1]
+    # it traps exits, so even its supervisor's death left it running: killed too
+    assert f"processes still alive: [{stuck!r}]" in str(info.value)
+    assert not otpy.is_alive(stuck) and others() == []
+    with pytest.raises(TypeError, match="stop_timeout"):
+        isolated_tree("t", stop_timeout=0)
 
 
 def test_bad_tree_names_are_rejected():
