@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from .. import NoProc, Pid, exit, is_alive, whereis
+from .. import NoProc, OtpyError, Pid, exit, is_alive, whereis
 from .. import self as otpy_self
 from .. import lowlevel
 from ._helpers import wait_for
@@ -58,7 +58,11 @@ class Injection:
         self._lock = threading.Lock()
 
     def heal(self) -> None:
-        """Undo the fault. A target that died meanwhile has nothing to undo."""
+        """Undo the fault. A target that died meanwhile has nothing to undo.
+
+        Every part is undone even if one fails (a process that does not
+        answer within the injection's ``timeout``); the first failure is then
+        raised, with the others as notes."""
         with self._lock:
             if self.healed:
                 return
@@ -72,8 +76,16 @@ class Injection:
                     pass
                 os.close(self._pidfd)
                 self._pidfd = None
+            failures: list[OtpyError] = []
             for pid, token in reversed(self._undo):
-                lowlevel.heal_fault(pid, token)
+                try:
+                    lowlevel.heal_fault(pid, token, timeout=self.opts.get("timeout", 5.0))
+                except OtpyError as exc:
+                    failures.append(exc)
+            if failures:
+                for other in failures[1:]:
+                    failures[0].add_note(f"also not healed: {other}")
+                raise failures[0]
 
     def __enter__(self) -> Injection:
         return self

@@ -187,6 +187,19 @@ def test_partition_between_given_peers():
     assert no_message(lambda m: type(m) is tuple and m[0] == "forwarded")
 
 
+def test_heal_undoes_every_part_even_when_one_does_not_answer():
+    a, b, c = start_agent(), start_agent(), start_agent()
+    injection = inject_failure("partition", a, peers=[b, c], timeout=0.5)
+    os.kill(c.os_pid, signal.SIGSTOP)  # c cannot take its part of the heal
+    try:
+        with pytest.raises(otpy.Timeout, match=repr(c).replace("<", ".").replace(">", ".")):
+            injection.heal()
+    finally:
+        os.kill(c.os_pid, signal.SIGCONT)
+    otpy.send(b, ("tell", a, ("forward", "b->a")))  # b was healed after c failed
+    assert otpy.receive(timeout=DEADLINE, match=lambda m: m[0] == "forwarded")[1] == "b->a"
+
+
 def test_partition_for_a_duration_heals_by_itself():
     pid = start_agent()
     injection = inject_failure("partition", pid, duration=0.1)
