@@ -453,9 +453,12 @@ def _kill(pid: otpy.Pid) -> None:
         otpy.receive(timeout=5, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
 
 
-# ---- running and reporting ---------------------------------------------------------
+# ---- running and reporting (shared with otpy_pool.bench) -------------------------
 
-def plan(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
+Case = tuple[str, Callable[[], Any]]  # a result key, and what measures it
+
+
+def plan(quick: bool) -> list[Case]:
     rtt_n, rtt_w = (500, 100) if quick else (20000, 2000)
     sp_n, sp_w = (20, 5) if quick else (300, 30)
     casts = 2000 if quick else 100000
@@ -492,24 +495,33 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(quick: bool, progress=sys.stderr) -> dict[str, Any]:
+def run(quick: bool, progress: Any = sys.stderr) -> dict[str, Any]:
+    return run_cases(plan(quick), RATIOS, quick, progress)
+
+
+def run_cases(cases: list[Case], ratios: dict[str, tuple[str, str]], quick: bool,
+              progress: Any = sys.stderr,
+              expand: Callable[[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Measure every case, whatever fails (a failure is reported, not raised, so
+    one run gives every figure it can), then the ``ratios``: the report that
+    ``--json`` writes and ``--compare`` reads. ``expand`` turns a case's key and
+    value into result keys, for a case that measures several figures at once."""
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    cases = plan(quick)
     for i, (key, case) in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {key} ...", file=progress, flush=True)
         try:
-            results[key] = case()
+            value = case()
         except Skipped as why:
             skipped[key] = str(why)
+            continue
         except Exception as exc:  # report the failure, keep measuring the rest
             errors[key] = f"{type(exc).__name__}: {exc}"
-    ratios = {}
-    for name, (top, bottom) in RATIOS.items():
-        if isinstance(results.get(top), dict) and isinstance(results.get(bottom), dict):
-            ratios[name] = round(results[top]["p50"] / results[bottom]["p50"], 3)
-    report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios}
+            continue
+        results.update(expand(key, value) if expand else {key: value})
+    report = {"machine": machine(), "quick": quick, "results": results,
+              "ratios": divide(results, ratios)}
     if skipped:
         report["skipped"] = skipped
     if errors:
@@ -517,20 +529,36 @@ def run(quick: bool, progress=sys.stderr) -> dict[str, Any]:
     return report
 
 
-def table(report: dict[str, Any]) -> str:
-    lines = [f"{'key':28} {'p50':>10} {'p99':>10} {'n':>7}"]
+def divide(results: dict[str, Any], ratios: dict[str, tuple[str, str]]) -> dict[str, float]:
+    """Each ratio's two keys divided: their p50s, or plain figures (rates, sizes)
+    as they are; a ratio with a key missing (skipped, failed) is left out."""
+    out = {}
+    for name, (top, bottom) in ratios.items():
+        a, b = results.get(top), results.get(bottom)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out[name] = round(a["p50"] / b["p50"], 3)
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+            out[name] = round(a / b, 3)
+    return out
+
+
+def table(report: dict[str, Any], width: int = 28) -> str:
+    """The report as text; ``width`` is the key column's (the longest key's)."""
+    lines = [f"{'key':{width}} {'p50':>10} {'p99':>10} {'n':>7}"]
     for key, value in report["results"].items():
-        if isinstance(value, dict):
-            lines.append(f"{key:28} {value['p50']:>10} {value['p99']:>10} {value['n']:>7}")
+        if isinstance(value, dict) and "p50" in value:
+            lines.append(f"{key:{width}} {value['p50']:>10} {value['p99']:>10} {value['n']:>7}")
+        elif isinstance(value, dict):  # figures of another kind: each by its name
+            lines.append(f"{key:{width}} " + ", ".join(f"{k}={v}" for k, v in value.items()))
         else:
-            lines.append(f"{key:28} {value:>10}")
+            lines.append(f"{key:{width}} {value:>10}")
     lines.append("")
     for name, value in report["ratios"].items():
-        lines.append(f"{name:28} {value:>10}")
+        lines.append(f"{name:{width}} {value:>10}")
     for key, why in report.get("skipped", {}).items():
-        lines.append(f"{key:28} {'skipped':>10}  ({why})")
+        lines.append(f"{key:{width}} {'skipped':>10}  ({why})")
     for key, why in report.get("errors", {}).items():
-        lines.append(f"{key:28} {'FAILED':>10}  ({why})")
+        lines.append(f"{key:{width}} {'FAILED':>10}  ({why})")
     m = report["machine"]
     lines.append(f"\nmachine: {m['cpus']} cpus, {m['cpu_model']}, Python {m['python']}")
     return "\n".join(lines)
@@ -552,9 +580,23 @@ def compare(report: dict[str, Any], baseline: dict[str, Any], margin: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m otpy.bench", description=__doc__,
+    return cli("python -m otpy.bench", __doc__, lambda args: run(args.quick), argv)
+
+
+def cli(prog: str, description: str, measure: Callable[[argparse.Namespace], dict[str, Any]],
+        argv: list[str] | None = None, *, options: dict[str, dict[str, Any]] | None = None,
+        width: int = 28,
+        comparable: Callable[[dict[str, Any]], dict[str, Any]] = lambda report: report) -> int:
+    """A benchmark's command line, shared with ``python -m otpy_pool.bench``:
+    ``measure`` runs the cases for the parsed arguments, among them the extra
+    ``options`` (flag: add_argument's keywords); ``comparable`` makes every
+    ratio "lower is better" for ``--compare``. Exit status 1 on a failed case
+    or a regression."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run, in seconds")
+    for flag, settings in (options or {}).items():
+        parser.add_argument(flag, **settings)
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
     parser.add_argument("--compare", metavar="BASELINE", help="compare ratios with a saved report")
     parser.add_argument("--margin", type=float, default=0.25,
@@ -563,20 +605,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verbose:  # restarts and crash reports are what the cases measure, not news
         otpy.configure_logging(level="critical")
-    report = run(args.quick)
+    report = measure(args)
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
-        print(table(report))
+        print(table(report, width))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=2)
     status = 1 if report.get("errors") else 0
     if args.compare:
         with open(args.compare) as f:
-            if compare(report, json.load(f), args.margin):
-                status = 1
+            baseline = json.load(f)
+        if compare(comparable(report), comparable(baseline), margin=args.margin):
+            status = 1
     return status
 
 

@@ -18,9 +18,7 @@ skipped. The node's logs stay out of the output unless ``--verbose``.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import os
 import random
 import signal
@@ -30,7 +28,7 @@ from typing import Any, Callable
 
 import otpy
 from otpy import lowlevel
-from otpy.bench import Skipped, call_rtt, compare, machine, summarize
+from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 
 from . import _peers
 from ._errors import WorkerCrashed
@@ -401,11 +399,11 @@ def chaos_kill(fraction: float = 0.6, callers: int = 8, calls: int = 500, size: 
 
 # ---- plan, report --------------------------------------------------------------
 
-def plan(quick: bool, peers: bool) -> list[tuple[str, Callable[[], Any]]]:
+def plan(quick: bool, peers: bool) -> list[Case]:
     rtt_n, rtt_w = (300, 50) if quick else (5000, 500)
     burst = 2000 if quick else 20000
     crash_n = 5 if quick else 30
-    cases: list[tuple[str, Callable[[], Any]]] = [
+    cases: list[Case] = [
         ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
         ("pool_execute_us", lambda: pool_execute(rtt_n, rtt_w, "bench")),
         ("pool_execute_stateless_us", lambda: pool_execute(rtt_n, rtt_w, None)),
@@ -443,61 +441,16 @@ def _peer_case(peer: _peers.Peer, fn: Callable, *args: Any) -> Callable[[], Any]
 
 
 def run(quick: bool, peers: bool, progress: Any = sys.stderr) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    cases = plan(quick, peers)
-    for i, (key, case) in enumerate(cases, 1):
-        print(f"[{i}/{len(cases)}] {key} ...", file=progress, flush=True)
-        try:
-            value = case()
-        except Skipped as why:
-            skipped[key] = str(why)
-            continue
-        except Exception as exc:  # report the failure, keep measuring the rest
-            errors[key] = f"{type(exc).__name__}: {exc}"
-            continue
-        if key == "worker_crash":
-            results["worker_crash_error_ms"] = value["error"]
-            results["worker_replaced_ms"] = value["replaced"]
-        elif key == "protection":
-            results.update(value)
-        else:
-            results[key] = value
-    ratios = {}
-    for name, (top, bottom) in {**RATIOS, **RATES}.items():
-        a, b = results.get(top), results.get(bottom)
-        if isinstance(a, dict) and isinstance(b, dict):
-            ratios[name] = round(a["p50"] / b["p50"], 3)
-        elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
-            ratios[name] = round(a / b, 3)
-    report = {"machine": machine(), "quick": quick, "results": results, "ratios": ratios}
-    if skipped:
-        report["skipped"] = skipped
-    if errors:
-        report["errors"] = errors
-    return report
+    return run_cases(plan(quick, peers), {**RATIOS, **RATES}, quick, progress, _result_keys)
 
 
-def table(report: dict[str, Any]) -> str:
-    lines = [f"{'key':34} {'p50':>10} {'p99':>10} {'n':>7}"]
-    for key, value in report["results"].items():
-        if isinstance(value, dict) and "p50" in value:
-            lines.append(f"{key:34} {value['p50']:>10} {value['p99']:>10} {value['n']:>7}")
-        elif isinstance(value, dict):
-            lines.append(f"{key:34} " + ", ".join(f"{k}={v}" for k, v in value.items()))
-        else:
-            lines.append(f"{key:34} {value:>10}")
-    lines.append("")
-    for name, value in report["ratios"].items():
-        lines.append(f"{name:34} {value:>10}")
-    for key, why in report.get("skipped", {}).items():
-        lines.append(f"{key:34} {'skipped':>10}  ({why})")
-    for key, why in report.get("errors", {}).items():
-        lines.append(f"{key:34} {'FAILED':>10}  ({why})")
-    m = report["machine"]
-    lines.append(f"\nmachine: {m['cpus']} cpus, {m['cpu_model']}, Python {m['python']}")
-    return "\n".join(lines)
+def _result_keys(key: str, value: Any) -> dict[str, Any]:
+    """The cases that measure several figures give each its own result key."""
+    if key == "worker_crash":
+        return {"worker_crash_error_ms": value["error"], "worker_replaced_ms": value["replaced"]}
+    if key == "protection":
+        return value
+    return {key: value}
 
 
 def comparable(report: dict[str, Any]) -> dict[str, Any]:
@@ -510,35 +463,10 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m otpy_pool.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a short run, in seconds")
-    parser.add_argument("--peers", action="store_true",
-                        help="also SIGKILL a busy worker of each peer (takes ~40 s)")
-    parser.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
-    parser.add_argument("--compare", metavar="BASELINE", help="compare ratios with a saved report")
-    parser.add_argument("--margin", type=float, default=0.25,
-                        help="allowed ratio regression for --compare (default 0.25)")
-    parser.add_argument("--verbose", action="store_true", help="show the node's logs")
-    args = parser.parse_args(argv)
-    if not args.verbose:
-        otpy.configure_logging(level="critical")
-    report = run(args.quick, args.peers)
-    if args.json == "-":
-        json.dump(report, sys.stdout, indent=2)
-        print()
-    else:
-        print(table(report))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
-    status = 1 if report.get("errors") else 0
-    if args.compare:
-        with open(args.compare) as f:
-            baseline = json.load(f)
-        if compare(comparable(report), comparable(baseline), args.margin):
-            status = 1
-    return status
+    peers = {"action": "store_true",
+             "help": "also SIGKILL a busy worker of each peer (takes ~40 s)"}
+    return cli("python -m otpy_pool.bench", __doc__, lambda args: run(args.quick, args.peers),
+               argv, options={"--peers": peers}, width=34, comparable=comparable)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+from otpy.bench import compare
 from otpy_pool import bench
 
 pytestmark = pytest.mark.layer("full")  # real pool workers
@@ -47,5 +48,5 @@ def test_compare_reads_rates_as_higher_is_better():
     assert bench.comparable(report)["ratios"] == {"burst_over_mp_pool": 0.5,
                                                   "execute_over_call_p50": 1.1}
     worse = {"ratios": {"burst_over_mp_pool": 1.0, "execute_over_call_p50": 1.1}}
-    assert bench.compare(bench.comparable(worse), bench.comparable(report), 0.25) == [
+    assert compare(bench.comparable(worse), bench.comparable(report), 0.25) == [
         "burst_over_mp_pool"]
