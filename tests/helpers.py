@@ -17,6 +17,13 @@ DEADLINE = 10.0  # generous: a deadline, never a sleep
 CURRENT_TREE = None  # the isolated tree the running test is in (set by conftest)
 
 
+def ctrl_c_restored() -> None:
+    """A ``preexec_fn`` for a program a test will Ctrl-C: SIGINT as a terminal
+    would find it. A shell's background job (a CI step, ``cmd &``) starts with
+    SIGINT ignored, and a child inherits that: Ctrl-C would then do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def others() -> list[otpy.Pid]:
     """Live processes besides the program's own and the test's tree root."""
     ignore = {otpy.self()}

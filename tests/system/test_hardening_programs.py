@@ -16,6 +16,8 @@ import textwrap
 
 import pytest
 
+from helpers import ctrl_c_restored
+
 DEADLINE = 60.0
 
 
@@ -221,7 +223,8 @@ def test_terminate_runs_in_order_when_the_program_ends(tmp_path, route, code):
 def test_terminate_runs_in_order_on_sigint_and_sigterm(tmp_path, signum, code):
     out_file = tmp_path / "terminated"
     proc = subprocess.Popen([sys.executable, program(tmp_path, STOPPING), str(out_file), "signal"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            preexec_fn=ctrl_c_restored)
     try:
         pids = [int(p) for p in read_line(proc).split()]
         proc.send_signal(signum)

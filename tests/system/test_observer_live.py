@@ -9,7 +9,7 @@ import sys
 
 import psutil
 
-from helpers import DEADLINE, ROOT
+from helpers import DEADLINE, ROOT, ctrl_c_restored
 from terminal import Terminal
 
 DEMO = ROOT / "examples" / "demo.py"
@@ -18,7 +18,7 @@ DEMO = ROOT / "examples" / "demo.py"
 def test_live_view_draws_the_tree_follows_restarts_and_quits_with_q():
     demo = subprocess.Popen([sys.executable, str(DEMO), "--duration", "120",
                              "--crash-every", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, preexec_fn=ctrl_c_restored)
     try:
         node = re.search(r"node (\w+) is running", demo.stdout.readline()).group(1)
         view = Terminal(["-m", "otpy.observer", node, "--interval", "0.3"])
