@@ -18,6 +18,7 @@ import otpy
 from helpers import DEADLINE, busy, expect_down, idle, wait_gone
 from otpy import observer
 from otpy.lowlevel import observation
+from otpy.testing import wait_for
 from otpy.observer._nodes import find_fd
 from otpy.observer._text import flatten
 from servers import Counter
@@ -128,7 +129,8 @@ def test_process_info_the_page_and_snapshot_rows_share_one_schema(otpy_tree):
     and snapshot() by serial number; the keys are the schema's and the values agree."""
     pid = otpy_tree.start_child(Counter.child_spec(name="shared"))  # linked to its supervisor
     otpy.monitor(pid)
-    otpy.call(pid, "get")  # it is waiting in receive from here on
+    # idle from here on: its status stays "waiting" (while it answers, "running")
+    wait_for(lambda: otpy.process_info(pid)["status"] == "waiting")
 
     info = otpy.process_info(pid)
     assert set(info) == keys_of(otpy.ProcessRow)
