@@ -177,55 +177,87 @@ def orphans_after_root_kill() -> int:
     proc = subprocess.Popen([sys.executable, "-c", _ROOT_PROGRAM], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
-        return _alive_after_kill(proc, json.loads(proc.stdout.readline()))
+        return _alive_after_kill(proc, json.loads(proc.stdout.readline()))[0]
     finally:
         proc.stdin.close()
         proc.stdout.close()
 
 
-def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int]) -> int:
-    """SIGKILL ``proc``; count ``os_pids`` alive (not zombies) 1 s later, then kill them."""
+def _alive_after_kill(proc: subprocess.Popen,
+                      os_pids: list[int]) -> tuple[int, int, float | None]:
+    """SIGKILL ``proc``: how many of ``os_pids`` are alive (not zombies) 1 s later;
+    how many of those neither have a SIGKILL pending nor are exiting (could still
+    run a line of code); and how many ms until the last was gone (None: not
+    within 10 s)."""
     import select
 
-    import psutil
-
     proc.kill()
+    killed = time.monotonic()
     proc.wait()
-    deadline = time.monotonic() + 1.0
     # epoll, not select() (thousands of pidfds pass fd number 1,024) nor poll()
     # (each call would scan them all, and this wait must not take the CPU the
     # dying processes need)
     ep = select.epoll()
-    fds = []
+    fds: dict[int, int] = {}  # pidfd -> os pid
+    alive_at_1s = None
+    unsignalled = 0
+    last_gone = killed
     try:
         for os_pid in os_pids:
             try:
-                fds.append(os.pidfd_open(os_pid))
+                fd = os.pidfd_open(os_pid)
             except ProcessLookupError:
-                continue
-            ep.register(fds[-1], select.EPOLLIN)
-        pending = len(fds)
-        while pending and time.monotonic() < deadline:
-            for fd, _ in ep.poll(max(0.0, deadline - time.monotonic()), maxevents=1024):
+                continue  # gone already
+            fds[fd] = os_pid
+            ep.register(fd, select.EPOLLIN)
+        pending = set(fds)
+        while pending:
+            now = time.monotonic()
+            if alive_at_1s is None and now >= killed + 1.0:
+                alive_at_1s = len(pending)
+                unsignalled = sum(not _doomed(fds[fd]) for fd in pending)
+            until = killed + (1.0 if alive_at_1s is None else 10.0)
+            if now >= until:
+                break
+            events = ep.poll(until - now, maxevents=1024)
+            for fd, _ in events:
                 ep.unregister(fd)
-                pending -= 1
+                pending.discard(fd)
+            if events:
+                last_gone = time.monotonic()
+        for fd in pending:  # the benchmark itself must not leak what it measured
+            try:
+                os.kill(fds[fd], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     finally:
         ep.close()
         for fd in fds:
             os.close(fd)
-    alive = []
-    for os_pid in os_pids:
-        try:
-            if psutil.Process(os_pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(os_pid)
-        except psutil.NoSuchProcess:
-            pass
-    for os_pid in alive:  # the benchmark itself must not leak what it measured
-        try:
-            os.kill(os_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(alive)
+    gone_ms = None if pending else round((last_gone - killed) * 1000, 1)
+    return alive_at_1s or 0, unsignalled, gone_ms
+
+
+_PF_EXITING = 0x4  # include/linux/sched.h
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def _doomed(os_pid: int) -> bool:
+    """Whether a process can no longer run a line of its code: SIGKILL pending
+    (it cannot be blocked or caught) or already exiting (or gone)."""
+    try:
+        with open(f"/proc/{os_pid}/stat") as f:
+            flags = int(f.read().rsplit(")", 1)[1].split()[6])
+        if flags & _PF_EXITING:
+            return True
+        with open(f"/proc/{os_pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigPnd:", "ShdPnd:")) and \
+                        int(line.split()[1], 16) & _SIGKILL_BIT:
+                    return True
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return False
 
 
 def _idle() -> None:
@@ -260,8 +292,8 @@ _GROWTH_PROGRAM = textwrap.dedent("""
 
 def growth(live: int, n: int, warmup: int) -> dict[str, Any]:
     """A program with ``live`` idle processes: spawn latency (as spawn_ms), the
-    zygote's RSS growth per process, and its processes alive 1 s after a SIGKILL
-    of the program."""
+    zygote's RSS growth per process, its processes alive 1 s after a SIGKILL of
+    the program, and how long until the last was gone."""
     proc = subprocess.Popen([sys.executable, "-c", _GROWTH_PROGRAM, str(live), str(n),
                              str(warmup)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
@@ -272,14 +304,14 @@ def growth(live: int, n: int, warmup: int) -> dict[str, Any]:
             proc.wait()
             raise RuntimeError(f"the program with {live} processes did not report")
         report = json.loads(line)
-        orphans = _alive_after_kill(proc, report["os_pids"])
+        orphans, unsignalled, gone_ms = _alive_after_kill(proc, report["os_pids"])
     finally:
         proc.stdin.close()
         proc.stdout.close()
     return {"spawn": summarize(report["samples"], 1e6),
             "zygote_kib_per_process": round((report["rss_after"] - report["rss_before"])
                                             / 1024 / max(1, live), 1),
-            "orphans": orphans}
+            "orphans": orphans, "unsignalled": unsignalled, "all_gone_ms": gone_ms}
 
 
 def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Callable[[], Any]]]:
@@ -299,6 +331,8 @@ def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Calla
         if size > 10:  # at 10 the growth is within the noise
             cases.append((f"zygote_kib_per_process_at_{size}", part(size, "zygote_kib_per_process")))
     cases.append((f"orphans_after_kill_at_{sizes[-1]}", part(sizes[-1], "orphans")))
+    cases.append((f"unsignalled_after_kill_at_{sizes[-1]}", part(sizes[-1], "unsignalled")))
+    cases.append((f"all_gone_ms_after_kill_at_{sizes[-1]}", part(sizes[-1], "all_gone_ms")))
     return cases
 
 

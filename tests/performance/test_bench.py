@@ -53,6 +53,8 @@ def test_growth_keys_in_a_quick_run():
     # a count, not a verdict: how fast 1,000 processes finish exiting is a timing
     # figure, so the benchmark reports it and no test asserts it
     assert isinstance(results["orphans_after_kill_at_1000"], int)
+    gone = results["all_gone_ms_after_kill_at_1000"]
+    assert gone is None or gone > 0  # None: some outlived 10 s (and the benchmark killed them)
     assert report["ratios"]["spawn_at_1000_over_at_10_p50"] > 0
     assert "spawn_ms_at_5000" not in results  # the 5,000-process program: full runs only
 
