@@ -156,7 +156,8 @@ def main() -> int:
                 print(f"chaos: SIGKILL {victim} (cache restarts both shards)", flush=True)
                 ref = otpy.monitor(victim)
                 os.kill(victim.os_pid, signal.SIGKILL)
-                otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+                otpy.receive(timeout=10,
+                             match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
                 otpy.Supervisor.which_children("cache")  # answered once it has restarted
     except KeyboardInterrupt:
         print("\nCtrl-C", flush=True)

@@ -329,7 +329,8 @@ def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Calla
     for size in sizes:
         cases.append((f"spawn_ms_at_{size}", part(size, "spawn")))
         if size > 10:  # at 10 the growth is within the noise
-            cases.append((f"zygote_kib_per_process_at_{size}", part(size, "zygote_kib_per_process")))
+            cases.append((f"zygote_kib_per_process_at_{size}",
+                          part(size, "zygote_kib_per_process")))
     cases.append((f"orphans_after_kill_at_{sizes[-1]}", part(sizes[-1], "orphans")))
     cases.append((f"unsignalled_after_kill_at_{sizes[-1]}", part(sizes[-1], "unsignalled")))
     cases.append((f"all_gone_ms_after_kill_at_{sizes[-1]}", part(sizes[-1], "all_gone_ms")))

@@ -272,7 +272,8 @@ class BreakerOwner(GenServer):
         self.machine.release(trial)
 
     def _op_trial(self, trial: Any) -> tuple[str, Any]:
-        """("run", None) if closed by now, ("trial", None) if granted, else ("reject", retry_after)."""
+        """("run", None) if closed by now, ("trial", None) if granted,
+        else ("reject", retry_after)."""
         m = self.machine
         if m.try_trial(trial):
             return ("trial", None)

@@ -447,5 +447,5 @@ def reset_key(table: Table, hi: int, lo: int) -> int:
     return deleted
 
 
-__all__ = ["GROW", "Control", "LockTimeout", "Retired", "TableGone", "Table", "TableOwner", "decide", "digest",
-           "encode_key", "reset_key"]
+__all__ = ["GROW", "Control", "LockTimeout", "Retired", "TableGone", "Table", "TableOwner",
+           "decide", "digest", "encode_key", "reset_key"]

@@ -7,7 +7,8 @@ reference measured in the same run, so the report gives ratios, and
 
     python -m otpy_pool.bench                  # full run
     python -m otpy_pool.bench --quick          # seconds; same keys, fewer samples
-    python -m otpy_pool.bench --peers          # also each peer's fate when a busy worker is SIGKILLed
+    python -m otpy_pool.bench --peers          # also each peer's fate when a busy worker
+                                               # is SIGKILLed
     python -m otpy_pool.bench --json out.json  # also write the report as JSON ('-': stdout)
     python -m otpy_pool.bench --compare base.json [--margin 0.25]
 

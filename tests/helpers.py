@@ -42,7 +42,8 @@ def kill_and_wait(pids: Iterable[otpy.Pid]) -> None:
         except ProcessLookupError:
             pass
     for ref in refs:
-        otpy.receive(timeout=DEADLINE, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
+        otpy.receive(timeout=DEADLINE,
+                     match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
 
 
 def expect(match, timeout: float = DEADLINE) -> Any:

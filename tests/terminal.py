@@ -45,7 +45,8 @@ class Terminal:
                 try:
                     self.stream.feed(os.read(self.master, 65536))
                 except OSError:  # the program closed the terminal
-                    raise AssertionError(f"the program ended; last screen:\n{self.text()}") from None
+                    raise AssertionError(
+                        f"the program ended; last screen:\n{self.text()}") from None
         return self.text()
 
     def press(self, keys: bytes) -> None:

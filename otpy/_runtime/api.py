@@ -71,7 +71,8 @@ def send_after(dest: Pid | str, message: Any, delay: float) -> Ref:
     """Send ``message`` to ``dest`` after ``delay`` seconds; a name is resolved then."""
     ctx = context()
     if not isinstance(dest, (Pid, str)):
-        raise TypeError(f"destination must be a Pid or a registered name, not {type(dest).__name__}")
+        raise TypeError("destination must be a Pid or a registered name, "
+                        f"not {type(dest).__name__}")
     kind, body = wire.encode(message)
     ref = Ref.make(ctx.pid)
     ctx.cast_ctrl("timer", ref, dest, ctx.namespace(), float(delay), kind, body)

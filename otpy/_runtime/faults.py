@@ -62,7 +62,8 @@ def check(kind: str, opts: dict) -> None:
     if kind == "slow":
         delay = opts.get("delay")
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay <= 0:
-            raise ValueError(f"fault 'slow' needs delay= a positive number of seconds, not {delay!r}")
+            raise ValueError("fault 'slow' needs delay= a positive number of seconds, "
+                             f"not {delay!r}")
     elif kind == "corrupt":
         count = opts.get("count", 1)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:

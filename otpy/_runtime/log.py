@@ -85,7 +85,8 @@ def _level(level: str | int) -> int:
 
 
 def _console(colors: bool) -> Any:
-    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
+    return structlog.dev.ConsoleRenderer(colors=colors,
+                                         exception_formatter=structlog.dev.plain_traceback)
 
 
 def _build() -> None:

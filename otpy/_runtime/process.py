@@ -409,7 +409,8 @@ class ProcessContext:
             if pid is None:
                 raise NoProc(dest, f"no process is registered as {dest!r}")
             return pid
-        raise TypeError(f"destination must be a Pid or a registered name, not {type(dest).__name__}")
+        raise TypeError("destination must be a Pid or a registered name, "
+                        f"not {type(dest).__name__}")
 
     def send(self, dest: Any, message: Any, timeout: float | None = None) -> None:
         pid = self.resolve(dest)

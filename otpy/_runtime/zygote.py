@@ -691,7 +691,8 @@ class Zygote:
                             "meta": e.meta}
             procs.append(row)
         page = {"node": self.node, "zygote_os_pid": self.os_pid,
-                "program_os_pid": self.main_pid.os_pid, "started_at": self.started_at, "written_at": time.time(),
+                "program_os_pid": self.main_pid.os_pid, "started_at": self.started_at,
+                "written_at": time.time(),
                 "processes": procs, "recent_exits": list(self.recent_exits)}
         self.page.write(json.dumps(page, default=repr).encode())
 

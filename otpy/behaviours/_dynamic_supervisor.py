@@ -13,14 +13,15 @@ import itertools
 from typing import Any
 
 from .. import Exit, Pid, trap_exit
-from ..lowlevel import ChildSpec, Restart, RestartIntensity, Shutdown, ask, begin_shutdown, deadline_for, \
-    finish_shutdown, restart_needed
+from ..lowlevel import (ChildSpec, Restart, RestartIntensity, Shutdown, ask, begin_shutdown,
+                        deadline_for, finish_shutdown, restart_needed)
 from . import _reports as reports
 from ._supervision import RETRY, Child, ChildNotFound, MaxChildren, SupervisorBase
 
 
 class DynamicSupervisor(SupervisorBase):
-    """``DynamicSupervisor.start_link(max_children=None, max_restarts=3, max_seconds=5.0, name=None)``."""
+    """``DynamicSupervisor.start_link(max_children=None, max_restarts=3, max_seconds=5.0,
+    name=None)``."""
 
     @classmethod
     def start_link(  # type: ignore[override]

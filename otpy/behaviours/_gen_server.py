@@ -101,7 +101,8 @@ def cast(server: Pid | str, request: Any) -> None:
         pass
 
 
-def stop(server: Pid | str, reason: Any = "normal", timeout: float | None = DEFAULT_TIMEOUT) -> None:
+def stop(server: Pid | str, reason: Any = "normal",
+         timeout: float | None = DEFAULT_TIMEOUT) -> None:
     """Stop a server: its terminate(reason) runs, and this returns once it is gone."""
     pid = lowlevel.resolve(server)
     mref = monitor(pid)

@@ -33,7 +33,8 @@ STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 
 
 class Supervisor(SupervisorBase):
-    """``Supervisor.start_link(children, strategy=..., max_restarts=3, max_seconds=5.0, name=...)``."""
+    """``Supervisor.start_link(children, strategy=..., max_restarts=3, max_seconds=5.0,
+    name=...)``."""
 
     # A supervisor is a GenServer by implementation; its start functions and
     # child_spec take its own options, hence the override ignores below.

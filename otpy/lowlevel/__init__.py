@@ -47,7 +47,8 @@ from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 
 __all__ = [
     "CALL", "DEFAULT_TIMEOUT", "From", "ask", "call", "dispatch", "reply", "request", "resolve",
-    "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed", "RestartIntensity",
+    "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
+    "RestartIntensity",
     "annotate", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
     "start", "unregister_in", "zygote_os_pid",

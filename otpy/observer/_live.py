@@ -139,8 +139,8 @@ class ObserverApp(App):
             f"status {row['status']}  trap_exit {row['trap_exit']}  "
             f"mailbox {row['message_queue_len']} messages, {row['inbound_bytes']} bytes unread",
             f"memory {size(row['memory_unique'])} unique, {size(row['memory_proportional'])} "
-            f"proportional, {size(row['memory'])} resident  cpu {row['cpu_percent']:.1f}%  started {started}  "
-            f"restarts {row['restarts']}",
+            f"proportional, {size(row['memory'])} resident  cpu {row['cpu_percent']:.1f}%  "
+            f"started {started}  restarts {row['restarts']}",
             f"links {_pids(row['links'])}  monitors {_pids(row['monitors'])}  "
             f"monitored by {_pids(row['monitored_by'])}",
             f"last exit reason {row['last_exit'] or '-'}",

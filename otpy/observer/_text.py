@@ -42,7 +42,8 @@ def label(row: dict[str, Any]) -> str:
 def cells(prefix: str, row: dict[str, Any]) -> tuple[str, ...]:
     return (prefix + label(row), f"<{row['pid']}>", str(row["os_pid"]), row["kind"],
             row["status"], str(row["restarts"]), duration(row["uptime"]),
-            size(row["memory"]), size(row["memory_unique"]), f"{row['cpu_percent']:.1f}", str(row["message_queue_len"]))
+            size(row["memory"]), size(row["memory_unique"]), f"{row['cpu_percent']:.1f}",
+            str(row["message_queue_len"]))
 
 
 def duration(seconds: float) -> str:

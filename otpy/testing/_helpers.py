@@ -220,7 +220,8 @@ POOL_EVENT_FIELDS = ("kind", "worker", "session", "detail", "time")
 
 def is_pool_event(message: Any) -> bool:
     """A pool's event message (a named tuple with the PoolEvent fields)."""
-    return isinstance(message, tuple) and getattr(type(message), "_fields", None) == POOL_EVENT_FIELDS
+    return (isinstance(message, tuple)
+            and getattr(type(message), "_fields", None) == POOL_EVENT_FIELDS)
 
 
 def wait_event(pool: Any, kind: str, timeout: float = 5.0,

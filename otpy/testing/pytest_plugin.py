@@ -66,7 +66,8 @@ class _CapturedLog:
 
     def text(self) -> str:
         data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
-        return "\n".join(lowlevel.render_log_event(event) for event in lowlevel.parse_log_lines(data))
+        return "\n".join(lowlevel.render_log_event(event)
+                         for event in lowlevel.parse_log_lines(data))
 
     def close(self) -> None:
         lowlevel.reset_logging()

@@ -119,11 +119,13 @@ GUIDE = """
 
     sup = otpy.Supervisor.start_link(
         [Counter.child_spec(0, name="counter"),
-         otpy.ChildSpec("worker", otpy.spawn_link, args=(work,), restart="transient", shutdown=2.0)],
+         otpy.ChildSpec("worker", otpy.spawn_link, args=(work,), restart="transient",
+                        shutdown=2.0)],
         strategy="one_for_one", max_restarts=3, max_seconds=5.0, name="app")
     otpy.Supervisor.start_child("app", otpy.ChildSpec("late", otpy.spawn_link, args=(work,)))
     otpy.Supervisor.start_child("app", Session.child_spec(7, id="s7"))
-    assert [c.id for c in otpy.Supervisor.which_children(sup)] == ["counter", "worker", "late", "s7"]
+    children = otpy.Supervisor.which_children(sup)
+    assert [c.id for c in children] == ["counter", "worker", "late", "s7"]
 
     pool = otpy.DynamicSupervisor.start_link(max_children=100, name="sessions")
     session = otpy.DynamicSupervisor.start_child("sessions", Session.child_spec(42))

@@ -10,7 +10,8 @@ import pytest
 from otpy import ChildSpec, Supervisor
 
 from helpers import expect, expect_down, exit_with, report_to, others
-from servers import Counter, Recorder, start_ignored, start_stubborn, start_unlinker, returns_garbage
+from servers import (Counter, Recorder, start_ignored, start_stubborn, start_unlinker,
+                     returns_garbage)
 
 
 def rec(cid, restart="permanent", shutdown=5.0, fail=False):

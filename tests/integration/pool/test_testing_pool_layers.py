@@ -125,7 +125,7 @@ def test_an_inline_mock_worker_crash_raises_worker_crashed():
     assert pool.execute("run") == 1
 
 
-# ---- start_pool by layer ----------------------------------------------------------------------------
+# ---- start_pool by layer ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer", ["mock", "bridge", "full"])
 def test_start_pool_builds_the_layer_the_tree_asks_for(layer):

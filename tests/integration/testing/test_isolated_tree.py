@@ -100,7 +100,8 @@ def _make_segment(path: str, parent: otpy.Pid, how: str) -> None:
 @pytest.mark.parametrize("how", ["open", "mapped"])
 def test_a_segment_a_tree_process_leaves_is_removed_and_reported(how):
     path = f"/dev/shm/otpy-test-{os.getpid()}-{how}"
-    with pytest.raises(LeakError, match=f"shared memory segments: \\['{os.path.basename(path)}'\\]"):
+    segment = os.path.basename(path)
+    with pytest.raises(LeakError, match=f"shared memory segments: \\['{segment}'\\]"):
         with isolated_tree("test_leaky_shm") as tree:
             tree.start_child(otpy.ChildSpec("maker", otpy.spawn_link,
                                             args=(_make_segment, path, otpy.self(), how)))

@@ -34,7 +34,8 @@ def test_a_run_skips_tests_above_its_layer_saying_why(pytester):
     pytester.makepyfile(test_sample=LAYERED)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--otpy-layer=bridge", "-rs")
     result.assert_outcomes(passed=3, skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED*test_sample.py:11: needs the 'full' layer; this run selected 'bridge'*"])
+    result.stdout.fnmatch_lines(["SKIPPED*test_sample.py:11: needs the 'full' layer; "
+                                 "this run selected 'bridge'*"])
     mock_only = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--otpy-layer=mock")
     mock_only.assert_outcomes(passed=2, skipped=2)
 
@@ -56,7 +57,8 @@ def test_x():
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*the layer marker must be one of mock, bridge, full, not 'fast'*"])
+    result.stderr.fnmatch_lines(["*the layer marker must be one of mock, bridge, full, "
+                                 "not 'fast'*"])
 
 
 def test_isolated_tree_above_the_selected_layer_is_skipped():
