@@ -577,7 +577,7 @@ def divide(results: dict[str, Any], ratios: dict[str, tuple[str, str]]) -> dict[
     return out
 
 
-def table(report: dict[str, Any], width: int = 28) -> str:
+def table(report: dict[str, Any], width: int = 34) -> str:
     """The report as text; ``width`` is the key column's (the longest key's)."""
     lines = [f"{'key':{width}} {'p50':>10} {'p99':>10} {'n':>7}"]
     for key, value in report["results"].items():
@@ -585,8 +585,8 @@ def table(report: dict[str, Any], width: int = 28) -> str:
             lines.append(f"{key:{width}} {value['p50']:>10} {value['p99']:>10} {value['n']:>7}")
         elif isinstance(value, dict):  # figures of another kind: each by its name
             lines.append(f"{key:{width}} " + ", ".join(f"{k}={v}" for k, v in value.items()))
-        else:
-            lines.append(f"{key:{width}} {value:>10}")
+        else:  # None: a figure the run could not take (see the key's description)
+            lines.append(f"{key:{width}} {'-' if value is None else value:>10}")
     lines.append("")
     for name, value in report["ratios"].items():
         lines.append(f"{name:{width}} {value:>10}")
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(prog: str, description: str, measure: Callable[[argparse.Namespace], dict[str, Any]],
         argv: list[str] | None = None, *, options: dict[str, dict[str, Any]] | None = None,
-        width: int = 28,
+        width: int = 34,
         comparable: Callable[[dict[str, Any]], dict[str, Any]] = lambda report: report) -> int:
     """A benchmark's command line, shared with ``python -m otpy_pool.bench``:
     ``measure`` runs the cases for the parsed arguments, among them the extra

@@ -36,6 +36,10 @@ class Timeout(OtpyError, TimeoutError):
     """A blocking operation's timeout expired."""
 
 
+class NamespaceError(OtpyError, RuntimeError):
+    """Namespaces (isolated trees) left out of the order they were entered in."""
+
+
 class SerializationError(OtpyError, TypeError):
     """A term could not be pickled; nothing was sent."""
 

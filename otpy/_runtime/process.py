@@ -35,8 +35,8 @@ from collections import deque
 from typing import Any, Callable
 
 from . import reasons, wire
-from .errors import (AlreadyRegistered, Exited, NoProc, OtpyError, ProcessExit, RuntimeGone,
-                     Timeout)
+from .errors import (AlreadyRegistered, Exited, NamespaceError, NoProc, OtpyError, ProcessExit,
+                     RuntimeGone, Timeout)
 from .status import RUNNING, WAITING, StatusTable
 from .terms import BadMessage, Down, Exit, Pid, Ref
 
@@ -120,8 +120,8 @@ class ProcessContext:
     def pop_namespace(self, ns: str) -> None:
         stack = self.local.stack
         if not stack or stack[-1] != ns:
-            raise OtpyError(f"namespaces must be left in reverse order of entry: {ns!r} is "
-                            f"not the innermost ({stack[-1] if stack else None!r} is)")
+            raise NamespaceError(f"namespaces must be left in reverse order of entry: {ns!r} "
+                                 f"is not the innermost ({stack[-1] if stack else None!r} is)")
         stack.pop()
 
     # ---- reading ----------------------------------------------------------------

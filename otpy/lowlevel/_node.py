@@ -50,7 +50,8 @@ def enter_namespace(namespace: str) -> None:
 
 
 def leave_namespace(namespace: str) -> None:
-    """Leave the innermost namespace, which must be ``namespace`` (else OtpyError)."""
+    """Leave the innermost namespace, which must be ``namespace`` (else an OtpyError
+    that is also a RuntimeError)."""
     context().pop_namespace(namespace)
 
 

@@ -28,7 +28,7 @@ UNIQUE_MEMORY_INTERVAL = 5.0  # seconds between two readings of a process's USS 
 
 class SnapshotRow(ProcessRow[int]):
     """A process in a ``snapshot()``: ``otpy.ProcessRow`` (pids as serial
-    numbers, ``memory`` always present) plus what the observer works out."""
+    numbers; the observer always fills in ``memory``) plus what it works out."""
 
     program: bool  # the program's own process
     kind: str  # "supervisor", "worker" (a supervised child) or "process"

@@ -97,9 +97,11 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             raise TypeError(f"an isolated tree needs a non-empty str name, not {name!r}")
         if not isinstance(adopt, bool):
             raise TypeError(f"isolated_tree's adopt must be True or False, not {adopt!r}")
-        if not isinstance(stop_timeout, (int, float)) or stop_timeout <= 0:
-            raise TypeError(f"isolated_tree's stop_timeout must be seconds > 0, "
+        if not isinstance(stop_timeout, (int, float)) or isinstance(stop_timeout, bool):
+            raise TypeError(f"isolated_tree's stop_timeout must be a number of seconds, "
                             f"not {stop_timeout!r}")
+        if stop_timeout <= 0:
+            raise ValueError(f"isolated_tree's stop_timeout must be > 0, not {stop_timeout!r}")
         self.adopt = adopt
         self.stop_timeout = stop_timeout
         self.name = name
@@ -170,12 +172,18 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             try:
                 Supervisor.stop(sup, "shutdown", timeout=self.stop_timeout)
             except Timeout:
-                exit(sup, "kill")  # its children are linked to it: they go too
+                # its children get the exit signal "killed"; one that traps
+                # it is left to _cleanup, which kills what remains
+                exit(sup, "kill")
                 leaks.append(f"the root supervisor did not stop within {self.stop_timeout}s "
                              f"(a child ignoring shutdown?): killed")
             except OtpyError:
                 pass  # it died on its own: the Down below says so
-            lowlevel.await_down(ref, timeout=GRACE)
+            try:
+                lowlevel.await_down(ref, timeout=GRACE)
+            except Timeout:  # a loaded machine: reported, and _cleanup still runs
+                leaks.append(f"the root supervisor {sup!r} was not gone {GRACE}s after it "
+                             f"was told to stop")
         lowlevel.flush(lambda m: type(m) is Exit and m.pid == sup)  # our link's Exit
         return leaks
 
@@ -264,7 +272,8 @@ def _run_on_exit(tree: Tree) -> list[str]:
         try:
             fn()
         except Exception as exc:  # reported with the leaks; the tree still stops
-            failed.append(f"on_exit {fn!r} failed: {type(exc).__name__}: {exc}")
+            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+            failed.append(f"on_exit {fn!r} failed: {type(exc).__name__}: {exc}{notes}")
     return failed
 
 

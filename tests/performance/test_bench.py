@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -75,3 +76,14 @@ def test_without_the_observer_extra_the_observed_case_is_skipped_at_once_and_log
     assert "errors" not in report
     # restart_ms SIGKILLs a child hundreds of times: none of it is printed
     assert "crash report" not in out.stderr and "child restarted" not in out.stderr
+
+
+def test_the_table_shows_a_figure_a_run_could_not_take():
+    from otpy.bench import machine, table
+
+    report = {"machine": machine(), "results": {"all_gone_ms_after_kill_at_5000": None,
+                                                "spawn_ms": {"p50": 3.1, "p99": 5.2, "n": 9}},
+              "ratios": {}}
+    text = table(report)
+    assert re.search(r"all_gone_ms_after_kill_at_5000\s+-\n", text)
+    assert re.search(r"spawn_ms\s+3.1\s+5.2\s+9", text)

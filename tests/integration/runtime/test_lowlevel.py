@@ -155,8 +155,10 @@ def test_namespaces_are_left_innermost_first_or_an_otpy_error_names_both():
     lowlevel.enter_namespace("ns-a")
     lowlevel.enter_namespace("ns-b")
     try:
-        with pytest.raises(otpy.OtpyError, match="'ns-a' is not the innermost .'ns-b' is"):
+        innermost = "'ns-a' is not the innermost .'ns-b' is"
+        with pytest.raises(otpy.OtpyError, match=innermost) as info:
             lowlevel.leave_namespace("ns-a")
+        assert isinstance(info.value, RuntimeError)  # its standard base, as before
         assert lowlevel.current_namespace() == "ns-b"  # nothing was left
     finally:
         lowlevel.leave_namespace("ns-b")

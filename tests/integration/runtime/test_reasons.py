@@ -167,5 +167,9 @@ def test_deaths_are_observed_through_an_os_event_not_polling():
         wait_for(lambda: not os.path.exists(f"/proc/{child}"), timeout=DEADLINE)
     finally:
         program.stdin.close()
-        program.wait(DEADLINE)
+        try:
+            program.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            program.kill()  # its node goes with it
+            program.wait()
         program.stdout.close()

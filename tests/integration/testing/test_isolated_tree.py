@@ -154,8 +154,10 @@ def test_a_root_supervisor_that_cannot_stop_is_killed_after_stop_timeout():
     # it traps exits, so even its supervisor's death left it running: killed too
     assert f"processes still alive: [{stuck!r}]" in str(info.value)
     assert not otpy.is_alive(stuck) and others() == []
-    with pytest.raises(TypeError, match="stop_timeout"):
+    with pytest.raises(ValueError, match="stop_timeout"):
         isolated_tree("t", stop_timeout=0)
+    with pytest.raises(TypeError, match="stop_timeout"):
+        isolated_tree("t", stop_timeout=True)
 
 
 def test_bad_tree_names_are_rejected():
