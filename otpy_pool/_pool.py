@@ -193,12 +193,8 @@ class Pool:
         command's run (default: the pool's ``command_timeout``). ``session``,
         ``timeout`` and ``checkout_timeout`` are the pool's: a command cannot
         take keyword arguments of those names."""
-        if not isinstance(command, str):
-            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
-        if timeout is _UNSET:
-            timeout = self._settings()[0]
-        elif timeout is not None:
-            _positive("timeout", timeout)
+        _check_command(command)
+        timeout = self._run_timeout(timeout)
         if checkout_timeout is not None:
             _positive("checkout_timeout", checkout_timeout)
         if session is None:
@@ -210,11 +206,7 @@ class Pool:
                     except _NotRun:
                         continue  # it died before our command reached it: another one
             raise PoolError(f"pool {self.name!r}: no live worker to run {command!r} on")
-        try:
-            hash(session)
-        except TypeError:
-            raise TypeError(f"a session id must be hashable, not {type(session).__name__}") \
-                from None
+        _check_session(session)
         return self._run_in_session(session, command, args, kwargs, timeout)
 
     def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
@@ -270,24 +262,16 @@ class Pool:
         the command it was running gets WorkerCrashed and the ones queued
         behind it (which never ran) run on the session's new worker.
         """
-        if not isinstance(command, str):
-            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+        _check_command(command)
         calls = list(calls)
         for entry in calls:
             if type(entry) is not tuple:
                 raise TypeError(f"execute_many: each call is a tuple of arguments, not {entry!r}")
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an int >= 1, not {window!r}")
-        if timeout is _UNSET:
-            timeout = self._settings()[0]
-        elif timeout is not None:
-            _positive("timeout", timeout)
+        timeout = self._run_timeout(timeout)
         if session is not None:
-            try:
-                hash(session)
-            except TypeError:
-                raise TypeError(f"a session id must be hashable, not {type(session).__name__}") \
-                    from None
+            _check_session(session)
         out: list = [_PENDING] * len(calls)
         todo = list(range(len(calls)))
         stale = None
@@ -436,6 +420,15 @@ class Pool:
                                  "its worker was replaced") from None
         return _result(outcome)
 
+    def _run_timeout(self, timeout: Any) -> float | None:
+        """A command's bound on its run: the pool's ``command_timeout`` unless
+        given; None is no bound."""
+        if timeout is _UNSET:
+            return self._settings()[0]
+        if timeout is not None:
+            _positive("timeout", timeout)
+        return timeout
+
     def _deadline(self, worker: otpy.Pid, token: Any) -> None:
         """Have the server kill (and count, and replace) a worker past its deadline."""
         try:
@@ -556,8 +549,7 @@ class CheckedOut:
 
     def execute(self, command: str, *args: Any, timeout: float | None = None,
                 **kwargs: Any) -> Any:
-        if not isinstance(command, str):
-            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+        _check_command(command)
         if timeout is not None:
             _positive("timeout", timeout)
         return self.pool._run_on(self.pid, self._token, None, command, args, kwargs, timeout)
@@ -581,6 +573,18 @@ def _result(outcome: tuple) -> Any:
     if outcome[0] == "ok":
         return outcome[1]
     raise outcome[1]
+
+
+def _check_command(command: Any) -> None:
+    if not isinstance(command, str):
+        raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+
+
+def _check_session(session: Any) -> None:
+    try:
+        hash(session)
+    except TypeError:
+        raise TypeError(f"a session id must be hashable, not {type(session).__name__}") from None
 
 
 def _positive(name: str, value: Any) -> None:

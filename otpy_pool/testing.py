@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import otpy
 
 from ._errors import PoolError, SessionNotFound, UnknownCommand, WorkerCrashed
-from ._pool import Pool
+from ._pool import Pool, _check_command
 from ._pool_options import PoolStatus
 from ._worker import Session, Worker
 
@@ -198,8 +198,7 @@ class InlinePool:
 
     def execute(self, command: str, *args: Any, session: Any = None, timeout: Any = None,
                 **kwargs: Any) -> Any:
-        if not isinstance(command, str):
-            raise TypeError(f"command must be a str (a @command's name), not {command!r}")
+        _check_command(command)
         if self.stopped:
             raise PoolError(f"{self!r} is stopped")
         state = Session(None) if session is None else self.sessions.setdefault(

@@ -11,7 +11,7 @@ import signal
 import pytest
 
 import otpy
-from otpy.testing import wait_for
+from otpy.testing import synchronize, wait_for
 from otpy_pool import (BreakerEvent, BreakerNotRunning, CircuitBreaker, CircuitOpen)
 
 import helpers
@@ -514,22 +514,14 @@ def test_a_bad_name_is_refused():
 
 
 def test_threads_of_one_process_share_its_counters_without_losing_any():
-    import threading
-
     db = start("db")
     db.call(lambda: None)  # connect before the threads start
-    go = threading.Event()
 
     def calls():
-        go.wait(DEADLINE)
         for _ in range(5000):
             db.call(lambda: None)
 
-    threads = [threading.Thread(target=calls) for _ in range(4)]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join(DEADLINE)
+    done = synchronize({n: calls for n in range(4)}, timeout=DEADLINE, in_processes=False)
+    assert done == {n: None for n in range(4)}
     stats = db.stats()
     assert (stats["calls"], stats["successes"]) == (20001, 20001)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import otpy
-from otpy.testing import wait_for
+from otpy.testing import synchronize, wait_for
 from otpy_pool import Decision, LimiterNotRunning, RateLimited, RateLimiter
 
 import helpers
@@ -300,24 +300,14 @@ def test_a_missing_limits_library_is_an_import_error_naming_the_extra(monkeypatc
 # ---- the shared table (fixed_window, token_bucket) ----------------------------------------------
 
 def test_threads_of_one_process_are_exact_too():
-    import threading
-
     api = start(algorithm="token_bucket")  # 150 an hour: no refill within the test
     api.hit("warm", 1, 60.0)  # connect before the threads start
-    allowed = []
-    go = threading.Event()
 
     def hammer():
-        go.wait(DEADLINE)
-        allowed.append(sum(api.hit("t", limit=150, window=3600.0).allowed for _ in range(100)))
+        return sum(api.hit("t", limit=150, window=3600.0).allowed for _ in range(100))
 
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join(DEADLINE)
-    assert sum(allowed) == 150
+    allowed = synchronize({n: hammer for n in range(4)}, timeout=DEADLINE, in_processes=False)
+    assert sum(allowed.values()) == 150
 
 
 def test_a_caller_killed_while_hitting_never_blocks_the_others():
