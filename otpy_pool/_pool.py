@@ -211,16 +211,10 @@ class Pool:
 
     def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
                         timeout: float | None) -> Any:
-        key = (self.namespace, self.name)
-        cache = _bindings.get(key)
-        if cache is None:
-            with _lock:
-                cache = _bindings.setdefault(key, {})
+        cache = self._session_cache()
         stale = None
         for _ in range(_RETRIES):
-            worker = cache.get(sid)
-            if worker is None:
-                worker = cache[sid] = self._ask("bind", sid, stale)
+            worker = self._bound(cache, sid, stale)
             try:
                 outcome = otpy.call(worker, ("run", sid, command, args, kwargs), timeout=timeout)
             except otpy.NoProc:  # dead before it got the command: nothing ran
@@ -288,12 +282,8 @@ class Pool:
                 except _NotRun:
                     pass
                 continue
-            key = (self.namespace, self.name)
-            with _lock:
-                cache = _bindings.setdefault(key, {})
-            worker = cache.get(session)
-            if worker is None:
-                worker = cache[session] = self._ask("bind", session, stale)
+            cache = self._session_cache()
+            worker = self._bound(cache, session, stale)
             todo, gone = self._pipeline(worker, None, session, command, calls, todo, out,
                                         timeout, window)
             if todo or gone:
@@ -394,6 +384,23 @@ class Pool:
     @staticmethod
     def _unanswered(pending: dict, first: int, retry: list, unsent: list) -> list:
         return sorted(retry + [i for i in pending.values() if i != first]) + unsent
+
+    def _session_cache(self) -> dict[Any, otpy.Pid]:
+        """This OS process's session -> worker cache for the pool (the module's _bindings)."""
+        key = self._key()
+        cache = _bindings.get(key)
+        if cache is None:
+            with _lock:
+                cache = _bindings.setdefault(key, {})
+        return cache
+
+    def _bound(self, cache: dict, sid: Any, stale: otpy.Pid | None) -> otpy.Pid:
+        """The session's worker: cached, else bound by the server (``stale``:
+        a worker that turned out not to hold it)."""
+        worker = cache.get(sid)
+        if worker is None:
+            worker = cache[sid] = self._ask("bind", sid, stale)
+        return worker
 
     @staticmethod
     def _forget(cache: dict, sid: Any, worker: otpy.Pid) -> otpy.Pid:
