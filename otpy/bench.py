@@ -218,25 +218,29 @@ def _alive_after_kill(proc: subprocess.Popen,
             fds[fd] = os_pid
             ep.register(fd, select.EPOLLIN)
         pending = set(fds)
-        while pending:
-            now = time.monotonic()
-            if alive_at_1s is None and now >= killed + 1.0:
-                # what died before now, not what this process got to read
-                while events := ep.poll(0, maxevents=1024):
-                    for fd, _ in events:
-                        ep.unregister(fd)
-                        pending.discard(fd)
-                alive_at_1s = len(pending)
-                unsignalled = sum(not _doomed(fds[fd]) for fd in pending)
-            until = killed + (1.0 if alive_at_1s is None else 10.0)
-            if now >= until:
-                break
-            events = ep.poll(until - now, maxevents=1024)
+
+        def gone(timeout: float) -> bool:
+            """Take the deaths epoll reports within ``timeout``; whether there were any."""
+            nonlocal last_gone
+            events = ep.poll(timeout, maxevents=1024)
             for fd, _ in events:
                 ep.unregister(fd)
                 pending.discard(fd)
             if events:
                 last_gone = time.monotonic()
+            return bool(events)
+
+        while pending:
+            now = time.monotonic()
+            if alive_at_1s is None and now >= killed + 1.0:
+                while gone(0):  # what died before now, not what this process got to read
+                    pass
+                alive_at_1s = len(pending)
+                unsignalled = sum(not _doomed(fds[fd]) for fd in pending)
+            until = killed + (1.0 if alive_at_1s is None else 10.0)
+            if now >= until:
+                break
+            gone(until - now)
         for fd in pending:  # the benchmark itself must not leak what it measured
             try:
                 os.kill(fds[fd], signal.SIGKILL)
