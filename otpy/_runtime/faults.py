@@ -319,6 +319,9 @@ class _CorruptingReader:
     def read(self, sock: Any, flags: int = 0) -> bool:
         return self.inner.read(sock, flags)
 
+    def read_nowait(self, sock: Any, keep_gil: bool = False) -> bool | None:
+        return self.inner.read_nowait(sock, keep_gil)
+
     def frames(self) -> list:
         return self.faults.corrupted(self.inner.frames())
 

@@ -88,6 +88,7 @@ class _RequestReader(wire.FrameReader):
         self.fds = []
         self._chunk = self._shared_chunk
         self._view = self._shared_view
+        self._receiver = None
 
 
 class Entry(tables.Relations):

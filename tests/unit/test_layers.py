@@ -18,7 +18,9 @@ INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py
                   # the breaker's and limiter's pure state machines, against models
                   "test_breaker_properties.py", "test_limiter_properties.py",
                   # the zygote's relation tables and notice order, without processes
-                  "test_zygote_core.py"}
+                  "test_zygote_core.py",
+                  # frames through the GIL-keeping non-blocking socket calls
+                  "test_wire_nowait.py"}
 
 
 def imported_modules(path: pathlib.Path) -> list[str]:
