@@ -54,12 +54,15 @@ _TIMEVAL = struct.Struct("ll")
 # a longer spin would have caught the next one) and halves after one that
 # blocked longer. A server fed by 16 threads otherwise sleeps between their
 # bursts and wakes late for each (measured, 6 alternating runs: a median of
-# 23k calls/s with a fixed 50 us spin, 27k adapting).
-# The cost is bounded: at most SPIN_MAX_NS of CPU per wait, and a process
-# whose messages come slowly spins SPIN_NS.
+# 23k calls/s with a fixed 50 us spin, 27k adapting). The spin also yields
+# the CPU between polls and stops as soon as another process takes it (see
+# _spin). The cost is bounded: at most SPIN_MAX_NS of CPU per wait, and a
+# process whose messages come slowly spins SPIN_NS.
 SPIN_NS = int(float(os.environ.get("OTPY_SPIN_US", "50")) * 1000)
 SPIN_MAX_NS = 4 * SPIN_NS
 HOT_NS = 250_000
+YIELDED_NS = 20_000  # a sched_yield that took longer gave the CPU to another process
+_CONTENDED = object()  # what _spin returns when it did
 REQUEST_TIMEOUT = 60.0
 # How long a send waits for room in a full receiver before raising Timeout
 # (node start reads OTPY_SEND_TIMEOUT).
@@ -159,7 +162,7 @@ class ProcessContext:
                 flags = socket.MSG_DONTWAIT
         if not flags:
             self.status.set(self.pid.serial, WAITING, len(self.mailbox))
-        # What is there already is read keeping the GIL. Only if there is
+        # What is there already is read without blocking. Only if there is
         # nothing: spin (unless another thread waits: the spin would keep it
         # from the GIL), then block in a read that releases the GIL.
         reader = self.reader
@@ -168,6 +171,8 @@ class ProcessContext:
             spun = not self.sleepers and self.spin_ns
             if spun:
                 got = self._spin(sock)
+                if got is _CONTENDED:  # the CPU has other work: block, and spin less
+                    got = spun = None
             if got is None:
                 self._set_timeout(sock, remaining)
                 blocked_at = _perf_ns()
@@ -214,24 +219,31 @@ class ProcessContext:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         self.rcvtimeo = seconds
 
-    def _spin(self, sock: socket.socket) -> bool | None:
+    def _spin(self, sock: socket.socket) -> Any:
         """Poll for up to spin_ns: the first read's result, None if nothing came.
 
-        Between polls the CPU is offered to any other runnable process: when
-        there are more of those than cores (8 callers and 2 workers on 2
-        cores, say), a spin that does not yield takes the CPU from the very
-        process it waits for (measured: a pool's burst of synchronous callers
-        ran at 14k commands/s spinning, 31-35k yielding, 20k before the spin
-        adapted)."""
+        Between polls the CPU is offered to any other runnable process. If one
+        takes it (the yield came back late), there are more runnable processes
+        than cores: spinning would take the CPU from the very process it
+        waits for, so the spin ends (_CONTENDED) and drops to SPIN_NS. With 8
+        callers and 2 pool workers on 2 cores, a spin that did not yield cut
+        their synchronous commands from 20k/s to 14k/s; yielding, 31-35k/s.
+        """
         read = self.reader.read_nowait
         keep_gil = self.keep_gil
-        until = _perf_ns() + self.spin_ns
         yield_cpu = nowait.yield_cpu
-        while _perf_ns() < until:
+        now = _perf_ns()
+        until = now + self.spin_ns
+        while now < until:
             got = read(sock, keep_gil)
             if got is not None:
                 return got
+            before = _perf_ns()
             yield_cpu()
+            now = _perf_ns()
+            if now - before > YIELDED_NS:
+                self.spin_ns = SPIN_NS
+                return _CONTENDED
         return None
 
     def _decode_ctrl(self, body: bytes) -> Any:

@@ -445,7 +445,7 @@ class FrameReader:
         # mmap/mremap/munmap round of syscalls per message (seen in strace).
         self._chunk = bytearray(READ_SIZE)
         self._view = memoryview(self._chunk)
-        self._receiver: nowait.Receiver | None = None  # made at the first read_nowait
+        self._receiver: nowait.Receiver | None = None  # made when first read keeping the GIL
 
     def read(self, sock: socket.socket, flags: int = 0) -> bool:
         """One ``recvmsg``. False on end of stream. Raises BlockingIOError on timeout."""
