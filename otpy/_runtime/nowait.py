@@ -8,8 +8,6 @@ server, those handoffs were most of the caller's time (perf: futex waits in
 ``take_gil``). A call made with MSG_DONTWAIT cannot block, so this module
 makes it through ``ctypes.PyDLL``, which keeps the GIL. A read or write that
 has to wait still goes through Python's socket methods, which release it.
-``sched_yield`` too is called keeping the GIL (a reader's spin yields the CPU
-between polls).
 
 Linux only, as the rest of the runtime.
 """
@@ -32,10 +30,6 @@ _recvmsg = _libc.recvmsg
 _recvmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 _recvmsg.restype = ctypes.c_ssize_t
 
-_sched_yield = _libc.sched_yield
-_sched_yield.argtypes = []
-_sched_yield.restype = ctypes.c_int
-
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _CMSG_HEADER = struct.Struct("@Nii")  # struct cmsghdr: len, level, type
@@ -55,12 +49,6 @@ def send(fd: int, data: bytes) -> int | None:
     if code in _AGAIN:
         return None
     raise _error(code)
-
-
-def yield_cpu() -> None:
-    """Let another runnable process have this CPU, if one is waiting for it
-    (the GIL stays with this thread: a spinning reader keeps it anyway)."""
-    _sched_yield()
 
 
 class _IOVec(ctypes.Structure):
@@ -114,6 +102,7 @@ class Receiver:
             if size < _CMSG_HEADER.size:
                 break
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                size = min(size, length - pos)  # as Python's recvmsg, never past the data
                 count = (size - _CMSG_HEADER.size) // 4
                 fds.extend(struct.unpack_from(f"{count}i", raw, pos + _CMSG_HEADER.size))
             pos += (size + _CMSG_ALIGN - 1) & ~(_CMSG_ALIGN - 1)

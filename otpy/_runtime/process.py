@@ -3,17 +3,17 @@ requests to the zygote, and (for spawned processes) its life cycle.
 
 Receiving: one thread at a time reads the inbound stream (the "reader"). It
 takes what is there with a non-blocking ``recvmsg``; if nothing is, it polls
-for a while (see SPIN_NS), then blocks in a single
-``recvmsg``, which is as fast as the OS allows (a poll before the read
-doubled the round trip when measured). Frames are decoded outside the lock
+for a while (see SPIN_NS), then blocks in a single ``recvmsg``, which is as
+fast as the OS allows (waiting in epoll before the read doubled the round
+trip when measured). Frames are decoded outside the lock
 and then filed: messages go to the mailbox, replies from the zygote to
 ``replies``, notices become Exit/Down messages, and the reply to a call in
 progress goes to ``awaiting`` under its ref (so a call never scans the
 mailbox: its wait costs the same with 20,000 unrelated messages queued, as
 OTP's receive marker makes it). Other threads of the same process sleep,
 each on its own lock; the reader wakes only those whose wait what it filed
-can end (a call's thread for its reply), just before it lets go of the GIL,
-and hands the reader role to one of them when it leaves. Nothing runs in the
+can end (a call's thread for its reply), as it goes back to its socket, and
+hands the reader role to one of them when it leaves. Nothing runs in the
 background: a process that does not call into otpy costs nothing, and a
 process that must die while busy is killed by the zygote.
 
@@ -37,7 +37,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import nowait, reasons, wire
+from . import reasons, wire
 from .errors import (AlreadyRegistered, Exited, NamespaceError, NoProc, OtpyError, ProcessExit,
                      RuntimeGone, Timeout)
 from .status import RUNNING, WAITING, StatusTable
@@ -55,14 +55,13 @@ _TIMEVAL = struct.Struct("ll")
 # blocked longer. A server fed by 16 threads otherwise sleeps between their
 # bursts and wakes late for each (measured, 6 alternating runs: a median of
 # 23k calls/s with a fixed 50 us spin, 27k adapting). The spin also yields
-# the CPU between polls and stops as soon as another process takes it (see
-# _spin). The cost is bounded: at most SPIN_MAX_NS of CPU per wait, and a
-# process whose messages come slowly spins SPIN_NS.
+# the CPU before each poll, and is cut back to SPIN_NS when another process
+# takes it (see _spin). The cost is bounded: at most SPIN_MAX_NS of CPU per
+# wait, and a process whose messages come slowly spins SPIN_NS.
 SPIN_NS = int(float(os.environ.get("OTPY_SPIN_US", "50")) * 1000)
 SPIN_MAX_NS = 4 * SPIN_NS
 HOT_NS = 250_000
-YIELDED_NS = 20_000  # a sched_yield that took longer gave the CPU to another process
-_CONTENDED = object()  # what _spin returns when it did
+YIELDED_NS = 20_000  # a sched_yield that took longer gave the CPU (or GIL) to another
 REQUEST_TIMEOUT = 60.0
 # How long a send waits for room in a full receiver before raising Timeout
 # (node start reads OTPY_SEND_TIMEOUT).
@@ -104,9 +103,10 @@ class ProcessContext:
         # ref, a request id, or None: anything filed)
         self.sleepers: dict[_Sleeper, Any] = {}
         self.keyed: dict[Any, _Sleeper] = {}  # the same, by key, where there is one
-        # sleepers whose wait what was filed can end, woken when the reader
-        # next lets go of the GIL (before it blocks, or as it leaves): woken
-        # at once, each would only wait for the GIL the reader still holds
+        # sleepers whose wait what was filed can end, woken as the reader goes
+        # back to its socket (where it blocks, letting go of the GIL, if
+        # nothing more came) or leaves: woken at once, each would only wait
+        # for the GIL the reader still holds
         self.to_wake: list[_Sleeper] = []
         self.reader = wire.FrameReader()
         self.reading = False
@@ -170,17 +170,17 @@ class ProcessContext:
         if got is None and not flags:
             spun = not self.sleepers and self.spin_ns
             if spun:
-                got = self._spin(sock)
-                if got is _CONTENDED:  # the CPU has other work: block, and spin less
-                    got = spun = None
+                got = self._spin(sock, remaining)
             if got is None:
+                if remaining is not None:
+                    remaining = max(0.000001, deadline - _monotonic())  # after the spin
                 self._set_timeout(sock, remaining)
                 blocked_at = _perf_ns()
                 try:
                     got = reader.read(sock)
                 except BlockingIOError:
                     pass
-                if spun:
+                if spun and got is not None:  # (a wait that timed out says nothing)
                     if _perf_ns() - blocked_at < HOT_NS:
                         self.spin_ns = min(2 * self.spin_ns, SPIN_MAX_NS)
                     else:
@@ -219,31 +219,37 @@ class ProcessContext:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         self.rcvtimeo = seconds
 
-    def _spin(self, sock: socket.socket) -> Any:
-        """Poll for up to spin_ns: the first read's result, None if nothing came.
+    def _spin(self, sock: socket.socket, remaining: float | None) -> bool | None:
+        """Poll for up to spin_ns (never past ``remaining`` seconds): the first
+        read's result, None if nothing came.
 
-        Between polls the CPU is offered to any other runnable process. If one
-        takes it (the yield came back late), there are more runnable processes
-        than cores: spinning would take the CPU from the very process it
-        waits for, so the spin ends (_CONTENDED) and drops to SPIN_NS. With 8
-        callers and 2 pool workers on 2 cores, a spin that did not yield cut
-        their synchronous commands from 20k/s to 14k/s; yielding, 31-35k/s.
+        Before each poll the CPU is offered to any other runnable process,
+        and the GIL to the process's other threads: a spin must not keep
+        either from the process it waits for (when processes outnumber cores,
+        that process may be waiting for this very CPU). A yield that comes
+        back late means something else had work to do: the spin is then cut
+        to SPIN_NS, and so is spin_ns. Measured with 8 callers and 2 pool
+        workers on 2 cores: synchronous commands went from 20k/s to 14k/s
+        with a longer spin that did not yield, and to 32-36k/s with this.
         """
         read = self.reader.read_nowait
         keep_gil = self.keep_gil
-        yield_cpu = nowait.yield_cpu
-        now = _perf_ns()
-        until = now + self.spin_ns
+        limit = self.spin_ns
+        if remaining is not None:
+            limit = min(limit, int(remaining * 1e9))
+        start = now = _perf_ns()
+        until = start + limit
         while now < until:
+            before = now
+            os.sched_yield()  # lets go of the GIL too: costs nothing if no thread wants it
+            now = _perf_ns()
+            if now - before > YIELDED_NS and self.spin_ns > SPIN_NS:
+                self.spin_ns = SPIN_NS
+                until = min(until, start + SPIN_NS)
             got = read(sock, keep_gil)
             if got is not None:
                 return got
-            before = _perf_ns()
-            yield_cpu()
             now = _perf_ns()
-            if now - before > YIELDED_NS:
-                self.spin_ns = SPIN_NS
-                return _CONTENDED
         return None
 
     def _decode_ctrl(self, body: bytes) -> Any:
@@ -391,9 +397,12 @@ class ProcessContext:
             sleeper = self.local.sleeper = _Sleeper()
         sleeper.woken = False
         self.keep_gil = True
-        self.sleepers[sleeper] = key
         if key is not None:
-            self.keyed[key] = sleeper
+            if key in self.keyed:
+                key = None  # another thread waits on the same key: wake on anything filed
+            else:
+                self.keyed[key] = sleeper
+        self.sleepers[sleeper] = key
         self.lock.release()
         try:
             acquired = sleeper.lock.acquire(True, -1 if timeout is None else timeout)
