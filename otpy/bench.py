@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any, Callable
 
@@ -39,6 +40,8 @@ RATIOS = {
     "call_over_pipe_p50": ("call_rtt_us", "pipe_pickle_rtt_us"),
     "call_observed_over_call_p50": ("call_rtt_observed_us", "call_rtt_us"),
     "spawn_at_1000_over_at_10_p50": ("spawn_ms_at_1000", "spawn_ms_at_10"),
+    # issue 10's goal: many threads calling one server at least match one thread
+    "calls_1_thread_over_16_threads": ("calls_per_s_1_thread", "calls_per_s_16_threads"),
 }
 OBSERVER_INTERVAL = 0.1  # the live view's refresh while observed: 10x its default rate
 
@@ -380,6 +383,41 @@ def call_rtt(n: int, warmup: int) -> dict:
         otpy.stop(pid)
 
 
+def calls_per_s(threads: int, n: int, rounds: int = 3) -> int:
+    """Calls per second when ``threads`` threads of the program's process share
+    ``n`` calls to one GenServer; the median of ``rounds`` rounds (this is the
+    noisiest figure on a 2-core VM)."""
+    pid = _Counter.start_link()
+    per_thread = n // threads
+    rates = []
+    failures: list[BaseException] = []
+    try:
+        for _ in range(rounds):
+            start = threading.Barrier(threads + 1)
+
+            def calls() -> None:
+                start.wait()
+                try:
+                    for i in range(per_thread):
+                        otpy.call(pid, i)
+                except BaseException as exc:  # a rate counting failed calls would lie
+                    failures.append(exc)
+
+            workers = [threading.Thread(target=calls) for _ in range(threads)]
+            for w in workers:
+                w.start()
+            start.wait()
+            t = _ns()
+            for w in workers:
+                w.join()
+            if failures:
+                raise failures[0]
+            rates.append(per_thread * threads / ((_ns() - t) / 1e9))
+        return round(statistics.median(rates))
+    finally:
+        otpy.stop(pid)
+
+
 class _LiveView:
     """``python -m otpy.observer NODE`` in a pseudo-terminal (``pty.spawn`` in a
     wrapper process drains its screen, so nothing here competes with the
@@ -515,12 +553,15 @@ def plan(quick: bool) -> list[Case]:
     rtt_n, rtt_w = (500, 100) if quick else (20000, 2000)
     sp_n, sp_w = (20, 5) if quick else (300, 30)
     casts = 2000 if quick else 100000
+    threaded_calls = 1600 if quick else 48000
     return [
         ("pipe_pickle_rtt_us", lambda: pipe_pickle_rtt(rtt_n, rtt_w)),
         ("send_receive_rtt_us", lambda: send_receive_rtt(rtt_n, rtt_w)),
         ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
         ("call_rtt_observed_us", lambda: call_rtt_observed(rtt_n, rtt_w)),
         ("cast_per_s", lambda: cast_per_s(casts)),
+        ("calls_per_s_1_thread", lambda: calls_per_s(1, threaded_calls)),
+        ("calls_per_s_16_threads", lambda: calls_per_s(16, threaded_calls)),
         ("spawn_ms", lambda: spawn_ms(sp_n, sp_w)),
         ("down_ms", lambda: down_ms(sp_n, sp_w)),
         ("restart_ms", lambda: restart_ms(sp_n, sp_w)),
