@@ -163,8 +163,9 @@ class ProcessContext:
         if not flags:
             self.status.set(self.pid.serial, WAITING, len(self.mailbox))
         # What is there already is read without blocking. Only if there is
-        # nothing: spin (unless another thread waits: the spin would keep it
-        # from the GIL), then block in a read that releases the GIL.
+        # nothing: spin (not while other threads sleep here: the threads it
+        # wakes need the CPU, and spinning then measured no faster), then
+        # block in a read that releases the GIL.
         reader = self.reader
         got = reader.read_nowait(sock, self.keep_gil)
         if got is None and not flags:
@@ -237,20 +238,19 @@ class ProcessContext:
         limit = self.spin_ns
         if remaining is not None:
             limit = min(limit, int(remaining * 1e9))
-        start = now = _perf_ns()
+        start = _perf_ns()
         until = start + limit
-        while now < until:
-            before = now
+        while True:
+            before = _perf_ns()
+            if before >= until:
+                return None
             os.sched_yield()  # lets go of the GIL too: costs nothing if no thread wants it
-            now = _perf_ns()
-            if now - before > YIELDED_NS and self.spin_ns > SPIN_NS:
+            if _perf_ns() - before > YIELDED_NS and self.spin_ns > SPIN_NS:
                 self.spin_ns = SPIN_NS
                 until = min(until, start + SPIN_NS)
             got = read(sock, keep_gil)
             if got is not None:
                 return got
-            now = _perf_ns()
-        return None
 
     def _decode_ctrl(self, body: bytes) -> Any:
         term = wire.decode(wire.MSG, body)
