@@ -398,10 +398,7 @@ class ProcessContext:
         sleeper.woken = False
         self.keep_gil = True
         if key is not None:
-            if key in self.keyed:
-                key = None  # another thread waits on the same key: wake on anything filed
-            else:
-                self.keyed[key] = sleeper
+            self.keyed[key] = sleeper  # keys are unique: a call's ref, a request's id
         self.sleepers[sleeper] = key
         self.lock.release()
         try:
@@ -632,7 +629,11 @@ class ProcessContext:
         dead_table = self.dead
         # Registered before the send: the reply can only come after it, and
         # is then filed under ``ref`` (the receive marker of OTP, in effect).
-        awaiting[ref] = _WAITING
+        with self.lock:
+            if ref in awaiting:  # two waits on one ref: one would take the other's reply
+                raise ValueError(f"{ref!r} is already awaited by another call of this "
+                                 f"process: each request needs a ref of its own (Ref.make)")
+            awaiting[ref] = _WAITING
 
         def check():
             value = awaiting[ref]

@@ -41,7 +41,8 @@ def request(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
     reason if it dies before replying; Timeout when ``timeout`` expires (a
     reply that comes later is dropped on arrival, never queued as a stray
     message). The building block of :func:`call`, for behaviours with a
-    message format of their own.
+    message format of their own. Each request needs a ref of its own:
+    ValueError at once if another call of this process already awaits ``ref``.
     """
     return context().call(pid, message, ref, timeout)
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import otpy
 import pytest
@@ -97,6 +98,30 @@ def test_request_raises_the_callees_exit_reason_not_a_timeout():
     with pytest.raises(otpy.Exited) as info:
         lowlevel.request(pid, ("anything", ref), ref, timeout=DEADLINE)
     assert info.value.reason == "killed"
+
+
+def _reply_when_told(parent: otpy.Pid) -> None:
+    _, ref = otpy.receive()
+    otpy.send(parent, "got the first")
+    otpy.receive(match=lambda m: m == "go")
+    lowlevel.reply(lowlevel.From(parent, ref), "the first's reply")
+
+
+def test_a_ref_already_awaited_is_refused_and_the_first_request_still_gets_its_reply():
+    pid = otpy.spawn(_reply_when_told, otpy.self())
+    ref = otpy.make_ref()
+    got = []
+    first = threading.Thread(
+        target=lambda: got.append(lowlevel.request(pid, ("first", ref), ref, timeout=DEADLINE)))
+    first.start()
+    try:
+        expect(lambda m: m == "got the first")  # the first request is in flight
+        with pytest.raises(ValueError, match="already awaited"):
+            lowlevel.request(pid, ("second", ref), ref, timeout=DEADLINE)
+        otpy.send(pid, "go")
+    finally:
+        first.join(DEADLINE)
+    assert got == ["the first's reply"]
 
 
 def test_call_and_reply_with_a_hand_written_server():
