@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import socket
 import struct
@@ -65,12 +66,12 @@ class _MsgHdr(ctypes.Structure):
 class Receiver:
     """``recvmsg(MSG_DONTWAIT)`` into one fixed buffer, descriptors included.
 
-    The buffer is pinned (a bytearray exported to ctypes cannot be resized).
+    The buffer (a bytearray or an mmap) is pinned while exported to ctypes.
     """
 
     __slots__ = ("_target", "_control", "_control_size", "_iov", "_hdr", "_hdr_ptr")
 
-    def __init__(self, buffer: bytearray, control_size: int) -> None:
+    def __init__(self, buffer: bytearray | mmap.mmap, control_size: int) -> None:
         self._target = (ctypes.c_char * len(buffer)).from_buffer(buffer)
         self._control = ctypes.create_string_buffer(control_size)
         self._control_size = control_size

@@ -433,6 +433,13 @@ def unread_bytes(sock: socket.socket) -> int:
         return 0
 
 
+def receive_buffer() -> mmap.mmap:
+    """A READ_SIZE receive buffer whose pages exist only once a read fills
+    them: a bytearray is zeroed when made, which cost every process 256 KiB
+    of its own memory, however small the messages it gets."""
+    return mmap.mmap(-1, READ_SIZE)
+
+
 class FrameReader:
     """Reassembles frames from a stream; collects fds passed alongside."""
 
@@ -443,7 +450,7 @@ class FrameReader:
         self.fds: list[int] = []  # rare; a list costs 56 bytes where a deque costs 760
         # One reused receive buffer: a fresh 256 KiB bytes per recvmsg cost an
         # mmap/mremap/munmap round of syscalls per message (seen in strace).
-        self._chunk = bytearray(READ_SIZE)
+        self._chunk = receive_buffer()
         self._view = memoryview(self._chunk)
         self._receiver: nowait.Receiver | None = None  # made when first read keeping the GIL
 

@@ -80,7 +80,7 @@ class _RequestReader(wire.FrameReader):
     """
 
     __slots__ = ()
-    _shared_chunk = bytearray(wire.READ_SIZE)
+    _shared_chunk = wire.receive_buffer()
     _shared_view = memoryview(_shared_chunk)
 
     def __init__(self) -> None:  # no super().__init__(): it would allocate a buffer
