@@ -42,6 +42,10 @@ RATIOS = {
     "spawn_at_1000_over_at_10_p50": ("spawn_ms_at_1000", "spawn_ms_at_10"),
     # issue 10's goal: many threads calling one server at least match one thread
     "calls_1_thread_over_16_threads": ("calls_per_s_1_thread", "calls_per_s_16_threads"),
+    # the SIGKILLed program's teardown beside the kernel's floor (1,000 in --quick)
+    **{f"all_gone_after_kill_over_bare_forks_at_{n}": (f"all_gone_ms_after_kill_at_{n}",
+                                                       f"all_gone_ms_after_kill_bare_forks_at_{n}")
+       for n in (1000, 5000)},
 }
 OBSERVER_INTERVAL = 0.1  # the live view's refresh while observed: 10x its default rate
 
@@ -186,12 +190,12 @@ def orphans_after_root_kill() -> int:
         proc.stdout.close()
 
 
-def _alive_after_kill(proc: subprocess.Popen,
-                      os_pids: list[int]) -> tuple[int, int, float | None]:
-    """SIGKILL ``proc``: how many of ``os_pids`` are alive (not zombies) 1 s later;
-    how many of those neither have a SIGKILL pending nor are exiting (could still
-    run a line of code); and how many ms until the last was gone (None: not
-    within 10 s)."""
+def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int],
+                      group: bool = False) -> tuple[int, int, float | None]:
+    """SIGKILL ``proc`` (``group``: its whole process group at once): how many of
+    ``os_pids`` are alive (not zombies) 1 s later; how many of those neither have
+    a SIGKILL pending nor are exiting (could still run a line of code); and how
+    many ms until the last was gone (None: not within 10 s)."""
     import select
 
     # Thousands of processes exiting at once can keep this one off the CPU for
@@ -201,7 +205,10 @@ def _alive_after_kill(proc: subprocess.Popen,
         realtime = True
     except (PermissionError, OSError):
         realtime = False
-    proc.kill()
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
     killed = time.monotonic()
     proc.wait()
     # epoll, not select() (thousands of pidfds pass fd number 1,024) nor poll()
@@ -335,6 +342,42 @@ def growth(live: int, n: int, warmup: int) -> dict[str, Any]:
             "orphans": orphans, "unsignalled": unsignalled, "all_gone_ms": gone_ms}
 
 
+_BARE_FORKS_PROGRAM = textwrap.dedent("""
+    import json, os, signal, sys
+    os_pids = []
+    for _ in range(int(sys.argv[1])):
+        os_pid = os.fork()
+        if os_pid == 0:
+            while True:
+                signal.pause()
+        os_pids.append(os_pid)
+    print(json.dumps(os_pids), flush=True)
+    sys.stdin.read()
+""")
+
+
+def bare_forks_after_kill(n: int) -> dict[str, Any]:
+    """The kernel's floor for ``orphans_after_kill_at_N``: a Python program that
+    imports nothing forks ``n`` children that only wait, and the whole group is
+    SIGKILLed at once. Most of the time goes to tearing down each child's copy
+    of its parent's page tables, which a bigger parent (otpy's, the program's
+    own modules) makes longer."""
+    proc = subprocess.Popen([sys.executable, "-c", _BARE_FORKS_PROGRAM, str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"the program forking {n} children did not report")
+        alive, _, gone_ms = _alive_after_kill(proc, json.loads(line), group=True)
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+    return {"alive": alive, "all_gone_ms": gone_ms}
+
+
 def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Callable[[], Any]]]:
     """One program per size; its figures become the keys ``*_at_<size>``."""
     cases = []
@@ -355,6 +398,17 @@ def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Calla
     cases.append((f"orphans_after_kill_at_{sizes[-1]}", part(sizes[-1], "orphans")))
     cases.append((f"unsignalled_after_kill_at_{sizes[-1]}", part(sizes[-1], "unsignalled")))
     cases.append((f"all_gone_ms_after_kill_at_{sizes[-1]}", part(sizes[-1], "all_gone_ms")))
+    bare: dict[str, Any] = {}
+
+    def floor(key: str) -> Callable[[], Any]:
+        def case() -> Any:
+            if not bare:
+                bare.update(bare_forks_after_kill(sizes[-1]))
+            return bare[key]
+        return case
+
+    cases.append((f"orphans_after_kill_bare_forks_at_{sizes[-1]}", floor("alive")))
+    cases.append((f"all_gone_ms_after_kill_bare_forks_at_{sizes[-1]}", floor("all_gone_ms")))
     return cases
 
 
@@ -636,8 +690,10 @@ def divide(results: dict[str, Any], ratios: dict[str, tuple[str, str]]) -> dict[
     return out
 
 
-def table(report: dict[str, Any], width: int = 34) -> str:
-    """The report as text; ``width`` is the key column's (the longest key's)."""
+def table(report: dict[str, Any]) -> str:
+    """The report as text, keys in a column as wide as the longest."""
+    width = max((len(key) for part in ("results", "ratios", "skipped", "errors")
+                 for key in report.get(part, {})), default=3)
     lines = [f"{'key':{width}} {'p50':>10} {'p99':>10} {'n':>7}"]
     for key, value in report["results"].items():
         if isinstance(value, dict) and "p50" in value:
@@ -661,13 +717,13 @@ def table(report: dict[str, Any], width: int = 34) -> str:
 def compare(report: dict[str, Any], baseline: dict[str, Any], margin: float) -> list[str]:
     """Ratios that regressed by more than ``margin`` against the baseline."""
     regressions = []
-    for name, old in baseline.get("ratios", {}).items():
-        new = report["ratios"].get(name)
-        if new is None:
-            continue
+    both = [name for name in baseline.get("ratios", {}) if name in report["ratios"]]
+    width = max((len(name) for name in both), default=0)
+    for name in both:
+        old, new = baseline["ratios"][name], report["ratios"][name]
         change = new / old - 1
         verdict = "REGRESSED" if change > margin else "ok"
-        print(f"{name:28} baseline {old:>8} now {new:>8} ({change:+.0%}) {verdict}")
+        print(f"{name:{width}} baseline {old:>8} now {new:>8} ({change:+.0%}) {verdict}")
         if change > margin:
             regressions.append(name)
     return regressions
@@ -679,7 +735,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(prog: str, description: str, measure: Callable[[argparse.Namespace], dict[str, Any]],
         argv: list[str] | None = None, *, options: dict[str, dict[str, Any]] | None = None,
-        width: int = 34,
         comparable: Callable[[dict[str, Any]], dict[str, Any]] = lambda report: report) -> int:
     """A benchmark's command line, shared with ``python -m otpy_pool.bench``:
     ``measure`` runs the cases for the parsed arguments, among them the extra
@@ -704,7 +759,7 @@ def cli(prog: str, description: str, measure: Callable[[argparse.Namespace], dic
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
-        print(table(report, width))
+        print(table(report))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=2)

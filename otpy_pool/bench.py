@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = {"action": "store_true",
              "help": "also SIGKILL a busy worker of each peer (takes ~40 s)"}
     return cli("python -m otpy_pool.bench", __doc__, lambda args: run(args.quick, args.peers),
-               argv, options={"--peers": peers}, width=34, comparable=comparable)
+               argv, options={"--peers": peers}, comparable=comparable)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ def test_growth_keys_in_a_quick_run():
     gone = results["all_gone_ms_after_kill_at_1000"]
     assert gone is None or gone > 0  # None: some outlived 10 s (and the benchmark killed them)
     assert report["ratios"]["spawn_at_1000_over_at_10_p50"] > 0
+    # the kernel's floor beside it: the same number of bare forks, killed at once
+    assert isinstance(results["orphans_after_kill_bare_forks_at_1000"], int)
+    floor = results["all_gone_ms_after_kill_bare_forks_at_1000"]
+    assert floor is None or floor > 0
+    if gone and floor:
+        assert report["ratios"]["all_gone_after_kill_over_bare_forks_at_1000"] > 0
     assert "spawn_ms_at_5000" not in results  # the 5,000-process program: full runs only
 
 
@@ -87,3 +93,7 @@ def test_the_table_shows_a_figure_a_run_could_not_take():
     text = table(report)
     assert re.search(r"all_gone_ms_after_kill_at_5000\s+-\n", text)
     assert re.search(r"spawn_ms\s+3.1\s+5.2\s+9", text)
+    widest = "all_gone_after_kill_over_bare_forks_at_5000"  # longer than any result's key
+    text = table(dict(report, ratios={widest: 7.1}))
+    assert re.search(rf"^{widest} +7.1$", text, re.M)  # the column is as wide as the longest key
+    assert re.search(r"^spawn_ms {36,}3.1", text, re.M)
