@@ -38,9 +38,6 @@ class Counter(otpy.GenServer):
 
                 time.sleep(seconds)
                 return "late"
-            case "block":
-                otpy.receive(match=lambda m: m == "unblock")
-                return "unblocked"
         raise ValueError(f"unexpected {request!r}")
 
     def handle_cast(self, request):

@@ -132,16 +132,23 @@ def test_call_timeout_and_the_late_reply_is_dropped():
     otpy.stop(pid)
 
 
+def _kill_when_parked() -> None:
+    server = otpy.receive(match=lambda m: isinstance(m, otpy.Pid))
+    otpy.receive(match=lambda m: type(m) is tuple and m[0] == "parked")
+    os.kill(server.os_pid, signal.SIGKILL)
+
+
 def test_server_dying_during_a_call_gives_exited_with_its_reason():
     pid = Counter.start()
     with pytest.raises(otpy.Exited) as info:
         otpy.call(pid, "crash")
     assert isinstance(info.value.reason, ValueError) and info.value.pid == pid
-    blocked = Counter.start()
-    k = otpy.spawn(lambda: (otpy.receive(), os.kill(blocked.os_pid, signal.SIGKILL)))
-    otpy.send(k, "go")
+    # SIGKILLed once it holds the call: killed before, the call would get "noproc"
+    killer = otpy.spawn(_kill_when_parked)
+    parked = Counter.start(report_to=killer)
+    otpy.send(killer, parked)
     with pytest.raises(otpy.Exited) as info:
-        otpy.call(blocked, "block", timeout=DEADLINE)
+        otpy.call(parked, "later", timeout=DEADLINE)
     assert info.value.reason == "killed"
 
 
