@@ -27,8 +27,12 @@ class WorkerCounts:
 
     def __init__(self) -> None:
         self.fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, _SIZE)
-        self._map = mmap.mmap(self.fd, _SIZE)
+        try:
+            os.ftruncate(self.fd, _SIZE)
+            self._map = mmap.mmap(self.fd, _SIZE)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.view = memoryview(self._map).cast("Q")
 
 

@@ -270,7 +270,11 @@ class Control:
     def __init__(self, os_pid: int, fd: int, timeout: float = 5.0) -> None:
         self.timeout = timeout
         self.fd = os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-        self._map = mmap.mmap(self.fd, CONTROL_BYTES)
+        try:
+            self._map = mmap.mmap(self.fd, CONTROL_BYTES)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.words = memoryview(self._map).cast("q")
         self.thread_lock = threading.Lock()
         self.table: Table | None = None
@@ -380,8 +384,12 @@ class TableOwner:
         if grow and old is not None:
             capacity = max(capacity, 2 * old.capacity)
         fd = os.memfd_create("otpy-limiter-table", os.MFD_CLOEXEC)
-        os.ftruncate(fd, (HEADER + capacity * SLOT) * 8)
-        table = Table(os.getpid(), fd, capacity)
+        try:
+            os.ftruncate(fd, (HEADER + capacity * SLOT) * 8)
+            table = Table(os.getpid(), fd, capacity)
+        except BaseException:
+            os.close(fd)
+            raise
         for hi, lo, window, state in entries:
             _, where = table.find(hi, lo, window)
             _store(self.algorithm, table.words, where, state)

@@ -39,8 +39,12 @@ def hold(key: object, size: int, label: str) -> tuple[int, int, int]:
     held = _HELD.get(key)
     if held is None:
         fd = os.memfd_create(label, os.MFD_CLOEXEC)
-        os.ftruncate(fd, size)
-        page = Page(fd, size)
+        try:
+            os.ftruncate(fd, size)
+            page = Page(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
         page.words[0] = secrets.randbits(62) + 1
         page.close()
         held = _HELD[key] = (fd, size)

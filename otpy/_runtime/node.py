@@ -19,6 +19,7 @@ workers run ``terminate``), all within one overall timeout
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import select
@@ -73,23 +74,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _start() -> None:
-    global _zygote_os_pid, _watch_w, SHUTDOWN_TIMEOUT
-    zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
-    # Configuration is read now, not at import: importing otpy does nothing.
-    log.ensure_configured()
-    process.on_trapped_exit = log.log_trapped_exit
-    process.SEND_TIMEOUT = _seconds_from_env("OTPY_SEND_TIMEOUT", 60.0)
-    SHUTDOWN_TIMEOUT = _seconds_from_env("OTPY_SHUTDOWN_TIMEOUT", 5.0)
-    wire.note_main()  # what every process of this node can import from __main__
-    node = secrets.token_hex(5)
-    status = StatusTable.create()
-    inbound_r, inbound_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    inbound_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
-    ctrl_main, ctrl_zyg = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    watch_r, watch_w = os.pipe()
-    main_pid = Pid(node, MAIN_SERIAL, os.getpid())
-    on_main_thread = threading.current_thread() is threading.main_thread()
+def _fork_zygote() -> int:
+    """os.fork(), without the warning Python 3.12+ gives in a threaded process."""
     with warnings.catch_warnings():
         # Python 3.12+ warns on every fork of a multi-threaded process: a lock
         # another thread holds at that instant stays locked in the child. The
@@ -102,7 +88,40 @@ def _start() -> None:
         # other fork), though it is process-wide for the instant of the fork.
         warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, use of "
                                 r"fork\(\) may lead to deadlocks", DeprecationWarning)
-        zpid = os.fork()
+        return os.fork()
+
+
+def _start() -> None:
+    global _zygote_os_pid, _watch_w, SHUTDOWN_TIMEOUT
+    zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
+    # Configuration is read now, not at import: importing otpy does nothing.
+    log.ensure_configured()
+    process.on_trapped_exit = log.log_trapped_exit
+    process.SEND_TIMEOUT = _seconds_from_env("OTPY_SEND_TIMEOUT", 60.0)
+    SHUTDOWN_TIMEOUT = _seconds_from_env("OTPY_SHUTDOWN_TIMEOUT", 5.0)
+    wire.note_main()  # what every process of this node can import from __main__
+    node = secrets.token_hex(5)
+    main_pid = Pid(node, MAIN_SERIAL, os.getpid())
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    with contextlib.ExitStack() as undo:  # if the node cannot start, nothing is left open
+        try:
+            status = StatusTable.create()
+            undo.callback(status.close)
+            inbound_r, inbound_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            undo.callback(inbound_r.close)
+            undo.callback(inbound_w.close)
+            inbound_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
+            ctrl_main, ctrl_zyg = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            undo.callback(ctrl_main.close)
+            undo.callback(ctrl_zyg.close)
+            watch_r, watch_w = os.pipe()
+            undo.callback(os.close, watch_r)
+            undo.callback(os.close, watch_w)
+            zpid = _fork_zygote()
+        except OSError as exc:
+            reason = zygote.limit_message(exc, 0).removeprefix("cannot spawn: ")
+            raise OtpyError(f"cannot start the otpy node: {reason}") from exc
+        undo.pop_all()
     if zpid == 0:
         code = 1
         try:

@@ -33,7 +33,11 @@ class Page:
         self.fd = os.memfd_create(PAGE_NAME, os.MFD_CLOEXEC)
         self.seq = 0
         self.size = 0
-        os.pwrite(self.fd, _HEADER.pack(0, 0), 0)
+        try:
+            os.pwrite(self.fd, _HEADER.pack(0, 0), 0)
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def write(self, data: bytes) -> None:
         self.seq += 1

@@ -33,13 +33,22 @@ class StatusTable:
     @classmethod
     def create(cls) -> "StatusTable":
         fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
-        os.ftruncate(fd, _SIZE)
-        return cls(fd, mmap.mmap(fd, _SIZE))
+        try:
+            os.ftruncate(fd, _SIZE)
+            return cls(fd, mmap.mmap(fd, _SIZE))
+        except BaseException:
+            os.close(fd)
+            raise
 
     @classmethod
     def open_readonly(cls, fd: int) -> "StatusTable":
         """Map another node's table (an observer's view); the fd can be closed after."""
         return cls(-1, mmap.mmap(fd, _SIZE, prot=mmap.PROT_READ))
+
+    def close(self) -> None:
+        """Unmap the table and close its descriptor."""
+        self.close_fd()
+        self.mem.close()
 
     def close_fd(self) -> None:
         """Children keep the mapping but not the descriptor."""
