@@ -11,7 +11,7 @@ import time
 import pytest
 
 import otpy
-from otpy.testing import inject_failure, isolated_tree, wait_down, wait_for
+from otpy.testing import LeakError, inject_failure, isolated_tree, wait_down, wait_for
 
 DEADLINE = 10.0
 MB = 1024 * 1024
@@ -198,6 +198,21 @@ def test_heal_undoes_every_part_even_when_one_does_not_answer():
         os.kill(c.os_pid, signal.SIGCONT)
     otpy.send(b, ("tell", a, ("forward", "b->a")))  # b was healed after c failed
     assert otpy.receive(timeout=DEADLINE, match=lambda m: m[0] == "forwarded")[1] == "b->a"
+
+
+def test_a_tree_reports_every_part_its_heal_could_not_undo():
+    a, b, c = start_agent(), start_agent(), start_agent()  # in the test's tree
+    with pytest.raises(LeakError) as info:
+        with isolated_tree("inner"):
+            inject_failure("partition", a, peers=[b, c], timeout=0.3)
+            for stuck in (b, c):  # neither can take its part of the heal
+                os.kill(stuck.os_pid, signal.SIGSTOP)
+    for stuck in (b, c):
+        os.kill(stuck.os_pid, signal.SIGCONT)
+    report = str(info.value)
+    assert "on_exit" in report and "failed: Timeout: " in report
+    assert "; also not healed: " in report  # the second failure, as a note of the first
+    assert repr(b) in report and repr(c) in report
 
 
 def test_partition_for_a_duration_heals_by_itself():

@@ -49,3 +49,17 @@ def test_marker_expressions_select_by_category():
                                               | by_module["tests/chaos/test_testing_inject.py"])
     performance = by_module["tests/performance/test_bench.py"]
     assert collect("-m", "not performance") == everything - performance
+
+
+def test_a_module_outside_the_category_folders_is_refused():
+    probe = ROOT / "tests" / "test_category_probe.py"  # in tests/, in no category's folder
+    probe.write_text("def test_nothing():\n    pass\n")
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                              "-p", "no:cacheprovider", str(probe)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    assert out.returncode != 0
+    assert "test_category_probe.py::test_nothing: a test module belongs in tests/<category>/" \
+        in out.stdout + out.stderr
