@@ -436,8 +436,10 @@ def unread_bytes(sock: socket.socket) -> int:
 def receive_buffer() -> mmap.mmap:
     """A READ_SIZE receive buffer whose pages exist only once a read fills
     them: a bytearray is zeroed when made, which cost every process 256 KiB
-    of its own memory, however small the messages it gets."""
-    return mmap.mmap(-1, READ_SIZE)
+    of its own memory, however small the messages it gets. Private, as the
+    bytearray was: an anonymous mmap is shared with forks by default, and a
+    fork's reads (a second node's zygote, say) would land in this buffer."""
+    return mmap.mmap(-1, READ_SIZE, flags=mmap.MAP_PRIVATE)
 
 
 class FrameReader:

@@ -320,6 +320,38 @@ IMPORT_ONLY = """
 """
 
 
+TWO_NODES = """
+    import os, otpy
+
+    def ask_the_zygote(tag):
+        me = otpy.self()
+        for i in range(2000):
+            otpy.register(f"{tag}{i}", me)
+            assert me in otpy.processes(), (tag, i)
+            otpy.unregister(f"{tag}{i}")
+
+    otpy.self()  # this program's node
+    child = os.fork()
+    if child == 0:  # a fork that starts a node of its own: a second zygote
+        code = 1
+        try:
+            ask_the_zygote("child")
+            code = 0
+        finally:
+            os._exit(code)
+    ask_the_zygote("parent")
+    print("child exited with", os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+"""
+
+
+def test_a_fork_with_a_node_of_its_own_shares_no_buffer_with_this_one(tmp_path):
+    # The zygotes' receive buffer was once an anonymous mmap, which a fork
+    # shares: two zygotes read their requests into the same pages.
+    out = run(program(tmp_path, TWO_NODES))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "child exited with 0" in out.stdout, out.stderr[-3000:]
+
+
 def test_importing_otpy_configures_nothing_until_the_node_starts(tmp_path):
     log_file = tmp_path / "log.jsonl"
     out = run(program(tmp_path, IMPORT_ONLY), str(log_file),
