@@ -91,6 +91,12 @@ def _fork_zygote() -> int:
         return os.fork()
 
 
+def _kill_and_reap(os_pid: int) -> None:
+    """A zygote forked by a node start that failed after the fork."""
+    os.kill(os_pid, signal.SIGKILL)
+    os.waitpid(os_pid, 0)
+
+
 def _start() -> None:
     global _zygote_os_pid, _watch_w, SHUTDOWN_TIMEOUT
     zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
@@ -117,29 +123,35 @@ def _start() -> None:
             watch_r, watch_w = os.pipe()
             undo.callback(os.close, watch_r)
             undo.callback(os.close, watch_w)
+        except OSError as exc:
+            raise OtpyError(f"cannot start the otpy node: {exc}") from exc
+        try:
             zpid = _fork_zygote()
         except OSError as exc:
             reason = zygote.limit_message(exc, 0).removeprefix("cannot spawn: ")
             raise OtpyError(f"cannot start the otpy node: {reason}") from exc
+        if zpid == 0:
+            code = 1
+            try:
+                inbound_r.close()
+                ctrl_main.close()
+                os.close(watch_w)
+                zygote.serve(node, status, main_pid, inbound_w, ctrl_zyg, watch_r,
+                             on_main_thread)
+                code = 0
+            finally:
+                os._exit(code)
+        undo.callback(_kill_and_reap, zpid)  # runs first: a zygote this call could not use
+        ctx = process.ProcessContext(
+            main_pid, "", None, inbound_r, ctrl_main, status, zpid, trap=True, is_main=True
+        )
         undo.pop_all()
-    if zpid == 0:
-        code = 1
-        try:
-            inbound_r.close()
-            ctrl_main.close()
-            os.close(watch_w)
-            zygote.serve(node, status, main_pid, inbound_w, ctrl_zyg, watch_r, on_main_thread)
-            code = 0
-        finally:
-            os._exit(code)
     inbound_w.close()
     ctrl_zyg.close()
     os.close(watch_r)
     _zygote_os_pid = zpid
     _watch_w = watch_w
-    process.current = process.ProcessContext(
-        main_pid, "", None, inbound_r, ctrl_main, status, zpid, trap=True, is_main=True
-    )
+    process.current = ctx
     if on_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
 

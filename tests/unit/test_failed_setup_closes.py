@@ -117,3 +117,35 @@ def test_node_start_when_the_zygote_cannot_be_forked():
     assert "RLIMIT_NPROC" in out.stdout  # it names the limits to look at
     assert "left open: 0" in out.stdout
     assert "then: True" in out.stdout  # nothing half-done: a later call starts the node
+
+
+def test_node_start_failing_after_the_fork():
+    program = textwrap.dedent("""
+        import os, otpy, psutil
+        from otpy._runtime import node, process
+
+        def fds():
+            return len(os.listdir("/proc/self/fd"))
+
+        class Unmakeable:
+            def __init__(self, *args, **kwargs):
+                raise MemoryError("no memory for the program's process context")
+
+        real, process.ProcessContext = process.ProcessContext, Unmakeable
+        before = fds()
+        try:
+            otpy.self()
+        except MemoryError as exc:
+            print("error:", exc)
+        print("left open:", fds() - before)
+        print("zygotes left:", len(psutil.Process().children()))
+        process.ProcessContext = real
+        print("then:", otpy.self().os_pid == os.getpid())
+    """)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "error: no memory for the program's process context" in out.stdout
+    assert "left open: 0" in out.stdout
+    assert "zygotes left: 0" in out.stdout  # the zygote it had forked is killed and reaped
+    assert "then: True" in out.stdout
