@@ -202,13 +202,15 @@ def test_heal_undoes_every_part_even_when_one_does_not_answer():
 
 def test_a_tree_reports_every_part_its_heal_could_not_undo():
     a, b, c = start_agent(), start_agent(), start_agent()  # in the test's tree
-    with pytest.raises(LeakError) as info:
-        with isolated_tree("inner"):
-            inject_failure("partition", a, peers=[b, c], timeout=0.3)
-            for stuck in (b, c):  # neither can take its part of the heal
-                os.kill(stuck.os_pid, signal.SIGSTOP)
-    for stuck in (b, c):
-        os.kill(stuck.os_pid, signal.SIGCONT)
+    try:
+        with pytest.raises(LeakError) as info:
+            with isolated_tree("inner"):
+                inject_failure("partition", a, peers=[b, c], timeout=1.0)
+                for stuck in (b, c):  # neither can take its part of the heal
+                    os.kill(stuck.os_pid, signal.SIGSTOP)
+    finally:
+        for stuck in (b, c):
+            os.kill(stuck.os_pid, signal.SIGCONT)
     report = str(info.value)
     assert "on_exit" in report and "failed: Timeout: " in report
     assert "; also not healed: " in report  # the second failure, as a note of the first

@@ -3,6 +3,7 @@ performance, chaos (tests/conftest.py), and ``-m`` selects by them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,7 +53,8 @@ def test_marker_expressions_select_by_category():
 
 
 def test_a_module_outside_the_category_folders_is_refused():
-    probe = ROOT / "tests" / "test_category_probe.py"  # in tests/, in no category's folder
+    # in tests/, in no category's folder (a name of its own: another run may be collecting)
+    probe = ROOT / "tests" / f"test_category_probe_{os.getpid()}.py"
     probe.write_text("def test_nothing():\n    pass\n")
     try:
         out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
@@ -61,5 +63,5 @@ def test_a_module_outside_the_category_folders_is_refused():
     finally:
         probe.unlink()
     assert out.returncode != 0
-    assert "test_category_probe.py::test_nothing: a test module belongs in tests/<category>/" \
+    assert f"{probe.name}::test_nothing: a test module belongs in tests/<category>/" \
         in out.stdout + out.stderr

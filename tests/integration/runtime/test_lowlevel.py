@@ -118,8 +118,8 @@ def test_a_ref_already_awaited_is_refused_and_the_first_request_still_gets_its_r
         expect(lambda m: m == "got the first")  # the first request is in flight
         with pytest.raises(ValueError, match="already awaited"):
             lowlevel.request(pid, ("second", ref), ref, timeout=DEADLINE)
-        otpy.send(pid, "go")
     finally:
+        otpy.send(pid, "go")
         first.join(DEADLINE)
     assert got == ["the first's reply"]
 
