@@ -454,18 +454,28 @@ class ProcessContext:
                 return (replies.pop(req_id),)
             return None
 
-        found = self.wait_for(check, _monotonic() + timeout, req_id)
+        try:
+            found = self.wait_for(check, _monotonic() + timeout, req_id)
+        except BaseException:  # a fatal exit signal, say: the reply is dropped on arrival
+            self._abandon_request(req_id)
+            raise
         if found is None:
-            with self.lock:
-                found = check()  # it may have come in as the wait ended
-                if found is None:
-                    self.abandoned_requests.add(req_id)
+            found = self._abandon_request(req_id)
         if found is None:
             raise Timeout(f"the otpy zygote did not answer {op!r} within {timeout}s")
         value = found[0]
         if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
             raise OtpyError(f"zygote failed on {op!r}: {value[1]}")
         return value
+
+    def _abandon_request(self, req_id: int) -> tuple[Any] | None:
+        """A request gave up: its reply if it came as the wait ended, else
+        None, and the reply is dropped when it comes."""
+        with self.lock:
+            if req_id in self.replies:
+                return (self.replies.pop(req_id),)
+            self.abandoned_requests.add(req_id)
+            return None
 
     def cast_ctrl(self, op: str, *args: Any) -> None:
         self._send_ctrl(0, op, args)

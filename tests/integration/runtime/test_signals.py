@@ -137,9 +137,9 @@ def test_the_program_traps_exits_by_default_and_survives_a_crashed_linked_child(
 def test_the_program_told_to_exit_while_not_trapping_raises_processexit():
     previous = otpy.trap_exit(False)
     try:
-        otpy.spawn_link(exit_with, "fatal")
         with pytest.raises(otpy.ProcessExit) as info:
-            otpy.receive(timeout=DEADLINE)
+            otpy.spawn_link(exit_with, "fatal")  # the signal ends the wait for the pid...
+            otpy.receive(timeout=DEADLINE)  # ...or, if the pid came first, the next wait
         assert info.value.reason == "fatal"
     finally:
         assert otpy.trap_exit(previous) is False

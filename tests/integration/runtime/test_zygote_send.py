@@ -1,6 +1,6 @@
 """The zygote never blocks on a process's full inbound stream, a descriptor
-hand-over included; a zygote reply that comes after its request timed out is
-dropped, not kept. Tests of the runtime's internals."""
+hand-over included; a zygote reply that comes after its request timed out, or
+was interrupted, is dropped, not kept. Tests of the runtime's internals."""
 
 from __future__ import annotations
 
@@ -47,4 +47,14 @@ def test_a_zygote_reply_after_its_request_timed_out_is_dropped():
     finally:
         os.kill(ctx.zygote_os_pid, signal.SIGCONT)
     assert otpy.processes()  # a later request: its reply comes after the late one
+    assert ctx.replies == {} and ctx.abandoned_requests == set()
+
+
+def test_a_zygote_reply_after_its_request_was_interrupted_is_dropped():
+    ctx = context()
+    with ctx.lock:  # as a fatal exit signal read while the request waited
+        ctx.fatal = otpy.ProcessExit("fatal")
+    with pytest.raises(otpy.ProcessExit):
+        ctx.request("processes", None)
+    assert otpy.processes()  # a later request: its reply comes after the dropped one
     assert ctx.replies == {} and ctx.abandoned_requests == set()
