@@ -48,7 +48,7 @@ RATIOS = {
        for n in (1000, 5000)},
 }
 # Reported, not checked by --compare: they swing by half from one run to the next.
-UNCOMPARED = {f"all_gone_after_kill_over_bare_forks_at_{n}" for n in (1000, 5000)}
+UNCOMPARED = {name for name in RATIOS if name.startswith("all_gone_after_kill_over_bare_forks")}
 OBSERVER_INTERVAL = 0.1  # the live view's refresh while observed: 10x its default rate
 
 
@@ -384,15 +384,18 @@ def bare_forks_after_kill(n: int) -> dict[str, Any]:
 
 
 def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Callable[[], Any]]]:
-    """One program per size; its figures become the keys ``*_at_<size>``."""
+    """One program per size, and the bare forks beside the largest; their
+    figures become the keys ``*_at_<size>``."""
     cases = []
-    measured: dict[int, dict[str, Any]] = {}
+    last = sizes[-1]
+    measured: dict[Any, dict[str, Any]] = {}  # program -> its figures, measured once
 
-    def part(size: int, key: str) -> Callable[[], Any]:
+    def part(program: Any, key: str) -> Callable[[], Any]:
         def case() -> Any:
-            if size not in measured:
-                measured[size] = growth(size, n, warmup)
-            return measured[size][key]
+            if program not in measured:
+                measured[program] = (bare_forks_after_kill(last) if program == "bare"
+                                     else growth(program, n, warmup))
+            return measured[program][key]
         return case
 
     for size in sizes:
@@ -400,20 +403,11 @@ def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Calla
         if size > 10:  # at 10 the growth is within the noise
             cases.append((f"zygote_kib_per_process_at_{size}",
                           part(size, "zygote_kib_per_process")))
-    cases.append((f"orphans_after_kill_at_{sizes[-1]}", part(sizes[-1], "orphans")))
-    cases.append((f"unsignalled_after_kill_at_{sizes[-1]}", part(sizes[-1], "unsignalled")))
-    cases.append((f"all_gone_ms_after_kill_at_{sizes[-1]}", part(sizes[-1], "all_gone_ms")))
-    bare: dict[str, Any] = {}
-
-    def floor(key: str) -> Callable[[], Any]:
-        def case() -> Any:
-            if not bare:
-                bare.update(bare_forks_after_kill(sizes[-1]))
-            return bare[key]
-        return case
-
-    cases.append((f"orphans_after_kill_bare_forks_at_{sizes[-1]}", floor("alive")))
-    cases.append((f"all_gone_ms_after_kill_bare_forks_at_{sizes[-1]}", floor("all_gone_ms")))
+    cases.append((f"orphans_after_kill_at_{last}", part(last, "orphans")))
+    cases.append((f"unsignalled_after_kill_at_{last}", part(last, "unsignalled")))
+    cases.append((f"all_gone_ms_after_kill_at_{last}", part(last, "all_gone_ms")))
+    cases.append((f"orphans_after_kill_bare_forks_at_{last}", part("bare", "alive")))
+    cases.append((f"all_gone_ms_after_kill_bare_forks_at_{last}", part("bare", "all_gone_ms")))
     return cases
 
 

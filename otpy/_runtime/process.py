@@ -639,11 +639,10 @@ class ProcessContext:
         dead_table = self.dead
         # Registered before the send: the reply can only come after it, and
         # is then filed under ``ref`` (the receive marker of OTP, in effect).
-        with self.lock:
-            if ref in awaiting:  # two waits on one ref: one would take the other's reply
-                raise ValueError(f"{ref!r} is already awaited by another call of this "
-                                 f"process: each request needs a ref of its own (Ref.make)")
-            awaiting[ref] = _WAITING
+        if ref in awaiting:  # two waits on one ref: one would take the other's reply
+            raise ValueError(f"{ref!r} is already awaited by another call of this "
+                             f"process: each request needs a ref of its own (Ref.make)")
+        awaiting[ref] = _WAITING
 
         def check():
             value = awaiting[ref]
