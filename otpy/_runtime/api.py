@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from . import reasons, wire
+from .process import DEFAULT_SEND_DEADLINE
+from .timeouts import check_timeout
 from .errors import NoProc, ProcessExit
 from .node import context
 from .rows import ProcessRow
@@ -49,22 +51,23 @@ def send(dest: Pid | str, message: Any, *, timeout: float | None = None) -> None
     is sent. While the receiver's inbound buffer is full (it is not reading),
     the send waits for room, at most ``timeout`` seconds (default: the
     ``OTPY_SEND_TIMEOUT`` environment variable, 60 s), then raises Timeout;
-    nothing is sent then.
+    nothing is sent then. ``math.inf`` waits for room as long as it takes.
     """
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                                or timeout < 0):
-        raise ValueError(f"send timeout must be a number of seconds >= 0, not {timeout!r}")
-    context().send(dest, message, timeout)
+    if timeout is None:
+        context().send(dest, message, DEFAULT_SEND_DEADLINE)
+    else:
+        context().send(dest, message, check_timeout(timeout, "send timeout"))
 
 
 def receive(timeout: float | None = None, match: Callable[[Any], bool] | None = None) -> Any:
     """The first queued message for which ``match`` is true (any, if None).
 
     Messages that do not match stay queued, in order. ``timeout`` in seconds:
-    Timeout is raised when it expires; 0 looks only at what has arrived.
+    Timeout is raised when it expires; 0 looks only at what has arrived;
+    None or ``math.inf`` waits as long as it takes.
     ``match`` runs while the mailbox is locked: keep it a plain predicate.
     """
-    return context().receive(timeout, match)
+    return context().receive(check_timeout(timeout, "receive timeout"), match)
 
 
 def send_after(dest: Pid | str, message: Any, delay: float) -> Ref:
@@ -73,9 +76,10 @@ def send_after(dest: Pid | str, message: Any, delay: float) -> Ref:
     if not isinstance(dest, (Pid, str)):
         raise TypeError("destination must be a Pid or a registered name, "
                         f"not {type(dest).__name__}")
+    delay = check_timeout(delay, "send_after delay", forever=False)
     kind, body = wire.encode(message)
     ref = Ref.make(ctx.pid)
-    ctx.cast_ctrl("timer", ref, dest, ctx.namespace(), float(delay), kind, body)
+    ctx.cast_ctrl("timer", ref, dest, ctx.namespace(), delay, kind, body)
     return ref
 
 

@@ -69,7 +69,7 @@ SEND_TIMEOUT = 60.0
 REPLY = "$reply"  # (REPLY, ref, value): the answer to a call
 OUT_CACHE = 512  # inbound write ends kept open per process
 _WAITING = object()  # awaiting[ref] before the reply is filed
-_DEFAULT = object()  # "the default send deadline"
+DEFAULT_SEND_DEADLINE = _DEFAULT = object()  # "the default send deadline"
 
 # Called (lock held) with (context, Exit) when the program's process queues
 # an abnormal exit; node start sets it to the logger's (process.py does not
@@ -502,10 +502,11 @@ class ProcessContext:
         raise TypeError("destination must be a Pid or a registered name, "
                         f"not {type(dest).__name__}")
 
-    def send(self, dest: Any, message: Any, timeout: float | None = None) -> None:
+    def send(self, dest: Any, message: Any, timeout: Any = _DEFAULT) -> None:
+        """``timeout``: seconds, None (no limit) or _DEFAULT (SEND_TIMEOUT)."""
         pid = self.resolve(dest)
         kind, body = wire.encode(message)
-        deadline = _DEFAULT if timeout is None else _monotonic() + timeout
+        deadline = timeout if timeout is None or timeout is _DEFAULT else _monotonic() + timeout
         self.send_encoded(pid, kind, body, deadline)
 
     def send_encoded(self, pid: Pid, kind: int, body: bytes, deadline: Any = _DEFAULT) -> None:

@@ -104,6 +104,7 @@ def cast(server: Pid | str, request: Any) -> None:
 def stop(server: Pid | str, reason: Any = "normal",
          timeout: float | None = DEFAULT_TIMEOUT) -> None:
     """Stop a server: its terminate(reason) runs, and this returns once it is gone."""
+    timeout = lowlevel.check_timeout(timeout, "stop timeout")
     pid = lowlevel.resolve(server)
     mref = monitor(pid)
     me = self_pid()
@@ -175,7 +176,8 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
         raise TypeError(f"{cls!r} is not a GenServer subclass")
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"a server name must be a non-empty str, not {name!r}")
-    timeout = cls.start_timeout if timeout is None else timeout
+    timeout = lowlevel.check_timeout(cls.start_timeout if timeout is None else timeout,
+                                     "start timeout")
     me = self_pid()
     ref = Ref.make(me)
     pid = (spawn_link if link else spawn)(_serve, cls, args, kwargs, name, me, ref, link)

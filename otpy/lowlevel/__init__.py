@@ -6,6 +6,8 @@ otpy's own GenServer, Supervisor and DynamicSupervisor are written with
 nothing but ``otpy`` and this module, and so is ``otpy_pool``. See
 docs/lowlevel.md.
 
+- timeouts: :func:`check_timeout` (the one rule every timeout, deadline and
+  interval follows: None and ``math.inf`` mean no limit).
 - calls: :func:`call` / :func:`reply` / :class:`From` (the call convention),
   :func:`request` (wait for a reply or the callee's death, with your own
   message format), :func:`ask` / :func:`dispatch` (an operation whose
@@ -32,6 +34,7 @@ docs/lowlevel.md.
 """
 
 from .._runtime.api import annotate
+from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, reply_error, salvage
 from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
@@ -46,6 +49,7 @@ from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdow
 from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 
 __all__ = [
+    "check_timeout",
     "CALL", "DEFAULT_TIMEOUT", "From", "ask", "call", "dispatch", "reply", "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",

@@ -17,6 +17,7 @@ from .._runtime.errors import Timeout
 from .._runtime.node import context
 from .._runtime.process import REPLY
 from .._runtime.terms import Pid, Ref
+from .._runtime.timeouts import check_timeout
 
 CALL = "$call"
 DEFAULT_TIMEOUT = 5.0
@@ -44,7 +45,7 @@ def request(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
     message format of their own. Each request needs a ref of its own:
     ValueError at once if another call of this process already awaits ``ref``.
     """
-    return context().call(pid, message, ref, timeout)
+    return context().call(pid, message, ref, check_timeout(timeout, "request timeout"))
 
 
 def call(server: Pid | str, request_term: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
@@ -53,7 +54,9 @@ def call(server: Pid | str, request_term: Any, timeout: float | None = DEFAULT_T
     NoProc at once for a dead or unknown server; Exited with the server's
     reason if it dies first; Timeout when ``timeout`` expires (a late reply is
     dropped). A server calling itself gets Exited at once instead of a hang.
+    ``timeout=None`` (or ``math.inf``) waits until the reply or the server's death.
     """
+    timeout = check_timeout(timeout, "call timeout")
     ctx = context()
     pid = ctx.resolve(server)
     ref = Ref.make(ctx.pid)

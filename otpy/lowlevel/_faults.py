@@ -18,6 +18,7 @@ from .._runtime import api, faults
 from .._runtime.errors import Exited, NoProc, OtpyError, Timeout
 from .._runtime.node import context
 from .._runtime.terms import Down, Pid, Ref
+from .._runtime.timeouts import check_timeout
 
 FAULT_KINDS = faults.KINDS
 
@@ -26,7 +27,7 @@ class FaultError(OtpyError):
     """The target could not apply the fault (it says why)."""
 
 
-def inject_fault(pid: Pid, kind: str, *, timeout: float = 5.0, **opts: Any) -> Ref:
+def inject_fault(pid: Pid, kind: str, *, timeout: float | None = 5.0, **opts: Any) -> Ref:
     """Make ``pid`` apply fault ``kind``; the token to heal it with.
 
     Options: slow ``delay`` (seconds added to each message it receives);
@@ -42,7 +43,7 @@ def inject_fault(pid: Pid, kind: str, *, timeout: float = 5.0, **opts: Any) -> R
     return token
 
 
-def heal_fault(pid: Pid, token: Ref, *, timeout: float = 5.0) -> bool:
+def heal_fault(pid: Pid, token: Ref, *, timeout: float | None = 5.0) -> bool:
     """Undo a fault; False if ``pid`` is dead (a dead process has nothing to heal)."""
     try:
         _control(pid, "heal", "", {}, timeout, token)
@@ -51,13 +52,14 @@ def heal_fault(pid: Pid, token: Ref, *, timeout: float = 5.0) -> bool:
     return True
 
 
-def _control(pid: Pid, op: str, kind: str, opts: dict, timeout: float,
+def _control(pid: Pid, op: str, kind: str, opts: dict, timeout: float | None,
              token: Ref | None = None) -> Ref:
     if type(pid) is not Pid:
         raise TypeError(f"expected a Pid, not {type(pid).__name__}: {pid!r}")
     ctx = context()
     if pid == ctx.pid:
         raise ValueError("a process cannot inject a fault into itself")
+    timeout = check_timeout(timeout, f"{op}_fault timeout")
     if token is None:
         token = Ref.make(ctx.pid)
     mref = api.monitor(pid)

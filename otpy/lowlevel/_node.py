@@ -12,6 +12,7 @@ from .._runtime.node import context
 from .._runtime import node as _node
 from .._runtime.node import shutdown as _shutdown
 from .._runtime.terms import Pid
+from .._runtime.timeouts import check_timeout
 
 
 def start() -> Pid:
@@ -33,9 +34,8 @@ def shutdown(timeout: float | None = None) -> None:
     seconds (default: ``OTPY_SHUTDOWN_TIMEOUT``, 5 s). This is what happens
     when the program exits; the next otpy call starts a fresh node.
     """
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout < 0):
-        raise ValueError(f"shutdown timeout must be a number of seconds >= 0, not {timeout!r}")
+    if timeout is not None:
+        timeout = check_timeout(timeout, "shutdown timeout", forever=False)
     _shutdown(timeout)
 
 

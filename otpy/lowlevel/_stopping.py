@@ -14,6 +14,7 @@ from .._runtime import api
 from .._runtime.errors import Timeout
 from .._runtime.node import context
 from .._runtime.terms import Down, Exit, Pid, Ref
+from .._runtime.timeouts import check_timeout
 
 
 def await_down(ref: Ref, timeout: float | None = None) -> Any:
@@ -22,6 +23,7 @@ def await_down(ref: Ref, timeout: float | None = None) -> Any:
     Other messages stay queued. Timeout if it has not come within
     ``timeout`` seconds (None waits until it comes: a monitor always fires).
     """
+    timeout = check_timeout(timeout, "await_down timeout")
     return api.receive(timeout=timeout, match=lambda m: type(m) is Down and m.ref == ref).reason
 
 
@@ -79,6 +81,7 @@ def stop_process(pid: Pid, reason: Any = "shutdown", timeout: float | None = 5.0
     the caller and ``pid`` is removed first, so a non-trapping caller survives
     and a trapping one gets no Exit. ``timeout=None`` waits as long as it takes.
     """
+    timeout = check_timeout(timeout, "stop_process timeout")
     mref = _signal(pid, reason)
     deadline = None if timeout is None else time.monotonic() + timeout
     return finish_shutdown(pid, mref, deadline)

@@ -9,6 +9,7 @@ hung one shows like any other (status "running", its mailbox growing).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ import psutil
 
 from .. import OtpyError, ProcessRow
 from ..lowlevel.observation import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_page
+from ..lowlevel import check_timeout
 from ..lowlevel.observation import STATUS_NAME
 from ..lowlevel.observation import STATE_NAMES, PageRow, StatusTable
 from ._nodes import Node, NodeNotFound, find_fd, find_node
@@ -77,12 +79,13 @@ class NodeReader:
 
     def read(self, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
         """Ask the zygote for fresh tables and return a snapshot (see :func:`snapshot`)."""
+        timeout = check_timeout(timeout, "snapshot timeout")
         before = page_seq(self._page)
         try:
             signal.pidfd_send_signal(self._pidfd, REQUEST_SIGNAL)
         except ProcessLookupError:
             raise NodeNotFound(f"node {self.node.node} is gone") from None
-        deadline = time.monotonic() + timeout
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         pause = 0.0005
         while True:
             seq = page_seq(self._page)

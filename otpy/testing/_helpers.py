@@ -14,6 +14,7 @@ was waiting for.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -31,12 +32,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
     """The first truthy value ``predicate()`` returns.
 
     Re-checks with a short backoff; raises Timeout naming the predicate and
-    its last value after ``timeout`` seconds. Prefer an event when one exists
-    (``wait_down``, a message): this is for state with no event.
+    its last value after ``timeout`` seconds (None or ``math.inf``: no
+    limit). Prefer an event when one exists (``wait_down``, a message): this
+    is for state with no event.
     """
     if not callable(predicate):
         raise TypeError(f"wait_for needs a callable predicate, not {type(predicate).__name__}")
-    deadline = time.monotonic() + timeout
+    deadline = _deadline(timeout, "wait_for timeout")
     pause = _FIRST_PAUSE
     while True:
         value = predicate()
@@ -57,6 +59,7 @@ def wait_down(target: Pid | Ref, timeout: float = 5.0) -> Any:
     the death (a Pid already gone gives "noproc": monitor first when the
     reason matters). Raises Timeout if it is still alive after ``timeout``.
     """
+    timeout = lowlevel.check_timeout(timeout, "wait_down timeout")
     if isinstance(target, Ref):
         ref, what = target, f"the process monitored by {target!r}"
     elif isinstance(target, Pid):
@@ -103,6 +106,7 @@ def synchronize(operations: Mapping[Any, Callable[[], Any]], timeout: float = 10
     for name, fn in operations.items():
         if not callable(fn):
             raise TypeError(f"synchronize: operation {name!r} is not callable")
+    _deadline(timeout, "synchronize timeout")  # checked before anything starts
     if in_processes:
         return _in_processes(dict(operations), timeout)
     return _in_threads(dict(operations), timeout)
@@ -123,7 +127,7 @@ def _operation(coordinator: Pid, token: Any, name: str, fn: Callable[[], Any]) -
 
 
 def _in_processes(operations: dict[Any, Callable[[], Any]], timeout: float) -> dict[Any, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = _deadline(timeout, "synchronize timeout")
     me = otpy_self()
     token = make_ref()
     procs: dict[str, tuple[Pid, Any]] = {}
@@ -141,7 +145,7 @@ def _in_processes(operations: dict[Any, Callable[[], Any]], timeout: float) -> d
         while pending():
             remaining = deadline - time.monotonic()
             try:
-                m = receive(timeout=max(0.0, remaining), match=ours)
+                m = receive(timeout=max(0.0, remaining), match=ours)  # (inf: no limit)
             except Timeout:
                 late = sorted(pending())
                 _kill_all(by_ref, procs)  # the ones held at the barrier too
@@ -184,12 +188,13 @@ def _kill_all(by_ref: dict, procs: dict) -> None:
 
 
 def _in_threads(operations: dict[Any, Callable[[], Any]], timeout: float) -> dict[Any, Any]:
+    deadline = _deadline(timeout, "synchronize timeout")
     barrier = threading.Barrier(len(operations))
     results: dict[str, Any] = {}
 
     def run(name: str, fn: Callable[[], Any]) -> None:
         try:
-            barrier.wait(timeout)
+            barrier.wait(_wait_seconds(deadline))
         except threading.BrokenBarrierError:
             return
         try:
@@ -202,9 +207,8 @@ def _in_threads(operations: dict[Any, Callable[[], Any]], timeout: float) -> dic
                for name, fn in operations.items()}
     for thread in threads.values():
         thread.start()
-    deadline = time.monotonic() + timeout
     for thread in threads.values():
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(_wait_seconds(deadline))
     stragglers = sorted(name for name, t in threads.items() if t.is_alive() or name not in results)
     if stragglers:
         barrier.abort()
@@ -235,6 +239,7 @@ def wait_event(pool: Any, kind: str, timeout: float = 5.0,
     """
     if not isinstance(kind, str):
         raise TypeError(f"wait_event needs an event kind (str), not {kind!r}")
+    timeout = lowlevel.check_timeout(timeout, "wait_event timeout")
     pool.subscribe()
 
     def wanted(m: Any) -> bool:
@@ -252,6 +257,7 @@ def ensure_pool_ready(pool: Any, min_workers: int = 1, timeout: float = 10.0) ->
     ready yet (its errors are retried until the deadline)."""
     if not isinstance(min_workers, int) or isinstance(min_workers, bool) or min_workers < 0:
         raise ValueError(f"min_workers must be an int >= 0, not {min_workers!r}")
+    _deadline(timeout, "ensure_pool_ready timeout")
     last: list[Any] = [None]
 
     def ready() -> Any:
@@ -268,6 +274,17 @@ def ensure_pool_ready(pool: Any, min_workers: int = 1, timeout: float = 10.0) ->
     except Timeout:
         raise Timeout(f"{pool!r} did not have {min_workers} worker(s) within {timeout}s; "
                       f"last: {last[0]!r}") from None
+
+
+def _deadline(timeout: Any, what: str) -> float:
+    """The monotonic time ``timeout`` ends at (``math.inf``: no limit)."""
+    seconds = lowlevel.check_timeout(timeout, what)
+    return math.inf if seconds is None else time.monotonic() + seconds
+
+
+def _wait_seconds(deadline: float) -> float | None:
+    """What is left until ``deadline``, for a wait that takes None as "no limit"."""
+    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
 
 
 def _describe(predicate: Callable[[], Any]) -> str:

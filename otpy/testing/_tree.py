@@ -97,13 +97,9 @@ class isolated_tree:  # noqa: N801 - used as a context manager, named like one
             raise TypeError(f"an isolated tree needs a non-empty str name, not {name!r}")
         if not isinstance(adopt, bool):
             raise TypeError(f"isolated_tree's adopt must be True or False, not {adopt!r}")
-        if not isinstance(stop_timeout, (int, float)) or isinstance(stop_timeout, bool):
-            raise TypeError(f"isolated_tree's stop_timeout must be a number of seconds, "
-                            f"not {stop_timeout!r}")
-        if stop_timeout <= 0:
-            raise ValueError(f"isolated_tree's stop_timeout must be > 0, not {stop_timeout!r}")
+        self.stop_timeout = lowlevel.check_timeout(stop_timeout, "isolated_tree's stop_timeout",
+                                                   zero=False)
         self.adopt = adopt
-        self.stop_timeout = stop_timeout
         self.name = name
         self.children = list(children)
         self.options = dict(strategy=strategy, max_restarts=max_restarts,
