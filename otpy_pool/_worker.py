@@ -19,7 +19,6 @@ from typing import Any, Callable, ClassVar, TypeVar
 
 import otpy
 from otpy import lowlevel
-from tblib import pickling_support
 
 from ._counters import COMMANDS, ERRORS, WorkerCounts
 from ._errors import UnknownCommand
@@ -100,7 +99,7 @@ def _portable(exc: BaseException, pid: otpy.Pid) -> BaseException:
     """The exception as it travels to the caller: itself with its traceback
     (tblib), or an otpy.RemoteError with its text if it cannot be pickled."""
     try:
-        pickling_support.install(exc)
+        lowlevel.keep_traceback(exc)
         pickle.dumps(exc, 5)
         return exc
     except Exception:

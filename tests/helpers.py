@@ -125,3 +125,15 @@ def busy() -> None:
 
 def crash(message: str = "boom") -> None:
     raise ValueError(message)
+
+
+class Tracked:
+    """Tells ``owner`` when it is freed, and in which process: for tests
+    that a process lets go of what it handled."""
+
+    def __init__(self, owner: otpy.Pid, tag: str) -> None:
+        self.owner = owner
+        self.tag = tag
+
+    def __del__(self) -> None:
+        otpy.send(self.owner, ("freed", self.tag, otpy.self()))

@@ -4,8 +4,9 @@ The program's process becomes an otpy process at its first otpy call. At that
 moment it forks the zygote (so the zygote, and every process it forks, starts
 with the program's modules already imported) and keeps a pipe whose write end
 only it holds: when the program dies, by any cause, the zygote sees EOF,
-SIGKILLs every process of the node and exits. Each process also has
-PR_SET_PDEATHSIG on the zygote, and the node is one process group.
+SIGKILLs every process of the node (each is a process group of its own,
+with whatever it started) and what they left behind, and exits. Each
+process also has PR_SET_PDEATHSIG on the zygote.
 
 When the program ends on its own terms (its last line, an uncaught
 exception, Ctrl-C, SIGTERM) the node is stopped in order first, as OTP's
@@ -136,8 +137,7 @@ def _start() -> None:
                 inbound_r.close()
                 ctrl_main.close()
                 os.close(watch_w)
-                zygote.serve(node, status, main_pid, inbound_w, ctrl_zyg, watch_r,
-                             on_main_thread)
+                zygote.serve(node, status, main_pid, inbound_w, ctrl_zyg, watch_r)
                 code = 0
             finally:
                 os._exit(code)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from . import reasons, wire
 from .errors import (AlreadyRegistered, Exited, NamespaceError, NoProc, OtpyError, ProcessExit,
-                     RuntimeGone, Timeout)
+                     RuntimeGone, SerializationError, Timeout)
 from .status import RUNNING, WAITING, StatusTable
 from .terms import BadMessage, Down, Exit, Pid, Ref
 
@@ -203,8 +203,8 @@ class ProcessContext:
             else:
                 try:
                     items.append(wire.decode(kind, body))
-                except Exception as exc:
-                    items.append(BadMessage(f"{type(exc).__name__}: {exc}", bytes(body)))
+                except BaseException as exc:  # SystemExit from a __reduce__, say: never raised
+                    items.append(undecodable(body, exc))
         return items
 
     def _set_timeout(self, sock: socket.socket, seconds: float | None) -> None:
@@ -516,8 +516,8 @@ class ProcessContext:
         if pid == self.pid:
             try:
                 message = wire.decode(kind, body)  # a copy, as any other receiver gets
-            except Exception as exc:
-                message = BadMessage(f"{type(exc).__name__}: {exc}", bytes(body))
+            except BaseException as exc:
+                message = undecodable(body, exc)
             with self.lock:
                 self._apply([message])
                 self._wake()
@@ -668,8 +668,8 @@ class ProcessContext:
             raise Timeout(f"call to {pid!r} timed out after {timeout}s")
         del awaiting[ref]
         value = found[0]
-        if type(value) is CallFailed:
-            raise value.error
+        if type(value) in _FAILURES:
+            raise value.error_from(pid)
         return value
 
     def _abandon(self, ref: Ref) -> None:
@@ -718,6 +718,46 @@ class CallFailed:
 
     def __reduce__(self):
         return (CallFailed, (self.error,))
+
+    def error_from(self, sender: Pid) -> BaseException:
+        return self.error
+
+
+class UndecodableReply(CallFailed):
+    """Stands for a reply frame the caller could not decode (made by the
+    reader, never sent): the call that waits for it raises SerializationError
+    at once, naming the sender, what failed and why."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        super().__init__(SerializationError(f"a reply could not be decoded: {what}"))
+        self.what = what
+
+    def error_from(self, sender: Pid) -> BaseException:
+        return SerializationError(f"the reply from {sender!r} could not be decoded here: "
+                                  f"{self.what}")
+
+
+_FAILURES = (CallFailed, UndecodableReply)
+# A reply's pickle starts with its tag: a frame that fails to decode is
+# salvaged (slow) only if the tag is in its first bytes.
+_REPLY_MARK = REPLY.encode()
+
+
+def undecodable(body: Any, exc: BaseException) -> Any:
+    """What a frame that failed to decode (with ``exc``) becomes. A reply is
+    still a reply, whose value makes the waiting call raise
+    SerializationError (the call ends at once instead of waiting out its
+    timeout); anything else is an otpy.BadMessage, for the receiver to log
+    or answer."""
+    data = bytes(body)
+    cause = f"{type(exc).__name__}: {exc}"
+    if _REPLY_MARK in data[:48]:
+        term, problems = wire.salvage(data)
+        if type(term) is tuple and len(term) == 3 and term[0] == REPLY and type(term[1]) is Ref:
+            return (REPLY, term[1], UndecodableReply("; ".join(problems) or cause))
+    return BadMessage(cause, data)
 
 
 class _Reply:

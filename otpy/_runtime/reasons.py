@@ -21,6 +21,10 @@ from .errors import OtpyError
 NORMAL = "normal"
 KILL = "kill"
 OTHER = "other"
+# Pickling a traceback (tblib) recurses once per frame: about 330 frames
+# reach Python's default recursion limit. A deeper one is cut to its
+# innermost frames, where the error happened.
+MAX_FRAMES = 100
 
 
 class RemoteError(OtpyError):
@@ -46,6 +50,39 @@ def classify(reason: Any) -> str:
     return OTHER
 
 
+def keep_traceback(exc: BaseException) -> BaseException:
+    """Make ``exc`` (and the exceptions chained to it) carry its traceback
+    when pickled; a traceback too deep to pickle keeps its MAX_FRAMES
+    innermost frames and gets a note saying how many were dropped."""
+    seen: set[int] = set()
+    chained: BaseException | None = exc
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        _trim(chained)
+        chained = chained.__cause__ or chained.__context__
+    pickling_support.install(exc)
+    return exc
+
+
+def _trim(exc: BaseException) -> None:
+    depth = 0
+    tb = exc.__traceback__
+    while tb is not None:
+        depth += 1
+        tb = tb.tb_next
+    if depth <= MAX_FRAMES:
+        return
+    tb = exc.__traceback__
+    for _ in range(depth - MAX_FRAMES):
+        tb = tb.tb_next  # type: ignore[union-attr]
+    try:
+        exc.__traceback__ = tb
+        exc.add_note(f"(otpy: the traceback was {depth} frames deep; the outermost "
+                     f"{depth - MAX_FRAMES} were dropped to send it)")
+    except Exception:  # an exception type that refuses attributes: sent as it is
+        pass
+
+
 def pack(reason: Any, pid: Any = None) -> tuple[str, bytes]:
     """Pack a reason for the wire. Exceptions keep their traceback (tblib) and pid."""
     if isinstance(reason, BaseException):
@@ -54,7 +91,7 @@ def pack(reason: Any, pid: Any = None) -> tuple[str, bytes]:
                 reason.otpy_pid = pid
             except Exception:
                 pass
-        pickling_support.install(reason)
+        keep_traceback(reason)
     try:
         kind, body = wire.encode(reason)
     except Exception:
@@ -74,7 +111,15 @@ def _stand_in(exc: BaseException, pid: Any) -> RemoteError:
 
 
 def unpack(body: bytes) -> Any:
-    return wire.decode(body[0], memoryview(body)[1:])
+    """A packed reason; one that cannot be decoded here (its class cannot be
+    imported or rebuilt) arrives as a RemoteError naming what failed."""
+    try:
+        return wire.decode(body[0], memoryview(body)[1:])
+    except BaseException as exc:  # SystemExit from a __reduce__ too: never raised here
+        term, problems = wire.salvage(bytes(body[1:]))
+        what = "; ".join(problems) or f"{type(exc).__name__}: {exc}"
+        type_name = term.what if isinstance(term, wire.Undecodable) else type(term).__name__
+        return RemoteError(type_name, f"the exit reason could not be decoded here: {what}", "")
 
 
 def constant(term: Any) -> tuple[str, bytes]:

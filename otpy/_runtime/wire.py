@@ -303,11 +303,11 @@ class _Salvager(pickle._Unpickler):  # type: ignore[name-defined]
             module = "dill._dill"
         try:
             return super().find_class(module, name)
-        except Exception as exc:
+        except BaseException as exc:  # an import that raises SystemExit too
             self.problems.append(f"{module}.{name} ({type(exc).__name__}: {exc})")
             return type(name, (Undecodable,), {"what": f"{module}.{name}"})
 
-    def _broken(self, obj: Any, exc: Exception) -> Undecodable:
+    def _broken(self, obj: Any, exc: BaseException) -> Undecodable:
         what = getattr(obj, "__qualname__", None) or _type_name(obj)
         module = getattr(obj, "__module__", None)
         if module and module != "builtins" and isinstance(what, str):
@@ -328,7 +328,7 @@ def _guarded(opcode: bytes, consumed: int) -> None:
         culprit = stack[depth - consumed] if depth >= consumed else None
         try:
             original(self)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__ too
             del stack[max(0, depth - consumed):]
             stack.append(self._broken(culprit, exc))
 
@@ -347,7 +347,7 @@ def salvage(data: bytes) -> tuple[Any, list[str]]:
     salvager = _Salvager(data)
     try:
         term = salvager.load()
-    except Exception as exc:
+    except BaseException as exc:
         return None, salvager.problems + [f"{type(exc).__name__}: {exc}"]
     return term, salvager.problems
 

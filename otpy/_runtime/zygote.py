@@ -54,10 +54,17 @@ from .terms import Pid, Ref
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 TOMBSTONES = 4096  # recent death reasons kept for late "watch" requests
 RECENT_EXITS = 100  # deaths shown to an observer
+# How soon the zygote looks again for what dead processes left behind: soon
+# after killing some (to reap them and find their own orphans), rarely while
+# only orphans still in a live process's group remain (to reap them once done).
+SWEEP_AGAIN = 0.01
+SWEEP_IDLE = 1.0
+TEARDOWN_SWEEPS = 2.0  # at most this long killing leftovers before the zygote exits
 
 
 def prctl_name(name: str) -> None:
@@ -144,6 +151,9 @@ class Zygote:
         self.timer_data: dict[Ref, tuple[float, Any, str, int, bytes]] = {}
         self.timer_seq = itertools.count()
         self.serials = itertools.count(main_pid.serial + 1)
+        self.os_pids: set[int] = set()  # of the processes in procs: the rest of our children
+        # are leftovers of dead processes (see sweep)
+        self.sweep_at: float | None = None
         self.watch_fd = watch_fd
         self.running = True
         self.main_pid = main_pid
@@ -177,6 +187,7 @@ class Zygote:
 
     def _add(self, e: Entry) -> None:
         self.procs[e.pid.serial] = e
+        self.os_pids.add(e.pid.os_pid)
         self.status.claim(e.pid.serial)
         self.held.add(e.ctrl.fileno())
         self.held.add(e.write.fileno())
@@ -266,6 +277,9 @@ class Zygote:
             timeout = -1.0
             if timers:
                 timeout = max(0.0, timers[0][0] - time.monotonic())
+            if self.sweep_at is not None:
+                until_sweep = max(0.0, self.sweep_at - time.monotonic())
+                timeout = until_sweep if timeout < 0 else min(timeout, until_sweep)
             try:
                 events = self.ep.poll(timeout)
             except InterruptedError:
@@ -286,6 +300,8 @@ class Zygote:
                     return
             if self.timers:
                 self.fire_timers()
+            if self.sweep_at is not None and time.monotonic() >= self.sweep_at:
+                self.sweep()
 
     def read_requests(self, e: Entry) -> None:
         while True:
@@ -335,10 +351,7 @@ class Zygote:
             e.summary = summary
         e.exiting = True
         self._release_name(e)
-        try:
-            os.kill(e.pid.os_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(e.pid.os_pid)
 
     def reap(self, e: Entry) -> None:
         if e.ctrl.fileno() in self.by_fd:
@@ -372,6 +385,11 @@ class Zygote:
                 self.notify(target, notice.term)
         self._record_exit(e, summary)  # after the notices: off the path to a restart
         self._close(e)
+        # What it started and left running ends with it: its process group at
+        # once; what left the group was handed to us (a subreaper): see sweep.
+        _kill_group(e.pid.os_pid, leader_alive=False)
+        if self.sweep_at is None:
+            self.sweep_at = time.monotonic()
 
     def _close(self, e: Entry) -> None:
         for fd in (e.ctrl.fileno(), e.pidfd, e.write.fileno()):
@@ -386,6 +404,7 @@ class Zygote:
                 self._drop(fd)
         self.held.discard(e.ctrl.fileno())
         self.held.discard(e.write.fileno())
+        self.os_pids.discard(e.pid.os_pid)
         e.ctrl.close()
         e.write.close()
         e.reader.close()
@@ -399,20 +418,53 @@ class Zygote:
             self.status.bump_generation()
 
     def teardown(self) -> None:
-        """The program is gone or shutting down: nothing of this node survives it."""
+        """The program is gone or shutting down: nothing of this node survives
+        it, nor anything its processes started."""
         self.running = False
         for e in list(self.procs.values()):
             if not e.is_main:
-                try:
-                    os.kill(e.pid.os_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill_group(e.pid.os_pid)
         for e in list(self.procs.values()):
             if not e.is_main:
                 try:
                     os.waitpid(e.pid.os_pid, 0)
                 except ChildProcessError:
                     pass
+        self.os_pids.clear()
+        deadline = time.monotonic() + TEARDOWN_SWEEPS
+        while self.sweep(keep=False) and time.monotonic() < deadline:
+            time.sleep(SWEEP_AGAIN)  # the zygote's own wait for the kernel: nothing else to do
+
+    def sweep(self, keep: bool = True) -> bool:
+        """Kill and reap the leftovers of dead processes: the children of
+        this zygote that are not otpy processes. The zygote is a child
+        subreaper, so whatever an otpy process started is handed to it when
+        that process dies (or when the leftover's own parent dies), however
+        it left the process group. A leftover still in the group of a live
+        process is kept (``keep``): it ends with that process. Schedules the
+        next sweep; True if any leftover remains."""
+        self.sweep_at = None
+        killed = kept = False
+        for os_pid in _children():
+            if os_pid in self.os_pids:
+                continue
+            try:
+                if os.waitpid(os_pid, os.WNOHANG)[0]:
+                    continue  # it had exited: reaped now
+                group = os.getpgid(os_pid)
+            except (ChildProcessError, ProcessLookupError):
+                continue
+            if keep and group in self.os_pids:
+                kept = True
+                continue
+            try:
+                os.kill(os_pid, signal.SIGKILL)
+                killed = True
+            except ProcessLookupError:
+                pass
+        if killed or kept:
+            self.sweep_at = time.monotonic() + (SWEEP_AGAIN if killed else SWEEP_IDLE)
+        return killed or kept
 
     # ---- spawning -----------------------------------------------------------
 
@@ -446,6 +498,7 @@ class Zygote:
         if os_pid == 0:
             self._child(serial, ns, e.pid, inbound_r, ctrl_child, kind, payload)  # never returns
         gc.unfreeze()
+        _own_group(os_pid)  # here too, so that no kill can come before the child's own
         inbound_r.close()
         ctrl_child.close()
         self._drop(spare)
@@ -467,6 +520,7 @@ class Zygote:
         code = 1
         try:
             die_with_parent(self.os_pid)
+            _own_group(0)  # before any line of the body: all it starts is in the group
             prctl_name(f"otpy-{self.node}")
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program handles Ctrl-C
@@ -825,6 +879,38 @@ def _exited(os_pid: int) -> bool:
         return True
 
 
+def _own_group(os_pid: int) -> None:
+    """Make a process the leader of a process group of its own (the zygote
+    and the child both ask, as shells do: whichever runs first wins)."""
+    try:
+        os.setpgid(os_pid, os_pid)
+    except OSError:  # the child got there first and exec'd, or it is gone
+        pass
+
+
+def _kill_group(os_pid: int, leader_alive: bool = True) -> None:
+    """SIGKILL a process and everything in its process group. After the
+    leader was reaped (``leader_alive=False``) only the group is signalled:
+    its pid may already belong to someone else, its group id cannot."""
+    try:
+        os.killpg(os_pid, signal.SIGKILL)
+    except ProcessLookupError:  # not (yet) a group leader, or its group is empty
+        if leader_alive:
+            try:
+                os.kill(os_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _children() -> list[int]:
+    """This process's children (the main thread's: the zygote has no other)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 def _ctrl_frame(term: tuple, kind: int = wire.CTRL) -> bytes:
     body = pickle.dumps(term, 5)
     return wire.HEADER.pack(len(body), kind) + body
@@ -856,13 +942,14 @@ def _unread_bytes(sock: socket.socket) -> int:
 
 
 def serve(node: str, status: StatusTable, main_pid: Pid, main_write: socket.socket,
-          main_ctrl: socket.socket, watch_fd: int, main_thread: bool) -> None:
+          main_ctrl: socket.socket, watch_fd: int) -> None:
     """Body of the zygote process (already forked from the program's process)."""
-    os.setpgid(0, 0)  # one process group per node: a last-resort killpg target
-    if main_thread:
-        # PDEATHSIG fires when the forking *thread* exits, so only use it when
-        # that thread is the main thread; the watch pipe covers the rest.
-        die_with_parent(main_pid.os_pid)
+    os.setpgid(0, 0)  # its own process group, as every otpy process has
+    # Whatever an otpy process leaves behind is handed to the zygote when that
+    # process dies (see Zygote.sweep). The zygote does not die with the
+    # program by PR_SET_PDEATHSIG: when the program dies, the watch pipe's EOF
+    # has it kill every process and what they started, then exit.
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     prctl_name(f"otpy-{node}")

@@ -249,38 +249,12 @@ def _serve(cls: type[GenServer], args: tuple, kwargs: dict, name: str | None, pa
 
 
 def _loop(server: GenServer, parent: Pid) -> None:
+    # Each message is handled in a call of its own, so that once it returns
+    # nothing here still refers to the message, the request or the reply: a
+    # large argument is freed when its callback returns, not at the next message.
     while True:
-        message = receive()
-        kind = type(message)
         try:
-            if kind is tuple and message and message[0] == CALL:
-                _, caller, request = message
-                caller = From(*caller)
-                result = server.handle_call(request, caller)
-                if result is NOREPLY:
-                    continue
-                if type(result) is Stop:
-                    if result.reply is not _NO_REPLY_GIVEN:
-                        reply(caller, result.reply)
-                    _terminate(server, result.reason)
-                reply(caller, result)
-            elif kind is tuple and message and message[0] == CAST:
-                result = server.handle_cast(message[1])
-                if type(result) is Stop:
-                    _terminate(server, result.reason)
-            elif kind is tuple and message and message[0] == STOP:
-                _, caller, reason = message
-                server.terminate(reason)
-                reply(From(*caller), "ok")
-                raise ProcessExit(reason)
-            elif kind is Exit and message.pid == parent and lowlevel.is_trapping():
-                _terminate(server, message.reason)
-            elif kind is BadMessage and _undecodable_call(server, message):
-                continue
-            else:
-                result = server.handle_info(message)
-                if type(result) is Stop:
-                    _terminate(server, result.reason)
+            _handle(server, receive(), parent)
         except ProcessExit:
             raise
         except BaseException as exc:
@@ -288,6 +262,39 @@ def _loop(server: GenServer, parent: Pid) -> None:
                 server.terminate(exc)
             finally:
                 raise exc
+
+
+def _handle(server: GenServer, message: Any, parent: Pid) -> None:
+    """Run the callback ``message`` is for."""
+    kind = type(message)
+    if kind is tuple and message and message[0] == CALL:
+        _, caller, request = message
+        caller = From(*caller)
+        result = server.handle_call(request, caller)
+        if result is NOREPLY:
+            return
+        if type(result) is Stop:
+            if result.reply is not _NO_REPLY_GIVEN:
+                reply(caller, result.reply)
+            _terminate(server, result.reason)
+        reply(caller, result)
+    elif kind is tuple and message and message[0] == CAST:
+        result = server.handle_cast(message[1])
+        if type(result) is Stop:
+            _terminate(server, result.reason)
+    elif kind is tuple and message and message[0] == STOP:
+        _, caller, reason = message
+        server.terminate(reason)
+        reply(From(*caller), "ok")
+        raise ProcessExit(reason)
+    elif kind is Exit and message.pid == parent and lowlevel.is_trapping():
+        _terminate(server, message.reason)
+    elif kind is BadMessage and _undecodable_call(server, message):
+        return
+    else:
+        result = server.handle_info(message)
+        if type(result) is Stop:
+            _terminate(server, result.reason)
 
 
 def _undecodable_call(server: GenServer, message: BadMessage) -> bool:

@@ -28,14 +28,15 @@ docs/lowlevel.md.
   :func:`flush`, :func:`is_trapping`; logs for tools that capture them
   (:func:`parse_log_lines`, :func:`render_log_event`, :func:`reset_logging`).
 - messages that could not be decoded: :func:`salvage` (what can be read of a
-  BadMessage), :func:`reply_error` (answer a call with an error the caller raises).
+  BadMessage), :func:`reply_error` (answer a call with an error the caller
+  raises), :func:`failed_reply` (the error a reply read from the mailbox stands for).
 - failure injection: :func:`inject_fault` / :func:`heal_fault` (faults a
   process applies to itself: slow, partition, corrupt, memory, fds).
 """
 
 from .._runtime.api import annotate
 from .._runtime.timeouts import check_timeout
-from ._bad_messages import Undecodable, reply_error, salvage
+from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
 from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
@@ -60,6 +61,6 @@ __all__ = [
     "traceback_text",
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
     "stop_process",
-    "Undecodable", "reply_error", "salvage", "keep_traceback",
+    "Undecodable", "failed_reply", "reply_error", "salvage", "keep_traceback",
     "FAULT_KINDS", "FaultError", "heal_fault", "inject_fault",
 ]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tblib import pickling_support
-
 from .._runtime import log, process, reasons
 from .._runtime.node import context
 from .._runtime import node as _node
@@ -92,9 +90,10 @@ def traceback_text(reason: Any) -> str | None:
 
 def keep_traceback(exc: BaseException) -> BaseException:
     """Make ``exc`` carry its traceback when it is sent in a message (as exit
-    reasons always do), so that the receiver can log it; returns ``exc``."""
-    pickling_support.install(exc)
-    return exc
+    reasons always do), so that the receiver can log it; returns ``exc``.
+    A traceback too deep to send keeps its innermost frames, with a note
+    saying how many were dropped."""
+    return reasons.keep_traceback(exc)
 
 
 def is_trapping() -> bool:
