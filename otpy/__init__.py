@@ -6,6 +6,7 @@ The public API. Everything else in the package is private.
 # Order matters: the process API is bound first, then otpy.lowlevel, then the
 # behaviours, which import both from here.
 from ._runtime.api import (
+    areceive,
     cancel_timer,
     demonitor,
     exit,
@@ -45,7 +46,7 @@ from ._runtime.rows import ProcessRow
 from ._runtime.terms import BadMessage, Down, Exit, Pid, Ref
 
 from . import lowlevel
-from .lowlevel import ChildSpec, From, call, reply
+from .lowlevel import ChildSpec, From, acall, call, reply
 from .behaviours._supervision import (
     AlreadyPresent,
     ChildInfo,
@@ -70,7 +71,8 @@ from .behaviours._supervisor import Supervisor
 __all__ = [
     "AlreadyPresent", "ChildInfo", "ChildNotFound", "ChildRunning", "ChildSpec", "MaxChildren",
     "DynamicSupervisor", "Supervisor", "SupervisorError",
-    "IGNORE", "NOREPLY", "AlreadyStarted", "From", "GenServer", "StartError", "Stop", "call",
+    "IGNORE", "NOREPLY", "AlreadyStarted", "From", "GenServer", "StartError", "Stop", "acall",
+    "areceive", "call",
     "cast", "reply", "stop",
     "AlreadyRegistered", "BadMessage", "Down", "Exit", "Exited", "NoProc", "OtpyError", "Pid",
     "ProcessExit", "ProcessRow", "Ref", "RemoteError", "RuntimeGone", "SerializationError",

@@ -70,6 +70,15 @@ def receive(timeout: float | None = None, match: Callable[[Any], bool] | None = 
     return context().receive(check_timeout(timeout, "receive timeout"), match)
 
 
+async def areceive(timeout: float | None = None,
+                   match: Callable[[Any], bool] | None = None) -> Any:
+    """As :func:`receive`, for asyncio: the task waits, not the thread."""
+    from . import aio  # asyncio is imported at its first use, not with otpy
+
+    ctx = context()
+    return await aio.receive(ctx, check_timeout(timeout, "receive timeout"), match)
+
+
 def send_after(dest: Pid | str, message: Any, delay: float) -> Ref:
     """Send ``message`` to ``dest`` after ``delay`` seconds; a name is resolved then."""
     ctx = context()

@@ -108,6 +108,10 @@ class ProcessContext:
         # nothing more came) or leaves: woken at once, each would only wait
         # for the GIL the reader still holds
         self.to_wake: list[_Sleeper] = []
+        # asyncio tasks waiting here (aio.py) -> what wakes them, as for sleepers;
+        # woken as soon as what they wait for is filed, by whoever reads
+        self.tasks: dict[Any, Any] = {}
+        self.keyed_tasks: dict[Any, Any] = {}
         self.reader = wire.FrameReader()
         self.reading = False
         self.spin_ns = SPIN_NS  # adapts: see SPIN_NS
@@ -314,6 +318,8 @@ class ProcessContext:
                 if t is Exit and self.is_main and item.reason not in ("normal", "shutdown") \
                         and on_trapped_exit is not None:
                     on_trapped_exit(self, item)
+        if self.tasks:
+            self._wake_tasks(keys, mail, everyone)
         sleepers = self.sleepers
         if sleepers:
             if everyone:
@@ -325,6 +331,49 @@ class ProcessContext:
                     self.to_wake.append(sleeper)
             if (mail or keys) and len(self.keyed) < len(sleepers):
                 self.to_wake.extend(s for s, key in sleepers.items() if key is None)
+
+    def _wake_tasks(self, keys: list, mail: bool, everyone: bool) -> None:
+        """Wake the asyncio tasks whose wait what was filed can end (lock held)."""
+        tasks = self.tasks
+        if everyone:
+            for task in list(tasks):
+                task.wake()
+            return
+        for key in keys:
+            task = self.keyed_tasks.get(key)
+            if task is not None:
+                task.wake()
+        if (mail or keys) and len(self.keyed_tasks) < len(tasks):
+            for task, key in list(tasks.items()):
+                if key is None:
+                    task.wake()
+
+    def read_available(self) -> bool:
+        """Read and file what has arrived, without blocking, unless another
+        thread holds the reader role (then False: that thread files it).
+        How an event loop reads (aio.py): it never blocks in the socket."""
+        with self.lock:
+            if self.reading:
+                return False
+            self.reading = True
+            items: list = []
+            try:
+                self.lock.release()
+                try:
+                    items = self._read(0.0)
+                finally:
+                    self.lock.acquire()
+            finally:
+                self.reading = False
+                if items:
+                    self._apply(items)
+                elif self.gone:
+                    self._wake_tasks([], False, True)
+                if self.to_wake:
+                    self._wake()
+                if self.sleepers:  # a sleeping thread takes the reader role back
+                    next(iter(self.sleepers)).wake()
+        return True
 
     def _wake(self) -> None:
         """Wake the sleepers queued in to_wake (lock held)."""
@@ -415,6 +464,13 @@ class ProcessContext:
 
     def receive(self, timeout: float | None, match: Callable[[Any], bool] | None) -> Any:
         deadline = None if timeout is None else _monotonic() + timeout
+        found = self.wait_for(self.taker(match), deadline)
+        if found is None:
+            raise Timeout(f"receive timed out after {timeout}s")
+        return found[0]
+
+    def taker(self, match: Callable[[Any], bool] | None) -> Callable[[], Any]:
+        """A wait's check that takes the first queued message ``match`` accepts."""
         mailbox = self.mailbox
         if match is None:
             def check():
@@ -428,10 +484,7 @@ class ProcessContext:
                         del mailbox[i]
                         return (message,)
                 return None
-        found = self.wait_for(check, deadline)
-        if found is None:
-            raise Timeout(f"receive timed out after {timeout}s")
-        return found[0]
+        return check
 
     def take(self, match: Callable[[Any], bool]) -> int:
         """Remove every queued message matching ``match`` (lock taken here)."""
@@ -627,6 +680,21 @@ class ProcessContext:
         dies before replying, Timeout when ``timeout`` expires (the reply, if
         it comes later, is dropped on arrival).
         """
+        kind, body, deadline, check = self.start_call(pid, message, ref, timeout)
+        try:
+            try:
+                self.send_encoded(pid, kind, body, deadline)
+            except Timeout:
+                raise _send_timeout(pid, timeout) from None
+            found = self.wait_for(check, deadline, ref)
+        except BaseException:
+            self._abandon(ref)
+            raise
+        return self.finish_call(found, pid, ref, timeout)
+
+    def start_call(self, pid: Pid, message: Any, ref: Ref, timeout: float | None) -> tuple:
+        """A call's first half (aio.py has its own wait): the encoded request,
+        its deadline, and the wait's check, with ``ref`` registered as awaited."""
         if pid == self.pid:
             raise Exited(("calling_self", message), pid,
                          f"{pid!r} called itself: that would wait forever")
@@ -653,20 +721,14 @@ class ProcessContext:
                 raise Exited(dead_table[serial], pid)
             return None
 
-        try:
-            try:
-                self.send_encoded(pid, kind, body, deadline)
-            except Timeout:
-                raise Timeout(f"call to {pid!r} timed out after {timeout}s while sending: its "
-                              f"inbound buffer stayed full (the request was not sent)") from None
-            found = self.wait_for(check, deadline, ref)
-        except BaseException:
-            self._abandon(ref)
-            raise
+        return kind, body, deadline, check
+
+    def finish_call(self, found: Any, pid: Pid, ref: Ref, timeout: float | None) -> Any:
+        """A call's second half: the reply, or the error it stands for."""
         if found is None:
             self._abandon(ref)
             raise Timeout(f"call to {pid!r} timed out after {timeout}s")
-        del awaiting[ref]
+        del self.awaiting[ref]
         value = found[0]
         if type(value) in _FAILURES:
             raise value.error_from(pid)
@@ -743,6 +805,11 @@ _FAILURES = (CallFailed, UndecodableReply)
 # A reply's pickle starts with its tag: a frame that fails to decode is
 # salvaged (slow) only if the tag is in its first bytes.
 _REPLY_MARK = REPLY.encode()
+
+
+def _send_timeout(pid: Pid, timeout: float | None) -> Timeout:
+    return Timeout(f"call to {pid!r} timed out after {timeout}s while sending: its inbound "
+                   "buffer stayed full (the request was not sent)")
 
 
 def undecodable(body: Any, exc: BaseException) -> Any:

@@ -37,7 +37,8 @@ docs/lowlevel.md.
 from .._runtime.api import annotate
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
-from ._calls import CALL, DEFAULT_TIMEOUT, From, ask, call, dispatch, reply, request, resolve
+from ._calls import (CALL, DEFAULT_TIMEOUT, From, acall, arequest, ask, call, dispatch, reply,
+                     request, resolve)
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
@@ -51,7 +52,8 @@ from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 
 __all__ = [
     "check_timeout",
-    "CALL", "DEFAULT_TIMEOUT", "From", "ask", "call", "dispatch", "reply", "request", "resolve",
+    "CALL", "DEFAULT_TIMEOUT", "From", "acall", "arequest", "ask", "call", "dispatch", "reply",
+    "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
     "annotate", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",

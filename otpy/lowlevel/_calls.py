@@ -63,6 +63,32 @@ def call(server: Pid | str, request_term: Any, timeout: float | None = DEFAULT_T
     return ctx.call(pid, (CALL, (ctx.pid, ref), request_term), ref, timeout)
 
 
+async def acall(server: Pid | str, request_term: Any, timeout: float | None = None) -> Any:
+    """As :func:`call`, for asyncio: the task waits, not the thread.
+
+    Any number of tasks may wait at once (the event loop reads the process's
+    inbound stream when they do: no thread per call), from any thread's
+    loop, beside synchronous callers. ``timeout=None`` waits until the reply
+    or the server's death (``asyncio.timeout`` works too). A task cancelled
+    while it waits gives the call up: the server still handles the request,
+    and its reply is dropped when it comes.
+    """
+    from .._runtime import aio  # asyncio is imported at its first use, not with otpy
+
+    timeout = check_timeout(timeout, "acall timeout")
+    ctx = context()
+    pid = ctx.resolve(server)
+    ref = Ref.make(ctx.pid)
+    return await aio.call(ctx, pid, (CALL, (ctx.pid, ref), request_term), ref, timeout)
+
+
+async def arequest(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
+    """As :func:`request`, for asyncio."""
+    from .._runtime import aio
+
+    return await aio.call(context(), pid, message, ref, check_timeout(timeout, "request timeout"))
+
+
 def reply(caller: From, value: Any) -> None:
     """Answer a call: ``caller`` is the From the server received."""
     api.send(caller.pid, (REPLY, caller.ref, value))
@@ -96,5 +122,5 @@ def dispatch(server: Any, request_term: tuple) -> tuple[str, Any]:
         return ("error", exc)
 
 
-__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "ask", "call", "dispatch", "reply",
-           "request", "resolve"]
+__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "acall", "arequest", "ask", "call",
+           "dispatch", "reply", "request", "resolve"]

@@ -1,0 +1,248 @@
+"""Waiting in asyncio: calls and receives that suspend a task instead of
+blocking a thread.
+
+An event loop never blocks on a process's inbound stream. While tasks of a
+loop wait here, the loop watches the stream (``add_reader``) and, when it is
+readable and no thread of the process is reading it, reads what has arrived
+without blocking and files it (ProcessContext.read_available). Whoever files
+a reply or a message (the loop, or a thread blocked in a call) wakes the
+tasks it concerns: at once in the loop's own thread, through
+``call_soon_threadsafe`` from another. So any number of waiting tasks cost no
+thread, sync and async callers share one process, and a task can wait from
+any thread's loop.
+
+Before it suspends, a task whose loop has nothing else ready polls the stream
+for a short while (SPIN_NS): as a blocked reader's spin does, this catches a
+fast server's reply before the loop goes to sleep in epoll, whose wake-up
+costs more than the round trip. It never delays other ready work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from . import wire
+from .errors import RuntimeGone, Timeout
+from .process import _DEFAULT, SEND_TIMEOUT, ProcessContext, _send_timeout
+from .terms import Pid, Ref
+
+_monotonic = time.monotonic
+_perf_ns = time.perf_counter_ns
+SPIN_NS = 50_000
+
+
+class _Task:
+    """One waiting task's wake-up: a future of its loop, set from any thread."""
+
+    __slots__ = ("loop", "thread", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.future: asyncio.Future = loop.create_future()
+
+    def wake(self) -> None:
+        """Called with the process's lock held, from any thread."""
+        if threading.get_ident() == self.thread:
+            _resolve(self.future)
+        else:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _LoopReader:
+    """A loop's watch on the process's inbound stream, while tasks of that
+    loop wait (so an idle loop does not wake for a stream others read)."""
+
+    def __init__(self, ctx: ProcessContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.waiting = 0
+
+    def enter(self) -> None:
+        if not self.waiting:
+            self.loop.add_reader(self.ctx.inbound.fileno(), self.ctx.read_available)
+        self.waiting += 1
+
+    def leave(self) -> None:
+        self.waiting -= 1
+        if not self.waiting and not self.loop.is_closed():
+            self.loop.remove_reader(self.ctx.inbound.fileno())
+
+
+_readers: dict[tuple[int, int], _LoopReader] = {}  # (id(ctx), id(loop)) -> its reader
+_readers_lock = threading.Lock()
+
+
+def _reader(ctx: ProcessContext, loop: asyncio.AbstractEventLoop) -> _LoopReader:
+    key = (id(ctx), id(loop))
+    reader = _readers.get(key)
+    if reader is None or reader.ctx is not ctx or reader.loop is not loop:
+        with _readers_lock:
+            for old in [k for k, r in _readers.items() if r.loop.is_closed()]:
+                del _readers[old]
+            reader = _readers[key] = _LoopReader(ctx, loop)
+    return reader
+
+
+async def wait_for(ctx: ProcessContext, check: Callable[[], Any], deadline: float | None,
+                   key: Any = None) -> Any:
+    """As ProcessContext.wait_for, suspending the task instead of blocking:
+    the first non-None ``check()`` (called with the lock held), None once
+    ``deadline`` passes. ``key`` says what can end the wait (a call's ref,
+    or None: any message)."""
+    loop = asyncio.get_running_loop()
+    found = _check(ctx, check)
+    if found is not None:
+        return found
+    if _idle(loop):
+        found = _spin(ctx, check, deadline)
+        if found is not None:
+            return found
+    reader = _reader(ctx, loop)
+    reader.enter()
+    timer = None
+    try:
+        while True:
+            task = _Task(loop)
+            with ctx.lock:
+                found = _check_locked(ctx, check)
+                if found is not None:
+                    return found
+                ctx.tasks[task] = key
+                if key is not None:
+                    ctx.keyed_tasks[key] = task
+            try:
+                ctx.read_available()  # what came before the loop watched the stream
+                if deadline is not None:
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0:
+                        return _check(ctx, check)
+                    timer = loop.call_later(remaining, _resolve, task.future)
+                await task.future
+            finally:
+                with ctx.lock:
+                    del ctx.tasks[task]
+                    if key is not None and ctx.keyed_tasks.get(key) is task:
+                        del ctx.keyed_tasks[key]
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
+            if deadline is not None and _monotonic() >= deadline:
+                return _check(ctx, check)
+    finally:
+        reader.leave()
+
+
+def _check(ctx: ProcessContext, check: Callable[[], Any]) -> Any:
+    with ctx.lock:
+        return _check_locked(ctx, check)
+
+
+def _check_locked(ctx: ProcessContext, check: Callable[[], Any]) -> Any:
+    if ctx.fatal is not None:
+        fatal, ctx.fatal = ctx.fatal, None
+        raise fatal
+    found = check()
+    if found is None and ctx.gone:
+        raise RuntimeGone("the otpy node is gone")
+    return found
+
+
+def _idle(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop has no other callback ready to run (asyncio's own
+    loop only; any other loop is taken to be busy: no spin)."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
+
+
+def _spin(ctx: ProcessContext, check: Callable[[], Any], deadline: float | None) -> Any:
+    until = _perf_ns() + SPIN_NS
+    if deadline is not None:
+        until = min(until, _perf_ns() + int((deadline - _monotonic()) * 1e9))
+    while _perf_ns() < until:
+        os.sched_yield()  # the server we wait for may need this CPU (see process._spin)
+        if ctx.read_available():
+            found = _check(ctx, check)
+            if found is not None:
+                return found
+    return None
+
+
+# ---- sending without blocking the loop ---------------------------------------------------
+
+async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
+                       deadline: Any = _DEFAULT) -> None:
+    """As ProcessContext.send_encoded; while the receiver's buffer is full
+    the task waits for room (the loop watches the stream's write end)."""
+    if pid == ctx.pid or not _full(ctx, pid, kind, body):
+        return
+    if deadline is _DEFAULT:
+        deadline = _monotonic() + SEND_TIMEOUT
+    loop = asyncio.get_running_loop()
+    sock = ctx.out.get(pid.serial)
+    while sock is not None:
+        room = loop.create_future()
+        loop.add_writer(sock.fileno(), _resolve, room)
+        try:
+            if deadline is None:
+                await room
+            else:
+                await asyncio.wait_for(room, max(0.0, deadline - _monotonic()))
+        except asyncio.TimeoutError:
+            raise Timeout(f"send to {pid!r} gave up: its inbound buffer is full "
+                          f"({wire.unread_bytes(sock)} bytes unread); the receiver is not "
+                          "reading its messages. Nothing was sent.") from None
+        finally:
+            loop.remove_writer(sock.fileno())
+        if not _full(ctx, pid, kind, body):
+            return
+        sock = ctx.out.get(pid.serial)
+
+
+def _full(ctx: ProcessContext, pid: Pid, kind: int, body: bytes) -> bool:
+    """Send now if there is room: False if sent (or dropped: the receiver is
+    dead), True if the receiver's buffer is full."""
+    try:
+        ctx.send_encoded(pid, kind, body, 0.0)  # a deadline now: never waits
+    except Timeout:
+        return ctx.out.get(pid.serial) is not None
+    return False
+
+
+# ---- calls and receives ----------------------------------------------------------------
+
+async def call(ctx: ProcessContext, pid: Pid, message: Any, ref: Ref,
+               timeout: float | None) -> Any:
+    """As ProcessContext.call, suspending the task: the reply, NoProc at once
+    for a dead callee, Exited with its reason if it dies first, Timeout.
+    A task cancelled while waiting gives up the call: a late reply is dropped."""
+    kind, body, deadline, check = ctx.start_call(pid, message, ref, timeout)
+    try:
+        try:
+            await send_encoded(ctx, pid, kind, body, deadline)
+        except Timeout:
+            raise _send_timeout(pid, timeout) from None
+        found = await wait_for(ctx, check, deadline, ref)
+    except BaseException:  # CancelledError included: a late reply is dropped
+        ctx._abandon(ref)
+        raise
+    return ctx.finish_call(found, pid, ref, timeout)
+
+
+async def receive(ctx: ProcessContext, timeout: float | None,
+                  match: Callable[[Any], bool] | None) -> Any:
+    """As ProcessContext.receive, suspending the task."""
+    deadline = None if timeout is None else _monotonic() + timeout
+    found = await wait_for(ctx, ctx.taker(match), deadline)
+    if found is None:
+        raise Timeout(f"receive timed out after {timeout}s")
+    return found[0]
