@@ -246,6 +246,19 @@ def annotate(pid: Pid, **fields: str | int | float | bool | None) -> None:
         ctx.cast_ctrl("annotate", pid.serial, fields)
 
 
+def tally(event: str, detail: str | None = None) -> None:
+    """Count an event of the calling process in the node's tables, under the
+    process's label (rows.process_label) and ``detail``: a supervisor counts
+    its restarts per child this way, and otpy.metrics publishes the counts.
+    The counts outlive the process, so keep ``event`` and ``detail`` to a few
+    values (never a pid or a session id). One-way: no reply is awaited."""
+    if not isinstance(event, str) or not event:
+        raise TypeError(f"event must be a non-empty str, not {event!r}")
+    if detail is not None and not isinstance(detail, str):
+        raise TypeError(f"detail must be a str or None, not {type(detail).__name__}")
+    context().cast_ctrl("tally", event, detail)
+
+
 def make_ref() -> Ref:
     return Ref.make(context().pid)
 

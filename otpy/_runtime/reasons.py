@@ -148,6 +148,28 @@ def describe(reason: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# What a death is counted as (the zygote's exit counts, otpy.metrics):
+# "killed" is SIGKILL or the exit signal "kill"; "signal" another fatal
+# signal (SIGSEGV, ...); "exit" a non-zero exit status (sys.exit(n));
+# "error" any other reason: an exception, or a term given to exit.
+EXIT_CLASSES = ("normal", "shutdown", "killed", "signal", "exit", "error")
+
+
+def exit_class(summary: str) -> str:
+    """The class of an exit reason, from its text (``describe``'s): the
+    zygote never unpickles a reason, and the text says enough, since the
+    runtime's own reasons are strings or tuples that start with one."""
+    if summary in ("normal", "shutdown", "killed"):
+        return summary
+    for prefix, cls in _TUPLE_CLASSES:
+        if summary.startswith(prefix):
+            return cls
+    return "error"
+
+
+_TUPLE_CLASSES = (("('shutdown', ", "shutdown"), ("('signal', ", "signal"), ("('exit', ", "exit"))
+
+
 def traceback_text(reason: Any) -> str | None:
     """The (remote) traceback of an exception reason, formatted; None for other reasons."""
     if isinstance(reason, RemoteError):

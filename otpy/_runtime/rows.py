@@ -43,3 +43,19 @@ class PageRow(ProcessRow[int]):
     program: bool  # the program's own process (the node's first)
     exiting: bool  # its exit is being delivered
     meta: dict[str, Any]  # what behaviours annotated (otpy.lowlevel.annotate)
+
+
+def process_label(name: str | None, program: bool, child_id: str | None,
+                  behaviour: str | None) -> str:
+    """What a process is called where no pid may be shown (the observer's NAME
+    column, otpy.metrics' labels): its registered name, else ``(program)``,
+    else ``[child id]``, else ``(behaviour)``, else ``-``."""
+    if name:
+        return name
+    if program:
+        return "(program)"
+    if child_id is not None:
+        return f"[{child_id}]"
+    if behaviour:
+        return f"({behaviour})"
+    return "-"

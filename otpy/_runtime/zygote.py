@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 
 from . import log, process, reasons, tables, wire
 from .observe import REQUEST_SIGNAL, Page
-from .rows import P, PageRow, ProcessRow
+from .rows import P, PageRow, ProcessRow, process_label
 from .status import STATE_NAMES, StatusTable
 from .terms import Pid, Ref
 
@@ -159,6 +159,11 @@ class Zygote:
         self.main_pid = main_pid
         self.started_at = time.time()
         self.recent_exits: deque[dict] = deque(maxlen=RECENT_EXITS)
+        # Counts for otpy.metrics, published with the page: integers bumped
+        # where the events already pass, nothing more on the hot path.
+        self.spawns = 0
+        self.exits = dict.fromkeys(reasons.EXIT_CLASSES, 0)
+        self.tallies: dict[tuple[str, str, str | None], int] = {}  # (event, label, detail)
         main = Entry(main_pid, "", None, main_write, main_ctrl, -1, True, True)
         self._add(main)
         self.ep.register(watch_fd, select.EPOLLIN)
@@ -181,6 +186,7 @@ class Zygote:
             "cancel_timer": self.op_cancel_timer, "last_words": self.op_last_words,
             "processes": self.op_processes, "shutdown": self.op_shutdown,
             "annotate": self.op_annotate, "log_config": self.op_log_config,
+            "tally": self.op_tally,
         }
 
     # ---- bookkeeping -------------------------------------------------------
@@ -505,6 +511,7 @@ class Zygote:
         pid = Pid(self.node, serial, os_pid)
         child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, os.pidfd_open(os_pid), False, False)
         self._add(child)
+        self.spawns += 1
         log.logger().debug("process spawned", node=self.node, pid=serial, os_pid=os_pid,
                            parent=e.pid.serial, tree=ns or None)
         # Links and monitors exist before the child runs a single line, so a
@@ -716,6 +723,13 @@ class Zygote:
         if t is not None:
             t.meta.update(fields)
 
+    def op_tally(self, e: Entry, event: str, detail: str | None) -> None:
+        # Labelled now, by what the process is called: a restarted supervisor
+        # gets a new pid but keeps its name or child id, so its counts go on.
+        key = (event, process_label(e.name, e.is_main, e.meta.get("child_id"),
+                                    e.meta.get("behaviour")), detail)
+        self.tallies[key] = self.tallies.get(key, 0) + 1
+
     def op_log_config(self, e: Entry, json_lines: bool, level: int, path: str | None) -> None:
         log.apply(json_lines, level, path)
 
@@ -727,6 +741,7 @@ class Zygote:
                        "namespace": e.ns, "reason": summary, "at": time.time(),
                        "child_id": e.meta.get("child_id"), "supervisor": e.meta.get("supervisor")}
         self.recent_exits.append(exit_record)
+        self.exits[reasons.exit_class(summary)] += 1
         # debug: one per process is too many for the default level; a
         # supervised child's abnormal exit gets a crash report (error) anyway
         log.logger().debug("process exited", node=self.node, pid=e.pid.serial,
@@ -748,7 +763,9 @@ class Zygote:
         page = {"node": self.node, "zygote_os_pid": self.os_pid,
                 "program_os_pid": self.main_pid.os_pid, "started_at": self.started_at,
                 "written_at": time.time(),
-                "processes": procs, "recent_exits": list(self.recent_exits)}
+                "processes": procs, "recent_exits": list(self.recent_exits),
+                "counts": {"spawns": self.spawns, "exits": self.exits,
+                           "tallies": [[*key, n] for key, n in self.tallies.items()]}}
         self.page.write(json.dumps(page, default=repr).encode())
 
     def op_shutdown(self, e: Entry) -> None:

@@ -92,6 +92,7 @@ class DynamicSupervisor(SupervisorBase):
         if self.intensity.add():
             return self._give_up(child)
         child.restarts += 1
+        reports.restarting(child.spec.id)
         try:
             pid = child.start()
         except Exception as exc:

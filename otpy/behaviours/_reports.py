@@ -11,6 +11,9 @@ context (node, pid, name, tree) plus ``supervisor`` and ``child_id``:
 - ``start failed`` (error): a child's (re)start raised; reason and traceback
 - ``restart intensity exceeded`` (error): the supervisor gives up and exits;
   ``last_failures`` names the most recent crash reasons
+
+Restarts and giving up are also counted in the node's tables (``tally``:
+"restart" per child, "restart_intensity_reached"), which otpy.metrics reads.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import deque
 
 from .. import Pid
 from .. import self as self_pid
-from ..lowlevel import annotate, describe_reason, logger, process_name, traceback_text
+from ..lowlevel import annotate, describe_reason, logger, process_name, tally, traceback_text
 
 # the last few abnormal exits and failed starts, for "restart intensity exceeded"
 _recent_failures: deque[str] = deque(maxlen=5)
@@ -47,6 +50,12 @@ def child_started(child_id: Any, pid: Pid, order: int, restarts: int,
     logger().info("child restarted" if restarts else "child started",
                   supervisor=_supervisor(), child_id=child_label(child_id),
                   child_pid=pid.serial, os_pid=pid.os_pid, restarts=restarts)
+
+
+def restarting(child_id: Any) -> None:
+    """A restart of the child is under way (counted per attempt, as its
+    ``restarts`` are)."""
+    tally("restart", child_label(child_id))
 
 
 def child_terminated(child_id: Any, pid: Pid, reason: Any) -> None:
@@ -83,6 +92,7 @@ def start_failed(child_id: Any, exc: BaseException) -> None:
 
 
 def intensity_exceeded(child_id: Any, max_restarts: int, max_seconds: float) -> None:
+    tally("restart_intensity_reached")
     logger().error("restart intensity exceeded", supervisor=_supervisor(),
                    child_id=child_label(child_id), max_restarts=max_restarts,
                    max_seconds=max_seconds, last_failures=list(_recent_failures))

@@ -156,6 +156,7 @@ class Supervisor(SupervisorBase):
             group = [c for c in group if c in self.children]
         for member in group:
             member.restarts += 1
+            reports.restarting(member.spec.id)
             try:
                 member.start()
             except Exception as exc:

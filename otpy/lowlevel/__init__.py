@@ -18,6 +18,7 @@ docs/lowlevel.md.
 - supervision: :class:`ChildSpec`, :func:`is_clean`, :func:`restart_needed`,
   :class:`RestartIntensity` (N events in T seconds).
 - observing: :func:`annotate` (what the observer shows for a process),
+  :func:`tally` (count an event in the node's tables, for otpy.metrics),
   :func:`logger`, :func:`describe_reason`, :func:`traceback_text`,
   :func:`keep_traceback` (an exception that travels with its traceback),
   :func:`process_name`.
@@ -34,7 +35,7 @@ docs/lowlevel.md.
   process applies to itself: slow, partition, corrupt, memory, fds).
 """
 
-from .._runtime.api import annotate
+from .._runtime.api import annotate, tally
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
 from ._calls import (CALL, DEFAULT_TIMEOUT, From, acall, arequest, ask, call, dispatch, reply,
@@ -56,7 +57,7 @@ __all__ = [
     "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
-    "annotate", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",
+    "annotate", "tally", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
     "start", "unregister_in", "zygote_os_pid",
     "LOG_LEVELS", "logger", "parse_log_lines", "render_log_event", "reset_logging",

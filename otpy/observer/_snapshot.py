@@ -126,6 +126,7 @@ class NodeReader:
             "taken_at": tables["written_at"],
             "tree": roots,
             "recent_exits": tables["recent_exits"],
+            "counts": tables["counts"],
         }
 
     def _row(self, p: PageRow, now: float) -> SnapshotRow:
@@ -236,7 +237,7 @@ def snapshot(node: str | int | None = None, timeout: float = READ_TIMEOUT) -> di
     node, or the only node running. The result::
 
         {"node", "os_pid" (the program's), "zygote_os_pid", "cmdline", "uptime",
-         "processes" (how many), "taken_at", "recent_exits",
+         "processes" (how many), "taken_at", "recent_exits", "counts",
          "tree": [SnapshotRow, ...]}
 
     Each row is an ``otpy.ProcessRow`` (what ``otpy.process_info`` returns, with
@@ -246,7 +247,10 @@ def snapshot(node: str | int | None = None, timeout: float = READ_TIMEOUT) -> di
     "supervisor", "last_exit", "program" and "children" (see SnapshotRow).
 
     Supervisors list their children in start order; processes that no
-    supervisor holds are at the top level. CPU % is over each process's life
+    supervisor holds are at the top level. ``counts``: processes spawned since
+    the node started, exits by class (see otpy.lowlevel.observation.EXIT_CLASSES),
+    and the events processes tallied (``[event, process label, detail, count]``:
+    a supervisor's "restart" per child and "restart_intensity_reached"). CPU % is over each process's life
     (a NodeReader kept open gives it between reads).
     """
     with NodeReader(find_node(node)) as reader:

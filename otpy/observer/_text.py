@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
+from ..lowlevel.observation import process_label
 from ._nodes import Node
 
 COLUMNS = ("NAME", "PID", "OS PID", "KIND", "STATUS", "RESTARTS", "UPTIME", "RSS", "USS", "CPU%",
@@ -28,15 +29,7 @@ def flatten(tree: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 
 def label(row: dict[str, Any]) -> str:
     """What a row is called: its registered name, else its child id, else its behaviour."""
-    if row["name"]:
-        return row["name"]
-    if row["program"]:
-        return "(program)"
-    if row["child_id"] is not None:
-        return f"[{row['child_id']}]"
-    if row["behaviour"]:
-        return f"({row['behaviour']})"
-    return "-"
+    return process_label(row["name"], row["program"], row["child_id"], row["behaviour"])
 
 
 def cells(prefix: str, row: dict[str, Any]) -> tuple[str, ...]:
