@@ -79,6 +79,12 @@ class NodeReader:
 
     def read(self, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
         """Ask the zygote for fresh tables and return a snapshot (see :func:`snapshot`)."""
+        return self._build(self.read_tables(timeout))
+
+    def read_tables(self, timeout: float | None = READ_TIMEOUT) -> dict[str, Any]:
+        """Ask the zygote for fresh tables and return them as it published them
+        (the page's JSON: "processes" as PageRows, "counts", "recent_exits",
+        ...), with no /proc reading: what otpy.metrics builds on."""
         timeout = check_timeout(timeout, "snapshot timeout")
         before = page_seq(self._page)
         try:
@@ -99,7 +105,23 @@ class NodeReader:
         page = read_page(self._page)
         if page is None:
             raise ObserverError(f"node {self.node.node}: its tables kept changing while read")
-        return self._build(json.loads(page[1]))
+        return json.loads(page[1])
+
+    def mailbox(self, serial: int) -> tuple[str, int] | None:
+        """A live process's status ("running" or "waiting") and mailbox length,
+        from the status table (fresher than the page); None once it is gone."""
+        slot = self._status.get(serial)
+        return None if slot is None else (STATE_NAMES.get(slot[0], "unknown"), slot[1])
+
+    def open_memfd(self, os_pid: int, name: str) -> int:
+        """Open, read-only, the memfd called ``name`` that a process of this node
+        holds (``os_pid``): how a reader gets at shared memory a process
+        publishes (otpy.metrics' sources). The caller closes the descriptor.
+        FileNotFoundError if the process holds none by that name (or is gone)."""
+        fd = find_fd(os_pid, name)
+        if fd is None:
+            raise FileNotFoundError(f"os pid {os_pid} holds no memfd called {name!r}")
+        return os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
     def _build(self, tables: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
@@ -132,11 +154,11 @@ class NodeReader:
     def _row(self, p: PageRow, now: float) -> SnapshotRow:
         meta = p["meta"]
         serial = p["pid"]
-        slot = self._status.get(serial)  # fresher than the page's
+        slot = self.mailbox(serial)  # fresher than the page's
         if p["exiting"] or slot is None:
             status, queue = "exiting", 0
         else:
-            status, queue = STATE_NAMES.get(slot[0], "unknown"), slot[1]
+            status, queue = slot
         if meta.get("is_supervisor"):
             kind = "supervisor"
         elif meta.get("supervisor") is not None:

@@ -12,7 +12,7 @@ import pytest
 from helpers import ROOT
 
 
-LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy_pool"]
+LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy/metrics", "otpy_pool"]
 # tests that check the runtime's internals on purpose
 INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py",
                   # the breaker's and limiter's pure state machines, against models

@@ -12,7 +12,7 @@ from helpers import ROOT
 
 
 PUBLIC = ["otpy/__init__.py", "otpy/lowlevel", "otpy/behaviours", "otpy/testing/__init__.py",
-          "otpy/observer/__init__.py", "otpy_pool/__init__.py"]
+          "otpy/observer/__init__.py", "otpy/metrics/__init__.py", "otpy_pool/__init__.py"]
 
 
 def test_public_api_type_checks() -> None:
