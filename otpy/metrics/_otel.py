@@ -22,7 +22,7 @@ class Instruments:
         self._observation = observation
         self._reading = reading
         self._lock = threading.Lock()
-        self._made: set[str] = set()
+        self._made: dict[str, None] = {}  # names, in the order made
         # One reading per collection: the SDK calls each instrument's callback
         # once per collection, so an instrument asking again means a new one.
         self._latest: Figures | None = None
@@ -52,7 +52,7 @@ class Instruments:
         with self._lock:
             if name in self._made:
                 return
-            self._made.add(name)
+            self._made[name] = None
         create = (self._meter.create_observable_counter if kind == "counter"
                   else self._meter.create_observable_gauge)
         create(name, callbacks=[self._callback(name, metric, value)], unit=metric.unit,
