@@ -97,8 +97,36 @@ def pack(reason: Any, pid: Any = None) -> tuple[str, bytes]:
     except Exception:
         if not isinstance(reason, BaseException):
             raise
-        kind, body = wire.encode(_stand_in(reason, pid))
+        kind, body = wire.encode(sendable(reason, pid))
     return classify(reason), bytes([kind]) + body
+
+
+def sendable(exc: BaseException, pid: Any = None) -> BaseException:
+    """``exc`` ready to be sent: itself, with its traceback (keep_traceback),
+    if it pickles; else itself with the exceptions chained to it that do not
+    pickle replaced by RemoteError stand-ins (an exception raised while
+    handling an unpicklable one keeps its type); else a RemoteError standing
+    for it."""
+    keep_traceback(exc)
+    try:
+        wire.encode(exc)
+        return exc
+    except Exception:
+        pass
+    suppress = exc.__suppress_context__
+    for attr in ("__cause__", "__context__"):
+        chained = getattr(exc, attr)
+        if chained is not None:
+            try:
+                wire.encode(chained)
+            except Exception:
+                setattr(exc, attr, _stand_in(chained, pid))
+    exc.__suppress_context__ = suppress  # setting __cause__ sets it
+    try:
+        wire.encode(exc)
+        return exc
+    except Exception:
+        return _stand_in(exc, pid)
 
 
 def _stand_in(exc: BaseException, pid: Any) -> RemoteError:

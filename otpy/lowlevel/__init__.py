@@ -21,6 +21,7 @@ docs/lowlevel.md.
   :func:`tally` (count an event in the node's tables, for otpy.metrics),
   :func:`logger`, :func:`describe_reason`, :func:`traceback_text`,
   :func:`keep_traceback` (an exception that travels with its traceback),
+  :func:`sendable_exception` (one that can be sent, or its RemoteError stand-in),
   :func:`process_name`.
 - the node: :func:`start`, :func:`shutdown`, :func:`node_running`,
   :func:`zygote_os_pid`, namespaces
@@ -44,6 +45,7 @@ from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
                     is_trapping, keep_traceback, leave_namespace, logger, node_running,
+                    sendable_exception,
                     parse_log_lines,
                     process_name, processes_in, registered_in, render_log_event, reset_logging,
                     shutdown, start, traceback_text, unregister_in, zygote_os_pid)
@@ -65,5 +67,6 @@ __all__ = [
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
     "stop_process",
     "Undecodable", "failed_reply", "reply_error", "salvage", "keep_traceback",
+    "sendable_exception",
     "FAULT_KINDS", "FaultError", "heal_fault", "inject_fault",
 ]

@@ -96,6 +96,14 @@ def keep_traceback(exc: BaseException) -> BaseException:
     return reasons.keep_traceback(exc)
 
 
+def sendable_exception(exc: BaseException) -> BaseException:
+    """``exc`` ready to be sent in a message, as exit reasons are: itself
+    with its traceback if it pickles (exceptions chained to it that do not
+    pickle become ``otpy.RemoteError`` stand-ins, so it keeps its type), else
+    an ``otpy.RemoteError`` with its type name, text and traceback."""
+    return reasons.sendable(exc, context().pid)
+
+
 def is_trapping() -> bool:
     """Whether the calling process traps exits."""
     return context().trap

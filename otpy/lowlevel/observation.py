@@ -17,5 +17,6 @@ from .._runtime.rows import PageRow, process_label
 from .._runtime.status import NAME as STATUS_NAME
 from .._runtime.status import STATE_NAMES, StatusTable
 
-__all__ = ["EXIT_CLASSES", "PAGE_NAME", "PageRow", "REQUEST_SIGNAL", "STATE_NAMES", "STATUS_NAME", "StatusTable",
+__all__ = ["EXIT_CLASSES", "PAGE_NAME", "PageRow", "REQUEST_SIGNAL", "STATE_NAMES", "STATUS_NAME",
+           "StatusTable",
            "exit_class", "page_seq", "process_label", "read_page"]

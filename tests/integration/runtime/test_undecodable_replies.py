@@ -167,3 +167,32 @@ def test_a_server_frees_the_request_and_the_reply_once_its_callback_returns():
     assert isinstance(otpy.call(pid, ("give",)), helpers.Tracked)
     helpers.expect(lambda m: m == ("freed", "reply", pid))
     lowlevel.flush(lambda m: type(m) is tuple and m[0] == "freed")  # our own copies
+
+
+class Unpicklable(Exception):
+    def __init__(self):
+        super().__init__("holds a generator")
+        self.numbers = (n for n in range(3))  # neither pickle nor dill can send this
+
+
+def raise_while_handling():
+    try:
+        raise Unpicklable()
+    except Unpicklable:
+        raise ValueError("while handling an unpicklable one") from None
+
+
+def test_an_exception_raised_while_handling_an_unpicklable_one_keeps_its_type():
+    _, ref = otpy.spawn_monitor(raise_while_handling)
+    reason = helpers.expect_down(ref).reason
+    assert type(reason) is ValueError and str(reason) == "while handling an unpicklable one"
+    assert isinstance(reason.__context__, otpy.RemoteError)
+    assert reason.__context__.type_name.endswith("Unpicklable")
+    assert reason.__suppress_context__  # "from None" is kept
+
+
+def test_sendable_exception_stands_in_for_what_cannot_be_pickled():
+    stand_in = lowlevel.sendable_exception(Unpicklable())
+    assert isinstance(stand_in, otpy.RemoteError) and "holds a generator" in str(stand_in)
+    error = ValueError("fine")
+    assert lowlevel.sendable_exception(error) is error
