@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import os
 import pickle
 import random
@@ -35,7 +34,7 @@ from otpy import ChildSpec, Down, GenServer, OtpyError, Pid, StartError, Already
 from otpy import lowlevel
 
 from ._breaker_machine import CLOSED, DISABLED, HALF_OPEN, OPEN, BreakerMachine
-from ._shared_owner import OwnerLink
+from ._shared_owner import OwnerLink, handle_timeout
 from ._shared_page import Page, hold
 
 T = TypeVar("T")
@@ -127,11 +126,10 @@ def _check_int(option: str, value: Any, minimum: int) -> int:
 
 
 def _check_seconds(option: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{option} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{option} must be > 0 seconds, not {value!r}")
-    return float(value)
+    """A window or a delay: finite seconds > 0."""
+    seconds = lowlevel.check_timeout(value, option, forever=False, zero=False)
+    assert seconds is not None  # forever=False refuses None
+    return seconds
 
 
 def _check_exceptions(option: str, value: Any) -> tuple[type[BaseException], ...]:
@@ -452,7 +450,7 @@ class CircuitBreaker:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         self.name = _check_name(name)
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
-        self.timeout = _check_seconds("timeout", timeout)
+        self.timeout = handle_timeout(timeout)
         self._conn: Any = _NOT_CONNECTED
         self._local: threading.local | None = None
 

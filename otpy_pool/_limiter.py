@@ -30,7 +30,7 @@ from ._limiter_algorithms import ALGORITHMS, Buckets
 from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout,
                               Retired, TableGone, TableOwner, decide, digest, encode_key,
                               reset_key)
-from ._shared_owner import OwnerLink
+from ._shared_owner import OwnerLink, handle_timeout
 from ._shared_page import hold
 
 DEFAULT_TIMEOUT = 5.0
@@ -113,11 +113,9 @@ def _check_limit(limit: Any, cost: Any) -> None:
 
 
 def _window_ns(window: Any) -> int:
-    if not isinstance(window, (int, float)) or isinstance(window, bool):
-        raise TypeError(f"window must be a number of seconds, not {type(window).__name__}")
-    if not math.isfinite(window) or window <= 0:
-        raise ValueError(f"window must be > 0 seconds, not {window!r}")
-    return max(1, round(window * 1_000_000_000))
+    seconds = lowlevel.check_timeout(window, "window", forever=False, zero=False)
+    assert seconds is not None  # forever=False refuses None
+    return max(1, round(seconds * 1_000_000_000))
 
 
 def _check_storage(storage: Any, algorithm: str) -> str | None:
@@ -136,12 +134,10 @@ def _check_storage(storage: Any, algorithm: str) -> str | None:
 def check_options(algorithm: Any, cleanup_interval: Any, storage: Any) -> dict[str, Any]:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
-    if not isinstance(cleanup_interval, (int, float)) or isinstance(cleanup_interval, bool):
-        raise TypeError(f"cleanup_interval must be a number of seconds, "
-                        f"not {type(cleanup_interval).__name__}")
-    if not math.isfinite(cleanup_interval) or cleanup_interval <= 0:
-        raise ValueError(f"cleanup_interval must be > 0 seconds, not {cleanup_interval!r}")
-    return {"algorithm": algorithm, "cleanup_interval": float(cleanup_interval),
+    # finite: a limiter that never sweeps would hold every bucket it ever saw
+    cleanup_interval = lowlevel.check_timeout(cleanup_interval, "cleanup_interval",
+                                              forever=False, zero=False)
+    return {"algorithm": algorithm, "cleanup_interval": cleanup_interval,
             "storage": _check_storage(storage, algorithm)}
 
 
@@ -454,13 +450,9 @@ class RateLimiter:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, not {name!r}")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
         self.name = name
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
-        self.timeout = float(timeout)
+        self.timeout = handle_timeout(timeout)
         self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning)
         self._backend: Any = None
 
@@ -566,10 +558,10 @@ class RateLimiter:
     def acquire(self, key: Any, limit: int, window: float, cost: int = 1,
                 timeout: float = 5.0) -> Decision:
         """Wait until a hit is allowed (the Decision that admitted it), or raise
-        RateLimited at once when it cannot be within ``timeout`` seconds."""
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
-            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
-        deadline = time.monotonic() + timeout
+        RateLimited at once when it cannot be within ``timeout`` seconds (None
+        or ``math.inf``: as long as it takes)."""
+        seconds = lowlevel.check_timeout(timeout, "acquire timeout")
+        deadline = math.inf if seconds is None else time.monotonic() + seconds
         while True:
             decision = self.hit(key, limit, window, cost)
             if decision.allowed:

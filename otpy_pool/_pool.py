@@ -9,6 +9,7 @@ session's command is one round trip to its worker.
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import threading
 import time
@@ -19,7 +20,7 @@ from otpy import lowlevel
 from otpy.lowlevel import Restart
 
 from ._errors import CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed
-from ._pool_options import Options, PoolStatus, make_options
+from ._pool_options import Options, PoolStatus, make_options, seconds
 from ._pool_server import DOWN_WAIT, PoolServer
 from ._worker import FUNCTION, RETIRED, Worker
 
@@ -43,7 +44,7 @@ def _start_subtree(opts: Options) -> otpy.Pid:
     workers = f"{opts.name}.workers"
     # the server starts the first workers one after the other, each within init_timeout
     first = 0 if opts.lazy else opts.size
-    wait = first * opts.worker.init_timeout + 30.0
+    wait = math.inf if opts.init_timeout is None else first * opts.init_timeout + 30.0
     return otpy.Supervisor.start_link([
         otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
                                           max_seconds=5.0),
@@ -179,9 +180,16 @@ class Pool:
         return found
 
     @property
-    def checkout_timeout(self) -> float:
-        """The pool's default bound on the wait for a free worker."""
+    def checkout_timeout(self) -> float | None:
+        """The pool's default bound on the wait for a free worker (None: no limit)."""
         return self._settings()[1]
+
+    def _wait(self, checkout_timeout: Any) -> float | None:
+        """A wait for a free worker: the pool's ``checkout_timeout`` for None,
+        else the value checked (``math.inf``: no limit, returned as None)."""
+        if checkout_timeout is None:
+            return self._settings()[1]
+        return seconds("checkout_timeout", checkout_timeout)
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -195,11 +203,10 @@ class Pool:
         take keyword arguments of those names."""
         _check_command(command)
         timeout = self._run_timeout(timeout)
-        if checkout_timeout is not None:
-            _positive("checkout_timeout", checkout_timeout)
+        wait = self._wait(checkout_timeout)
         if session is None:
             for _ in range(_RETRIES):
-                with self._checked_out(checkout_timeout) as (worker, token):
+                with self._checked_out(wait) as (worker, token):
                     try:
                         return self._run_on(worker, token, None, command, args, kwargs,
                                             timeout, retry=True)
@@ -230,7 +237,7 @@ class Pool:
                 self._forget(cache, sid, worker)
                 self._deadline(worker, None)
                 raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
-                                     f"{timeout}s; its worker was replaced") from None
+                                     f"{duration(timeout)}; its worker was replaced") from None
             if outcome[0] in ("unbound", "moved"):  # not (or no longer) its worker
                 self._forget(cache, sid, worker)
                 stale = worker if outcome[0] == "moved" else None
@@ -274,7 +281,7 @@ class Pool:
                 break
             if session is None:
                 try:
-                    with self._checked_out(None) as (worker, token):
+                    with self._checked_out(self._settings()[1]) as (worker, token):
                         todo, gone = self._pipeline(worker, token, None, command, calls, todo,
                                                     out, timeout, window)
                         if gone:
@@ -344,7 +351,8 @@ class Pool:
                 except otpy.Timeout:  # the oldest command ran past its timeout
                     first = next(iter(pending.values()))
                     out[first] = ("error", CommandTimeout(
-                        f"command {command!r} ran past {timeout}s; its worker was replaced"))
+                        f"command {command!r} ran past {duration(timeout)}; "
+                        "its worker was replaced"))
                     self._deadline(worker, token)
                     otpy.receive(timeout=_MARGIN + DOWN_WAIT, match=lambda m: type(m) is
                                  otpy.Down and m.ref == mref)
@@ -423,18 +431,16 @@ class Pool:
             raise WorkerCrashed(exc.reason) from None
         except otpy.Timeout:
             self._deadline(worker, token)
-            raise CommandTimeout(f"command {command!r} ran past {timeout}s; "
+            raise CommandTimeout(f"command {command!r} ran past {duration(timeout)}; "
                                  "its worker was replaced") from None
         return _result(outcome)
 
     def _run_timeout(self, timeout: Any) -> float | None:
         """A command's bound on its run: the pool's ``command_timeout`` unless
-        given; None is no bound."""
+        given; None (or ``math.inf``) is no bound, returned as None."""
         if timeout is _UNSET:
             return self._settings()[0]
-        if timeout is not None:
-            _positive("timeout", timeout)
-        return timeout
+        return seconds("timeout", timeout)
 
     def _deadline(self, worker: otpy.Pid, token: Any) -> None:
         """Have the server kill (and count, and replace) a worker past its deadline."""
@@ -444,17 +450,19 @@ class Pool:
             otpy.exit(worker, "kill")
 
     @contextlib.contextmanager
-    def _checked_out(self, timeout: float | None,
+    def _checked_out(self, wait: float | None,
                      replace_on_error: bool = False) -> Iterator[tuple[otpy.Pid, Any]]:
         """Hold a worker for the with-body, then return it; with
-        ``replace_on_error``, an exception in the body replaces it instead."""
+        ``replace_on_error``, an exception in the body replaces it instead.
+        ``wait``: the longest wait for one (None: no limit)."""
         token = otpy.make_ref()
-        wait = self._settings()[1] if timeout is None else timeout
         try:
-            worker = self._ask("checkout", token, timeout, timeout=wait + _MARGIN)
+            worker = self._ask("checkout", token, wait,
+                               timeout=None if wait is None else wait + _MARGIN)
         except otpy.Timeout:
             self._cast(("cancel", token))
-            raise PoolTimeout(f"no worker of pool {self.name!r} within {wait}s") from None
+            raise PoolTimeout(f"no worker of pool {self.name!r} within "
+                              f"{duration(wait)}") from None
         how = "return"
         try:
             yield worker, token
@@ -471,10 +479,10 @@ class Pool:
     def checkout(self, timeout: float | None = None) -> Iterator["CheckedOut"]:
         """Hold one worker exclusively for the with-body (waiting up to
         ``timeout``, default the pool's ``checkout_timeout``). An exception
-        in the body replaces the worker; a normal exit returns it."""
-        if timeout is not None:
-            _positive("timeout", timeout)
-        with self._checked_out(timeout, replace_on_error=True) as (worker, token):
+        in the body replaces the worker; a normal exit returns it.
+        ``math.inf``: wait as long as it takes."""
+        wait = self._wait(timeout)
+        with self._checked_out(wait, replace_on_error=True) as (worker, token):
             yield CheckedOut(self, worker, token)
 
     @contextlib.contextmanager
@@ -525,7 +533,9 @@ class Pool:
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop the pool's subtree (its workers first). Under a supervisor of
         your own, use that supervisor's terminate_child instead: a permanent
-        child would be restarted."""
+        child would be restarted. ``timeout`` bounds the whole stop (None or
+        ``math.inf``: no limit)."""
+        lowlevel.check_timeout(timeout, "stop timeout")
         supervisor = self._settings_fresh()[2]
         with _lock:
             _bindings.pop(self._key(), None)
@@ -554,11 +564,11 @@ class CheckedOut:
         self.pid = worker
         self._token = token
 
-    def execute(self, command: str, *args: Any, timeout: float | None = None,
-                **kwargs: Any) -> Any:
+    def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
+        """Run ``command`` on the held worker; ``timeout`` as in ``Pool.execute``
+        (default: the pool's ``command_timeout``)."""
         _check_command(command)
-        if timeout is not None:
-            _positive("timeout", timeout)
+        timeout = self.pool._run_timeout(timeout)
         return self.pool._run_on(self.pid, self._token, None, command, args, kwargs, timeout)
 
     def call_function(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -594,8 +604,12 @@ def _check_session(session: Any) -> None:
         raise TypeError(f"a session id must be hashable, not {type(session).__name__}") from None
 
 
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be seconds (a number), not {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+def duration(seconds: float | None) -> str:
+    """Seconds as a person reads them in an error: ``1 ms``, ``2.5 s``."""
+    if seconds is None:
+        return "no limit"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2g} ms"
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    return f"{seconds:.3g} s"

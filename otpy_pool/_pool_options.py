@@ -7,6 +7,8 @@ import dataclasses
 import os
 from typing import Any, NamedTuple
 
+from otpy import lowlevel
+
 from ._worker import Worker
 
 STRATEGIES = ("lifo", "fifo")
@@ -20,16 +22,17 @@ class Options:
     name: str
     size: int
     max_overflow: int
-    overflow_idle: float
+    overflow_idle: float | None  # None: never (as every None below: no limit)
     lazy: bool
     strategy: str
-    checkout_timeout: float
+    checkout_timeout: float | None
     max_queue: int | None
     command_timeout: float | None
     health_interval: float | None
-    health_timeout: float
+    health_timeout: float | None
     max_commands: int | None
     max_memory: int | None
+    init_timeout: float | None  # the worker class's, checked
 
 
 def _int(name: str, value: Any, minimum: int, none_ok: bool = False) -> None:
@@ -41,14 +44,10 @@ def _int(name: str, value: Any, minimum: int, none_ok: bool = False) -> None:
         raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
 
 
-def _seconds(name: str, value: Any, none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be seconds (a number){' or None' if none_ok else ''}, "
-                        f"not {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+def seconds(name: str, value: Any) -> float | None:
+    """A pool's timeout, deadline or interval: > 0 seconds; None or ``math.inf``
+    for no limit (returned as None). The rule of ``lowlevel.check_timeout``."""
+    return lowlevel.check_timeout(value, name, zero=False)
 
 
 def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | None,
@@ -59,7 +58,7 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
     """Every option checked; a TypeError or ValueError names the bad one."""
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
-    _seconds(f"{worker.__qualname__}.init_timeout", worker.init_timeout)
+    init_timeout = seconds(f"{worker.__qualname__}.init_timeout", worker.init_timeout)
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple, not {args!r}")
     kwargs = {} if kwargs is None else kwargs
@@ -69,22 +68,22 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
         size = os.cpu_count() or 1
     _int("size", size, 1)
     _int("max_overflow", max_overflow, 0)
-    _seconds("overflow_idle", overflow_idle)
+    overflow_idle = seconds("overflow_idle", overflow_idle)
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be a bool, not {lazy!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
-    _seconds("checkout_timeout", checkout_timeout)
+    checkout_timeout = seconds("checkout_timeout", checkout_timeout)
     _int("max_queue", max_queue, 0, none_ok=True)
-    _seconds("command_timeout", command_timeout, none_ok=True)
-    _seconds("health_interval", health_interval, none_ok=True)
-    _seconds("health_timeout", health_timeout)
+    command_timeout = seconds("command_timeout", command_timeout)
+    health_interval = seconds("health_interval", health_interval)
+    health_timeout = seconds("health_timeout", health_timeout)
     _int("max_commands", max_commands, 1, none_ok=True)
     _int("max_memory", max_memory, 1, none_ok=True)
     return Options(worker, tuple(args), dict(kwargs), name, size, max_overflow,
-                   float(overflow_idle), lazy, strategy, float(checkout_timeout), max_queue,
-                   command_timeout, health_interval, float(health_timeout), max_commands,
-                   max_memory)
+                   overflow_idle, lazy, strategy, checkout_timeout, max_queue,
+                   command_timeout, health_interval, health_timeout, max_commands,
+                   max_memory, init_timeout)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ class _W:
 class _Waiter:
     __slots__ = ("caller", "token", "timer")
 
-    def __init__(self, caller: otpy.From, token: Any, timer: otpy.Ref) -> None:
+    def __init__(self, caller: otpy.From, token: Any, timer: otpy.Ref | None) -> None:
         self.caller, self.token, self.timer = caller, token, timer
 
 
@@ -64,7 +64,6 @@ class PoolServer(otpy.GenServer):
         info = otpy.process_info(self.me)
         self.supervisor = info["parent"] if info else None
         self.log = lowlevel.logger(pool=opts.name)
-        self.limits = (opts.max_commands, opts.max_memory)
         self.keys = itertools.count(1)
         self.stamps = itertools.count(1)
         self.workers: dict[otpy.Pid, _W] = {}  # in start order
@@ -151,8 +150,7 @@ class PoolServer(otpy.GenServer):
 
     def _start_worker(self, overflow: bool, failing_raises: bool = False) -> _W | None:
         """Start one worker (idle); None if its init failed (a retry is scheduled)."""
-        spec = worker_spec(("worker", next(self.keys)), self.opts.worker, self.opts.args,
-                           self.opts.kwargs, self.me, self.limits)
+        spec = worker_spec(("worker", next(self.keys)), self.opts, self.me)
         try:
             pid = otpy.DynamicSupervisor.start_child(self.workers_sup, spec)
         except Exception as exc:
@@ -275,9 +273,9 @@ class PoolServer(otpy.GenServer):
             return ("error", PoolOverloaded(
                 f"pool {self.opts.name!r}: {len(self.queue)} callers already waiting "
                 f"(max_queue={self.opts.max_queue})"))
-        wait = self.opts.checkout_timeout if timeout is None else timeout
         self._watch_caller(caller.pid)
-        timer = otpy.send_after(self.me, ("$expire", token), wait)
+        # ``timeout``: the caller's wait, resolved by its handle (None: no limit)
+        timer = None if timeout is None else otpy.send_after(self.me, ("$expire", token), timeout)
         self.queue.append(_Waiter(caller, token, timer))
         self._event("queued", None, detail=len(self.queue))
         return otpy.NOREPLY
@@ -288,7 +286,7 @@ class PoolServer(otpy.GenServer):
             if w is None:
                 return
             waiter = self.queue.popleft()
-            otpy.cancel_timer(waiter.timer)
+            _cancel(waiter.timer)
             otpy.reply(waiter.caller, ("ok", self._give(w, waiter.token, waiter.caller.pid)))
 
     def _checkin(self, token: Any, how: str) -> None:
@@ -312,7 +310,7 @@ class PoolServer(otpy.GenServer):
             otpy.cast(pid, ("retire",))
             return
         self.idle.append(pid)
-        if w.overflow:
+        if w.overflow and self.opts.overflow_idle is not None:
             w.idle_stamp = next(self.stamps)
             otpy.send_after(self.me, ("$overflow_idle", pid, w.idle_stamp), self.opts.overflow_idle)
         self._serve_queue()
@@ -321,7 +319,7 @@ class PoolServer(otpy.GenServer):
         for waiter in self.queue:
             if waiter.token == token:
                 self.queue.remove(waiter)
-                otpy.cancel_timer(waiter.timer)
+                _cancel(waiter.timer)
                 return waiter
         return None
 
@@ -516,8 +514,9 @@ class PoolServer(otpy.GenServer):
             if w.retiring is None and w.health_token is None:
                 w.health_token = next(self.stamps)
                 otpy.cast(w.pid, ("health", w.health_token))
-                otpy.send_after(self.me, ("$health_late", w.pid, w.health_token),
-                                self.opts.health_timeout)
+                if self.opts.health_timeout is not None:
+                    otpy.send_after(self.me, ("$health_late", w.pid, w.health_token),
+                                    self.opts.health_timeout)
         assert self.opts.health_interval is not None  # ticks only run with it set
         otpy.send_after(self.me, ("$health_tick",), self.opts.health_interval)
 
@@ -537,3 +536,8 @@ class PoolServer(otpy.GenServer):
         if label != self.label:
             self.label = label
             lowlevel.annotate(self.me, behaviour=label)
+
+
+def _cancel(timer: otpy.Ref | None) -> None:
+    if timer is not None:
+        otpy.cancel_timer(timer)

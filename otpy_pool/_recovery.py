@@ -72,10 +72,8 @@ class Policy:
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise ValueError(f"Policy retries must be an int >= 0, not {self.retries!r}")
-        for field in ("backoff", "max_backoff"):
-            value = getattr(self, field)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"Policy {field} must be seconds >= 0, not {value!r}")
+        for field in ("backoff", "max_backoff"):  # delays: finite, 0 allowed
+            lowlevel.check_timeout(getattr(self, field), f"Policy {field}", forever=False)
         if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
             raise ValueError(f"Policy multiplier must be >= 1, not {self.multiplier!r}")
         if self.jitter not in (None, "full", "equal"):
@@ -298,7 +296,10 @@ class Protected:
 
     def execute(self, command: str, *args: Any, session: Any = None,
                 timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run ``command`` through the chain; retries, fallback or the error, by policy."""
+        """Run ``command`` through the chain; retries, fallback or the error, by
+        policy. ``timeout`` bounds each attempt's run (None or ``math.inf``:
+        the pool's ``command_timeout``, within the deadline)."""
+        timeout = lowlevel.check_timeout(timeout, "timeout", zero=False)
         end = None if self.deadline is None else time.monotonic() + self.deadline
         policies, classifier = self.recovery.policies() if self.recovery else ({}, None)
         errors: list[tuple[str, BaseException]] = []
@@ -358,8 +359,11 @@ class Protected:
                  budget: float | None, remaining: float | None) -> Any:
         if remaining is not None and session is None:
             # the wait for a free worker counts against the deadline too
-            kwargs = {**kwargs, "checkout_timeout": min(remaining, self.pool.checkout_timeout)}
-        return self.pool.execute(command, *args, session=session, timeout=budget, **kwargs)
+            kwargs = {**kwargs,
+                      "checkout_timeout": _smallest(remaining, self.pool.checkout_timeout)}
+        if budget is not None:  # else the pool's own command_timeout applies
+            kwargs = {**kwargs, "timeout": budget}
+        return self.pool.execute(command, *args, session=session, **kwargs)
 
     def _dependency_failure(self, exc: BaseException) -> bool:
         return isinstance(exc, (WorkerCrashed, CommandTimeout, PoolTimeout, SessionLost)) \
@@ -438,8 +442,7 @@ def protect(pool: Any, *, limiter: tuple | None = None, breaker: Any = None,
     """
     if limiter is not None and (not isinstance(limiter, tuple) or len(limiter) != 4):
         raise TypeError("limiter must be (rate_limiter, key, limit, window)")
-    if deadline is not None and (not isinstance(deadline, (int, float)) or deadline <= 0):
-        raise ValueError(f"deadline must be seconds > 0, not {deadline!r}")
+    deadline = lowlevel.check_timeout(deadline, "deadline", zero=False)  # inf: none
     if recovery is not None and not isinstance(recovery, Recovery):
         raise TypeError(f"recovery must be a Recovery, not {recovery!r}")
     if isinstance(idempotent, str):

@@ -9,6 +9,7 @@ a restart instead of failing, and never waits longer than its deadline.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -18,6 +19,13 @@ from otpy import lowlevel
 #: retry pauses while an owner is being restarted (seconds, doubling)
 _FIRST_PAUSE = 0.001
 _MAX_PAUSE = 0.05
+
+
+def handle_timeout(value: Any) -> float:
+    """A handle's bound on each call to its owner, restarts waited out
+    included: seconds > 0, or None / ``math.inf`` for no limit (kept as inf)."""
+    seconds = lowlevel.check_timeout(value, "timeout", zero=False)
+    return math.inf if seconds is None else seconds
 
 
 def resolve_in(name: str, namespace: str) -> Pid:

@@ -13,6 +13,7 @@ or ``max_memory`` tells the server once, to be replaced when idle.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 import traceback
 from typing import Any, Callable, ClassVar, TypeVar
@@ -69,7 +70,8 @@ class Worker:
     instance per worker process. ``health_check`` and ``terminate`` are optional."""
 
     #: seconds ``init`` may take (a model load, say) before the start fails
-    init_timeout: ClassVar[float] = 60.0
+    #: (None or ``math.inf``: no limit)
+    init_timeout: ClassVar[float | None] = 60.0
 
     def init(self, *args: Any, **kwargs: Any) -> None:
         """Runs once, in the worker process, with the pool's ``args``/``kwargs``."""
@@ -255,11 +257,13 @@ class WorkerProcess(otpy.GenServer):
         self.user.terminate(reason)
 
 
-def worker_spec(key: Any, worker_cls: type[Worker], args: tuple, kwargs: dict,
-                server: otpy.Pid, limits: tuple) -> otpy.ChildSpec:
-    """How the workers' DynamicSupervisor starts one worker: temporary, since
-    the pool's server decides about replacements (and counts them)."""
+def worker_spec(key: Any, opts: Any, server: otpy.Pid) -> otpy.ChildSpec:
+    """How the workers' DynamicSupervisor starts one worker (``opts``: the
+    pool's Options): temporary, since the pool's server decides about
+    replacements (and counts them)."""
+    init_timeout = math.inf if opts.init_timeout is None else opts.init_timeout
     return otpy.ChildSpec(key, WorkerProcess.start_link,
-                          args=(worker_cls, args, kwargs, server, limits),
-                          kwargs={"timeout": worker_cls.init_timeout},
+                          args=(opts.worker, opts.args, opts.kwargs, server,
+                                (opts.max_commands, opts.max_memory)),
+                          kwargs={"timeout": init_timeout},
                           restart="temporary", shutdown=5.0)

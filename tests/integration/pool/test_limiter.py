@@ -109,7 +109,7 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, word):
 @pytest.mark.parametrize("options, error, word", [
     ({"algorithm": "leaky"}, ValueError, "algorithm"),
     ({"cleanup_interval": 0}, ValueError, "cleanup_interval"),
-    ({"cleanup_interval": None}, TypeError, "cleanup_interval"),
+    ({"cleanup_interval": None}, ValueError, "cleanup_interval"),  # must be finite
     ({"storage": "memcached://x"}, ValueError, "storage"),
     ({"storage": "redis://localhost:1", "algorithm": "token_bucket"}, ValueError, "token_bucket"),
 ])
