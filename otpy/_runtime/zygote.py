@@ -187,6 +187,7 @@ class Zygote:
             "processes": self.op_processes, "shutdown": self.op_shutdown,
             "annotate": self.op_annotate, "log_config": self.op_log_config,
             "tally": self.op_tally,
+            "kill": self.op_kill,
         }
 
     # ---- bookkeeping -------------------------------------------------------
@@ -617,6 +618,12 @@ class Zygote:
             if t is e:
                 self.kill(t, (cls, body), summary)
         else:
+            self.kill(t, (cls, body), summary)
+
+    def op_kill(self, e: Entry, serial: int, cls: str, body: bytes, summary: str) -> None:
+        """lowlevel.kill: SIGKILL, trapping or not, with ``(cls, body)`` as the reason."""
+        t = self.live(serial)
+        if t is not None:
             self.kill(t, (cls, body), summary)
 
     def op_register(self, e: Entry, ns: str, name: str, serial: int) -> Any:

@@ -13,7 +13,8 @@ docs/lowlevel.md.
   message format), :func:`ask` / :func:`dispatch` (an operation whose
   server-side error is raised in the caller), :func:`resolve`.
 - stopping: :func:`await_down`, :func:`stop_process` (exit signal, bounded
-  wait, kill), and the supervisor's shutdown protocol (:func:`shutdown_child`,
+  wait, kill), :func:`kill` (an untrappable kill that records a reason), and
+  the supervisor's shutdown protocol (:func:`shutdown_child`,
   :func:`begin_shutdown` / :func:`finish_shutdown`, :func:`deadline_for`).
 - supervision: :class:`ChildSpec`, :func:`is_clean`, :func:`restart_needed`,
   :class:`RestartIntensity` (N events in T seconds).
@@ -50,7 +51,7 @@ from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namesp
                     process_name, processes_in, registered_in, render_log_event, reset_logging,
                     shutdown, start, traceback_text, unregister_in, zygote_os_pid)
 from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdown, flush,
-                        shutdown_child, stop_process)
+                        kill, shutdown_child, stop_process)
 from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 
 __all__ = [
@@ -64,8 +65,8 @@ __all__ = [
     "start", "unregister_in", "zygote_os_pid",
     "LOG_LEVELS", "logger", "parse_log_lines", "render_log_event", "reset_logging",
     "traceback_text",
-    "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "shutdown_child",
-    "stop_process",
+    "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "kill",
+    "shutdown_child", "stop_process",
     "Undecodable", "failed_reply", "reply_error", "salvage", "keep_traceback",
     "sendable_exception",
     "FAULT_KINDS", "FaultError", "heal_fault", "inject_fault",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .._runtime import api
+from .._runtime import api, reasons
 from .._runtime.errors import Timeout
 from .._runtime.node import context
 from .._runtime.terms import Down, Exit, Pid, Ref
@@ -85,3 +85,26 @@ def stop_process(pid: Pid, reason: Any = "shutdown", timeout: float | None = 5.0
     mref = _signal(pid, reason)
     deadline = None if timeout is None else time.monotonic() + timeout
     return finish_shutdown(pid, mref, deadline)
+
+
+def kill(pid: Pid, reason: Any) -> None:
+    """Kill ``pid`` at once, as the exit signal ``"kill"`` does (SIGKILL: it
+    cannot be trapped, and no code of the target runs), but with ``reason``
+    as its exit reason instead of ``"killed"``.
+
+    Why: a process stopped on purpose that cannot be asked to stop (it is
+    stuck in a command, or it traps exits) is still a planned stop. With
+    ``("shutdown", why)`` its supervisor sees a clean exit (no crash report),
+    and linked and monitoring processes learn why. Links propagate
+    ``reason`` as for any exit. ``"kill"`` is refused (use ``exit(pid,
+    "kill")``). A dead pid is ignored; the program's own process is never
+    killed (it is told, as for any fatal exit signal).
+    """
+    ctx = context()
+    if type(pid) is not Pid:
+        raise TypeError(f"kill needs a Pid, not {pid!r}")
+    if reason == "kill":
+        raise ValueError('kill(pid, "kill") is exit(pid, "kill"): give the reason to record')
+    cls, body = reasons.pack(reason, ctx.pid)
+    if pid.node == ctx.node:
+        ctx.request("kill", pid.serial, cls, body, reasons.describe(reason))

@@ -70,6 +70,44 @@ def test_stop_process_of_a_dead_pid_is_noproc():
     assert lowlevel.stop_process(pid) == "noproc"
 
 
+def _busy_trapping(parent: otpy.Pid) -> None:
+    otpy.trap_exit(True)
+    otpy.send(parent, "trapping")
+    while True:  # busy outside otpy: it would never read an exit signal
+        pass
+
+
+def test_kill_records_the_reason_and_cannot_be_trapped():
+    pid = otpy.spawn_link(_busy_trapping, otpy.self())
+    expect(lambda m: m == "trapping")
+    ref = otpy.monitor(pid)
+    lowlevel.kill(pid, ("shutdown", "command_timeout"))
+    assert lowlevel.await_down(ref, DEADLINE) == ("shutdown", "command_timeout")
+    # linked processes get the same reason: the program (trapping) as an Exit
+    assert expect(lambda m: isinstance(m, otpy.Exit) and m.pid == pid).reason == \
+        ("shutdown", "command_timeout")
+    lowlevel.kill(pid, "again")  # a dead pid: nothing happens
+    with pytest.raises(ValueError, match="exit"):
+        lowlevel.kill(pid, "kill")
+    with pytest.raises(TypeError, match="Pid"):
+        lowlevel.kill("name", "why")
+
+
+def test_a_child_killed_with_a_shutdown_reason_is_a_clean_exit_for_its_supervisor():
+    """transient: restarted after "killed", not after ("shutdown", why)."""
+    spec = otpy.ChildSpec("c", otpy.spawn_link, args=(_busy_trapping, otpy.self()),
+                          restart="transient")
+    sup = otpy.Supervisor.start_link([spec])
+    expect(lambda m: m == "trapping")
+    child = otpy.Supervisor.which_children(sup)[0].pid
+    ref = otpy.monitor(child)
+    lowlevel.kill(child, ("shutdown", "planned"))
+    lowlevel.await_down(ref, DEADLINE)
+    # its Exit reached the supervisor before our Down (links first): handled by now
+    assert otpy.Supervisor.which_children(sup) == [("c", None, "worker")]  # not restarted
+    otpy.Supervisor.stop(sup)
+
+
 class Ops(otpy.GenServer):
     def handle_call(self, request, caller):
         return lowlevel.dispatch(self, request)
