@@ -105,7 +105,7 @@ class PoolServer(otpy.GenServer):
             except otpy.Exited:
                 continue
             except otpy.Timeout:
-                otpy.exit(child.pid, "kill")
+                self._kill(child.pid, "adoption_timeout")
                 continue
             w = self._track(child.pid, overflow=False)
             if w.counts is not None:  # this server counts from its own start, as before
@@ -200,9 +200,17 @@ class PoolServer(otpy.GenServer):
         self.by_mref.pop(w.mref, None)
         self._worker_down(pid, reason)
 
-    def _retire(self, w: _W, why: str, kill: bool = False) -> None:
+    def _kill(self, pid: otpy.Pid, why: str) -> None:
+        """Kill a worker on purpose (it cannot be asked: it is stuck, or its
+        state is unknown). A planned exit, ``("shutdown", why)``: no crash
+        report, a warning here; the caller's error says the rest."""
+        self.log.warning("pool worker killed", worker=repr(pid), why=why)
+        lowlevel.kill(pid, ("shutdown", why))
+
+    def _retire(self, w: _W, why: str, kill: str | None = None) -> None:
         """Replace a worker on purpose: its sessions move (by replay) at their
-        next command, a replacement starts, and it stops once idle."""
+        next command, a replacement starts, and it stops once idle (or at
+        once, killed, if ``kill`` says why)."""
         if w.retiring is not None:
             return
         w.retiring = why
@@ -216,8 +224,8 @@ class PoolServer(otpy.GenServer):
         self._event(why, w.pid)
         if not w.overflow and self._regular_count() < self.opts.size and not self.opts.lazy:
             self._start_worker(overflow=False)
-        if kill:
-            otpy.exit(w.pid, "kill")
+        if kill is not None:
+            self._kill(w.pid, kill)
         elif w.holder is None:
             otpy.cast(w.pid, ("retire",))
         # else: retired at its checkin
@@ -304,7 +312,7 @@ class PoolServer(otpy.GenServer):
         w.holder = None
         self._event("checkin", pid, detail=None if how == "return" else how)
         if how == "replace":  # its state is unknown: replaced (a planned replacement, not counted)
-            self._retire(w, "recycled", kill=True)
+            self._retire(w, "recycled", kill="checkout_replaced")
             return
         if w.retiring is not None:
             otpy.cast(pid, ("retire",))
@@ -384,7 +392,7 @@ class PoolServer(otpy.GenServer):
         if w is None:
             return
         w.deadline_killed = True
-        otpy.exit(pid, "kill")
+        self._kill(pid, "command_timeout")
         reason = lowlevel.await_down(w.mref, DOWN_WAIT)
         self._worker_down(pid, reason)
         self._annotate()
@@ -505,7 +513,7 @@ class PoolServer(otpy.GenServer):
                 w = self.workers.get(message[1])
                 if w is not None and w.health_token == message[2]:
                     self._event("health_failed", w.pid, detail="no answer")
-                    self._retire(w, "recycled", kill=True)
+                    self._retire(w, "recycled", kill="health_check_timeout")
         self._annotate()
         return None
 

@@ -99,9 +99,16 @@ class Notes(Worker):
         self.unhealthy_if = path
         return path
 
+    @command
+    def set_hung_health_if(self, session, path):
+        self.hung_health_if = path
+        return path
+
     def health_check(self):
         if self.report_to is not None:
             otpy.send(self.report_to, ("health_checked", otpy.self()))
+        if getattr(self, "hung_health_if", None) and os.path.exists(self.hung_health_if):
+            otpy.receive(match=lambda m: m == "never sent")  # a check that never answers
         return not (self.unhealthy_if and os.path.exists(self.unhealthy_if))
 
     def not_a_command(self, session):
