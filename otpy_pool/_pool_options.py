@@ -33,6 +33,7 @@ class Options:
     max_commands: int | None
     max_memory: int | None
     init_timeout: float | None  # the worker class's, checked
+    shutdown_timeout: float | None  # the worker class's, checked
 
 
 def _int(name: str, value: Any, minimum: int, none_ok: bool = False) -> None:
@@ -59,6 +60,8 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
     init_timeout = seconds(f"{worker.__qualname__}.init_timeout", worker.init_timeout)
+    shutdown_timeout = lowlevel.check_timeout(  # 0: killed at once, as "brutal_kill"
+        worker.shutdown_timeout, f"{worker.__qualname__}.shutdown_timeout")
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple, not {args!r}")
     kwargs = {} if kwargs is None else kwargs
@@ -83,7 +86,7 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
     return Options(worker, tuple(args), dict(kwargs), name, size, max_overflow,
                    overflow_idle, lazy, strategy, checkout_timeout, max_queue,
                    command_timeout, health_interval, health_timeout, max_commands,
-                   max_memory, init_timeout)
+                   max_memory, init_timeout, shutdown_timeout)
 
 
 @dataclasses.dataclass(frozen=True)

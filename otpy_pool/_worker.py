@@ -72,6 +72,9 @@ class Worker:
     #: seconds ``init`` may take (a model load, say) before the start fails
     #: (None or ``math.inf``: no limit)
     init_timeout: ClassVar[float | None] = 60.0
+    #: seconds a planned stop waits for the running command and ``terminate``
+    #: before the worker is killed (None or ``math.inf``: no limit)
+    shutdown_timeout: ClassVar[float | None] = 5.0
 
     def init(self, *args: Any, **kwargs: Any) -> None:
         """Runs once, in the worker process, with the pool's ``args``/``kwargs``."""
@@ -81,7 +84,11 @@ class Worker:
         return True
 
     def terminate(self, reason: Any) -> None:
-        """Runs when the worker stops on purpose (never after a SIGKILL)."""
+        """Runs when the worker stops on purpose, with the stop's reason:
+        ``"shutdown"`` when the pool (or a supervisor above it) stops,
+        ``("shutdown", "otpy_pool.retired")`` when the pool replaces it. The
+        running command finishes first; both together get the class's
+        ``shutdown_timeout``, then the worker is killed. Never after a kill."""
 
     @classmethod
     def commands(cls) -> dict[str, bool]:
@@ -115,6 +122,9 @@ class WorkerProcess(otpy.GenServer):
 
     def init(self, worker_cls: type[Worker], args: tuple, kwargs: dict, server: otpy.Pid,
              limits: tuple[int | None, int | None]) -> None:
+        # A planned stop (the supervisor's exit signal "shutdown") then reaches
+        # the loop as a message, after the running command: terminate runs.
+        otpy.trap_exit(True)
         self.me = otpy.self()
         self.server = server
         self.max_commands, self.max_memory = limits
@@ -254,7 +264,11 @@ class WorkerProcess(otpy.GenServer):
         return otpy.Stop(RETIRED)
 
     def terminate(self, reason: Any) -> None:
-        self.user.terminate(reason)
+        try:
+            self.user.terminate(reason)
+        except Exception as exc:  # the stop goes on, with its own reason
+            lowlevel.logger().warning("worker terminate raised", reason=repr(reason),
+                                      error=repr(exc), exception=lowlevel.traceback_text(exc))
 
 
 def worker_spec(key: Any, opts: Any, server: otpy.Pid) -> otpy.ChildSpec:
@@ -262,8 +276,9 @@ def worker_spec(key: Any, opts: Any, server: otpy.Pid) -> otpy.ChildSpec:
     pool's Options): temporary, since the pool's server decides about
     replacements (and counts them)."""
     init_timeout = math.inf if opts.init_timeout is None else opts.init_timeout
+    shutdown = "infinity" if opts.shutdown_timeout is None else opts.shutdown_timeout
     return otpy.ChildSpec(key, WorkerProcess.start_link,
                           args=(opts.worker, opts.args, opts.kwargs, server,
                                 (opts.max_commands, opts.max_memory)),
                           kwargs={"timeout": init_timeout},
-                          restart="temporary", shutdown=5.0)
+                          restart="temporary", shutdown=shutdown)

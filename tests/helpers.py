@@ -6,6 +6,7 @@ import os
 import pathlib
 import select
 import signal
+import threading
 import time
 from typing import Any, Iterable
 
@@ -137,3 +138,32 @@ class Tracked:
 
     def __del__(self) -> None:
         otpy.send(self.owner, ("freed", self.tag, otpy.self()))
+
+
+def sigkill(pid: otpy.Pid) -> None:
+    """SIGKILL an otpy process and wait for its Down."""
+    ref = otpy.monitor(pid)
+    os.kill(pid.os_pid, signal.SIGKILL)
+    expect_down(ref)
+
+
+def in_thread(fn, *args, **kwargs):
+    """Run fn in a thread; returns a function that joins it and returns (or raises) its result."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join():
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "the thread did not finish"
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return join

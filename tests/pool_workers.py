@@ -6,7 +6,14 @@ import os
 import pathlib
 
 import otpy
-from otpy_pool import Worker, command
+from otpy_pool import PoolEvent, Worker, command
+
+from helpers import DEADLINE, expect
+
+
+def event(kind: str, timeout: float = DEADLINE) -> PoolEvent:
+    """The next PoolEvent of ``kind`` (the test subscribed), within a deadline."""
+    return expect(lambda m: isinstance(m, PoolEvent) and m.kind == kind, timeout)
 
 
 class Notes(Worker):
@@ -111,6 +118,10 @@ class Notes(Worker):
             otpy.receive(match=lambda m: m == "never sent")  # a check that never answers
         return not (self.unhealthy_if and os.path.exists(self.unhealthy_if))
 
+    def terminate(self, reason):
+        if self.report_to is not None:
+            otpy.send(self.report_to, ("terminated", otpy.self(), reason))
+
     def not_a_command(self, session):
         return "must not run"
 
@@ -125,4 +136,14 @@ class SlowInit(Notes):
     init_timeout = 0.3
 
     def init(self, *args, **kwargs):
+        otpy.receive(match=lambda m: m == "never sent")
+
+
+class StuckTerminate(Notes):
+    """A terminate that never returns, with a short shutdown_timeout."""
+
+    shutdown_timeout = 0.3
+
+    def terminate(self, reason):
+        super().terminate(reason)
         otpy.receive(match=lambda m: m == "never sent")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import threading
 import traceback
 
 import otpy
@@ -14,8 +13,8 @@ from otpy import lowlevel
 from otpy_pool import (CommandTimeout, Pool, PoolError, PoolEvent, PoolOverloaded, PoolStatus,
                        PoolTimeout, SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
 
-from helpers import DEADLINE, expect, expect_down
-from pool_workers import Notes, SlowInit
+from helpers import DEADLINE, expect, expect_down, in_thread, sigkill
+from pool_workers import Notes, SlowInit, event
 
 pytestmark = pytest.mark.layer("full")  # real pool workers
 
@@ -34,36 +33,6 @@ def start(**opts) -> Pool:
     return Pool.start_link(Notes, **opts)
 
 
-def event(kind: str, timeout: float = DEADLINE) -> PoolEvent:
-    return expect(lambda m: isinstance(m, PoolEvent) and m.kind == kind, timeout)
-
-
-def sigkill(pid: otpy.Pid) -> None:
-    ref = otpy.monitor(pid)
-    os.kill(pid.os_pid, signal.SIGKILL)
-    expect_down(ref)
-
-
-def in_thread(fn, *args, **kwargs):
-    """Run fn in a thread; returns a function that joins it and returns (or raises) its result."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join():
-        thread.join(DEADLINE)
-        assert not thread.is_alive(), "the thread did not finish"
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-    return join
 
 
 # ---- sessions ----------------------------------------------------------------------
