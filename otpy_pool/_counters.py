@@ -10,6 +10,14 @@ same way). The server reads the counts when ``status()`` is asked, and a
 last time when the worker dies: its mapping outlives the worker, so even a
 SIGKILL loses no count. An increment is one aligned 8-byte store, which the
 reader sees whole.
+
+The same page says which command the worker is running: the caller's ref
+(its process's serial and the ref's number) from before the command starts
+until after its reply is sent, and whether it has been counted yet (it is,
+before its reply, so that ``status()`` after a command returned is exact).
+Read after the worker's death, it tells the one command that was running
+(WorkerCrashed) from those queued behind it or on their way, which never
+started and can run on another worker.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import os
 
 NAME = "otpy_pool.counts"
 COMMANDS, ERRORS = 0, 1  # slots, each an unsigned 64-bit count
-_SIZE = 16
+RUN_ORIGIN, RUN_N = 2, 3  # the running command's ref: its origin serial and number (0: none)
+RUN_COUNTED = 4  # 1 once the running command is in COMMANDS (its reply is being sent)
+_SIZE = 40
 
 
 class WorkerCounts:
@@ -48,6 +58,18 @@ class CountsReader:
         """(commands, errors) so far."""
         view = self.view
         return view[COMMANDS], view[ERRORS]
+
+    def running(self) -> tuple[int, int] | None:
+        """The running command's ref as ``(origin serial, number)``, or None."""
+        view = self.view
+        n = view[RUN_N]
+        return None if n == 0 else (view[RUN_ORIGIN], n)
+
+    def uncounted(self) -> bool:
+        """Whether a command is running that is not counted yet (after a
+        death: it died with the worker)."""
+        view = self.view
+        return view[RUN_N] != 0 and view[RUN_COUNTED] == 0
 
     def close(self) -> None:
         self.view.release()

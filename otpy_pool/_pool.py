@@ -21,7 +21,7 @@ from otpy.lowlevel import Restart
 
 from ._errors import CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed
 from ._pool_options import Options, PoolStatus, make_options, seconds
-from ._pool_server import DOWN_WAIT, PoolServer
+from ._pool_server import DOWN_WAIT, UNKNOWN, PoolServer
 from ._worker import FUNCTION, RETIRED, Worker
 
 _UNSET: Any = object()
@@ -163,6 +163,13 @@ class Pool:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
+    def _ask_quietly(self, *request: Any) -> None:
+        """An operation whose answer is not needed (and a missing server no error)."""
+        try:
+            self._ask(*request)
+        except PoolError:
+            pass
+
     def _cast(self, request: tuple) -> None:
         try:
             otpy.cast(self._server(), request)
@@ -209,29 +216,39 @@ class Pool:
                 with self._checked_out(wait) as (worker, token):
                     try:
                         return self._run_on(worker, token, None, command, args, kwargs,
-                                            timeout, retry=True)
+                                            timeout)
                     except _NotRun:
-                        continue  # it died before our command reached it: another one
+                        continue  # it died before our command started: another one
             raise PoolError(f"pool {self.name!r}: no live worker to run {command!r} on")
         _check_session(session)
         return self._run_in_session(session, command, args, kwargs, timeout)
 
     def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
                         timeout: float | None) -> Any:
+        """The command on the session's worker. If that worker dies before the
+        command started (it was queued behind the one running, or on its way
+        to a worker already dead), it runs on the session's new worker, after
+        the replay, within what is left of its own deadline."""
         cache = self._session_cache()
         stale = None
+        end = None if timeout is None else time.monotonic() + timeout
         for _ in range(_RETRIES):
             worker = self._bound(cache, sid, stale)
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:  # a retry with no time left: nothing ran
+                raise CommandTimeout(f"command {command!r} of session {sid!r} did not start "
+                                     f"within {duration(timeout)}: its worker died first")
+            ref = otpy.make_ref()
             try:
-                outcome = otpy.call(worker, ("run", sid, command, args, kwargs), timeout=timeout)
+                outcome = lowlevel.request(worker, _run_call(ref, sid, command, args, kwargs),
+                                           ref, left)
             except otpy.NoProc:  # dead before it got the command: nothing ran
                 stale = self._forget(cache, sid, worker)
                 continue
             except otpy.Exited as exc:
                 stale = self._forget(cache, sid, worker)
-                if exc.reason == RETIRED:  # retired before it got the command
+                if self._never_started(worker, ref, exc.reason):
                     continue
-                self._cast(("crashed", worker))
                 raise WorkerCrashed(exc.reason) from None
             except otpy.Timeout:
                 self._forget(cache, sid, worker)
@@ -315,7 +332,6 @@ class Pool:
         of the worker's death. Sends never block (timeout 0): a full buffer
         only means reading replies first, so two big payloads cannot stall
         each other."""
-        me = otpy.self()
         mref = otpy.monitor(worker)
         pending: dict[otpy.Ref, int] = {}  # in the order sent: the worker runs them so
         retry: list[int] = []
@@ -331,8 +347,7 @@ class Pool:
                     ref = otpy.make_ref()
                     i = todo[nxt]
                     try:
-                        otpy.send(worker, (lowlevel.CALL, (me, ref),
-                                           ("run", sid, command, calls[i], {})),
+                        otpy.send(worker, _run_call(ref, sid, command, calls[i], {}),
                                   timeout=None if not pending else 0)
                     except otpy.Timeout:
                         if pending:
@@ -378,16 +393,33 @@ class Pool:
 
     def _crashed(self, worker: otpy.Pid, reason: Any, pending: dict, out: list, retry: list,
                  unsent: list) -> list:
-        """The worker died: the oldest unanswered command was running (unless
-        it was dead before or retired, when nothing ran); the rest never ran."""
+        """The worker died. It runs its commands in order, so only the oldest
+        unanswered one can have been running: WorkerCrashed for it, unless
+        the worker says it had not started it. The rest never ran."""
         if not pending:
             return retry + unsent
-        first = next(iter(pending.values()))
-        if reason == "noproc" or reason == RETIRED:
+        ref, first = next(iter(pending.items()))
+        if self._never_started(worker, ref, reason):
             return sorted(retry + list(pending.values())) + unsent
-        self._cast(("crashed", worker))
         out[first] = ("error", WorkerCrashed(reason))
         return self._unanswered(pending, first, retry, unsent)
+
+    def _never_started(self, worker: otpy.Pid, ref: otpy.Ref, reason: Any) -> bool:
+        """The worker died with our command (sent with ``ref``) unanswered:
+        True if it never started it (so it can run elsewhere), False if it was
+        running it or nobody can tell (at most once: never run it twice).
+
+        The worker's counts page names the command it was running (see
+        _counters); the server reads it at its death. A worker that was dead
+        before ("noproc"), retired, or stopped by its supervisor ("shutdown":
+        that comes after the command running then) ran none of ours."""
+        if reason in ("noproc", "shutdown") or reason == RETIRED:
+            return True
+        try:
+            running = self._ask("ran", worker)
+        except PoolError:  # no server: nobody can tell
+            return False
+        return running != UNKNOWN and running != (ref.origin[1], ref.n)
 
     @staticmethod
     def _unanswered(pending: dict, first: int, retry: list, unsent: list) -> list:
@@ -417,17 +449,19 @@ class Pool:
         return worker
 
     def _run_on(self, worker: otpy.Pid, token: Any, sid: Any, command: str, args: tuple,
-                kwargs: dict, timeout: float | None, retry: bool = False) -> Any:
-        """A command on a checked-out worker."""
+                kwargs: dict, timeout: float | None) -> Any:
+        """A command on a checked-out worker; _NotRun if the worker died
+        before the command started (the caller runs it on another one)."""
+        ref = otpy.make_ref()
         try:
-            outcome = otpy.call(worker, ("run", sid, command, args, kwargs), timeout=timeout)
+            outcome = lowlevel.request(worker, _run_call(ref, sid, command, args, kwargs), ref,
+                                       timeout)
         except otpy.NoProc:
-            if retry:
-                raise _NotRun() from None
-            self._cast(("crashed", worker))
-            raise WorkerCrashed("noproc") from None
+            self._ask_quietly("ran", worker)  # the server takes its Down first
+            raise _NotRun() from None
         except otpy.Exited as exc:
-            self._cast(("crashed", worker))
+            if self._never_started(worker, ref, exc.reason):
+                raise _NotRun() from None
             raise WorkerCrashed(exc.reason) from None
         except otpy.Timeout:
             self._deadline(worker, token)
@@ -449,6 +483,16 @@ class Pool:
         except PoolError:  # no server now: kill it ourselves (planned: no crash report)
             lowlevel.kill(worker, ("shutdown", "command_timeout"))
 
+    def _checkout(self, token: Any, wait: float | None) -> otpy.Pid:
+        """A free worker, held under ``token``, waiting up to ``wait`` (None: no limit)."""
+        try:
+            return self._ask("checkout", token, wait,
+                             timeout=None if wait is None else wait + _MARGIN)
+        except otpy.Timeout:
+            self._cast(("cancel", token))
+            raise PoolTimeout(f"no worker of pool {self.name!r} within "
+                              f"{duration(wait)}") from None
+
     @contextlib.contextmanager
     def _checked_out(self, wait: float | None,
                      replace_on_error: bool = False) -> Iterator[tuple[otpy.Pid, Any]]:
@@ -456,13 +500,7 @@ class Pool:
         ``replace_on_error``, an exception in the body replaces it instead.
         ``wait``: the longest wait for one (None: no limit)."""
         token = otpy.make_ref()
-        try:
-            worker = self._ask("checkout", token, wait,
-                               timeout=None if wait is None else wait + _MARGIN)
-        except otpy.Timeout:
-            self._cast(("cancel", token))
-            raise PoolTimeout(f"no worker of pool {self.name!r} within "
-                              f"{duration(wait)}") from None
+        worker = self._checkout(token, wait)
         how = "return"
         try:
             yield worker, token
@@ -483,7 +521,7 @@ class Pool:
         ``math.inf``: wait as long as it takes."""
         wait = self._wait(timeout)
         with self._checked_out(wait, replace_on_error=True) as (worker, token):
-            yield CheckedOut(self, worker, token)
+            yield CheckedOut(self, worker, token, wait)
 
     @contextlib.contextmanager
     def session(self, session: Any) -> Iterator["BoundSession"]:
@@ -559,17 +597,35 @@ class _NotRun(Exception):
 class CheckedOut:
     """A worker held by ``checkout()``: run session-less commands on it."""
 
-    def __init__(self, pool: Pool, worker: otpy.Pid, token: Any) -> None:
+    def __init__(self, pool: Pool, worker: otpy.Pid, token: Any, wait: float | None) -> None:
         self.pool = pool
         self.pid = worker
         self._token = token
+        self._wait = wait
+        self._lock = threading.Lock()
 
     def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
         """Run ``command`` on the held worker; ``timeout`` as in ``Pool.execute``
-        (default: the pool's ``command_timeout``)."""
+        (default: the pool's ``command_timeout``). If the held worker dies
+        before the command started, the checkout moves to a new worker (the
+        old one's state died with it) and the command runs there."""
         _check_command(command)
         timeout = self.pool._run_timeout(timeout)
-        return self.pool._run_on(self.pid, self._token, None, command, args, kwargs, timeout)
+        for _ in range(_RETRIES):
+            worker = self.pid
+            try:
+                return self.pool._run_on(worker, self._token, None, command, args, kwargs,
+                                         timeout)
+            except _NotRun:
+                self._replace(worker)
+        raise PoolError(f"pool {self.pool.name!r}: no live worker to run {command!r} on")
+
+    def _replace(self, dead: otpy.Pid) -> None:
+        """The held worker died: hold a new one under the same checkout (once,
+        whichever thread of the holder sees it first)."""
+        with self._lock:
+            if self.pid == dead:
+                self.pid = self.pool._checkout(self._token, self._wait)
 
     def call_function(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self.execute(FUNCTION, fn, args, kwargs)
@@ -584,6 +640,12 @@ class BoundSession:
 
     def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
         return self.pool.execute(command, *args, session=self.id, timeout=timeout, **kwargs)
+
+
+def _run_call(ref: otpy.Ref, sid: Any, command: str, args: tuple, kwargs: dict) -> tuple:
+    """A command for a worker, in otpy's call convention, with our own ``ref``
+    (after a death, the worker's counts page says whether it was running it)."""
+    return (lowlevel.CALL, (otpy.self(), ref), ("run", sid, command, args, kwargs))
 
 
 def _result(outcome: tuple) -> Any:

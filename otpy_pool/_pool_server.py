@@ -27,6 +27,8 @@ from ._worker import HEALTH, LOGGED, REPLAYED, RETIRED, WORN, worker_spec
 
 MAX_INIT_FAILURES = 5  # in a row: the pool stops with the last reason
 DOWN_WAIT = 5.0  # how long a bind waits for the Down of a worker a caller saw die
+DEATHS_KEPT = 256  # dead workers whose running command callers may still ask about
+UNKNOWN = "unknown"  # a dead worker's running command, when the server cannot tell
 
 
 class _W:
@@ -77,6 +79,9 @@ class PoolServer(otpy.GenServer):
         self.sessions: dict[Any, otpy.Pid | None] = {}  # session -> its worker (None: re-bind)
         self.logs: dict[Any, list] = {}
         self.subscribers: dict[otpy.Pid, otpy.Ref] = {}
+        # dead worker -> the ref (origin serial, number) of the command it was
+        # running, or None: the callers of its other commands retry them
+        self.died_running: dict[otpy.Pid, tuple[int, int] | None] = {}
         self.init_failures = 0
         self.label = ""
         self.counts = dict(total_commands=0, errors=0, timeouts=0, worker_restarts=0,
@@ -140,13 +145,21 @@ class PoolServer(otpy.GenServer):
         return w
 
     def _fold_counts(self, w: _W) -> None:
-        """A worker is gone: its final counts join the pool's own."""
+        """A worker is gone: its final counts join the pool's own, and the
+        command it was running (if any) is remembered for its callers and
+        counted, as a command that ended in an error."""
+        running: Any = UNKNOWN
         if w.counts is not None:
             ran, failed = w.counts.read()
-            self.counts["total_commands"] += ran
-            self.counts["errors"] += failed
+            running = w.counts.running()
+            died_with_it = w.counts.uncounted()
+            self.counts["total_commands"] += ran + died_with_it
+            self.counts["errors"] += failed + died_with_it
             w.counts.close()
             w.counts = None
+        self.died_running[w.pid] = running
+        if len(self.died_running) > DEATHS_KEPT:
+            del self.died_running[next(iter(self.died_running))]
 
     def _start_worker(self, overflow: bool, failing_raises: bool = False) -> _W | None:
         """Start one worker (idle); None if its init failed (a retry is scheduled)."""
@@ -304,6 +317,8 @@ class PoolServer(otpy.GenServer):
         if entry is None:
             return  # its worker's Down came first, or the checkout was already returned
         pid = entry[0]
+        if how == "dead" and otpy.is_alive(pid):
+            how = "replace"  # the holder's error came from elsewhere: its state is unknown
         if how == "dead":
             self._take_down(pid)
             return
@@ -382,11 +397,18 @@ class PoolServer(otpy.GenServer):
     def _op_bind(self, sid: Any, stale: otpy.Pid | None) -> otpy.Pid:
         return self._bind(sid, stale)
 
+    def _op_ran(self, pid: otpy.Pid) -> tuple[int, int] | None | str:
+        """A caller's command met its worker's death: which command that
+        worker was running (its caller's ref), None, or UNKNOWN. Its Down is
+        taken first."""
+        if pid in self.workers:
+            self._take_down(pid)
+        return self.died_running.get(pid, UNKNOWN)
+
     def _op_deadline(self, pid: otpy.Pid, token: Any) -> None:
-        """A caller's command ran past its timeout: kill the worker, count it."""
+        """A caller's command ran past its timeout: kill the worker, count it
+        (as a timeout here; as a command in error when its Down is taken)."""
         self.counts["timeouts"] += 1
-        self.counts["errors"] += 1
-        self.counts["total_commands"] += 1
         self._event("timeout", pid, detail="command")
         w = self.workers.get(pid)
         if w is None:
@@ -467,9 +489,6 @@ class PoolServer(otpy.GenServer):
                 if not healthy:
                     self._event("health_failed", pid, detail=detail)
                     self._retire(w, "recycled")
-        elif op == "crashed":  # a caller's command died with its worker
-            self.counts["total_commands"] += 1
-            self.counts["errors"] += 1
         elif op == "checkin":
             self._checkin(request[1], request[2])
         elif op == "cancel":  # a caller gave up waiting

@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import otpy
 from otpy import lowlevel
 
-from ._counters import COMMANDS, ERRORS, WorkerCounts
+from ._counters import COMMANDS, ERRORS, RUN_COUNTED, RUN_N, RUN_ORIGIN, WorkerCounts
 from ._errors import UnknownCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,6 +182,11 @@ class WorkerProcess(otpy.GenServer):
         else:
             session = self.sessions[sid]
         count = self.count
+        # Running it, until its reply is sent: after a death, the pool tells
+        # this command (WorkerCrashed) from those that never started.
+        count[RUN_ORIGIN] = caller.ref.origin[1]
+        count[RUN_COUNTED] = 0
+        count[RUN_N] = caller.ref.n
         try:
             value = self._invoke(session, name, args, kwargs)
             outcome: tuple = ("ok", value)
@@ -193,7 +198,8 @@ class WorkerProcess(otpy.GenServer):
         except Exception as exc:
             outcome = ("error", _portable(exc, self.me))
             count[ERRORS] += 1
-        count[COMMANDS] += 1
+        count[COMMANDS] += 1  # before the reply: status() after it returned is exact
+        count[RUN_COUNTED] = 1
         if self.check_wear and self._worn_out():
             self.check_wear = False  # told once; the server retires it when idle
             otpy.cast(self.server, (WORN, self.me))
@@ -202,6 +208,7 @@ class WorkerProcess(otpy.GenServer):
         except otpy.SerializationError as exc:
             otpy.reply(caller, ("error", otpy.SerializationError(
                 f"command {name!r} returned a value that cannot be sent: {exc}")))
+        count[RUN_N] = 0  # replied: no longer running
 
     def _worn_out(self) -> bool:
         if self.max_commands is not None and self.count[COMMANDS] >= self.max_commands:
