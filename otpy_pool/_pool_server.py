@@ -35,7 +35,7 @@ class _W:
     """The server's record of one worker."""
 
     __slots__ = ("pid", "mref", "sessions", "holder", "overflow", "retiring", "deadline_killed",
-                 "idle_stamp", "health_token", "counts")
+                 "idle_stamp", "health_token", "health_mark", "counts")
 
     def __init__(self, pid: otpy.Pid, mref: otpy.Ref, overflow: bool) -> None:
         self.pid = pid
@@ -47,6 +47,7 @@ class _W:
         self.deadline_killed = False
         self.idle_stamp = 0
         self.health_token: Any = None
+        self.health_mark = 0  # its command count when the health check was sent
         self.counts: CountsReader | None = None  # its command counts (shared memory)
 
 
@@ -531,21 +532,51 @@ class PoolServer(otpy.GenServer):
             elif tag == "$health_late":
                 w = self.workers.get(message[1])
                 if w is not None and w.health_token == message[2]:
-                    self._event("health_failed", w.pid, detail="no answer")
-                    self._retire(w, "recycled", kill="health_check_timeout")
+                    self._health_late(w)
         self._annotate()
         return None
 
     def _health_tick(self) -> None:
+        """Check the idle workers: those not running a command (its counts page
+        says; a checked-out worker between commands is idle too). A busy
+        worker is never checked: a command that hangs is command_timeout's
+        business, not the health check's."""
         for w in list(self.workers.values()):
-            if w.retiring is None and w.health_token is None:
+            if w.retiring is None and w.health_token is None and not self._busy(w):
                 w.health_token = next(self.stamps)
+                w.health_mark = self._commands_run(w)
                 otpy.cast(w.pid, ("health", w.health_token))
-                if self.opts.health_timeout is not None:
-                    otpy.send_after(self.me, ("$health_late", w.pid, w.health_token),
-                                    self.opts.health_timeout)
+                self._arm_health_late(w)
         assert self.opts.health_interval is not None  # ticks only run with it set
         otpy.send_after(self.me, ("$health_tick",), self.opts.health_interval)
+
+    def _arm_health_late(self, w: _W) -> None:
+        if self.opts.health_timeout is not None:
+            otpy.send_after(self.me, ("$health_late", w.pid, w.health_token),
+                            self.opts.health_timeout)
+
+    def _health_late(self, w: _W) -> None:
+        """No answer within health_timeout. A command that came after the
+        check was sent (a bound session's, which bypasses this server) runs
+        before it: if the worker is running one, or ran some since, the check
+        is still queued behind them, and gets another health_timeout. Else
+        the check itself hangs: the worker is replaced."""
+        mark = self._commands_run(w)
+        if self._busy(w) or mark != w.health_mark:
+            w.health_mark = mark
+            self._arm_health_late(w)
+            return
+        self._event("health_failed", w.pid, detail="no answer")
+        self._retire(w, "recycled", kill="health_check_timeout")
+
+    @staticmethod
+    def _busy(w: _W) -> bool:
+        """Whether the worker is running a command now (from its counts page)."""
+        return w.counts is not None and w.counts.running() is not None
+
+    @staticmethod
+    def _commands_run(w: _W) -> int:
+        return w.counts.read()[0] if w.counts is not None else 0
 
     # ---- observing ------------------------------------------------------------------
 

@@ -588,18 +588,40 @@ def test_an_unhealthy_worker_is_replaced_and_its_sessions_move_by_replay(otpy_tr
     pool.stop()
 
 
-def test_a_hung_health_check_replaces_the_worker():
-    me = otpy.self()
-    pool = start(size=1, health_interval=0.2, health_timeout=0.2, command_timeout=None)
+def test_a_hung_health_check_replaces_the_worker(otpy_tree):
+    flag = os.path.join(otpy_tree.tmp_path, "hang")
+    pool = start(size=1, health_interval=0.05, health_timeout=0.2)
     pool.subscribe()
     hung = pool.workers()[0]
-    running = in_thread(pool.execute, "hold", me, "h")
-    expect(lambda m: m[:2] == ("holding", "h"))
+    pool.execute("set_hung_health_if", flag, session="s")
+    open(flag, "w").close()
     assert event("health_failed").detail == "no answer"
-    with pytest.raises(WorkerCrashed):
-        running()
+    assert event("worker_exited").detail == "('shutdown', 'health_check_timeout')"
     event("worker_started")
     assert hung not in pool.workers()
+    os.remove(flag)
+    pool.stop()
+
+
+def test_health_checks_never_kill_a_busy_worker():
+    """A command longer than health_timeout runs to its end: busy workers are
+    not checked (a hung command is command_timeout's business)."""
+    me = otpy.self()
+    pool = start(size=2, health_interval=0.05, health_timeout=0.1,
+                 kwargs={"report_to": me})
+    pool.subscribe()
+    pool.execute("ping", session="long")
+    busy = pool.worker_of("long")
+    idle = next(w for w in pool.workers() if w != busy)
+    running = in_thread(pool.execute, "hold", me, "h", session="long")
+    expect(lambda m: m[:2] == ("holding", "h"))
+    lowlevel.flush(lambda m: m == ("health_checked", idle))
+    for _ in range(5):  # five ticks: far past health_timeout
+        expect(lambda m: m == ("health_checked", idle))
+    otpy.send(busy, ("release", "h"))
+    assert running() == "h"
+    assert set(pool.workers()) == {busy, idle}
+    assert lowlevel.flush(lambda m: isinstance(m, PoolEvent) and m.kind == "health_failed") == 0
     pool.stop()
 
 
