@@ -8,8 +8,8 @@ Built on ``otpy`` and ``otpy.lowlevel`` only.
 __all__: list[str] = []
 
 # ---- pool (issue: session pool) ----
-from ._errors import (CommandTimeout, PoolError, PoolOverloaded, PoolTimeout, SessionLost,
-                      SessionNotFound, UnknownCommand, WorkerCrashed)
+from ._errors import (CommandTimeout, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable,
+                      SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
 from ._pool import BoundSession, CheckedOut, Pool
 from ._pool_executor import PoolExecutor
 from ._pool_options import EVENT_KINDS, PoolEvent, PoolStatus
@@ -18,7 +18,8 @@ from ._worker import Session, Worker, command
 __all__ += [
     "Pool", "PoolStatus", "PoolEvent", "EVENT_KINDS", "PoolExecutor", "CheckedOut",
     "BoundSession", "Worker", "command", "Session",
-    "PoolError", "PoolTimeout", "CommandTimeout", "PoolOverloaded", "WorkerCrashed",
+    "PoolError", "PoolTimeout", "CommandTimeout", "PoolOverloaded", "PoolUnavailable",
+    "WorkerCrashed",
     "SessionLost", "SessionNotFound", "UnknownCommand",
 ]
 

@@ -20,6 +20,19 @@ class CommandTimeout(PoolError, otpy.Timeout):
     """A command ran past its ``timeout``; its worker was killed and replaced."""
 
 
+class PoolUnavailable(PoolError):
+    """No worker is alive and starting one fails: raised at once instead of
+    after the checkout timeout. ``cause`` is the last start failure (the
+    worker's ``init`` exception, with its traceback); the pool keeps retrying."""
+
+    def __init__(self, cause: Any, message: str | None = None) -> None:
+        self.cause = cause
+        super().__init__(message or f"the pool has no worker: starting one failed: {cause!r}")
+
+    def __reduce__(self):
+        return (type(self), (self.cause, str(self)))
+
+
 class PoolOverloaded(PoolError):
     """``max_queue`` callers are already waiting; refused at once."""
 
@@ -54,3 +67,12 @@ class SessionNotFound(PoolError, LookupError):
 
 class UnknownCommand(PoolError, LookupError):
     """The worker has no ``@command`` by that name."""
+
+
+def start_error(exc: BaseException) -> BaseException:
+    """What made a worker's start fail: the ``init`` exception itself (with
+    its traceback) out of the StartErrors the supervisors wrapped it in, or
+    the innermost StartError when there is no exception (an init timeout)."""
+    while isinstance(exc, otpy.StartError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    return exc

@@ -40,17 +40,29 @@ _lock = threading.Lock()
 def _start_subtree(opts: Options) -> otpy.Pid:
     """The pool's supervisor: the workers' DynamicSupervisor, then the server
     (rest_for_one: a new workers' supervisor means a new server; a new server
-    adopts the workers alive)."""
+    adopts the workers alive).
+
+    A new pool whose first workers cannot start fails here, with the init's
+    error. A server restarted later never fails for that: a worker that
+    cannot start is retried while the others serve (degraded, never dead)."""
     workers = f"{opts.name}.workers"
     # the server starts the first workers one after the other, each within init_timeout
     first = 0 if opts.lazy else opts.size
     wait = math.inf if opts.init_timeout is None else first * opts.init_timeout + 30.0
-    return otpy.Supervisor.start_link([
+    sup = otpy.Supervisor.start_link([
         otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
                                           max_seconds=5.0),
         PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0,
                               timeout=wait),
     ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0, timeout=wait + 10.0)
+    server = next(c.pid for c in otpy.Supervisor.which_children(sup) if c.id == "server")
+    failure = lowlevel.ask(server, ("first_start",))
+    if failure is not None:
+        otpy.unlink(sup)
+        otpy.Supervisor.stop(sup, "shutdown")
+        raise otpy.StartError(failure, f"pool {opts.name!r}: a worker could not start: "
+                                       f"{type(failure).__name__}: {failure}") from failure
+    return sup
 
 
 class Pool:
@@ -92,7 +104,8 @@ class Pool:
                    checkout_timeout: float = 5.0, max_queue: int | None = None,
                    command_timeout: float | None = None, health_interval: float | None = None,
                    health_timeout: float = 5.0, max_commands: int | None = None,
-                   max_memory: int | None = None) -> "Pool":
+                   max_memory: int | None = None,
+                   restart_backoff: tuple[float, float] = (0.1, 30.0)) -> "Pool":
         """Start the pool's subtree linked to the caller; returns its handle
         once the first workers are up (StartError if they cannot start).
         Unnamed pools get a generated name (``handle.name``)."""
@@ -100,7 +113,8 @@ class Pool:
             size=size, max_overflow=max_overflow, overflow_idle=overflow_idle, lazy=lazy,
             strategy=strategy, checkout_timeout=checkout_timeout, max_queue=max_queue,
             command_timeout=command_timeout, health_interval=health_interval,
-            health_timeout=health_timeout, max_commands=max_commands, max_memory=max_memory))
+            health_timeout=health_timeout, max_commands=max_commands, max_memory=max_memory,
+            restart_backoff=restart_backoff))
         _start_subtree(opts)
         return cls(opts.name)
 
@@ -113,7 +127,7 @@ class Pool:
         defaults = dict(size=None, max_overflow=0, overflow_idle=10.0, lazy=False,
                         strategy="lifo", checkout_timeout=5.0, max_queue=None,
                         command_timeout=None, health_interval=None, health_timeout=5.0,
-                        max_commands=None, max_memory=None)
+                        max_commands=None, max_memory=None, restart_backoff=(0.1, 30.0))
         unknown = set(options) - set(defaults)
         if unknown:
             raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")

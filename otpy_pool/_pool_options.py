@@ -34,6 +34,7 @@ class Options:
     max_memory: int | None
     init_timeout: float | None  # the worker class's, checked
     shutdown_timeout: float | None  # the worker class's, checked
+    restart_backoff: tuple[float, float]  # first delay and cap of start retries
 
 
 def _int(name: str, value: Any, minimum: int, none_ok: bool = False) -> None:
@@ -51,11 +52,24 @@ def seconds(name: str, value: Any) -> float | None:
     return lowlevel.check_timeout(value, name, zero=False)
 
 
+def _backoff(value: Any) -> tuple[float, float]:
+    """``restart_backoff``: (first delay, cap), finite seconds, 0 < first <= cap."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"restart_backoff must be (first delay, cap) in seconds, not {value!r}")
+    first, cap = (lowlevel.check_timeout(v, f"restart_backoff {what}", forever=False, zero=False)
+                  for v, what in zip(value, ("first delay", "cap")))
+    assert first is not None and cap is not None  # forever=False refuses None
+    if cap < first:
+        raise ValueError(f"restart_backoff cap must be >= its first delay, not {value!r}")
+    return (first, cap)
+
+
 def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | None,
                  max_overflow: int, overflow_idle: float, lazy: bool, strategy: str,
                  checkout_timeout: float, max_queue: int | None, command_timeout: float | None,
                  health_interval: float | None, health_timeout: float,
-                 max_commands: int | None, max_memory: int | None) -> Options:
+                 max_commands: int | None, max_memory: int | None,
+                 restart_backoff: Any) -> Options:
     """Every option checked; a TypeError or ValueError names the bad one."""
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
@@ -83,10 +97,11 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
     health_timeout = seconds("health_timeout", health_timeout)
     _int("max_commands", max_commands, 1, none_ok=True)
     _int("max_memory", max_memory, 1, none_ok=True)
+    restart_backoff = _backoff(restart_backoff)
     return Options(worker, tuple(args), dict(kwargs), name, size, max_overflow,
                    overflow_idle, lazy, strategy, checkout_timeout, max_queue,
                    command_timeout, health_interval, health_timeout, max_commands,
-                   max_memory, init_timeout, shutdown_timeout)
+                   max_memory, init_timeout, shutdown_timeout, restart_backoff)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +121,8 @@ class PoolStatus:
     sessions_recovered: int  # sessions re-bound by a successful replay
     sessions_lost: int  # sessions whose replay failed
     workers: int  # workers alive now (overflow included)
+    starting: int = 0  # regular workers owed: a start failed or is about to be retried
+    degraded: bool = False  # below size because starting workers fails (retried, with backoff)
 
 
 class PoolEvent(NamedTuple):
@@ -119,5 +136,5 @@ class PoolEvent(NamedTuple):
 
 
 EVENT_KINDS = ("checkout", "checkin", "queued", "timeout", "worker_started", "worker_exited",
-               "session_bound", "session_recovered", "session_lost", "recycled",
-               "health_failed", "overloaded")
+               "worker_start_failed", "session_bound", "session_recovered", "session_lost",
+               "recycled", "health_failed", "overloaded")

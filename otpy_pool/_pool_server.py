@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import random
 import time
 from typing import Any
 
@@ -21,11 +22,11 @@ import otpy
 from otpy import lowlevel
 
 from ._counters import CountsReader
-from ._errors import PoolError, PoolOverloaded, PoolTimeout, SessionNotFound
+from ._errors import (PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionNotFound,
+                      start_error)
 from ._pool_options import Options, PoolEvent, PoolStatus
 from ._worker import HEALTH, LOGGED, REPLAYED, RETIRED, WORN, worker_spec
 
-MAX_INIT_FAILURES = 5  # in a row: the pool stops with the last reason
 DOWN_WAIT = 5.0  # how long a bind waits for the Down of a worker a caller saw die
 DEATHS_KEPT = 256  # dead workers whose running command callers may still ask about
 UNKNOWN = "unknown"  # a dead worker's running command, when the server cannot tell
@@ -83,14 +84,22 @@ class PoolServer(otpy.GenServer):
         # dead worker -> the ref (origin serial, number) of the command it was
         # running, or None: the callers of its other commands retry them
         self.died_running: dict[otpy.Pid, tuple[int, int] | None] = {}
-        self.init_failures = 0
+        # Degraded, never dead: regular workers owed (a death, a retirement, a
+        # start that failed) are started again and again, with backoff.
+        self.owed = 0
+        self.start_failures = 0  # in a row
+        self.last_start_error: BaseException | None = None
+        self.retry_timer: otpy.Ref | None = None
+        self.rng = random.Random()
         self.label = ""
         self.counts = dict(total_commands=0, errors=0, timeouts=0, worker_restarts=0,
                            sessions_recovered=0, sessions_lost=0)
         self._adopt()
         if not opts.lazy:
-            while self._regular_count() < opts.size:
-                self._start_worker(overflow=False, failing_raises=True)
+            self.owed = max(0, opts.size - self._regular_count())
+            self._fill()
+        # what start_link reports: the first workers of a new pool must start
+        self.first_failure = self.last_start_error
         if opts.health_interval is not None:
             otpy.send_after(self.me, ("$health_tick",), opts.health_interval)
         self._annotate()
@@ -162,28 +171,70 @@ class PoolServer(otpy.GenServer):
         if len(self.died_running) > DEATHS_KEPT:
             del self.died_running[next(iter(self.died_running))]
 
-    def _start_worker(self, overflow: bool, failing_raises: bool = False) -> _W | None:
-        """Start one worker (idle); None if its init failed (a retry is scheduled)."""
+    def _start_worker(self, overflow: bool) -> _W | None:
+        """Start one worker (idle); None if its init failed (recorded)."""
         spec = worker_spec(("worker", next(self.keys)), self.opts, self.me)
         try:
             pid = otpy.DynamicSupervisor.start_child(self.workers_sup, spec)
         except Exception as exc:
-            if failing_raises:
-                raise
-            self.init_failures += 1
-            self.log.warning("pool.worker_start_failed", reason=repr(exc),
-                             in_a_row=self.init_failures)
-            if self.init_failures >= MAX_INIT_FAILURES:
-                raise otpy.ProcessExit(("worker_init_failed", getattr(exc, "reason", exc)))
-            if not overflow:
-                otpy.send_after(self.me, ("$start",), 0.05 * self.init_failures)
+            self._start_failed(start_error(exc))
             return None
-        self.init_failures = 0
+        self.start_failures = 0
         assert pid is not None  # a WorkerProcess's init never returns IGNORE
         w = self._track(pid, overflow)
         self.idle.append(pid)
         self._event("worker_started", pid, detail="overflow" if overflow else None)
         return w
+
+    def _start_failed(self, error: BaseException) -> None:
+        lowlevel.keep_traceback(error)  # it travels to callers and subscribers
+        self.start_failures += 1
+        self.last_start_error = error
+        self.log.warning("pool worker start failed", error=f"{type(error).__name__}: {error}",
+                         exception=lowlevel.traceback_text(error), in_a_row=self.start_failures,
+                         workers=len(self.workers), size=self.opts.size)
+        self._event("worker_start_failed", None, detail=error)
+
+    def _fill(self) -> None:
+        """Start the regular workers owed, one after the other. On a failure,
+        retry later (exponential backoff with jitter, ``restart_backoff``)
+        while the live workers serve; callers with no worker to wait for are
+        told at once (PoolUnavailable)."""
+        while self.owed > 0:
+            if self._start_worker(overflow=False) is None:
+                self._retry_fill_later()
+                self._refuse_waiters()
+                break
+            self.owed -= 1
+        self._serve_queue()
+
+    def _retry_fill_later(self) -> None:
+        if self.retry_timer is not None:
+            return
+        first, cap = self.opts.restart_backoff
+        delay = min(cap, first * 2 ** (self.start_failures - 1))
+        delay = delay / 2 + self.rng.random() * delay / 2  # "equal" jitter: spreads pools apart
+        self.retry_timer = otpy.send_after(self.me, ("$start",), delay)
+
+    def _unavailable(self) -> PoolUnavailable | None:
+        """No worker alive and starting one fails: the error for a caller."""
+        if self.workers or self.start_failures == 0 or self.last_start_error is None:
+            return None
+        error = self.last_start_error
+        exc = PoolUnavailable(error, f"pool {self.opts.name!r} has no worker: starting one "
+                                     f"failed ({type(error).__name__}: {error}); retrying")
+        exc.__cause__ = error
+        return exc
+
+    def _refuse_waiters(self) -> None:
+        """Nothing to wait for: every queued caller gets PoolUnavailable now."""
+        error = self._unavailable()
+        if error is None:
+            return
+        while self.queue:
+            waiter = self.queue.popleft()
+            _cancel(waiter.timer)
+            otpy.reply(waiter.caller, ("error", error))
 
     def _worker_down(self, pid: otpy.Pid, reason: Any) -> None:
         w = self.workers.pop(pid)
@@ -201,8 +252,10 @@ class PoolServer(otpy.GenServer):
         if not planned or w.deadline_killed:
             self.counts["worker_restarts"] += 1
         if not planned and not w.overflow:
-            self._start_worker(overflow=False)
-        self._serve_queue()
+            self.owed += 1
+            self._fill()
+        else:
+            self._serve_queue()
 
     def _take_down(self, pid: otpy.Pid) -> None:
         """A caller saw the worker die before this server did: take its Down now."""
@@ -236,8 +289,9 @@ class PoolServer(otpy.GenServer):
         if w.pid in self.idle:
             self.idle.remove(w.pid)
         self._event(why, w.pid)
-        if not w.overflow and self._regular_count() < self.opts.size and not self.opts.lazy:
-            self._start_worker(overflow=False)
+        if not w.overflow and not self.opts.lazy:
+            self.owed += 1
+            self._fill()
         if kill is not None:
             self._kill(w.pid, kill)
         elif w.holder is None:
@@ -290,6 +344,9 @@ class PoolServer(otpy.GenServer):
         w = self._take_idle() or self._grow()
         if w is not None:
             return ("ok", self._give(w, token, caller.pid))
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            return ("error", unavailable)
         if self.opts.max_queue is not None and len(self.queue) >= self.opts.max_queue:
             self._event("overloaded", None, detail=len(self.queue))
             return ("error", PoolOverloaded(
@@ -357,7 +414,8 @@ class PoolServer(otpy.GenServer):
             return current
         w = self._least_loaded()
         if w is None:
-            raise PoolError(f"pool {self.opts.name!r} has no worker to bind session {sid!r} to")
+            raise self._unavailable() or PoolError(
+                f"pool {self.opts.name!r} has no worker to bind session {sid!r} to")
         if current is not None and current in self.workers:
             self.workers[current].sessions.discard(sid)
         log = self.logs.get(sid)
@@ -439,7 +497,13 @@ class PoolServer(otpy.GenServer):
                 counts["errors"] += failed
         return PoolStatus(size=self.opts.size, overflow=self._overflow_count(),
                           idle=len(self.idle), busy=held, queued=len(self.queue),
-                          sessions=len(self.sessions), workers=len(self.workers), **counts)
+                          sessions=len(self.sessions), workers=len(self.workers),
+                          starting=self.owed, degraded=self.owed > 0 and self.start_failures > 0,
+                          **counts)
+
+    def _op_first_start(self) -> BaseException | None:
+        """Why the first workers of this server could not start (None: they did)."""
+        return self.first_failure
 
     def _op_workers(self) -> list[otpy.Pid]:
         return list(self.workers)
@@ -517,9 +581,8 @@ class PoolServer(otpy.GenServer):
                     otpy.reply(waiter.caller, ("error", PoolTimeout(
                         f"no worker of pool {self.opts.name!r} became free in time")))
             elif tag == "$start":
-                if self._regular_count() < self.opts.size:
-                    self._start_worker(overflow=False)
-                    self._serve_queue()
+                self.retry_timer = None
+                self._fill()
             elif tag == "$overflow_idle":
                 w = self.workers.get(message[1])
                 if w is not None and w.holder is None and w.idle_stamp == message[2] \

@@ -38,11 +38,11 @@ import dill
 import otpy
 from otpy import lowlevel
 
-from ._errors import (CommandTimeout, PoolOverloaded, PoolTimeout, SessionLost,
+from ._errors import (CommandTimeout, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionLost,
                       WorkerCrashed)
 
-CLASSES = ("worker_crashed", "timeout", "overloaded", "circuit_open", "rate_limited",
-           "session_lost", "permanent", "transient")
+CLASSES = ("worker_crashed", "timeout", "overloaded", "unavailable", "circuit_open",
+           "rate_limited", "session_lost", "permanent", "transient")
 RECENT = 100  # recoveries kept for recent()
 
 
@@ -108,6 +108,8 @@ def classify(exc: BaseException, classifier: Callable[[BaseException], str | Non
         return "timeout"
     if isinstance(exc, PoolOverloaded):
         return "overloaded"
+    if isinstance(exc, PoolUnavailable):
+        return "unavailable"
     if isinstance(exc, SessionLost):
         return "session_lost"
     from ._breaker import CircuitOpen
@@ -125,7 +127,8 @@ def surely_not_started(exc: BaseException) -> bool:
     from ._breaker import CircuitOpen
     from ._limiter import RateLimited
 
-    return isinstance(exc, (PoolTimeout, PoolOverloaded, CircuitOpen, RateLimited))
+    return isinstance(exc, (PoolTimeout, PoolOverloaded, PoolUnavailable, CircuitOpen,
+                            RateLimited))
 
 
 @dataclasses.dataclass
@@ -366,7 +369,8 @@ class Protected:
         return self.pool.execute(command, *args, session=session, **kwargs)
 
     def _dependency_failure(self, exc: BaseException) -> bool:
-        return isinstance(exc, (WorkerCrashed, CommandTimeout, PoolTimeout, SessionLost)) \
+        return isinstance(exc, (WorkerCrashed, CommandTimeout, PoolTimeout, PoolUnavailable,
+                                SessionLost)) \
             or isinstance(exc, self.breaker_failure_on)
 
     # ---- deciding --------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from .. import OtpyError, Pid
 from ..lowlevel import (ChildSpec, RestartIntensity, ask, describe_reason, dispatch, is_clean,
-                        shutdown_child)
+                        keep_traceback, shutdown_child)
 from . import _reports as reports
 from .. import send
 from .. import self as self_pid
@@ -70,6 +70,9 @@ class Child:
         try:
             return self.start()
         except Exception as exc:
+            cause = getattr(exc, "reason", None)  # a StartError carries the init's exception
+            if isinstance(cause, BaseException):
+                keep_traceback(cause)  # its traceback travels on to whoever asked
             raise StartError(exc, f"child {self.spec.id!r} failed to start: {exc!r}") from None
 
     def exited(self, reason: Any, intensity: RestartIntensity) -> None:

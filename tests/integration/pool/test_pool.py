@@ -11,7 +11,8 @@ import otpy
 import pytest
 from otpy import lowlevel
 from otpy_pool import (CommandTimeout, Pool, PoolError, PoolEvent, PoolOverloaded, PoolStatus,
-                       PoolTimeout, SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
+                       PoolTimeout, PoolUnavailable, SessionLost, SessionNotFound, UnknownCommand,
+                       WorkerCrashed)
 
 from helpers import DEADLINE, expect, expect_down, in_thread, sigkill
 from pool_workers import Notes, SlowInit, event
@@ -486,8 +487,8 @@ def test_unpicklable_arguments_fail_in_the_caller_and_nothing_is_sent():
 
 
 def test_errors_are_otpy_errors():
-    for cls in (PoolTimeout, CommandTimeout, PoolOverloaded, WorkerCrashed, SessionLost,
-                SessionNotFound, UnknownCommand):
+    for cls in (PoolTimeout, CommandTimeout, PoolOverloaded, PoolUnavailable, WorkerCrashed,
+                SessionLost, SessionNotFound, UnknownCommand):
         assert issubclass(cls, PoolError)
     assert issubclass(PoolError, otpy.OtpyError)
     assert issubclass(PoolTimeout, otpy.Timeout) and issubclass(CommandTimeout, otpy.Timeout)
@@ -495,6 +496,8 @@ def test_errors_are_otpy_errors():
     assert crashed.reason == "killed" and "killed" in str(crashed)
     lost = pickle.loads(pickle.dumps(SessionLost("s", "cause")))
     assert (lost.session, lost.cause) == ("s", "cause")
+    unavailable = pickle.loads(pickle.dumps(PoolUnavailable(KeyError("k"), "none")))
+    assert isinstance(unavailable.cause, KeyError) and str(unavailable) == "none"
 
 
 # ---- options ---------------------------------------------------------------------------
@@ -551,20 +554,6 @@ def test_a_worker_init_is_bounded_by_its_class_init_timeout():
     bad = type("BadTimeout", (Notes,), {"init_timeout": -1})
     with pytest.raises(ValueError, match="BadTimeout.init_timeout"):
         Pool.start_link(bad)
-
-
-def test_five_init_failures_in_a_row_stop_the_pool(otpy_tree):
-    flag = os.path.join(otpy_tree.tmp_path, "refuse")
-    pool_sup = otpy_tree.start_child(Pool.child_spec(Notes, kwargs={"fail_if": flag}, size=1,
-                                                     name="failing", restart="temporary"))
-    pool = Pool("failing")
-    pool.subscribe()
-    ref = otpy.monitor(pool_sup)
-    open(flag, "w").close()
-    sigkill(pool.workers()[0])  # a started worker's death never stops the pool...
-    reason = expect_down(ref, timeout=30).reason  # ...but its replacements' inits do
-    assert reason == "shutdown"
-    assert pool_sup not in [c.pid for c in otpy.Supervisor.which_children(otpy_tree.supervisor)]
 
 
 # ---- health, recycling, overflow, lazy, strategy ------------------------------------------

@@ -13,8 +13,8 @@ import time
 import otpy
 import pytest
 from otpy_pool import (CircuitBreaker, CircuitOpen, CommandTimeout, Policy, Pool, PoolOverloaded,
-                       PoolTimeout, RateLimited, RateLimiter, Recovery, SessionLost, Worker,
-                       WorkerCrashed, classify, command, protect)
+                       PoolTimeout, PoolUnavailable, RateLimited, RateLimiter, Recovery,
+                       SessionLost, Worker, WorkerCrashed, classify, command, protect)
 
 pytestmark = pytest.mark.layer("full")  # real pool workers
 
@@ -100,6 +100,7 @@ def test_classify_maps_every_error_of_pool_breaker_and_limiter():
     assert classify(CommandTimeout("x")) == "timeout"
     assert classify(PoolTimeout("x")) == "timeout"
     assert classify(PoolOverloaded("x")) == "overloaded"
+    assert classify(PoolUnavailable(KeyError("init"))) == "unavailable"
     assert classify(CircuitOpen("db", 1.0)) == "circuit_open"
     assert classify(RateLimited(1.0)) == "rate_limited"
     assert classify(SessionLost("s", ValueError())) == "session_lost"
