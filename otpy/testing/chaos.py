@@ -412,24 +412,34 @@ def _monitor_body(coordinator: Pid, token: Any, pool: Any) -> None:
     held: dict[Any, float] = {}  # worker -> checkout time
     latencies: list[float] = []
     events = 0
+
+    def take(m: Any) -> None:
+        nonlocal events
+        events += 1
+        if m.kind == "checkout":
+            counts["checkouts"] += 1
+            held[m.worker] = m.time
+        elif m.kind == "checkin":
+            counts["checkins"] += 1
+            t = held.pop(m.worker, None)
+            if t is not None:
+                latencies.append(m.time - t)
+        elif m.kind in ("queued", "overloaded") and isinstance(m.detail, int):
+            counts["max_queue_depth"] = max(counts["max_queue_depth"], m.detail)
+
     send(coordinator, ("$mon_ready", token))
     while True:
         m = receive()
         if is_pool_event(m):
-            events += 1
-            if m.kind == "checkout":
-                counts["checkouts"] += 1
-                held[m.worker] = m.time
-            elif m.kind == "checkin":
-                counts["checkins"] += 1
-                t = held.pop(m.worker, None)
-                if t is not None:
-                    latencies.append(m.time - t)
-            elif m.kind in ("queued", "overloaded") and isinstance(m.detail, int):
-                counts["max_queue_depth"] = max(counts["max_queue_depth"], m.detail)
+            take(m)
         elif type(m) is tuple and len(m) == 3 and m[0] in ("$mon_stats", "$mon_stop") \
                 and m[1] == token:
             status = pool.status()
+            # The pool sent every event of what it handled before this status
+            # ahead of its answer: they are queued now. Count them too (a
+            # checkin cast just before the request would be missing otherwise).
+            for queued in iter(_next_event, None):
+                take(queued)
             ordered = sorted(latencies)
             stats = dict(counts, events=events,
                          errors=status.errors - base.errors,
@@ -441,6 +451,14 @@ def _monitor_body(coordinator: Pid, token: Any, pool: Any) -> None:
             if m[0] == "$mon_stop":
                 pool.unsubscribe()
                 return
+
+
+def _next_event() -> Any:
+    """A pool event already queued, or None."""
+    try:
+        return receive(timeout=0, match=is_pool_event)
+    except Timeout:
+        return None
 
 
 class PoolMonitor:
