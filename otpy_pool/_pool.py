@@ -392,7 +392,10 @@ class Pool:
                     return self._crashed(worker, m.reason, pending, out, retry, todo[nxt:]), True
                 i = pending.pop(m[1])
                 outcome = m[2]
-                if outcome[0] in ("unbound", "moved"):
+                failed = lowlevel.failed_reply(outcome, worker)  # e.g. one we cannot decode
+                if failed is not None:
+                    out[i] = ("error", failed)
+                elif outcome[0] in ("unbound", "moved"):
                     retry.append(i)  # never ran: again on the session's (new) worker; no
                     # more is sent here (the ones sent are answered the same way)
                 elif outcome[0] == "lost":

@@ -122,6 +122,14 @@ class Notes(Worker):
         if self.report_to is not None:
             otpy.send(self.report_to, ("terminated", otpy.self(), reason))
 
+    @command
+    def undecodable(self, session, kind):
+        """A result the caller cannot decode (raised, for the *_raised kinds)."""
+        value = make_undecodable(kind.removesuffix("_raised"))
+        if kind.endswith("_raised"):
+            raise value
+        return value
+
     def not_a_command(self, session):
         return "must not run"
 
@@ -147,3 +155,45 @@ class StuckTerminate(Notes):
     def terminate(self, reason):
         super().terminate(reason)
         otpy.receive(match=lambda m: m == "never sent")
+
+
+# ---- results a caller cannot decode (issue 21, item 1) ------------------------------------------
+
+class TwoArgError(Exception):
+    """Pickles, but cannot be rebuilt: __init__ takes two arguments and
+    passes one to Exception.__init__, so unpickling calls it with one."""
+
+    def __init__(self, code, text):
+        super().__init__(text)
+        self.code = code
+
+
+def _explode(kind):
+    raise SystemExit(3) if kind == "exit" else ValueError("exploded while unpickled")
+
+
+class ExplodesOnLoad(Exception):
+    """Its __reduce__ works where it is pickled; rebuilding it raises."""
+
+    def __init__(self, kind):
+        super().__init__(kind)
+        self.kind = kind
+
+    def __reduce__(self):
+        return (_explode, (self.kind,))
+
+
+def make_undecodable(kind):
+    """"two_arg", "ghost" (a class of a module only this process has),
+    "reduce_raises" or "reduce_exits"."""
+    if kind == "two_arg":
+        return TwoArgError(7, "two arguments")
+    if kind == "ghost":
+        import sys
+        import types
+
+        module = sys.modules.setdefault("otpy_ghost_module", types.ModuleType("otpy_ghost_module"))
+        ghost = type("Ghost", (Exception,), {"__module__": "otpy_ghost_module"})
+        module.Ghost = ghost
+        return ghost("boo")
+    return ExplodesOnLoad("exit" if kind == "reduce_exits" else "value")
