@@ -12,12 +12,12 @@ from ._errors import (CommandTimeout, PoolError, PoolOverloaded, PoolTimeout, Po
                       SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
 from ._pool import BoundSession, CheckedOut, Pool
 from ._pool_executor import PoolExecutor
-from ._pool_options import EVENT_KINDS, PoolEvent, PoolStatus
-from ._worker import Session, Worker, command
+from ._pool_options import EVENT_KINDS, STRATEGIES, PoolEvent, PoolStatus
+from ._worker import RESERVED, Session, Worker, command
 
 __all__ += [
-    "Pool", "PoolStatus", "PoolEvent", "EVENT_KINDS", "PoolExecutor", "CheckedOut",
-    "BoundSession", "Worker", "command", "Session",
+    "Pool", "PoolStatus", "PoolEvent", "EVENT_KINDS", "STRATEGIES", "PoolExecutor", "CheckedOut",
+    "BoundSession", "Worker", "command", "Session", "RESERVED",
     "PoolError", "PoolTimeout", "CommandTimeout", "PoolOverloaded", "PoolUnavailable",
     "WorkerCrashed",
     "SessionLost", "SessionNotFound", "UnknownCommand",
@@ -33,7 +33,8 @@ __all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "Br
             "LimiterBusy"]
 
 # ---- recovery ----
-from ._recovery import ClassStats, DeadlineExceeded, Policy, Protected, Recovery, classify, protect
+from ._recovery import (ERROR_CLASSES, ClassStats, DeadlineExceeded, Policy, Protected, Recovery,
+                        classify, protect)
 
 __all__ += ["Recovery", "Policy", "protect", "Protected", "classify", "ClassStats",
-            "DeadlineExceeded"]
+            "DeadlineExceeded", "ERROR_CLASSES"]

@@ -20,6 +20,7 @@ Who does what (see docs/breaker_and_limiter.md for the reasoning):
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import os
 import pickle
@@ -536,9 +537,19 @@ class CircuitBreaker:
         return result
 
     def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:
-        """As a decorator: every call of ``fn`` goes through the breaker."""
+        """As a decorator: every call of ``fn`` goes through the breaker.
+
+        An ``async def`` or a generator function is refused (TypeError): the
+        breaker would see only the coroutine or generator being created, and
+        count that as a success, while the work (and its failure) comes later.
+        """
         if not callable(fn):
             raise TypeError(f"CircuitBreaker decorates a callable, not {fn!r}")
+        if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn) \
+                or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"CircuitBreaker cannot guard {fn.__qualname__}: it is an async "
+                            "def or a generator function, whose work runs after the call "
+                            "returns; guard the code that awaits or consumes it instead")
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> T:

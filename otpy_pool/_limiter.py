@@ -104,12 +104,18 @@ def check_key(key: Any) -> Any:
                     f"not {kind.__name__}")
 
 
+#: the largest limit (and cost) every algorithm can count exactly: the shared
+#: table keeps them in signed 64-bit words, a token bucket limit x window ns
+MAX_LIMIT = 2 ** 62
+
+
 def _check_limit(limit: Any, cost: Any) -> None:
     for option, value in (("limit", limit), ("cost", cost)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{option} must be an int, not {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{option} must be >= 1, not {value!r}")
+        if not 1 <= value <= MAX_LIMIT:
+            raise ValueError(f"{option} must be between 1 and 2**62 (MAX_LIMIT), "
+                             f"not {value!r}")
 
 
 def _window_ns(window: Any) -> int:
@@ -446,6 +452,9 @@ class RateLimiter:
 
     __slots__ = ("name", "namespace", "timeout", "_link", "_backend")
 
+    #: the largest ``limit`` and ``cost`` (2**62), the same for every algorithm
+    MAX_LIMIT = MAX_LIMIT
+
     def __init__(self, name: str, *, namespace: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         if not isinstance(name, str) or not name:
@@ -519,7 +528,8 @@ class RateLimiter:
 
     def _hit(self, key: Any, limit: int, window: float, cost: int, count: bool) -> Decision:
         check_key(key)
-        if type(limit) is not int or type(cost) is not int or limit < 1 or cost < 1:
+        if type(limit) is not int or type(cost) is not int or not 1 <= limit <= MAX_LIMIT \
+                or not 1 <= cost <= MAX_LIMIT:
             _check_limit(limit, cost)
         if type(window) is float and 0.0 < window < 1e10:
             window_ns = round(window * 1_000_000_000) or 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import secrets
 import threading
 import time
@@ -49,12 +50,21 @@ def _start_subtree(opts: Options) -> otpy.Pid:
     # the server starts the first workers one after the other, each within init_timeout
     first = 0 if opts.lazy else opts.size
     wait = math.inf if opts.init_timeout is None else first * opts.init_timeout + 30.0
-    sup = otpy.Supervisor.start_link([
-        otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
-                                          max_seconds=5.0),
-        PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0,
-                              timeout=wait),
-    ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0, timeout=wait + 10.0)
+    taken = otpy.whereis(opts.name)
+    if taken is not None:
+        raise otpy.AlreadyStarted(opts.name, taken, f"{opts.name!r} is already registered "
+                                                    f"(as {taken!r}): a pool needs its name")
+    try:
+        sup = otpy.Supervisor.start_link([
+            otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
+                                              max_seconds=5.0),
+            PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0,
+                                  timeout=wait),
+        ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0, timeout=wait + 10.0,
+            name=f"{opts.name}.sup")  # named after the pool, for the observer and its users
+    except otpy.AlreadyStarted as exc:  # another pool of that name (or one starting)
+        raise otpy.AlreadyStarted(opts.name, exc.pid, f"a pool named {opts.name!r} is "
+                                                      f"already running ({exc.pid!r})") from None
     server = next(c.pid for c in otpy.Supervisor.which_children(sup) if c.id == "server")
     failure = lowlevel.ask(server, ("first_start",))
     if failure is not None:
@@ -296,14 +306,15 @@ class Pool:
         """
         _check_command(command)
         calls = list(calls)
-        for entry in calls:
-            if type(entry) is not tuple:
-                raise TypeError(f"execute_many: each call is a tuple of arguments, not {entry!r}")
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an int >= 1, not {window!r}")
         timeout = self._run_timeout(timeout)
         if session is not None:
             _check_session(session)
+        for i, entry in enumerate(calls):  # all of them, before any is sent
+            if type(entry) is not tuple:
+                raise TypeError(f"execute_many: each call is a tuple of arguments, not {entry!r}")
+            _check_sendable(i, entry)
         out: list = [_PENDING] * len(calls)
         todo = list(range(len(calls)))
         stale = None
@@ -671,16 +682,61 @@ def _result(outcome: tuple) -> Any:
     raise outcome[1]
 
 
+def _check_sendable(i: int, entry: tuple) -> None:
+    """SerializationError, naming the entry, if otpy could not send it: pickle,
+    then dill (what otpy's messages use). Checked for every entry of a batch
+    before the first is sent, so a bad one never leaves the others half run."""
+    try:
+        pickle.dumps(entry, 5)
+    except Exception:
+        import dill  # only for what pickle cannot do (lambdas, closures), as otpy's wire
+
+        try:
+            dill.dumps(entry)
+        except Exception as exc:
+            raise otpy.SerializationError(
+                f"execute_many: call {i} cannot be sent ({_unsendable(entry)}): {exc}; "
+                "nothing was sent") from None
+
+
+def _unsendable(entry: tuple) -> str:
+    """The type of the first argument that cannot be pickled, for the error."""
+    import dill
+
+    for arg in entry:
+        try:
+            dill.dumps(arg)
+        except Exception:
+            return f"an argument of type {type(arg).__name__}"
+    return "its arguments"
+
+
 def _check_command(command: Any) -> None:
     if not isinstance(command, str):
         raise TypeError(f"command must be a str (a @command's name), not {command!r}")
 
 
 def _check_session(session: Any) -> None:
+    """A session id travels to the server and the workers and is looked up
+    there: it must be hashable, and equal to a pickled copy of itself (not
+    nan, not an object compared by identity), or it could never be found."""
+    if type(session) in _PLAIN_IDS:  # the common case: always equal to their copies
+        return
     try:
         hash(session)
     except TypeError:
         raise TypeError(f"a session id must be hashable, not {type(session).__name__}") from None
+    try:
+        copy = pickle.loads(pickle.dumps(session, 5))
+    except Exception as exc:
+        raise TypeError(f"a session id must be picklable, not {type(session).__name__}: "
+                        f"{exc}") from None
+    if copy != session:
+        raise ValueError(f"a session id must equal a copy of itself (it is looked up in other "
+                         f"processes), not {session!r} ({type(session).__name__})")
+
+
+_PLAIN_IDS = frozenset({str, int, bytes})
 
 
 def duration(seconds: float | None) -> str:

@@ -41,8 +41,10 @@ from otpy import lowlevel
 from ._errors import (CommandTimeout, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionLost,
                       WorkerCrashed)
 
-CLASSES = ("worker_crashed", "timeout", "overloaded", "unavailable", "circuit_open",
-           "rate_limited", "session_lost", "permanent", "transient")
+#: the error classes ``classify`` names (a policy is keyed by one of them, or
+#: by a class your classifier names and ``Recovery(classes=...)`` declares)
+ERROR_CLASSES = ("worker_crashed", "timeout", "overloaded", "unavailable", "circuit_open",
+                 "rate_limited", "session_lost", "permanent", "transient")
 RECENT = 100  # recoveries kept for recent()
 
 
@@ -206,9 +208,13 @@ class Recovery:
 
     @classmethod
     def start_link(cls, name: str = "recovery", policies: dict[str, Policy] | None = None, *,
-                   classifier: Callable[[BaseException], str | None] | None = None) -> Recovery:
-        """Start the orchestrator (under a supervisor of its own, linked to the caller)."""
-        spec = cls.child_spec(name=name, policies=policies, classifier=classifier)
+                   classifier: Callable[[BaseException], str | None] | None = None,
+                   classes: Iterable[str] = ()) -> Recovery:
+        """Start the orchestrator (under a supervisor of its own, linked to the
+        caller). ``policies`` are keyed by ERROR_CLASSES, or by the names in
+        ``classes``: the ones your ``classifier`` returns besides them."""
+        spec = cls.child_spec(name=name, policies=policies, classifier=classifier,
+                              classes=classes)
         otpy.Supervisor.start_link([spec], name=f"{name}.sup")
         handle = cls(name)
         handle._local = {"policies": dict(policies or {}), "classifier": classifier}
@@ -217,9 +223,9 @@ class Recovery:
     @classmethod
     def child_spec(cls, name: str = "recovery", policies: dict[str, Policy] | None = None, *,
                    classifier: Callable[[BaseException], str | None] | None = None,
-                   id: Any = None) -> otpy.ChildSpec:
+                   classes: Iterable[str] = (), id: Any = None) -> otpy.ChildSpec:
         """A ChildSpec for the orchestrator, to put it under your own supervisor."""
-        policies = _check_policies(policies)
+        policies = _check_policies(policies, classes)
         if classifier is not None and not callable(classifier):
             raise TypeError(f"classifier must be callable, not {classifier!r}")
         blob = dill.dumps((policies, classifier), recurse=True)
@@ -261,7 +267,14 @@ class Recovery:
 _policy_cache: dict[str, Any] = {}
 
 
-def _check_policies(policies: Any) -> dict[str, Policy]:
+def _check_policies(policies: Any, classes: Iterable[str]) -> dict[str, Policy]:
+    """Policies keyed by known classes: a misspelt one would never apply."""
+    if isinstance(classes, str):
+        raise TypeError("classes is a collection of class names, not one str")
+    classes = tuple(classes)
+    if not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"classes is a collection of class names (str), not {classes!r}")
+    known = ERROR_CLASSES + tuple(c for c in classes if c not in ERROR_CLASSES)
     if policies is None:
         return {}
     if not isinstance(policies, dict):
@@ -269,6 +282,9 @@ def _check_policies(policies: Any) -> dict[str, Policy]:
     for name, policy in policies.items():
         if not isinstance(name, str):
             raise TypeError(f"policy class names are str, not {name!r}")
+        if name not in known:
+            raise ValueError(f"no error class {name!r}: the classes are {', '.join(known)} "
+                             "(a classifier's own are declared with classes=...)")
         if not isinstance(policy, Policy):
             raise TypeError(f"policy for {name!r} must be a Policy, not {policy!r}")
     return dict(policies)

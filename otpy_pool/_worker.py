@@ -13,6 +13,7 @@ or ``max_memory`` tells the server once, to be replaced when idle.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import pickle
 import traceback
@@ -32,6 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 RETIRED = ("shutdown", "otpy_pool.retired")
 # The built-in command the executor runs plain functions with.
 FUNCTION = "otpy_pool.function"
+#: keyword arguments ``execute`` keeps for itself: no command may take them
+RESERVED = ("session", "timeout", "checkout_timeout")
 # Casts a worker sends to the pool's server.
 LOGGED, WORN, REPLAYED, HEALTH = "$logged", "$worn", "$replayed", "$health"
 
@@ -76,6 +79,12 @@ class Worker:
     #: before the worker is killed (None or ``math.inf``: no limit)
     shutdown_timeout: ClassVar[float | None] = 5.0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if getattr(value, "_otpy_pool_command", None) is not None:
+                _check_parameters(cls, name, value)
+
     def init(self, *args: Any, **kwargs: Any) -> None:
         """Runs once, in the worker process, with the pool's ``args``/``kwargs``."""
 
@@ -102,6 +111,20 @@ class Worker:
                 else:
                     found.pop(name, None)
         return found
+
+
+def _check_parameters(cls: type, name: str, fn: Any) -> None:
+    """A command cannot take a keyword argument ``execute`` keeps for itself
+    (it would never reach the command): refused when the class is defined.
+    The first parameter after self, the Session, may be named anything."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())[2:]
+    except (TypeError, ValueError):  # no signature to read (a builtin): nothing to check
+        return
+    for p in parameters:
+        if p.name in RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            raise TypeError(f"{cls.__qualname__}.{name}: parameter {p.name!r} is one of "
+                            f"execute's own keywords ({', '.join(RESERVED)}): rename it")
 
 
 def _portable(exc: BaseException, pid: otpy.Pid) -> BaseException:

@@ -134,8 +134,8 @@ def test_bad_policies_and_options_are_refused_by_name():
         Policy(jitter="some")
     with pytest.raises(TypeError, match="fallback"):
         Policy(fallback=3)
-    with pytest.raises(TypeError, match="policy for 'x'"):
-        Recovery.child_spec("r", {"x": "retry please"})
+    with pytest.raises(TypeError, match="policy for 'timeout'"):
+        Recovery.child_spec("r", {"timeout": "retry please"})
     with pytest.raises(ValueError, match="deadline"):
         protect(object(), deadline=0)
     with pytest.raises(TypeError, match="limiter"):
