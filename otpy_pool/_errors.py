@@ -76,3 +76,14 @@ def start_error(exc: BaseException) -> BaseException:
     while isinstance(exc, otpy.StartError) and isinstance(exc.reason, BaseException):
         exc = exc.reason
     return exc
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a person reads them in an error: ``1 ms``, ``2.5 s``."""
+    if seconds is None:
+        return "no limit"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2g} ms"
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    return f"{seconds:.3g} s"

@@ -20,7 +20,8 @@ import otpy
 from otpy import lowlevel
 from otpy.lowlevel import Restart
 
-from ._errors import CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed
+from ._errors import (CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed,
+                      duration)
 from ._pool_options import Options, PoolStatus, make_options, seconds
 from ._pool_server import DOWN_WAIT, UNKNOWN, PoolServer
 from ._worker import FUNCTION, RETIRED, Worker
@@ -737,14 +738,3 @@ def _check_session(session: Any) -> None:
 
 
 _PLAIN_IDS = frozenset({str, int, bytes})
-
-
-def duration(seconds: float | None) -> str:
-    """Seconds as a person reads them in an error: ``1 ms``, ``2.5 s``."""
-    if seconds is None:
-        return "no limit"
-    if seconds < 0.01:
-        return f"{seconds * 1000:.2g} ms"
-    if seconds < 1:
-        return f"{round(seconds * 1000)} ms"
-    return f"{seconds:.3g} s"

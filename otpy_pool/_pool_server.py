@@ -236,7 +236,7 @@ class PoolServer(otpy.GenServer):
             _cancel(waiter.timer)
             otpy.reply(waiter.caller, ("error", error))
 
-    def _worker_down(self, pid: otpy.Pid, reason: Any) -> None:
+    def _worker_down(self, pid: otpy.Pid, reason: Any, fill_now: bool = True) -> None:
         w = self.workers.pop(pid)
         self.by_mref.pop(w.mref, None)
         self._fold_counts(w)
@@ -253,9 +253,8 @@ class PoolServer(otpy.GenServer):
             self.counts["worker_restarts"] += 1
         if not planned and not w.overflow:
             self.owed += 1
+        if fill_now:
             self._fill()
-        else:
-            self._serve_queue()
 
     def _take_down(self, pid: otpy.Pid) -> None:
         """A caller saw the worker die before this server did: take its Down now."""
@@ -474,8 +473,11 @@ class PoolServer(otpy.GenServer):
             return
         w.deadline_killed = True
         self._kill(pid, "command_timeout")
-        reason = lowlevel.await_down(w.mref, DOWN_WAIT)
-        self._worker_down(pid, reason)
+        reason = lowlevel.await_down(w.mref, DOWN_WAIT)  # a millisecond or so
+        # The replacement starts once the caller has its answer: its CommandTimeout
+        # must come at the deadline, not a worker's init later.
+        self._worker_down(pid, reason, fill_now=False)
+        otpy.send(self.me, ("$fill",))
         self._annotate()
 
     def _op_end_session(self, sid: Any) -> None:
@@ -580,8 +582,10 @@ class PoolServer(otpy.GenServer):
                     self._event("timeout", None, detail="checkout")
                     otpy.reply(waiter.caller, ("error", PoolTimeout(
                         f"no worker of pool {self.opts.name!r} became free in time")))
-            elif tag == "$start":
+            elif tag == "$start":  # a retry after a failed start
                 self.retry_timer = None
+                self._fill()
+            elif tag == "$fill":  # a replacement deferred until a caller had its answer
                 self._fill()
             elif tag == "$overflow_idle":
                 w = self.workers.get(message[1])

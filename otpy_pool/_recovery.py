@@ -39,13 +39,15 @@ import otpy
 from otpy import lowlevel
 
 from ._errors import (CommandTimeout, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionLost,
-                      WorkerCrashed)
+                      WorkerCrashed, duration)
 
 #: the error classes ``classify`` names (a policy is keyed by one of them, or
 #: by a class your classifier names and ``Recovery(classes=...)`` declares)
 ERROR_CLASSES = ("worker_crashed", "timeout", "overloaded", "unavailable", "circuit_open",
                  "rate_limited", "session_lost", "permanent", "transient")
 RECENT = 100  # recoveries kept for recent()
+#: an attempt is started only with at least this much of the deadline left (seconds)
+MIN_ATTEMPT = 0.005
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,9 +328,12 @@ class Protected:
         failed_over_after: list[str] = []
         while True:
             remaining = None if end is None else end - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if remaining is not None and remaining < MIN_ATTEMPT:
+                # too little left to start a command: giving it that as its timeout
+                # would only kill (and replace) the worker it reached
                 exc: BaseException = DeadlineExceeded(
-                    f"{command!r}: the deadline of {self.deadline}s passed")
+                    f"{command!r}: the deadline of {duration(self.deadline)} passed, or left "
+                    f"less than {duration(MIN_ATTEMPT)} to start an attempt")
                 errors.append(("timeout", exc))
                 return self._give_up(command, args, kwargs, session, errors, retried_after,
                                      failed_over_after, policies.get("timeout", GIVE_UP))
@@ -403,8 +408,8 @@ class Protected:
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, (int, float)):
             wait = max(wait, float(retry_after))
-        if end is not None and time.monotonic() + wait >= end:
-            return None  # no retry may start after the deadline
+        if end is not None and time.monotonic() + wait > end - MIN_ATTEMPT:
+            return None  # no retry may start after (or too close to) the deadline
         return wait
 
     def _give_up(self, command: str, args: tuple, kwargs: dict, session: Any,
@@ -412,11 +417,18 @@ class Protected:
                  failed_over_after: list[str], policy: Policy) -> Any:
         last = errors[-1][1]
         if policy.fallback is not None:
-            self._report(command, session, errors, retried_after, failed_over_after,
-                         "fell_back", last)
             if session is not None:
                 kwargs = {**kwargs, "session": session}
-            return policy.fallback(command, *args, **kwargs)
+            try:
+                value = policy.fallback(command, *args, **kwargs)
+            except Exception as exc:  # the call did not fall back: it gave up
+                exc.add_note(f"raised by the fallback for {type(last).__name__}: {last}")
+                self._report(command, session, errors, retried_after, failed_over_after,
+                             "gave_up", exc)
+                raise
+            self._report(command, session, errors, retried_after, failed_over_after,
+                         "fell_back", last)
+            return value
         self._report(command, session, errors, retried_after, failed_over_after, "gave_up", last)
         for number, (name, exc) in enumerate(errors, 1):
             if exc is not last:

@@ -229,6 +229,8 @@ class WorkerProcess(otpy.GenServer):
         try:
             otpy.reply(caller, outcome)
         except otpy.SerializationError as exc:
+            if outcome[0] == "ok":
+                count[ERRORS] += 1  # it ended in an error after all: its caller gets one
             otpy.reply(caller, ("error", otpy.SerializationError(
                 f"command {name!r} returned a value that cannot be sent: {exc}")))
         count[RUN_N] = 0  # replied: no longer running

@@ -32,7 +32,7 @@ from otpy import lowlevel
 from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 
 from . import _peers
-from ._errors import WorkerCrashed
+from ._errors import CommandTimeout, WorkerCrashed
 from ._pool import Pool
 from ._worker import Worker, command
 
@@ -236,6 +236,29 @@ def session_recovery(n: int, replays: int = 10) -> dict:
         pool.stop()
 
 
+def command_timeout_late(n: int, timeout: float = 0.05) -> dict:
+    """A session command that runs past its ``timeout``: how long after its
+    deadline the caller gets CommandTimeout, in ms (the goal: p99 within
+    20 ms on a quiet machine). The worker is killed and replaced each time."""
+    pool = Pool.start_link(BenchWorker, size=2)
+    late = []
+    try:
+        for i in range(n):
+            session = f"late{i}"
+            pool.execute("noop", session=session)  # bound first: only the command is timed
+            t = time.monotonic()
+            try:
+                pool.execute("spin", 30.0, session=session, timeout=timeout)
+                raise AssertionError("the command outlived its timeout")
+            except CommandTimeout:
+                late.append(time.monotonic() - t - timeout)
+            pool.end_session(session)
+            _wait_whole(pool, 2)
+        return summarize([max(0, int(x * 1e9)) for x in late], 1e6)
+    finally:
+        pool.stop()
+
+
 def protection(quick: bool) -> dict:
     """The breaker's closed path beside pybreaker's; a limiter hit from two
     processes beside ``limits``' in-memory hit in one (see _bench_protect)."""
@@ -419,6 +442,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
     cases += [
         ("worker_crash", lambda: worker_crash(crash_n)),
         ("session_recovery_ms", lambda: session_recovery(crash_n)),
+        ("command_timeout_late_ms", lambda: command_timeout_late(crash_n * 2)),
         ("protection", lambda: protection(quick)),
         ("chaos_kill_60pct", lambda: chaos_kill(calls=100 if quick else 1000)),
         ("growth_throughput_per_s", lambda: throughput_by_workers(

@@ -359,6 +359,7 @@ def test_a_command_past_its_deadline_gets_command_timeout_and_its_worker_is_repl
     with pytest.raises(CommandTimeout) as info:
         pool.execute("hold", me, "forever", session="s", timeout=0.3)
     assert isinstance(info.value, otpy.Timeout)
+    assert "ran past 300 ms;" in str(info.value)  # rounded for a person
     assert not otpy.is_alive(victim) and victim not in pool.workers()
     status = pool.status()
     assert status.timeouts == 1 and status.worker_restarts == 1 and status.errors == 1
@@ -482,6 +483,7 @@ def test_unpicklable_arguments_fail_in_the_caller_and_nothing_is_sent():
     with pytest.raises(otpy.SerializationError, match="cannot be sent"):
         pool.execute("unpicklable_result")
     assert pool.status().total_commands == before + 1  # only the last one ran
+    assert pool.status().errors == 1  # and it ended in an error: its result never came back
     assert pool.status().busy == 0
     pool.stop()
 

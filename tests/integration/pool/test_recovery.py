@@ -12,9 +12,10 @@ import time
 
 import otpy
 import pytest
-from otpy_pool import (CircuitBreaker, CircuitOpen, CommandTimeout, Policy, Pool, PoolOverloaded,
-                       PoolTimeout, PoolUnavailable, RateLimited, RateLimiter, Recovery,
-                       SessionLost, Worker, WorkerCrashed, classify, command, protect)
+from otpy_pool import (CircuitBreaker, CircuitOpen, CommandTimeout, DeadlineExceeded, Policy,
+                       Pool, PoolOverloaded, PoolTimeout, PoolUnavailable, RateLimited,
+                       RateLimiter, Recovery, SessionLost, Worker, WorkerCrashed, classify,
+                       command, protect)
 
 pytestmark = pytest.mark.layer("full")  # real pool workers
 
@@ -232,6 +233,39 @@ def test_an_open_breaker_falls_back_without_running_the_command(pool, log):
     finally:
         recovery.stop()
         db.stop()
+
+
+def test_a_fallback_that_raises_is_counted_as_given_up_not_fallen_back(pool, log):
+    def broken_fallback(command, *args, **kwargs):
+        raise LookupError("no cached answer either")
+
+    db = CircuitBreaker.start_link("db", max_failures=1, window=10.0, reset_after=30.0)
+    recovery = Recovery.start_link("recovery", {"circuit_open": Policy(fallback=broken_fallback)})
+    try:
+        db.melt()
+        with pytest.raises(LookupError, match="no cached answer") as info:
+            protect(pool, breaker=db, recovery=recovery).execute("run", 1)
+        assert any("raised by the fallback for CircuitOpen" in n for n in info.value.__notes__)
+        stats = recovery.stats()["circuit_open"]  # its report was cast before this call
+        assert (stats.fell_back, stats.gave_up) == (0, 1)
+        assert recovery.recent()[-1]["outcome"] == "gave_up"
+    finally:
+        recovery.stop()
+        db.stop()
+
+
+def test_a_deadline_too_short_to_start_a_command_kills_no_worker(pool, log):
+    workers = pool.workers()
+    guarded = protect(pool, deadline=0.001)
+    for _ in range(20):
+        with pytest.raises(DeadlineExceeded, match="1 ms"):
+            guarded.execute("run", 1, session="s")
+        with pytest.raises(DeadlineExceeded):
+            guarded.execute("run", 1)
+    assert pool.workers() == workers
+    status = pool.status()
+    assert (status.worker_restarts, status.timeouts) == (0, 0)
+    assert runs(log, "run") == 0
 
 
 def test_crashes_open_the_breaker_but_the_callers_bad_input_does_not(pool, log):
