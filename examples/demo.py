@@ -162,7 +162,8 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\nCtrl-C", flush=True)
     otpy.Supervisor.stop("app", "shutdown")
-    print(f"stopped cleanly; processes left: {otpy.processes()}", flush=True)
+    left = [pid for pid in otpy.processes() if pid != otpy.self()]  # the program's own aside
+    print(f"stopped cleanly; processes left: {left}", flush=True)
     return 0
 
 

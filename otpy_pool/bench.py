@@ -38,6 +38,9 @@ from ._worker import Worker, command
 
 _ns = time.perf_counter_ns
 
+#: the pools measured beside this one (each needs its module: the ``bench`` extra)
+PEERS = _peers.PEERS
+
 # Ratios are "lower is better" unless named *_over_* with a rate on top (see RATES).
 RATIOS = {
     "execute_over_call_p50": ("pool_execute_us", "call_rtt_us"),

@@ -10,7 +10,7 @@ from ..lowlevel.observation import process_label
 from ._nodes import Node
 
 COLUMNS = ("NAME", "PID", "OS PID", "KIND", "STATUS", "RESTARTS", "UPTIME", "RSS", "USS", "CPU%",
-           "MSGQ")
+           "MSGQ", "BEHAVIOUR")
 
 
 def flatten(tree: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -36,7 +36,7 @@ def cells(prefix: str, row: dict[str, Any]) -> tuple[str, ...]:
     return (prefix + label(row), f"<{row['pid']}>", str(row["os_pid"]), row["kind"],
             row["status"], str(row["restarts"]), duration(row["uptime"]),
             size(row["memory"]), size(row["memory_unique"]), f"{row['cpu_percent']:.1f}",
-            str(row["message_queue_len"]))
+            str(row["message_queue_len"]), row["behaviour"] or "")
 
 
 def duration(seconds: float) -> str:

@@ -33,6 +33,7 @@ def test_quick_json_is_well_formed():
         key = f"{peer}_apply_us"
         assert key in results or "pip install" in skipped[key], key
     assert results["pool_burst_per_s"] > 0
+    assert results["command_timeout_late_ms"]["n"] > 0  # the deadline-to-CommandTimeout figure
     chaos = results["chaos_kill_60pct"]
     assert chaos["callers_lost"] == 0 and chaos["charges_run_twice"] == 0
     assert set(results["growth_throughput_per_s"]) == {"workers_1", "workers_2"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import traceback
 
 import otpy
@@ -714,6 +716,18 @@ def test_the_pool_shows_in_the_observer():
         assert sorted(r["pid"] for r in workers_sup["children"]) == \
             sorted(p.serial for p in pool.workers())
         assert all(r["behaviour"] == "otpy_pool.Worker:Notes" for r in workers_sup["children"])
+        assert pool_sup["name"] == "observed.sup"  # named after the pool
+        # and as text, as docs/pool.md says (--once; the live view has the same columns)
+        once = subprocess.run([sys.executable, "-m", "otpy.observer", otpy.self().node, "--once"],
+                              capture_output=True, text=True, timeout=60)
+        assert once.returncode == 0, once.stderr
+        lines = once.stdout.splitlines()
+        assert "BEHAVIOUR" in lines[2]
+        assert any(line.startswith("observed.sup ") and line.endswith("Supervisor")
+                   for line in lines)
+        assert any("└─ observed " in line and line.endswith("otpy_pool.Pool in use 1/2")
+                   for line in lines)
+        assert sum(line.endswith("otpy_pool.Worker:Notes") for line in lines) == 2
     pool.stop()
 
 
