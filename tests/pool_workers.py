@@ -78,6 +78,13 @@ class Notes(Worker):
         return tag
 
     @command
+    def record(self, session, path, tag):
+        """Not idempotent: each run appends ``tag`` to the file ``path``."""
+        with open(path, "a") as f:
+            f.write(f"{tag}\n")
+        return tag
+
+    @command
     def die(self, session):
         os._exit(3)
 

@@ -312,3 +312,65 @@ def test_combined_faults_under_load_with_sessions(otpy_tree):
     # no session lost its state: each still has the note it was given, replayed where needed
     for sid in sessions:
         assert pool.execute("notes", session=sid) == [f"note of {sid}"]
+
+
+# ---- a worker SIGKILLed every half second ------------------------------------------------------
+
+THREADS = 64
+SESSIONS = 200
+KILLS = 8  # one every 0.5 s
+
+
+def test_a_worker_killed_every_half_second_fails_only_the_running_commands(otpy_tree):
+    """64 threads of this program run a non-idempotent command (each run
+    appends its tag to a file) on 200 sessions while a worker is SIGKILLed
+    every 0.5 s. Only the command a killed worker was running fails
+    (WorkerCrashed, at most one per kill); every other command, queued
+    behind it or sent to it after it died, runs on a new worker exactly
+    once; every session keeps its replayed state. Counts printed (-s)."""
+    pool = start_pool(otpy_tree)
+    log = f"{otpy_tree.tmp_path}/runs"
+    sessions = [f"s{i}" for i in range(SESSIONS)]
+    for sid in sessions:
+        pool.execute("add", f"note of {sid}", session=sid)
+    stop = threading.Event()
+    outcomes: dict[str, object] = {}  # tag -> result or exception
+
+    def client(t: int) -> None:
+        n = 0
+        while not stop.is_set():
+            tag = f"{t}.{n}"
+            try:
+                outcomes[tag] = pool.execute("record", log, tag,
+                                             session=sessions[(t + n * THREADS) % SESSIONS])
+            except Exception as exc:  # counted below
+                outcomes[tag] = exc
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    monkey = chaos.ChaosMonkey(pool, kinds=("crash",), interval=0.5, seed=22)
+    with monkey:
+        wait_for(lambda: len(monkey.log) >= KILLS, DEADLINE)
+    stop.set()
+    for thread in threads:
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "a caller never got an answer"
+    kills = len(monkey.log)
+    with open(log) as f:
+        runs = f.read().split()
+    assert len(runs) == len(set(runs)), "a command ran twice"
+    failed = {tag: exc for tag, exc in outcomes.items() if isinstance(exc, Exception)}
+    assert {type(exc) for exc in failed.values()} <= {WorkerCrashed}, failed
+    assert len(failed) <= kills  # a worker runs one command at a time
+    ok = [tag for tag in outcomes if tag not in failed]
+    assert set(ok) <= set(runs)  # every answered command ran, once
+    written = sum(tag in set(runs) for tag in failed)  # killed after its write
+    print(f"\nkilled every 0.5 s: {len(outcomes)} commands from {THREADS} threads on "
+          f"{SESSIONS} sessions, {kills} kills, {len(failed)} failed (WorkerCrashed: each "
+          f"the command its worker's page named as running), {written} of them after "
+          f"writing their line; {len(runs)} runs recorded, none twice")
+    assert_whole(pool)
+    for sid in sessions:  # replayed wherever its worker died
+        assert pool.execute("notes", session=sid) == [f"note of {sid}"]
