@@ -30,6 +30,11 @@ from ._worker import HEALTH, LOGGED, REPLAYED, RETIRED, WORN, worker_spec
 DOWN_WAIT = 5.0  # how long a bind waits for the Down of a worker a caller saw die
 DEATHS_KEPT = 256  # dead workers whose running command callers may still ask about
 UNKNOWN = "unknown"  # a dead worker's running command, when the server cannot tell
+# A replacement's start (its init: milliseconds) waits this long after a death,
+# so that the dead worker's callers, whose questions ("was mine running?")
+# reach this server a fraction of a millisecond after its Down, are answered
+# first: their WorkerCrashed or retry must not wait for an init.
+FILL_GRACE = 0.002
 
 
 class _W:
@@ -90,6 +95,7 @@ class PoolServer(otpy.GenServer):
         self.start_failures = 0  # in a row
         self.last_start_error: BaseException | None = None
         self.retry_timer: otpy.Ref | None = None
+        self.fill_pending = False  # a "$fill" is on its way to this server
         self.rng = random.Random()
         self.label = ""
         self.counts = dict(total_commands=0, errors=0, timeouts=0, worker_restarts=0,
@@ -208,6 +214,15 @@ class PoolServer(otpy.GenServer):
             self.owed -= 1
         self._serve_queue()
 
+    def _fill_soon(self) -> None:
+        """Start what is owed once the messages already queued are handled:
+        a caller asking about a death (``ran``, a command deadline, a bind)
+        gets its answer before a replacement's ``init`` runs, so its error
+        (WorkerCrashed, CommandTimeout) comes within milliseconds."""
+        if self.owed > 0 and not self.fill_pending:
+            self.fill_pending = True
+            otpy.send_after(self.me, ("$fill",), FILL_GRACE)
+
     def _retry_fill_later(self) -> None:
         if self.retry_timer is not None:
             return
@@ -236,7 +251,7 @@ class PoolServer(otpy.GenServer):
             _cancel(waiter.timer)
             otpy.reply(waiter.caller, ("error", error))
 
-    def _worker_down(self, pid: otpy.Pid, reason: Any, fill_now: bool = True) -> None:
+    def _worker_down(self, pid: otpy.Pid, reason: Any) -> None:
         w = self.workers.pop(pid)
         self.by_mref.pop(w.mref, None)
         self._fold_counts(w)
@@ -253,8 +268,8 @@ class PoolServer(otpy.GenServer):
             self.counts["worker_restarts"] += 1
         if not planned and not w.overflow:
             self.owed += 1
-        if fill_now:
-            self._fill()
+            self._fill_soon()
+        self._serve_queue()
 
     def _take_down(self, pid: otpy.Pid) -> None:
         """A caller saw the worker die before this server did: take its Down now."""
@@ -290,7 +305,7 @@ class PoolServer(otpy.GenServer):
         self._event(why, w.pid)
         if not w.overflow and not self.opts.lazy:
             self.owed += 1
-            self._fill()
+            self._fill_soon()
         if kill is not None:
             self._kill(w.pid, kill)
         elif w.holder is None:
@@ -412,6 +427,9 @@ class PoolServer(otpy.GenServer):
         if current is not None and current in self.workers and current != stale:
             return current
         w = self._least_loaded()
+        if w is None and self.owed > 0:  # none alive: its replacement starts now
+            self._fill()
+            w = self._least_loaded()
         if w is None:
             raise self._unavailable() or PoolError(
                 f"pool {self.opts.name!r} has no worker to bind session {sid!r} to")
@@ -474,10 +492,7 @@ class PoolServer(otpy.GenServer):
         w.deadline_killed = True
         self._kill(pid, "command_timeout")
         reason = lowlevel.await_down(w.mref, DOWN_WAIT)  # a millisecond or so
-        # The replacement starts once the caller has its answer: its CommandTimeout
-        # must come at the deadline, not a worker's init later.
-        self._worker_down(pid, reason, fill_now=False)
-        otpy.send(self.me, ("$fill",))
+        self._worker_down(pid, reason)  # its replacement starts after this answer
         self._annotate()
 
     def _op_end_session(self, sid: Any) -> None:
@@ -585,7 +600,8 @@ class PoolServer(otpy.GenServer):
             elif tag == "$start":  # a retry after a failed start
                 self.retry_timer = None
                 self._fill()
-            elif tag == "$fill":  # a replacement deferred until a caller had its answer
+            elif tag == "$fill":  # see _fill_soon
+                self.fill_pending = False
                 self._fill()
             elif tag == "$overflow_idle":
                 w = self.workers.get(message[1])

@@ -73,8 +73,9 @@ def test_a_retired_worker_runs_terminate_with_the_retired_reason():
     pool.execute("ping")
     assert event("recycled").worker == first
     assert terminated() == ("terminated", first, ("shutdown", "otpy_pool.retired"))
+    replacement = event("worker_started").worker
     pool.stop()
-    terminated()
+    assert terminated() == ("terminated", replacement, "shutdown")
 
 
 def test_a_bad_shutdown_timeout_is_named():
