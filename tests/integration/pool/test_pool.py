@@ -12,6 +12,7 @@ import traceback
 import otpy
 import pytest
 from otpy import lowlevel
+from otpy.testing import wait_for
 from otpy_pool import (CommandTimeout, Pool, PoolError, PoolEvent, PoolOverloaded, PoolStatus,
                        PoolTimeout, PoolUnavailable, SessionLost, SessionNotFound, UnknownCommand,
                        WorkerCrashed)
@@ -348,7 +349,8 @@ def test_checkout_returns_the_worker_or_replaces_it_after_an_exception():
         with pool.checkout() as w:
             1 / 0
     expect_down(ref)
-    assert len(pool.workers()) == 1 and pool.workers() != [first]
+    # the replacement starts just after the death (FILL_GRACE)
+    wait_for(lambda: len(pool.workers()) == 1 and pool.workers() != [first], DEADLINE)
     assert pool.status().worker_restarts == 0  # a planned replacement
     pool.stop()
 
