@@ -10,6 +10,9 @@ measured in the same run: the report gives ratios as well as raw figures, and
     python -m otpy.bench --compare base.json [--margin 0.25]
     python -m otpy.bench --verbose       # with the node's logs (restarts, crash reports)
 
+Gates (GATES) are figures that must hold in every run, whatever the machine's
+noise: the exit status is 1 when one fails.
+
 The observed-call case needs the observer extra (``pip install -e '.[observer]'``);
 without it, it is reported as skipped.
 """
@@ -17,6 +20,7 @@ without it, it is reported as skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,7 +32,7 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import otpy
 
@@ -42,13 +46,24 @@ RATIOS = {
     "spawn_at_1000_over_at_10_p50": ("spawn_ms_at_1000", "spawn_ms_at_10"),
     # issue 10's goal: many threads calling one server at least match one thread
     "calls_1_thread_over_16_threads": ("calls_per_s_1_thread", "calls_per_s_16_threads"),
+    "call_p99_over_p50": ("call_rtt_us:p99", "call_rtt_us:p50"),
+    # what a process costs, beside the same thing for a bare Python
+    "import_otpy_over_python_startup": ("import_otpy_ms", "python_startup_ms"),
+    "spawn_over_bare_fork_p50": ("spawn_ms", "bare_fork_ms"),
+    "shared_over_bare_fork": ("shared_kib_per_process", "shared_kib_per_bare_fork"),
+    "written_over_bare_fork": ("written_kib_per_process", "written_kib_per_bare_fork"),
     # the SIGKILLed program's teardown beside the kernel's floor (1,000 in --quick)
     **{f"all_gone_after_kill_over_bare_forks_at_{n}": (f"all_gone_ms_after_kill_at_{n}",
                                                        f"all_gone_ms_after_kill_bare_forks_at_{n}")
        for n in (1000, 5000)},
 }
 # Reported, not checked by --compare: they swing by half from one run to the next.
-UNCOMPARED = {name for name in RATIOS if name.startswith("all_gone_after_kill_over_bare_forks")}
+UNCOMPARED = {name for name in RATIOS if name.startswith("all_gone_after_kill_over_bare_forks")
+              or name == "call_p99_over_p50"}
+# Must hold in every run (the most each may be): no process of a SIGKILLed
+# program can run a line of code 1 s later, at any size.
+GATES = {"orphans_after_root_kill": 0,
+         **{f"unsignalled_after_kill_at_{n}": 0 for n in (1000, 5000)}}
 OBSERVER_INTERVAL = 0.1  # the live view's refresh while observed: 10x its default rate
 
 
@@ -136,6 +151,92 @@ def spawn_ms(n: int, warmup: int) -> dict:
         samples.append(_ns() - t)
         otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
     return summarize(samples[warmup:], 1e6)
+
+
+def bare_fork_ms(n: int, warmup: int) -> dict:
+    """Reference for spawn_ms: ``os.fork`` of this very process (the
+    interpreter the zygote was forked from, holding the same modules) to the
+    child's first byte arriving through a pipe."""
+    r, w = os.pipe()
+    samples = []
+    try:
+        for _ in range(warmup + n):
+            t = _ns()
+            os_pid = os.fork()
+            if os_pid == 0:
+                try:
+                    os.write(w, b".")
+                finally:
+                    os._exit(0)
+            os.read(r, 1)
+            samples.append(_ns() - t)
+            os.waitpid(os_pid, 0)
+    finally:
+        os.close(r)
+        os.close(w)
+    return summarize(samples[warmup:], 1e6)
+
+
+_IMPORT_PROGRAM = ("import time; t = time.perf_counter_ns(); import otpy; "
+                   "print(time.perf_counter_ns() - t)")
+
+
+def import_and_startup(n: int) -> dict[str, dict]:
+    """``import otpy`` in a fresh interpreter, timed inside it, beside a whole
+    ``python -c pass`` (the interpreter's own start), taken in turns."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPY_")}
+    imports, starts = [], []
+    for _ in range(n):
+        t = _ns()
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+        starts.append(_ns() - t)
+        out = subprocess.run([sys.executable, "-c", _IMPORT_PROGRAM], env=env, check=True,
+                             capture_output=True, text=True)
+        imports.append(int(out.stdout))
+    return {"import_otpy_ms": summarize(imports, 1e6),
+            "python_startup_ms": summarize(starts, 1e6)}
+
+
+def _memory_kib(os_pid: int) -> tuple[int, int]:
+    """KiB of anonymous memory ``os_pid`` shares with others (for a fresh fork:
+    with the process it was forked from), and KiB it alone has written."""
+    fields = {}
+    with open(f"/proc/{os_pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                fields[name] = int(parts[0])
+    written = fields["Private_Dirty"]
+    return max(0, fields["Anonymous"] - written), written
+
+
+def _idle_after_hello(parent: otpy.Pid) -> None:
+    otpy.send(parent, "up")
+    otpy.receive()
+
+
+def memory_per_process(n: int) -> dict[str, int]:
+    """What a process shares with the zygote and writes of its own as it starts
+    (idle otpy processes, once they have said hello), beside the same for forks
+    of a Python that imports nothing; medians of ``n`` processes."""
+    me = otpy.self()
+    shared, written = [], []
+    for _ in range(n):
+        pid = otpy.spawn(_idle_after_hello, me)
+        try:
+            otpy.receive(timeout=10, match=lambda m: m == "up")
+            s, w = _memory_kib(pid.os_pid)
+            shared.append(s)
+            written.append(w)
+        finally:
+            _kill(pid)
+    with _bare_forks(n) as (_, os_pids):
+        bare = [_memory_kib(os_pid) for os_pid in os_pids]
+    return {"shared_kib_per_process": round(statistics.median(shared)),
+            "written_kib_per_process": round(statistics.median(written)),
+            "shared_kib_per_bare_fork": round(statistics.median(s for s, _ in bare)),
+            "written_kib_per_bare_fork": round(statistics.median(w for _, w in bare))}
 
 
 def _spin_after_hello(parent: otpy.Pid) -> None:
@@ -364,6 +465,16 @@ def bare_forks_after_kill(n: int) -> dict[str, Any]:
     SIGKILLed at once. Most of the time goes to tearing down each child's copy
     of its parent's page tables, which a bigger parent (otpy's, the program's
     own modules) makes longer."""
+    with _bare_forks(n) as (proc, os_pids):
+        alive, _, gone_ms = _alive_after_kill(proc, os_pids, group=True)
+    return {"alive": alive, "all_gone_ms": gone_ms}
+
+
+@contextlib.contextmanager
+def _bare_forks(n: int) -> Iterator[tuple[subprocess.Popen, list[int]]]:
+    """A Python program that imports nothing, with ``n`` forked children that
+    only wait: the program and its children's os pids. Whatever happens, none
+    of them outlives the block."""
     proc = subprocess.Popen([sys.executable, "-c", _BARE_FORKS_PROGRAM, str(n)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -371,44 +482,49 @@ def bare_forks_after_kill(n: int) -> dict[str, Any]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the program forking {n} children did not report")
-        alive, _, gone_ms = _alive_after_kill(proc, json.loads(line), group=True)
+        yield proc, json.loads(line)
     finally:
-        try:  # whatever happened, none of its children outlives the case
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
-    return {"alive": alive, "all_gone_ms": gone_ms}
 
 
 def growth_cases(sizes: list[int], n: int, warmup: int) -> list[tuple[str, Callable[[], Any]]]:
     """One program per size, and the bare forks beside the largest; their
-    figures become the keys ``*_at_<size>``."""
+    figures become the keys ``*_at_<size>`` (the kill's from 1,000 up)."""
     cases = []
     last = sizes[-1]
-    measured: dict[Any, dict[str, Any]] = {}  # program -> its figures, measured once
-
-    def part(program: Any, key: str) -> Callable[[], Any]:
-        def case() -> Any:
-            if program not in measured:
-                measured[program] = (bare_forks_after_kill(last) if program == "bare"
-                                     else growth(program, n, warmup))
-            return measured[program][key]
-        return case
-
     for size in sizes:
-        cases.append((f"spawn_ms_at_{size}", part(size, "spawn")))
+        part = _measured_once(lambda size=size: growth(size, n, warmup))
+        cases.append((f"spawn_ms_at_{size}", part("spawn")))
         if size > 10:  # at 10 the growth is within the noise
-            cases.append((f"zygote_kib_per_process_at_{size}",
-                          part(size, "zygote_kib_per_process")))
-    cases.append((f"orphans_after_kill_at_{last}", part(last, "orphans")))
-    cases.append((f"unsignalled_after_kill_at_{last}", part(last, "unsignalled")))
-    cases.append((f"all_gone_ms_after_kill_at_{last}", part(last, "all_gone_ms")))
-    cases.append((f"orphans_after_kill_bare_forks_at_{last}", part("bare", "alive")))
-    cases.append((f"all_gone_ms_after_kill_bare_forks_at_{last}", part("bare", "all_gone_ms")))
+            cases.append((f"zygote_kib_per_process_at_{size}", part("zygote_kib_per_process")))
+        if size >= 1000:
+            cases.append((f"orphans_after_kill_at_{size}", part("orphans")))
+            cases.append((f"unsignalled_after_kill_at_{size}", part("unsignalled")))
+            cases.append((f"all_gone_ms_after_kill_at_{size}", part("all_gone_ms")))
+    bare = _measured_once(lambda: bare_forks_after_kill(last))
+    cases.append((f"orphans_after_kill_bare_forks_at_{last}", bare("alive")))
+    cases.append((f"all_gone_ms_after_kill_bare_forks_at_{last}", bare("all_gone_ms")))
     return cases
+
+
+def _measured_once(measure: Callable[[], dict[str, Any]]) -> Callable[[str], Callable[[], Any]]:
+    """Cases that each report one figure of a single measurement: ``part(key)``
+    is the case for ``key``; the first of them to run takes the measurement."""
+    measured: list[dict[str, Any]] = []
+
+    def part(key: str) -> Callable[[], Any]:
+        def case() -> Any:
+            if not measured:
+                measured.append(measure())
+            return measured[0][key]
+        return case
+    return part
 
 
 class _Counter(otpy.GenServer):
@@ -607,7 +723,12 @@ def plan(quick: bool) -> list[Case]:
     sp_n, sp_w = (20, 5) if quick else (300, 30)
     casts = 2000 if quick else 100000
     threaded_calls = 1600 if quick else 48000
+    imports = 5 if quick else 20
+    startup = _measured_once(lambda: import_and_startup(imports))
+    memory = _measured_once(lambda: memory_per_process(5))
     return [
+        ("python_startup_ms", startup("python_startup_ms")),
+        ("import_otpy_ms", startup("import_otpy_ms")),
         ("pipe_pickle_rtt_us", lambda: pipe_pickle_rtt(rtt_n, rtt_w)),
         ("send_receive_rtt_us", lambda: send_receive_rtt(rtt_n, rtt_w)),
         ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
@@ -615,7 +736,11 @@ def plan(quick: bool) -> list[Case]:
         ("cast_per_s", lambda: cast_per_s(casts)),
         ("calls_per_s_1_thread", lambda: calls_per_s(1, threaded_calls)),
         ("calls_per_s_16_threads", lambda: calls_per_s(16, threaded_calls)),
+        ("bare_fork_ms", lambda: bare_fork_ms(sp_n, sp_w)),
         ("spawn_ms", lambda: spawn_ms(sp_n, sp_w)),
+        *((key, memory(key)) for key in ("shared_kib_per_process", "written_kib_per_process",
+                                         "shared_kib_per_bare_fork",
+                                         "written_kib_per_bare_fork")),
         ("down_ms", lambda: down_ms(sp_n, sp_w)),
         ("restart_ms", lambda: restart_ms(sp_n, sp_w)),
         ("isolated_tree_ms", lambda: isolated_tree_ms(sp_n, sp_w)),
@@ -643,7 +768,9 @@ def machine() -> dict[str, Any]:
 
 
 def run(quick: bool, progress: Any = sys.stderr) -> dict[str, Any]:
-    return run_cases(plan(quick), RATIOS, quick, progress)
+    report = run_cases(plan(quick), RATIOS, quick, progress)
+    report["gates"] = check_gates(report["results"], GATES)
+    return report
 
 
 def run_cases(cases: list[Case], ratios: dict[str, tuple[str, str]], quick: bool,
@@ -651,7 +778,7 @@ def run_cases(cases: list[Case], ratios: dict[str, tuple[str, str]], quick: bool
               expand: Callable[[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Measure every case, whatever fails (a failure is reported, not raised, so
     one run gives every figure it can), then the ``ratios``: the report that
-    ``--json`` writes and ``--compare`` reads. ``expand`` turns a case's key and
+    ``--json`` writes and ``--compare`` reads (gates are each benchmark's own). ``expand`` turns a case's key and
     value into result keys, for a case that measures several figures at once."""
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -677,21 +804,39 @@ def run_cases(cases: list[Case], ratios: dict[str, tuple[str, str]], quick: bool
 
 
 def divide(results: dict[str, Any], ratios: dict[str, tuple[str, str]]) -> dict[str, float]:
-    """Each ratio's two keys divided: their p50s, or plain figures (rates, sizes)
-    as they are; a ratio with a key missing (skipped, failed) is left out."""
+    """Each ratio's two keys divided: their p50s (``key:p99`` names another
+    percentile), or plain figures (rates, sizes) as they are; a ratio with a
+    key missing (skipped, failed) is left out."""
     out = {}
     for name, (top, bottom) in ratios.items():
-        a, b = results.get(top), results.get(bottom)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out[name] = round(a["p50"] / b["p50"], 3)
-        elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+        a, b = _figure(results, top), _figure(results, bottom)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
             out[name] = round(a / b, 3)
+    return out
+
+
+def _figure(results: dict[str, Any], key: str) -> Any:
+    key, _, stat = key.partition(":")
+    value = results.get(key)
+    return value.get(stat or "p50") if isinstance(value, dict) else value
+
+
+def check_gates(results: dict[str, Any], gates: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each gate's figure beside its limit (the most it may be), for the figures
+    this run took; a missing figure (None: not measured within the case's
+    time) fails its gate."""
+    out = {}
+    for key, limit in gates.items():
+        if key in results:
+            value = results[key]
+            out[key] = {"value": value, "limit": limit,
+                        "ok": isinstance(value, (int, float)) and value <= limit}
     return out
 
 
 def table(report: dict[str, Any]) -> str:
     """The report as text, keys in a column as wide as the longest."""
-    width = max((len(key) for part in ("results", "ratios", "skipped", "errors")
+    width = max((len(key) for part in ("results", "ratios", "gates", "skipped", "errors")
                  for key in report.get(part, {})), default=3)
     lines = [f"{'key':{width}} {'p50':>10} {'p99':>10} {'n':>7}"]
     for key, value in report["results"].items():
@@ -704,6 +849,9 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for name, value in report["ratios"].items():
         lines.append(f"{name:{width}} {value:>10}")
+    for key, gate in report.get("gates", {}).items():
+        verdict = "ok" if gate["ok"] else "GATE FAILED"
+        lines.append(f"{key:{width}} {verdict:>10}  (at most {gate['limit']})")
     for key, why in report.get("skipped", {}).items():
         lines.append(f"{key:{width}} {'skipped':>10}  ({why})")
     for key, why in report.get("errors", {}).items():
@@ -745,8 +893,8 @@ def cli(prog: str, description: str, measure: Callable[[argparse.Namespace], dic
     """A benchmark's command line, shared with ``python -m otpy_pool.bench``:
     ``measure`` runs the cases for the parsed arguments, among them the extra
     ``options`` (flag: add_argument's keywords); ``comparable`` makes every
-    ratio "lower is better" for ``--compare``. Exit status 1 on a failed case
-    or a regression."""
+    ratio "lower is better" for ``--compare``. Exit status 1 on a failed case,
+    a failed gate or a regression."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run, in seconds")
@@ -769,7 +917,8 @@ def cli(prog: str, description: str, measure: Callable[[argparse.Namespace], dic
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=2)
-    status = 1 if report.get("errors") else 0
+    failed_gate = any(not gate["ok"] for gate in report.get("gates", {}).values())
+    status = 1 if report.get("errors") or failed_gate else 0
     if args.compare:
         with open(args.compare) as f:
             baseline = json.load(f)

@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 LATENCIES = ["pipe_pickle_rtt_us", "send_receive_rtt_us", "call_rtt_us", "call_rtt_observed_us",
-             "spawn_ms", "down_ms", "restart_ms", "isolated_tree_ms"]
+             "spawn_ms", "down_ms", "restart_ms", "isolated_tree_ms", "bare_fork_ms",
+             "import_otpy_ms", "python_startup_ms"]
+MEMORY = ["shared_kib_per_process", "written_kib_per_process", "shared_kib_per_bare_fork",
+          "written_kib_per_bare_fork"]
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -30,8 +33,17 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     assert report["ratios"]["send_receive_over_pipe_p50"] > 0
     assert report["ratios"]["call_over_pipe_p50"] > 0
     assert report["ratios"]["call_observed_over_call_p50"] > 0
+    for key in MEMORY:  # KiB: what a process shares with the zygote, what it writes
+        assert isinstance(report["results"][key], int) and report["results"][key] > 0, key
+    for name in ("call_p99_over_p50", "import_otpy_over_python_startup",
+                 "spawn_over_bare_fork_p50", "shared_over_bare_fork", "written_over_bare_fork"):
+        assert report["ratios"][name] > 0, name
+    assert report["ratios"]["call_p99_over_p50"] >= 1  # p99 over p50 of the same samples
+    gates = report["gates"]
+    assert set(gates) == {"orphans_after_root_kill", "unsignalled_after_kill_at_1000"}
+    assert all(gate["limit"] == 0 and gate["ok"] for gate in gates.values()), gates
     cases = sum(len(report.get(part, {})) for part in ("results", "skipped", "errors"))
-    assert f"[1/{cases}] pipe_pickle_rtt_us" in out.stderr  # a progress line per case
+    assert f"[1/{cases}] python_startup_ms" in out.stderr  # a progress line per case
     assert f"[{cases}/{cases}] " in out.stderr
 
     baseline = dict(report, ratios={k: v / 1000 for k, v in report["ratios"].items()})
@@ -40,7 +52,8 @@ def test_quick_json_is_well_formed_and_compare_flags_regressions(tmp_path):
     regressed = run_bench("--compare", str(path))
     assert regressed.returncode == 1 and "REGRESSED" in regressed.stdout
     compared = [line for line in regressed.stdout.splitlines() if " baseline " in line]
-    assert compared and not any(line.startswith("all_gone_after_kill_over_bare_forks")
+    assert compared and not any(line.startswith(("all_gone_after_kill_over_bare_forks",
+                                                 "call_p99_over_p50"))
                                 for line in compared)  # reported, too noisy to check
 
     generous = dict(report, ratios={k: v * 1000 for k, v in report["ratios"].items()})
@@ -100,3 +113,33 @@ def test_the_table_shows_a_figure_a_run_could_not_take():
     text = table(dict(report, ratios={widest: 7.1}))
     assert re.search(rf"^{widest} +7.1$", text, re.M)  # the column is as wide as the longest key
     assert re.search(r"^spawn_ms {36,}3.1", text, re.M)
+
+
+def test_a_failed_gate_fails_the_run_and_is_shown(capsys):
+    from otpy.bench import check_gates, cli, machine
+
+    results = {"unsignalled_after_kill_at_5000": 3, "orphans_after_root_kill": 0,
+               "unsignalled_after_kill_at_1000": None}
+    gates = check_gates(results, {"unsignalled_after_kill_at_5000": 0,
+                                  "orphans_after_root_kill": 0,
+                                  "unsignalled_after_kill_at_1000": 0,
+                                  "not_measured": 0})
+    assert gates == {"unsignalled_after_kill_at_5000": {"value": 3, "limit": 0, "ok": False},
+                     "orphans_after_root_kill": {"value": 0, "limit": 0, "ok": True},
+                     "unsignalled_after_kill_at_1000": {"value": None, "limit": 0, "ok": False}}
+    report = {"machine": machine(), "results": results, "ratios": {}, "gates": gates}
+    assert cli("bench", "", lambda args: report, ["--verbose"]) == 1  # (logs as they are)
+    text = capsys.readouterr().out
+    assert re.search(r"^unsignalled_after_kill_at_5000 +GATE FAILED +\(at most 0\)$", text, re.M)
+    assert re.search(r"^orphans_after_root_kill +ok", text, re.M)
+    passing = dict(report, gates={k: v for k, v in gates.items() if v["ok"]})
+    assert cli("bench", "", lambda args: passing, ["--verbose"]) == 0
+
+
+def test_a_ratio_can_divide_two_percentiles_of_one_figure():
+    from otpy.bench import divide
+
+    results = {"call_rtt_us": {"p50": 20.0, "p99": 45.0, "n": 9}, "rate": 10, "other": 4}
+    ratios = divide(results, {"tail": ("call_rtt_us:p99", "call_rtt_us:p50"),
+                              "rates": ("rate", "other"), "missing": ("rate", "absent")})
+    assert ratios == {"tail": 2.25, "rates": 2.5}
