@@ -6,15 +6,25 @@ zygote. Each event is one line written with a single ``write()`` to the sink
 (stderr, or a file opened for appending), so lines from many processes never
 interleave.
 
+Quiet by default, as OTP 21+ is: warnings and errors are written (crash
+reports, restarts, restart intensity reached, failed starts, undecodable
+messages); progress (a process spawned or exited, a child started, a child
+stopped on purpose) is at info and debug, written once asked for.
+
 Configure with :func:`configure_logging` or, before the program starts, the
 environment: ``OTPY_LOG=json`` (else readable console lines),
-``OTPY_LOG_LEVEL=debug|info|warning|error`` (default info),
+``OTPY_LOG_LEVEL=debug|info|warning|error`` (default warning),
 ``OTPY_LOG_FILE=path`` (default stderr). Importing otpy configures nothing:
 the environment is read (and the log file opened) when the node starts, or
 at the first event logged before that, unless configure_logging came first.
 Configuring after the node has started also reconfigures the zygote, so
 processes spawned from then on follow; processes already running keep what
 they had.
+
+structlog is imported at the first event a process writes, not before: it
+brings rich and asyncio with it (about 60 ms and several MiB of memory per
+process that imports them), which a process that writes nothing never
+needs. The level is checked first, by :class:`Logger`.
 
 Bound context, added to every event where known: ``node``, ``pid`` (the
 process's serial), ``name`` (its registered name) and ``tree`` (the isolated
@@ -23,18 +33,17 @@ tree or namespace it runs in; under pytest, named after the test).
 
 from __future__ import annotations
 
-import json as _json
-import logging
 import os
 import sys
 from typing import Any
 
-import structlog
-
 from . import process, reasons
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR, "critical": logging.CRITICAL}
+# logging's numbers, without importing logging
+DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR,
+          "critical": CRITICAL}
+DEFAULT_LEVEL = "warning"
 
 
 class _Sink:
@@ -70,10 +79,11 @@ def _drop_none(logger: Any, method: str, event: dict) -> dict:
 
 
 class _State:
+    configured = False  # by the environment or configure_logging
     json = False
-    level = logging.INFO
+    level = LEVELS[DEFAULT_LEVEL]
     fd = 2
-    logger: Any = None  # None until configured (by the environment or configure_logging)
+    structlog: Any = None  # structlog's logger, made at the first event written
 
 
 def _level(level: str | int) -> int:
@@ -85,24 +95,76 @@ def _level(level: str | int) -> int:
 
 
 def _console(colors: bool) -> Any:
+    import structlog
+
     return structlog.dev.ConsoleRenderer(colors=colors,
                                          exception_formatter=structlog.dev.plain_traceback)
 
 
-def _build() -> None:
-    renderer = (structlog.processors.JSONRenderer(default=repr) if _State.json
-                else _console(colors=os.isatty(_State.fd)))
-    _State.logger = structlog.wrap_logger(
-        _Sink(_State.fd),
-        wrapper_class=structlog.make_filtering_bound_logger(_State.level),
-        processors=[
-            _add_context,
-            _drop_none,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-    )
+def _structlog() -> Any:
+    """structlog's logger for this configuration, made (and structlog imported) once."""
+    if _State.structlog is None:
+        import structlog
+
+        renderer = (structlog.processors.JSONRenderer(default=repr) if _State.json
+                    else _console(colors=os.isatty(_State.fd)))
+        _State.structlog = structlog.wrap_logger(
+            _Sink(_State.fd),
+            wrapper_class=structlog.make_filtering_bound_logger(_State.level),
+            processors=[
+                _add_context,
+                _drop_none,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso"),
+                renderer,
+            ],
+        )
+    return _State.structlog
+
+
+class Logger:
+    """What otpy logs through: structlog's bound-logger methods, with the
+    level checked here first, so that an event below it costs a comparison
+    and structlog is only imported for an event that is written."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+
+    def bind(self, **context: Any) -> Logger:
+        """A logger that adds ``context`` to every event."""
+        return Logger({**self._context, **context})
+
+    def _write(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if level < _State.level:
+            return
+        target = _structlog()
+        if self._context:
+            target = target.bind(**self._context)
+        getattr(target, method)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._write(DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._write(INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._write(WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._write(ERROR, "error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception being handled (its traceback)."""
+        self._write(ERROR, "exception", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._write(CRITICAL, "critical", event, fields)
+
+
+_ROOT = Logger({})
 
 
 def apply(json: bool, level: int, path: str | None) -> None:
@@ -113,13 +175,16 @@ def apply(json: bool, level: int, path: str | None) -> None:
     if _State.fd != 2:
         os.close(_State.fd)
     _State.json, _State.level, _State.fd = bool(json), level, fd
-    _build()
+    _State.configured = True
+    _State.structlog = None  # made again, as configured, at the next event written
 
 
-def configure_logging(*, json: bool = False, level: str | int = "info",
+def configure_logging(*, json: bool = False, level: str | int = DEFAULT_LEVEL,
                       file: str | os.PathLike | None = None) -> None:
     """Choose how otpy logs: JSON lines or readable console lines, the least
-    level written, and where (a file to append to; stderr by default)."""
+    level written (warnings and errors by default; "info" adds children
+    started and stopped, "debug" every process spawned and exited), and where
+    (a file to append to; stderr by default)."""
     level_no = _level(level)
     path = None if file is None else os.fspath(file)
     apply(json, level_no, path)
@@ -128,16 +193,23 @@ def configure_logging(*, json: bool = False, level: str | int = "info",
         ctx.cast_ctrl("log_config", bool(json), level_no, path)
 
 
-def logger(**context: Any) -> Any:
-    """A structlog logger bound to ``context`` (node, pid, ... are added)."""
-    if _State.logger is None:
+def logger(**context: Any) -> Logger:
+    """A logger bound to ``context`` (node, pid, ... are added)."""
+    if not _State.configured:
         configure_from_environment()
-    return _State.logger.bind(**context) if context else _State.logger
+    return Logger(context) if context else _ROOT
+
+
+def enabled(level: int) -> bool:
+    """Whether an event at ``level`` would be written (to skip building one)."""
+    if not _State.configured:
+        configure_from_environment()
+    return level >= _State.level
 
 
 def ensure_configured() -> None:
     """Node start: configure from the environment unless already configured."""
-    if _State.logger is None:
+    if not _State.configured:
         configure_from_environment()
 
 
@@ -149,10 +221,12 @@ def render_console(event: dict) -> str:
 
 def parse_lines(data: bytes) -> list[dict]:
     """The events of a JSON log; lines that are not JSON objects are skipped."""
+    import json
+
     events = []
     for line in data.splitlines():
         try:
-            event = _json.loads(line)
+            event = json.loads(line)
         except ValueError:
             continue
         if isinstance(event, dict):
@@ -170,10 +244,10 @@ def configure_from_environment() -> None:
     """This process's configuration from OTPY_LOG, OTPY_LOG_LEVEL and OTPY_LOG_FILE."""
     fmt = os.environ.get("OTPY_LOG", "console").lower()
     try:
-        level = _level(os.environ.get("OTPY_LOG_LEVEL", "info"))
+        level = _level(os.environ.get("OTPY_LOG_LEVEL", DEFAULT_LEVEL))
     except ValueError as exc:
         print(f"otpy: ignoring OTPY_LOG_LEVEL: {exc}", file=sys.stderr)
-        level = logging.INFO
+        level = LEVELS[DEFAULT_LEVEL]
     try:
         apply(fmt == "json", level, os.environ.get("OTPY_LOG_FILE") or None)
     except OSError as exc:

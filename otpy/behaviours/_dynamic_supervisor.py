@@ -109,7 +109,7 @@ class DynamicSupervisor(SupervisorBase):
                    for c in self.children if c.pid is not None]
         for pid, child, mref, deadline in pending:
             reason = finish_shutdown(pid, mref, deadline)
-            reports.child_terminated(child.spec.id, pid, reason)
+            reports.child_terminated(child.spec.id, pid, reason, child.spec.shutdown)
         self.children.clear()
 
     # ---- operations -----------------------------------------------------------------

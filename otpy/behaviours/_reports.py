@@ -1,10 +1,16 @@
 """What supervisors log, and what they tell the observer about their children.
 
 Events (structlog, see otpy._runtime.log), each with the supervisor's own
-context (node, pid, name, tree) plus ``supervisor`` and ``child_id``:
+context (node, pid, name, tree) plus ``supervisor`` and ``child_id``. As in
+OTP 21+, progress is info (hidden by default) and what went wrong is a
+warning or an error:
 
-- ``child started`` / ``child restarted`` (info): pid, restarts so far
-- ``child terminated`` (info): stopped by its supervisor; pid, reason
+- ``child started`` (info): pid, restarts so far (0)
+- ``child restarted`` (warning): a restart happened; pid, restarts so far
+- ``child terminated`` (info): stopped by its supervisor as planned (its
+  shutdown reason, or "killed" for brutal_kill); pid, reason. A warning
+  when it ended otherwise (killed when its shutdown time ran out, or died
+  of something else meanwhile)
 - ``crash report`` (error): an abnormal child exit; pid, reason, the remote
   traceback as ``exception``, and ``restarts_in_window`` (restarts counted
   in the intensity window before this one)
@@ -18,13 +24,13 @@ Restarts and giving up are also counted in the node's tables (``tally``:
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections import deque
+from typing import Any
 
 from .. import Pid
 from .. import self as self_pid
-from ..lowlevel import annotate, describe_reason, logger, process_name, tally, traceback_text
+from ..lowlevel import (Shutdown, annotate, describe_reason, is_clean, logger, process_name,
+                        tally, traceback_text)
 
 # the last few abnormal exits and failed starts, for "restart intensity exceeded"
 _recent_failures: deque[str] = deque(maxlen=5)
@@ -47,9 +53,11 @@ def child_started(child_id: Any, pid: Pid, order: int, restarts: int,
                   last_exit: str | None) -> None:
     annotate(pid, supervisor=self_pid().serial, child_id=child_label(child_id),
              order=order, restarts=restarts, last_exit=last_exit)
-    logger().info("child restarted" if restarts else "child started",
-                  supervisor=_supervisor(), child_id=child_label(child_id),
-                  child_pid=pid.serial, os_pid=pid.os_pid, restarts=restarts)
+    log = logger()
+    write = log.warning if restarts else log.info
+    write("child restarted" if restarts else "child started",
+          supervisor=_supervisor(), child_id=child_label(child_id),
+          child_pid=pid.serial, os_pid=pid.os_pid, restarts=restarts)
 
 
 def restarting(child_id: Any) -> None:
@@ -58,10 +66,15 @@ def restarting(child_id: Any) -> None:
     tally("restart", child_label(child_id))
 
 
-def child_terminated(child_id: Any, pid: Pid, reason: Any) -> None:
-    logger().info("child terminated", supervisor=_supervisor(),
-                  child_id=child_label(child_id), child_pid=pid.serial,
-                  reason=describe_reason(reason))
+def child_terminated(child_id: Any, pid: Pid, reason: Any, shutdown: Shutdown) -> None:
+    """Stopped by its supervisor (``shutdown``: how, from its spec)."""
+    # "noproc": it died just before; its own Exit reports that death
+    planned = is_clean(reason) or reason == "noproc" or \
+        (shutdown == "brutal_kill" and reason == "killed")
+    log = logger()
+    write = log.info if planned else log.warning
+    write("child terminated", supervisor=_supervisor(), child_id=child_label(child_id),
+          child_pid=pid.serial, reason=describe_reason(reason))
 
 
 def _failure(label: str, reason: Any) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class Child:
         """Stop it as its spec says, if it is running."""
         if self.pid is not None:
             pid, self.pid = self.pid, None
-            reports.child_terminated(self.spec.id, pid, shutdown_child(pid, self.spec.shutdown))
+            reports.child_terminated(self.spec.id, pid, shutdown_child(pid, self.spec.shutdown),
+                                     self.spec.shutdown)
 
 
 class ChildInfo(NamedTuple):

@@ -73,8 +73,10 @@ def process_name() -> str | None:
     return context().name
 
 
-def logger(**bound: Any) -> Any:
-    """A structlog logger bound to the calling process's context (node, pid, name, tree)."""
+def logger(**bound: Any) -> log.Logger:
+    """A logger bound to the calling process's context (node, pid, name, tree),
+    with structlog's methods; structlog itself is imported at the first event
+    the process writes (events below the level cost a comparison)."""
     return log.logger(**bound)
 
 
