@@ -115,6 +115,14 @@ def report_to(parent: otpy.Pid, *, trap: bool = False) -> None:
     forward_to(parent)
 
 
+def send_loaded_modules(parent: otpy.Pid) -> None:
+    """Send ``parent`` the names of the modules this process holds: what it
+    inherited from the zygote, since a body by reference imports nothing new."""
+    import sys
+
+    otpy.send(parent, sorted(sys.modules))
+
+
 def exit_with(reason: Any) -> None:
     raise otpy.ProcessExit(reason)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import secrets
 import select
 import signal
 import socket
@@ -32,7 +31,7 @@ import time
 import warnings
 from typing import Any
 
-from . import log, process, reasons, wire, zygote
+from . import log, process, reasons, wire
 from .errors import OtpyError, ProcessExit, RuntimeGone
 from .status import StatusTable
 from .terms import Down, Pid, Ref
@@ -100,6 +99,8 @@ def _kill_and_reap(os_pid: int) -> None:
 
 def _start() -> None:
     global _zygote_os_pid, _watch_w, SHUTDOWN_TIMEOUT
+    from . import zygote  # the node's start needs it, importing otpy does not
+
     zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
     # Configuration is read now, not at import: importing otpy does nothing.
     log.ensure_configured()
@@ -107,7 +108,7 @@ def _start() -> None:
     process.SEND_TIMEOUT = _seconds_from_env("OTPY_SEND_TIMEOUT", 60.0)
     SHUTDOWN_TIMEOUT = _seconds_from_env("OTPY_SHUTDOWN_TIMEOUT", 5.0)
     wire.note_main()  # what every process of this node can import from __main__
-    node = secrets.token_hex(5)
+    node = os.urandom(5).hex()
     main_pid = Pid(node, MAIN_SERIAL, os.getpid())
     on_main_thread = threading.current_thread() is threading.main_thread()
     with contextlib.ExitStack() as undo:  # if the node cannot start, nothing is left open

@@ -13,8 +13,6 @@ import signal
 import traceback
 from typing import Any
 
-from tblib import pickling_support
-
 from . import wire
 from .errors import OtpyError
 
@@ -53,7 +51,13 @@ def classify(reason: Any) -> str:
 def keep_traceback(exc: BaseException) -> BaseException:
     """Make ``exc`` (and the exceptions chained to it) carry its traceback
     when pickled; a traceback too deep to pickle keeps its MAX_FRAMES
-    innermost frames and gets a note saying how many were dropped."""
+    innermost frames and gets a note saying how many were dropped.
+
+    tblib is imported here, at the first exception that travels, not with
+    otpy: a process that never sends one never loads it. Its receiver
+    imports it through the pickle, which names it."""
+    from tblib import pickling_support
+
     seen: set[int] = set()
     chained: BaseException | None = exc
     while chained is not None and id(chained) not in seen:

@@ -12,7 +12,6 @@ the frame atomic at any size.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import io
 import mmap
 import os
@@ -23,8 +22,6 @@ import sys
 import types
 from collections import deque
 from typing import Any
-
-import dill
 
 from . import nowait
 from .errors import SerializationError
@@ -127,9 +124,7 @@ def _refers_to_new_main(term: Any) -> bool:
 
 def _encode_by_value(term: Any) -> tuple[int, bytes]:
     try:
-        out = io.BytesIO()
-        _MessagePickler(out, protocol=5, recurse=True).dump(term)
-        return MSG_DILL, out.getvalue()
+        return MSG_DILL, _by_value().dumps_message(term)
     except Exception as exc:
         culprit, path = _culprit(term)
         where = "".join(f"[{key!r}]" for key in path)
@@ -149,7 +144,7 @@ def _serializable(obj: Any) -> bool:
     except Exception:
         pass
     try:
-        _MessagePickler(io.BytesIO(), protocol=5, recurse=True).dump(obj)
+        _by_value().dumps_message(obj)
         return True
     except Exception:
         return False
@@ -176,81 +171,27 @@ def _culprit(term: Any, depth: int = 8) -> tuple[Any, list]:
     return term, path
 
 
-class _Dispatch(dict):
-    """A dispatch table as dill's own (a copy of which would be a plain dict):
-    a class whose metaclass is not ``type`` (ABCMeta...) is saved as a class,
-    else pickle would send it by name."""
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            if isinstance(key, type) and issubclass(key, type):
-                return self[type]
-            return default
-
-
-class _BodyPickler(dill.Pickler):
-    """dill, except that imported modules travel by reference.
-
-    dill ships a module that is not under the interpreter's prefix by value,
-    whole ``__dict__`` included (so an editable install or a test helper module
-    would be copied, and fail on its first unpicklable global). Every process
-    of a node can import what the program imported, so a name is enough.
-    """
-
-    dispatch = _Dispatch(dill.Pickler.dispatch)
-
-
-def _save_module(pickler: Any, module: types.ModuleType) -> None:
-    if module.__name__ == "__main__" or sys.modules.get(module.__name__) is not module:
-        _dill_save_module(pickler, module)
-    else:
-        pickler.save_reduce(importlib.import_module, (module.__name__,), obj=module)
-
-
-_dill_save_module = _BodyPickler.dispatch[types.ModuleType]
-_BodyPickler.dispatch[types.ModuleType] = _save_module
-
-
-class _MessagePickler(_BodyPickler):
-    """dill for messages: a ``__main__`` class or function that every process
-    can import (it existed when the node started) goes by name, as pickle
-    would send it; a newer one goes by value. Modules go by name."""
-
-    dispatch = _Dispatch(_BodyPickler.dispatch)
-
-
-def _by_name_if_importable(dill_save: Any) -> Any:
-    def save(pickler: Any, obj: Any) -> None:
-        if getattr(obj, "__module__", None) == "__main__" and _importable_main(obj):
-            pickler.save_global(obj)
-        else:
-            dill_save(pickler, obj)
-    return save
-
-
-for _t in (type, types.FunctionType):
-    _MessagePickler.dispatch[_t] = _by_name_if_importable(_MessagePickler.dispatch[_t])
-
-
 def encode_body(fn_args: Any) -> tuple[int, bytes]:
-    """Serialize a process body with dill, which ships ``__main__`` functions,
+    """Serialize a process body: plain pickle (by reference) when it refers
+    to nothing of ``__main__``, which every process can import by name and
+    needs no dill to read; else dill, which ships ``__main__`` functions,
     lambdas and closures by value (the zygote may predate their definition).
 
-    If that fails (a ``__main__`` function whose globals hold something
+    If dill fails (a ``__main__`` function whose globals hold something
     unpicklable), plain pickle sends it by reference, which works when the
     function existed before the node started.
     """
     try:
-        out = io.BytesIO()
-        _BodyPickler(out, protocol=5, recurse=True).dump(fn_args)
-        return MSG_DILL, out.getvalue()
+        data = _pickle_dumps(fn_args, 5)
+    except Exception:
+        data = None
+    if data is not None and b"__main__" not in data:
+        return MSG, data
+    try:
+        return MSG_DILL, _by_value().dumps_body(fn_args)
     except Exception as exc:
-        try:
-            return MSG, _pickle_dumps(fn_args, 5)
-        except Exception:
-            pass
+        if data is not None:
+            return MSG, data
         fn = fn_args[0]
         raise SerializationError(
             f"cannot serialize process body {getattr(fn, '__qualname__', fn)!r} "
@@ -258,9 +199,23 @@ def encode_body(fn_args: Any) -> tuple[int, bytes]:
         ) from exc
 
 
+def _by_value() -> types.ModuleType:
+    """The dill side of the wire (by_value.py), imported at first use: dill
+    costs a process about 25 ms and 1.6 MiB, and a program whose messages
+    and process bodies pickle never needs it."""
+    from . import by_value
+
+    return by_value
+
+
+def load_by_value() -> None:
+    """Import dill now (the zygote, before it forks a body that needs it)."""
+    _by_value()
+
+
 def decode(kind: int, body: Any) -> Any:
     if kind == MSG_DILL:
-        return dill.loads(body)
+        return _by_value().loads(body)
     return _pickle_loads(body)
 
 

@@ -491,6 +491,8 @@ class Zygote:
         inbound_r, inbound_w, ctrl_child, ctrl_zyg = made
         inbound_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
         self.held.add(spare)  # the child closes it with the rest
+        if kind == wire.MSG_DILL:
+            wire.load_by_value()  # once, here: every later child inherits dill
         # Frozen objects are never scanned by the child's collector, so the
         # child does not copy the pages of the zygote's tables it inherits.
         gc.freeze()
