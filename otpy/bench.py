@@ -137,17 +137,14 @@ def send_receive_rtt(n: int, warmup: int) -> dict:
         _stop(pid)
 
 
-def _announce(parent: otpy.Pid) -> None:
-    otpy.send(parent, "up")
-
-
 def spawn_ms(n: int, warmup: int) -> dict:
-    """Warm spawn: from calling spawn to the child's first message arriving."""
+    """Warm spawn: from calling spawn to the child's first message arriving
+    (its body is ``otpy.send(parent, "up")``)."""
     me = otpy.self()
     samples = []
     for _ in range(warmup + n):
         t = _ns()
-        pid, ref = otpy.spawn_monitor(_announce, me)
+        pid, ref = otpy.spawn_monitor(otpy.send, me, "up")
         otpy.receive(timeout=10, match=lambda m: m == "up")
         samples.append(_ns() - t)
         otpy.receive(timeout=10, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
@@ -184,26 +181,19 @@ _IMPORT_PROGRAM = ("import time; t = time.perf_counter_ns(); import otpy; "
 
 def import_and_startup(n: int) -> dict[str, dict]:
     """``import otpy`` in a fresh interpreter, timed inside it, beside a whole
-    ``python -c pass`` (the interpreter's own start), taken in turns.
-
-    Both read compiled bytecode, as they would anywhere Python may write it:
-    a cache of their own (a temporary PYTHONPYCACHEPREFIX, filled by a first
-    untimed run) even where PYTHONDONTWRITEBYTECODE is set, which would
-    otherwise make every run compile otpy's sources again."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("OTPY_") and k != "PYTHONDONTWRITEBYTECODE"}
+    ``python -c pass`` (the interpreter's own start), taken in turns (both
+    from compiled bytecode: see bytecode_cache)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPY_")}
     imports, starts = [], []
-    with tempfile.TemporaryDirectory(prefix="otpy-bench-pycache-") as cache:
-        env["PYTHONPYCACHEPREFIX"] = cache
-        for i in range(n + 1):
-            t = _ns()
-            subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
-            starts.append(_ns() - t)
-            out = subprocess.run([sys.executable, "-c", _IMPORT_PROGRAM], env=env, check=True,
-                                 capture_output=True, text=True)
-            imports.append(int(out.stdout))
-    return {"import_otpy_ms": summarize(imports[1:], 1e6),
-            "python_startup_ms": summarize(starts[1:], 1e6)}
+    for _ in range(n):
+        t = _ns()
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+        starts.append(_ns() - t)
+        out = subprocess.run([sys.executable, "-c", _IMPORT_PROGRAM], env=env, check=True,
+                             capture_output=True, text=True)
+        imports.append(int(out.stdout))
+    return {"import_otpy_ms": summarize(imports, 1e6),
+            "python_startup_ms": summarize(starts, 1e6)}
 
 
 def _memory_kib(os_pid: int) -> tuple[int, int]:
@@ -220,30 +210,29 @@ def _memory_kib(os_pid: int) -> tuple[int, int]:
     return max(0, fields["Anonymous"] - written), written
 
 
-def _idle_after_hello(parent: otpy.Pid) -> None:
-    otpy.send(parent, "up")
-    otpy.receive()
+_IDLE_PROCESSES_PROGRAM = textwrap.dedent("""
+    import json, sys, time, otpy
+
+    # Bodies by reference from otpy itself: the program imports nothing else
+    pids = [otpy.spawn(otpy.receive) for _ in range(int(sys.argv[1]))]
+    while any(otpy.process_info(pid)["status"] != "waiting" for pid in pids):
+        time.sleep(0.001)
+    print(json.dumps([pid.os_pid for pid in pids]), flush=True)
+    sys.stdin.read()
+""")
 
 
 def memory_per_process(n: int) -> dict[str, int]:
-    """What a process shares with the zygote and writes of its own as it starts
-    (idle otpy processes, once they have said hello), beside the same for forks
-    of a Python that imports nothing; medians of ``n`` processes."""
-    me = otpy.self()
-    shared, written = [], []
-    for _ in range(n):
-        pid = otpy.spawn(_idle_after_hello, me)
-        try:
-            otpy.receive(timeout=10, match=lambda m: m == "up")
-            s, w = _memory_kib(pid.os_pid)
-            shared.append(s)
-            written.append(w)
-        finally:
-            _kill(pid)
-    with _bare_forks(n) as (_, os_pids):
+    """What a process shares with the zygote and writes of its own as it
+    starts, beside the same for a fork of a Python that imports nothing:
+    medians of ``n`` idle processes (waiting in a receive) of a program that
+    imports only otpy, and of ``n`` bare forks."""
+    with _forking_program(_IDLE_PROCESSES_PROGRAM, n) as (_, os_pids):
+        otpy_memory = [_memory_kib(os_pid) for os_pid in os_pids]
+    with _forking_program(_BARE_FORKS_PROGRAM, n) as (_, os_pids):
         bare = [_memory_kib(os_pid) for os_pid in os_pids]
-    return {"shared_kib_per_process": round(statistics.median(shared)),
-            "written_kib_per_process": round(statistics.median(written)),
+    return {"shared_kib_per_process": round(statistics.median(s for s, _ in otpy_memory)),
+            "written_kib_per_process": round(statistics.median(w for _, w in otpy_memory)),
             "shared_kib_per_bare_fork": round(statistics.median(s for s, _ in bare)),
             "written_kib_per_bare_fork": round(statistics.median(w for _, w in bare))}
 
@@ -400,26 +389,26 @@ def _doomed(os_pid: int) -> bool:
     return False
 
 
-def _idle() -> None:
-    otpy.receive()
-
-
 _GROWTH_PROGRAM = textwrap.dedent("""
-    import json, sys, time, otpy, psutil
+    import json, os, sys, time, otpy
     from otpy import lowlevel
-    from otpy.bench import _announce as announce, _idle as idle  # by reference, as spawn_ms
+
+    # A program that imports only otpy, and bodies by reference from otpy
+    # itself, so that its processes weigh what otpy makes them weigh.
+    def zygote_rss():
+        with open(f"/proc/{lowlevel.zygote_os_pid()}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     live, n, warmup = (int(a) for a in sys.argv[1:])
     me = otpy.self()
-    zygote = psutil.Process(lowlevel.zygote_os_pid())
-    before = zygote.memory_info().rss
+    before = zygote_rss()
     for _ in range(live):
-        otpy.spawn(idle)
-    after = zygote.memory_info().rss
+        otpy.spawn(otpy.receive)
+    after = zygote_rss()
     samples = []
     for _ in range(warmup + n):
         t = time.perf_counter_ns()
-        pid, ref = otpy.spawn_monitor(announce, me)
+        pid, ref = otpy.spawn_monitor(otpy.send, me, "up")
         otpy.receive(timeout=60, match=lambda m: m == "up")
         samples.append(time.perf_counter_ns() - t)
         otpy.receive(timeout=60, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
@@ -474,23 +463,23 @@ def bare_forks_after_kill(n: int) -> dict[str, Any]:
     SIGKILLed at once. Most of the time goes to tearing down each child's copy
     of its parent's page tables, which a bigger parent (otpy's, the program's
     own modules) makes longer."""
-    with _bare_forks(n) as (proc, os_pids):
+    with _forking_program(_BARE_FORKS_PROGRAM, n) as (proc, os_pids):
         alive, _, gone_ms = _alive_after_kill(proc, os_pids, group=True)
     return {"alive": alive, "all_gone_ms": gone_ms}
 
 
 @contextlib.contextmanager
-def _bare_forks(n: int) -> Iterator[tuple[subprocess.Popen, list[int]]]:
-    """A Python program that imports nothing, with ``n`` forked children that
-    only wait: the program and its children's os pids. Whatever happens, none
-    of them outlives the block."""
-    proc = subprocess.Popen([sys.executable, "-c", _BARE_FORKS_PROGRAM, str(n)],
+def _forking_program(source: str, n: int) -> Iterator[tuple[subprocess.Popen, list[int]]]:
+    """A Python program that starts ``n`` processes that only wait and prints
+    their os pids: the program and those pids. Whatever happens, none of them
+    outlives the block (the program has a process group of its own)."""
+    proc = subprocess.Popen([sys.executable, "-c", source, str(n)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the program forking {n} children did not report")
+            raise RuntimeError(f"the program starting {n} processes did not report")
         yield proc, json.loads(line)
     finally:
         try:
@@ -777,9 +766,38 @@ def machine() -> dict[str, Any]:
 
 
 def run(quick: bool, progress: Any = sys.stderr) -> dict[str, Any]:
-    report = run_cases(plan(quick), RATIOS, quick, progress)
+    with bytecode_cache():
+        report = run_cases(plan(quick), RATIOS, quick, progress)
     report["gates"] = check_gates(report["results"], GATES)
     return report
+
+
+_WARM_UP_PROGRAM = "import json, os, signal, sys, time, otpy; otpy.self()"
+
+
+@contextlib.contextmanager
+def bytecode_cache() -> Iterator[None]:
+    """The Python programs the benchmark starts read compiled bytecode, from
+    a temporary cache of their own (PYTHONPYCACHEPREFIX, removed after), as
+    they would wherever Python may write it: under PYTHONDONTWRITEBYTECODE
+    each of them would compile otpy's sources again, which costs time (the
+    import) and memory (the compiler's leftovers, shared by every process)."""
+    names = ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")
+    saved = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="otpy-bench-pycache-") as cache:
+        os.environ["PYTHONPYCACHEPREFIX"] = cache
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        try:
+            # what the programs import, compiled once: else the first program to
+            # import a module would pay for it (and keep the compiler's leftovers)
+            subprocess.run([sys.executable, "-c", _WARM_UP_PROGRAM], check=True)
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def run_cases(cases: list[Case], ratios: dict[str, tuple[str, str]], quick: bool,
