@@ -856,11 +856,14 @@ current: ProcessContext | None = None
 
 
 def run_child(pid: Pid, ns: str, parent: Pid, inbound: socket.socket, ctrl: socket.socket,
-              status: StatusTable, zygote_os_pid: int, kind: int, payload: bytes) -> int:
-    """Run a spawned process's body; report its exit reason; return the exit code."""
+              to_parent: int, status: StatusTable, zygote_os_pid: int, kind: int,
+              payload: bytes) -> int:
+    """Run a spawned process's body; report its exit reason; return the exit
+    code. ``to_parent``: the spawner's inbound stream, from the zygote."""
     global current
     ctx = ProcessContext(pid, ns, parent, inbound, ctrl, status, zygote_os_pid,
                          trap=False, is_main=False)
+    ctx.out[parent.serial] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, to_parent)
     current = ctx
     try:
         fn, args, kwargs = wire.decode(kind, payload)

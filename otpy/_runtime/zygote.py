@@ -479,16 +479,24 @@ class Zygote:
                  ns: str) -> Pid | tuple[str, str]:
         serial = self._alloc_serial()
         made: list[socket.socket] = []
+        fds: list[int] = []
         try:
             made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             # The pidfd's slot, taken now: once the child runs, nothing may fail.
-            spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            # The spawner's inbound stream, for the child to keep (not in held):
+            # most children's first message goes to their spawner (a GenServer's
+            # start ack, a result), and this spares them asking for it ("open").
+            fds.append(os.dup(e.write.fileno()))
         except OSError as exc:
             for sock in made:
                 sock.close()
+            for fd in fds:
+                os.close(fd)
             return ("error", limit_message(exc, len(self.procs)))
         inbound_r, inbound_w, ctrl_child, ctrl_zyg = made
+        spare, to_parent = fds
         inbound_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
         self.held.add(spare)  # the child closes it with the rest
         if kind == wire.MSG_DILL:
@@ -500,14 +508,17 @@ class Zygote:
             os_pid = os.fork()
         except OSError as exc:
             gc.unfreeze()
+            os.close(to_parent)
             self._drop(spare)
             for sock in made:
                 sock.close()
             return ("error", limit_message(exc, len(self.procs)))
         if os_pid == 0:
-            self._child(serial, ns, e.pid, inbound_r, ctrl_child, kind, payload)  # never returns
+            self._child(serial, ns, e.pid, inbound_r, ctrl_child, to_parent, kind,
+                        payload)  # never returns
         gc.unfreeze()
         _own_group(os_pid)  # here too, so that no kill can come before the child's own
+        os.close(to_parent)
         inbound_r.close()
         ctrl_child.close()
         self._drop(spare)
@@ -526,14 +537,14 @@ class Zygote:
         return pid
 
     def _child(self, serial: int, ns: str, parent: Pid, inbound: socket.socket,
-               ctrl: socket.socket, kind: int, payload: bytes) -> None:
+               ctrl: socket.socket, to_parent: int, kind: int, payload: bytes) -> None:
+        # As little as possible runs here: every page it writes is a copy the
+        # child makes of the zygote's. Its name (otpy-<node>), SIGINT ignored
+        # and SIGCHLD's default action are inherited from the zygote.
         code = 1
         try:
             die_with_parent(self.os_pid)
             _own_group(0)  # before any line of the body: all it starts is in the group
-            prctl_name(f"otpy-{self.node}")
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program handles Ctrl-C
             signal.set_wakeup_fd(-1)
             signal.signal(REQUEST_SIGNAL, signal.SIG_DFL)
             for fd in (self.wake_r, self.wake_w):
@@ -549,8 +560,8 @@ class Zygote:
             os.close(self.watch_fd)
             self.status.close_fd()
             pid = Pid(self.node, serial, os.getpid())
-            code = process.run_child(pid, ns, parent, inbound, ctrl, self.status, self.os_pid,
-                                     kind, payload)
+            code = process.run_child(pid, ns, parent, inbound, ctrl, to_parent, self.status,
+                                     self.os_pid, kind, payload)
         finally:
             os._exit(code)
 
@@ -976,9 +987,12 @@ def serve(node: str, status: StatusTable, main_pid: Pid, main_write: socket.sock
     # program by PR_SET_PDEATHSIG: when the program dies, the watch pipe's EOF
     # has it kill every process and what they started, then exit.
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # Ctrl-C is the program's to handle; SIGCHLD as the OS has it (a handler
+    # inherited from the program must not run here). Every child inherits both.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    prctl_name(f"otpy-{node}")
+    prctl_name(f"otpy-{node}")  # and the name, which a fork keeps
     raise_fd_limit()
     zygote = Zygote(node, status, main_pid, main_write, main_ctrl, watch_fd)
     try:

@@ -149,3 +149,16 @@ def test_node_start_failing_after_the_fork():
     assert "left open: 0" in out.stdout
     assert "zygotes left: 0" in out.stdout  # the zygote it had forked is killed and reaped
     assert "then: True" in out.stdout
+
+
+def test_a_spawn_that_cannot_copy_the_spawners_stream_closes_what_it_made():
+    from otpy._runtime import wire
+    from otpy._runtime.zygote import Zygote
+
+    zygote = types.SimpleNamespace(_alloc_serial=lambda: 7, procs={})
+    # the spawner's stream as a number no descriptor has: its copy fails
+    spawner = types.SimpleNamespace(write=types.SimpleNamespace(fileno=lambda: -1))
+    before = _open_fds()
+    result = Zygote.op_spawn(zygote, spawner, wire.MSG, b"", False, None, "")
+    assert result[0] == "error" and "Bad file descriptor" in result[1], result
+    assert _open_fds() == before  # the socket pairs and the pidfd's slot are closed

@@ -24,7 +24,9 @@ INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py
                   # descriptors closed when setting up shared memory fails part-way
                   "test_failed_setup_closes.py",
                   # no asyncio waiter left behind by a cancelled call
-                  "test_asyncio.py"}
+                  "test_asyncio.py",
+                  # what a spawned process is given at its fork
+                  "test_spawn_path.py"}
 
 
 def imported_modules(path: pathlib.Path) -> list[str]:

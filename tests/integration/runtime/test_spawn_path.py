@@ -1,0 +1,40 @@
+"""What a spawned process is given at its fork, so that it does less before
+and at the start of its body (issue 25). Tests of the runtime's internals."""
+
+from __future__ import annotations
+
+import os
+
+import otpy
+from otpy._runtime import process
+
+from helpers import expect, expect_down
+
+
+def _requests_after_greeting(parent: otpy.Pid) -> None:
+    otpy.send(parent, "hello")
+    otpy.send(parent, ("requests made", next(process.current.req_ids) - 1))
+
+
+def test_a_child_reaches_its_spawner_without_asking_the_zygote():
+    pid, ref = otpy.spawn_monitor(_requests_after_greeting, otpy.self())
+    assert expect(lambda m: m == "hello") == "hello"
+    assert expect(lambda m: type(m) is tuple and m[0] == "requests made") == ("requests made", 0)
+    expect_down(ref)
+
+
+def _zygote_fds() -> int:
+    otpy.processes()  # answered once the zygote has closed what it held for the dead
+    return len(os.listdir(f"/proc/{process.current.zygote_os_pid}/fd"))
+
+
+def test_the_zygote_keeps_no_copy_of_the_spawners_stream():
+    otpy.spawn_monitor(otpy.send, otpy.self(), "warm")  # whatever a first spawn allocates
+    expect(lambda m: m == "warm")
+    expect(lambda m: isinstance(m, otpy.Down))
+    before = _zygote_fds()
+    for _ in range(20):
+        _, ref = otpy.spawn_monitor(otpy.send, otpy.self(), "up")
+        expect(lambda m: m == "up")
+        expect_down(ref)
+    assert _zygote_fds() == before
