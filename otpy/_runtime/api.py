@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 from . import reasons, wire
 from .process import DEFAULT_SEND_DEADLINE
@@ -41,6 +41,27 @@ def spawn_monitor(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Pi
     """As :func:`spawn`, monitored by the caller before the new process runs."""
     ref = Ref.make(context().pid)
     return _spawn(fn, args, kwargs, False, ref), ref
+
+
+@overload
+def spawn_opt(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
+              link: bool = False, monitor: Literal[False] = False) -> Pid: ...
+
+
+@overload
+def spawn_opt(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
+              link: bool = False, monitor: Literal[True]) -> tuple[Pid, Ref]: ...
+
+
+def spawn_opt(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
+              link: bool = False, monitor: bool = False) -> Pid | tuple[Pid, Ref]:
+    """As Erlang's spawn_opt: run ``fn(*args, **kwargs)`` in a new process,
+    linked to the caller and/or monitored by it, all made in one request to
+    the zygote before the process runs. Returns the pid, or ``(pid, ref)``
+    with ``monitor``."""
+    ref = Ref.make(context().pid) if monitor else None
+    pid = _spawn(fn, tuple(args), dict(kwargs or {}), link, ref)
+    return pid if ref is None else (pid, ref)
 
 
 def send(dest: Pid | str, message: Any, *, timeout: float | None = None) -> None:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 # before it imports the behaviours.
 from .. import (AlreadyRegistered, BadMessage, Down, Exit, Exited, NoProc, OtpyError, Pid,
                 ProcessExit, Ref, SerializationError, Timeout, demonitor, monitor, receive,
-                register, send, spawn, spawn_link, unlink)
+                register, send, unlink)
 from .. import exit as exit_signal
 from .. import self as self_pid
 from .. import lowlevel
@@ -180,8 +180,9 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
                                      "start timeout")
     me = self_pid()
     ref = Ref.make(me)
-    pid = (spawn_link if link else spawn)(_serve, cls, args, kwargs, name, me, ref, link)
-    mref = monitor(pid)
+    # spawned, linked (start_link) and monitored in one request to the zygote
+    pid, mref = lowlevel.spawn_opt(_serve, (cls, args, kwargs, name, me, ref, link), link=link,
+                                   monitor=True)
     try:
         ack = receive(
             timeout=timeout,

@@ -8,6 +8,8 @@ docs/lowlevel.md.
 
 - timeouts: :func:`check_timeout` (the one rule every timeout, deadline and
   interval follows: None and ``math.inf`` mean no limit).
+- spawning: :func:`spawn_opt` (a link and a monitor made with the spawn, in
+  one request).
 - calls: :func:`call` / :func:`reply` / :class:`From` (the call convention),
   :func:`request` (wait for a reply or the callee's death, with your own
   message format), :func:`ask` / :func:`dispatch` (an operation whose
@@ -37,7 +39,7 @@ docs/lowlevel.md.
   process applies to itself: slow, partition, corrupt, memory, fds).
 """
 
-from .._runtime.api import annotate, tally
+from .._runtime.api import annotate, spawn_opt, tally
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
 from ._calls import (CALL, DEFAULT_TIMEOUT, From, acall, arequest, ask, call, dispatch, reply,
@@ -60,7 +62,8 @@ __all__ = [
     "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
-    "annotate", "tally", "current_namespace", "describe_reason", "enter_namespace", "is_trapping",
+    "annotate", "spawn_opt", "tally", "current_namespace", "describe_reason", "enter_namespace",
+    "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
     "start", "unregister_in", "zygote_os_pid",
     "LOG_LEVELS", "logger", "parse_log_lines", "render_log_event", "reset_logging",

@@ -13,7 +13,8 @@ import otpy
 import pytest
 from otpy import lowlevel
 
-from helpers import DEADLINE, expect
+import helpers
+from helpers import DEADLINE, expect, expect_down, expect_exit
 
 
 def _ignore_shutdown(parent: otpy.Pid) -> None:
@@ -41,6 +42,17 @@ def test_await_down_times_out_on_a_live_process():
         lowlevel.await_down(ref, 0.01)
     otpy.exit(pid, "kill")
     assert lowlevel.await_down(ref, DEADLINE) == "killed"
+
+
+def test_spawn_opt_links_and_monitors_before_the_body_runs():
+    # a body that dies at once is still reported through both (trapping caller)
+    pid, ref = lowlevel.spawn_opt(helpers.exit_with, ("gone",), link=True, monitor=True)
+    assert expect_exit(pid).reason == "gone"
+    assert expect_down(ref).reason == "gone"
+    plain = lowlevel.spawn_opt(helpers.exit_with, kwargs={"reason": "normal"})
+    assert type(plain) is otpy.Pid
+    linked = lowlevel.spawn_opt(helpers.exit_with, ("gone too",), link=True)
+    assert expect_exit(linked).reason == "gone too"
 
 
 def test_stop_process_signals_then_returns_the_reason():
