@@ -614,15 +614,20 @@ class ProcessContext:
         sock = self.request("open", pid.serial)
         if sock is None:
             return None
+        return self._keep_out(pid.serial, sock)
+
+    def _keep_out(self, serial: int, sock: socket.socket) -> socket.socket:
+        """Cache ``sock``, a stream to ``serial``; the one cached (another
+        thread may have opened one meanwhile)."""
         with self.out_lock:
-            existing = self.out.get(pid.serial)
+            existing = self.out.get(serial)
             if existing is not None:
                 sock.close()
                 return existing
             if len(self.out) >= OUT_CACHE:
                 oldest = next(iter(self.out))
                 self.out.pop(oldest).close()
-            self.out[pid.serial] = sock
+            self.out[serial] = sock
         return sock
 
     def _forget(self, serial: int, sock: socket.socket) -> None:
@@ -661,13 +666,19 @@ class ProcessContext:
     # ---- calls: wait for a reply or the callee's death ----------------------------
 
     def watch(self, pid: Pid) -> Any:
-        """Make sure a "dead" notice for ``pid`` will reach us; its reason if dead."""
+        """Make sure a "dead" notice for ``pid`` will reach us; its reason if dead.
+
+        A stream to ``pid`` not opened yet comes with the same request: a
+        first call to a process is one request to the zygote, not two."""
         serial = pid.serial
         if serial in self.watched:
             return None
         if pid.node != self.node:
             return "noproc"
-        dead = self.request("watch", serial)
+        dead = self.request("watch", serial, serial not in self.out)
+        if isinstance(dead, socket.socket):  # alive, and here is its inbound stream
+            self._keep_out(serial, dead)
+            dead = None
         if dead is not None:
             return reasons.unpack(dead)
         self.watched.add(serial)

@@ -571,6 +571,10 @@ class Zygote:
         target = self.live(serial)
         if target is None:
             return None
+        return self._stream_of(target)
+
+    def _stream_of(self, target: Entry) -> Any:
+        """A copy of ``target``'s inbound write end, for the requester."""
         try:
             fd = os.dup(target.write.fileno())
         except OSError as exc:
@@ -607,13 +611,14 @@ class Zygote:
     def op_demonitor(self, e: Entry, ref: Ref) -> bool:
         return tables.demonitor(self.procs, e, ref)
 
-    def op_watch(self, e: Entry, serial: int) -> bytes | None:
-        """Ask to be told ("dead") when ``serial`` dies; its reason if it already has."""
+    def op_watch(self, e: Entry, serial: int, with_stream: bool = False) -> Any:
+        """Ask to be told ("dead") when ``serial`` dies; its reason if it
+        already has; else, ``with_stream``, its inbound stream (as "open")."""
         t = self.live(serial)
         if t is None:
             return self.tombstones.get(serial, _NOPROC)
         tables.watch(e, t)
-        return None
+        return self._stream_of(t) if with_stream else None
 
     def op_trap(self, e: Entry, flag: bool) -> bool:
         previous, e.trap = e.trap, bool(flag)

@@ -37,3 +37,17 @@ def test_watching_a_dead_process_returns_its_reason_at_once():
     expect_down(ref)
     assert ctx.watch(pid) == "gone"
     assert ctx.watch(otpy.Pid("other-node", 5, 1)) == "noproc"
+
+
+def test_a_first_call_to_a_process_is_one_request_to_the_zygote():
+    from servers import Counter
+
+    ctx = node.context()
+    pid = Counter.start(5)
+    requests_before = next(ctx.req_ids)
+    assert otpy.call(pid, "get") == 5  # the watch, and the stream to it with it
+    assert next(ctx.req_ids) - requests_before - 1 == 1
+    assert pid.serial in ctx.out and pid.serial in ctx.watched
+    assert otpy.call(pid, ("add", 1)) == 6  # and none after that
+    assert next(ctx.req_ids) - requests_before - 2 == 1
+    otpy.stop(pid)
