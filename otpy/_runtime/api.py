@@ -7,7 +7,7 @@ from typing import Any, Callable, Literal, overload
 from . import reasons, wire
 from .process import DEFAULT_SEND_DEADLINE
 from .timeouts import check_timeout
-from .errors import NoProc, ProcessExit
+from .errors import AlreadyRegistered, NoProc, ProcessExit
 from .node import context
 from .rows import ProcessRow
 from .terms import Down, Exit, Pid, Ref
@@ -19,12 +19,17 @@ def self() -> Pid:
 
 
 def _spawn(fn: Callable[..., Any], args: tuple, kwargs: dict, link: bool,
-           mref: Ref | None) -> Pid:
+           mref: Ref | None, name: str | None = None) -> Pid:
     if not callable(fn):
         raise TypeError(f"spawn needs a callable, not {type(fn).__name__}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"a name must be a non-empty str, not {name!r}")
     ctx = context()
     kind, payload = wire.encode_body((fn, args, kwargs))
-    return ctx.request("spawn", kind, payload, link, mref, ctx.namespace())
+    pid = ctx.request("spawn", kind, payload, link, mref, ctx.namespace(), name)
+    if type(pid) is tuple:  # ("taken", owner)
+        raise AlreadyRegistered(name, pid[1])
+    return pid
 
 
 def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Pid:
@@ -45,22 +50,26 @@ def spawn_monitor(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Pi
 
 @overload
 def spawn_opt(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
-              link: bool = False, monitor: Literal[False] = False) -> Pid: ...
+              link: bool = False, monitor: Literal[False] = False,
+              name: str | None = None) -> Pid: ...
 
 
 @overload
 def spawn_opt(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
-              link: bool = False, monitor: Literal[True]) -> tuple[Pid, Ref]: ...
+              link: bool = False, monitor: Literal[True],
+              name: str | None = None) -> tuple[Pid, Ref]: ...
 
 
 def spawn_opt(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
-              link: bool = False, monitor: bool = False) -> Pid | tuple[Pid, Ref]:
+              link: bool = False, monitor: bool = False,
+              name: str | None = None) -> Pid | tuple[Pid, Ref]:
     """As Erlang's spawn_opt: run ``fn(*args, **kwargs)`` in a new process,
-    linked to the caller and/or monitored by it, all made in one request to
-    the zygote before the process runs. Returns the pid, or ``(pid, ref)``
-    with ``monitor``."""
+    linked to the caller and/or monitored by it, and registered as ``name``
+    (in the caller's namespace), all made in one request to the zygote before
+    the process runs. Returns the pid, or ``(pid, ref)`` with ``monitor``.
+    A taken name raises AlreadyRegistered, and no process is started."""
     ref = Ref.make(context().pid) if monitor else None
-    pid = _spawn(fn, tuple(args), dict(kwargs or {}), link, ref)
+    pid = _spawn(fn, tuple(args), dict(kwargs or {}), link, ref, name)
     return pid if ref is None else (pid, ref)
 
 

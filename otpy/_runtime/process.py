@@ -866,14 +866,16 @@ class _Fatal:
 current: ProcessContext | None = None
 
 
-def run_child(pid: Pid, ns: str, parent: Pid, inbound: socket.socket, ctrl: socket.socket,
-              to_parent: int, status: StatusTable, zygote_os_pid: int, kind: int,
-              payload: bytes) -> int:
+def run_child(pid: Pid, ns: str, name: str | None, parent: Pid, inbound: socket.socket,
+              ctrl: socket.socket, to_parent: int, status: StatusTable, zygote_os_pid: int,
+              kind: int, payload: bytes) -> int:
     """Run a spawned process's body; report its exit reason; return the exit
-    code. ``to_parent``: the spawner's inbound stream, from the zygote."""
+    code. ``name``: registered for it by the zygote at its spawn, if any;
+    ``to_parent``: the spawner's inbound stream, from the zygote."""
     global current
     ctx = ProcessContext(pid, ns, parent, inbound, ctrl, status, zygote_os_pid,
                          trap=False, is_main=False)
+    ctx.name = name
     ctx.out[parent.serial] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, to_parent)
     current = ctx
     try:

@@ -476,7 +476,11 @@ class Zygote:
     # ---- spawning -----------------------------------------------------------
 
     def op_spawn(self, e: Entry, kind: int, payload: bytes, link: bool, mref: Ref | None,
-                 ns: str) -> Pid | tuple[str, str]:
+                 ns: str, name: str | None = None) -> Pid | tuple[str, Any]:
+        if name is not None:  # registered for the child as it is made: taken, nothing is
+            owner = self.names.get((ns, name))
+            if owner is not None and self.live(owner) is not None:
+                return ("taken", self.procs[owner].pid)
         serial = self._alloc_serial()
         made: list[socket.socket] = []
         fds: list[int] = []
@@ -514,7 +518,7 @@ class Zygote:
                 sock.close()
             return ("error", limit_message(exc, len(self.procs)))
         if os_pid == 0:
-            self._child(serial, ns, e.pid, inbound_r, ctrl_child, to_parent, kind,
+            self._child(serial, ns, name, e.pid, inbound_r, ctrl_child, to_parent, kind,
                         payload)  # never returns
         gc.unfreeze()
         _own_group(os_pid)  # here too, so that no kill can come before the child's own
@@ -526,6 +530,8 @@ class Zygote:
         child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, os.pidfd_open(os_pid), False, False)
         self._add(child)
         self.spawns += 1
+        if name is not None:
+            self._name(child, ns, name)
         log.logger().debug("process spawned", node=self.node, pid=serial, os_pid=os_pid,
                            parent=e.pid.serial, tree=ns or None)
         # Links and monitors exist before the child runs a single line, so a
@@ -536,8 +542,9 @@ class Zygote:
             tables.monitor(e, child, mref)
         return pid
 
-    def _child(self, serial: int, ns: str, parent: Pid, inbound: socket.socket,
-               ctrl: socket.socket, to_parent: int, kind: int, payload: bytes) -> None:
+    def _child(self, serial: int, ns: str, name: str | None, parent: Pid,
+               inbound: socket.socket, ctrl: socket.socket, to_parent: int, kind: int,
+               payload: bytes) -> None:
         # As little as possible runs here: every page it writes is a copy the
         # child makes of the zygote's. Its name (otpy-<node>), SIGINT ignored
         # and SIGCHLD's default action are inherited from the zygote.
@@ -560,8 +567,8 @@ class Zygote:
             os.close(self.watch_fd)
             self.status.close_fd()
             pid = Pid(self.node, serial, os.getpid())
-            code = process.run_child(pid, ns, parent, inbound, ctrl, to_parent, self.status,
-                                     self.os_pid, kind, payload)
+            code = process.run_child(pid, ns, name, parent, inbound, ctrl, to_parent,
+                                     self.status, self.os_pid, kind, payload)
         finally:
             os._exit(code)
 
@@ -653,11 +660,14 @@ class Zygote:
             return ("noproc", None)
         if t.name is not None:
             return ("named", t.name)
+        self._name(t, ns, name)
+        return ("ok", None)
+
+    def _name(self, t: Entry, ns: str, name: str) -> None:
         t.name = t.last_name = name
         t.name_ns = ns
-        self.names[(ns, name)] = serial
+        self.names[(ns, name)] = t.pid.serial
         self.status.bump_generation()
-        return ("ok", None)
 
     def op_unregister(self, e: Entry, ns: str, name: str) -> bool:
         serial = self.names.get((ns, name))

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 # before it imports the behaviours.
 from .. import (AlreadyRegistered, BadMessage, Down, Exit, Exited, NoProc, OtpyError, Pid,
                 ProcessExit, Ref, SerializationError, Timeout, demonitor, monitor, receive,
-                register, send, unlink)
+                send, unlink)
 from .. import exit as exit_signal
 from .. import self as self_pid
 from .. import lowlevel
@@ -180,9 +180,13 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
                                      "start timeout")
     me = self_pid()
     ref = Ref.make(me)
-    # spawned, linked (start_link) and monitored in one request to the zygote
-    pid, mref = lowlevel.spawn_opt(_serve, (cls, args, kwargs, name, me, ref, link), link=link,
-                                   monitor=True)
+    # spawned, linked (start_link), monitored and named in one request to the
+    # zygote: a taken name starts no process at all
+    try:
+        pid, mref = lowlevel.spawn_opt(_serve, (cls, args, kwargs, me, ref, link), link=link,
+                                       monitor=True, name=name)
+    except AlreadyRegistered as exc:
+        raise AlreadyStarted(str(name), exc.pid) from None
     try:
         ack = receive(
             timeout=timeout,
@@ -209,8 +213,6 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
     lowlevel.await_down(mref, DEFAULT_TIMEOUT * 2)
     if outcome == "ignore":
         return None
-    if outcome == "already_started":
-        raise AlreadyStarted(str(name), detail)
     if isinstance(detail, StartError):
         raise detail  # a supervisor's child failed: that error already names it
     raise StartError(detail, f"{cls.__qualname__}.init failed: {detail!r}")
@@ -218,7 +220,7 @@ def _start(cls: type, args: tuple, kwargs: dict, name: str | None, timeout: floa
 
 # ---- the server process ---------------------------------------------------------------
 
-def _serve(cls: type[GenServer], args: tuple, kwargs: dict, name: str | None, parent: Pid, ref: Ref,
+def _serve(cls: type[GenServer], args: tuple, kwargs: dict, parent: Pid, ref: Ref,
            linked: bool) -> None:
     def ack(outcome: str, detail: Any = None) -> None:
         send(parent, (START_ACK, ref, (outcome, detail)))
@@ -231,11 +233,6 @@ def _serve(cls: type[GenServer], args: tuple, kwargs: dict, name: str | None, pa
         ack(outcome, detail)
         raise ProcessExit(reason)
 
-    if name is not None:
-        try:
-            register(name)
-        except AlreadyRegistered as exc:
-            give_up("already_started", exc.pid, "normal")
     server = cls.__new__(cls)
     try:
         result = server.init(*args, **kwargs)

@@ -74,13 +74,16 @@ def test_init_returning_ignore_makes_start_return_none():
     assert otpy.whereis("ignored") is None and set(otpy.processes()) == before
 
 
-def test_a_taken_name_raises_already_started_and_no_second_process_lingers():
+def test_a_taken_name_raises_already_started_and_starts_no_second_process():
     first = Counter.start_link(name="only_one")
     before = set(otpy.processes())
     with pytest.raises(otpy.AlreadyStarted) as info:
         Counter.start_link(name="only_one")
     assert info.value.pid == first
     assert set(otpy.processes()) == before
+    probe = otpy.spawn(otpy.receive)
+    assert probe.serial == first.serial + 1  # none was started in between, even briefly
+    otpy.exit(probe, "kill")
     otpy.stop(first)
 
 

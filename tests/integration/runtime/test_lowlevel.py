@@ -55,6 +55,27 @@ def test_spawn_opt_links_and_monitors_before_the_body_runs():
     assert expect_exit(linked).reason == "gone too"
 
 
+def _report_name(parent: otpy.Pid) -> None:
+    otpy.send(parent, ("named", otpy.whereis("spawned_named"), lowlevel.process_name()))
+    otpy.receive()
+
+
+def test_spawn_opt_registers_the_name_before_the_body_runs_or_starts_nothing():
+    pid = lowlevel.spawn_opt(_report_name, (otpy.self(),), name="spawned_named")
+    assert expect(lambda m: type(m) is tuple and m[0] == "named") == \
+        ("named", pid, "spawned_named")  # its first line already finds itself by name
+    assert otpy.whereis("spawned_named") == pid
+    with pytest.raises(otpy.AlreadyRegistered) as taken:
+        lowlevel.spawn_opt(_report_name, (otpy.self(),), name="spawned_named")
+    assert taken.value.pid == pid
+    after = otpy.spawn(otpy.receive)
+    assert after.serial == pid.serial + 1  # the refused spawn started no process
+    with pytest.raises(TypeError):
+        lowlevel.spawn_opt(otpy.receive, name="")
+    for p in (pid, after):
+        otpy.exit(p, "kill")
+
+
 def test_stop_process_signals_then_returns_the_reason():
     pid = otpy.spawn(_obey_shutdown, otpy.self())
     expect(lambda m: m == "ready")
