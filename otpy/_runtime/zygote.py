@@ -165,6 +165,7 @@ class Zygote:
         self.exits = dict.fromkeys(reasons.EXIT_CLASSES, 0)
         self.tallies: dict[tuple[str, str, str | None], int] = {}  # (event, label, detail)
         main = Entry(main_pid, "", None, main_write, main_ctrl, -1, True, True)
+        self.status.claim(main_pid.serial)
         self._add(main)
         self.ep.register(watch_fd, select.EPOLLIN)
         self.by_fd[watch_fd] = ("watch", None)
@@ -193,9 +194,9 @@ class Zygote:
     # ---- bookkeeping -------------------------------------------------------
 
     def _add(self, e: Entry) -> None:
+        """Record ``e``, whose status slot is already claimed."""
         self.procs[e.pid.serial] = e
         self.os_pids.add(e.pid.os_pid)
-        self.status.claim(e.pid.serial)
         self.held.add(e.ctrl.fileno())
         self.held.add(e.write.fileno())
         if e.pidfd >= 0:
@@ -505,6 +506,9 @@ class Zygote:
         self.held.add(spare)  # the child closes it with the rest
         if kind == wire.MSG_DILL:
             wire.load_by_value()  # once, here: every later child inherits dill
+        # Claimed before the fork: a child that reached its first receive
+        # before the zygote's bookkeeping would have its "waiting" overwritten.
+        self.status.claim(serial)
         # Frozen objects are never scanned by the child's collector, so the
         # child does not copy the pages of the zygote's tables it inherits.
         gc.freeze()
@@ -512,6 +516,7 @@ class Zygote:
             os_pid = os.fork()
         except OSError as exc:
             gc.unfreeze()
+            self.status.release(serial)
             os.close(to_parent)
             self._drop(spare)
             for sock in made:

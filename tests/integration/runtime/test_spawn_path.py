@@ -1,9 +1,14 @@
 """What a spawned process is given at its fork, so that it does less before
-and at the start of its body (issue 25). Tests of the runtime's internals."""
+and at the start of its body (issue 25), and what the zygote does before the
+fork so that a child faster than it is still seen right. Tests of the
+runtime's internals."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import otpy
 from otpy._runtime import process
@@ -38,3 +43,21 @@ def test_the_zygote_keeps_no_copy_of_the_spawners_stream():
         expect(lambda m: m == "up")
         expect_down(ref)
     assert _zygote_fds() == before
+
+
+DAWDLING_ZYGOTE = textwrap.dedent("""
+    import os, time, otpy
+    from otpy.testing import wait_for
+
+    # inherited by the zygote: after each fork it dawdles before its bookkeeping,
+    # while the child goes on to wait in its receive
+    os.register_at_fork(after_in_parent=lambda: time.sleep(0.2))
+    pid = otpy.spawn(otpy.receive)
+    wait_for(lambda: otpy.process_info(pid)["status"] == "waiting", timeout=5)
+""")
+
+
+def test_a_child_faster_than_the_zygote_is_still_seen_waiting():
+    out = subprocess.run([sys.executable, "-c", DAWDLING_ZYGOTE], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
