@@ -22,7 +22,7 @@ from otpy.lowlevel import Restart
 
 from ._errors import (CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed,
                       duration)
-from ._pool_options import Options, PoolStatus, make_options, seconds
+from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options, seconds
 from ._pool_server import DOWN_WAIT, UNKNOWN, PoolServer
 from ._worker import FUNCTION, RETIRED, Worker
 
@@ -35,11 +35,11 @@ _WINDOW = 64  # execute_many: commands outstanding at once, by default
 # session -> worker, per pool, for this OS process (stale entries are harmless:
 # a worker answers "unbound" for a session it does not hold, and the caller asks again)
 _bindings: dict[tuple[str, str], dict[Any, otpy.Pid]] = {}
-_settings: dict[tuple[str, str], tuple] = {}
+_settings: dict[tuple[str, str], Settings] = {}
 _lock = threading.Lock()
 
 
-def _start_subtree(opts: Options) -> otpy.Pid:
+def _start_subtree(opts: Any) -> otpy.Pid:
     """The pool's supervisor: the workers' DynamicSupervisor, then the server
     (rest_for_one: a new workers' supervisor means a new server; a new server
     adopts the workers alive).
@@ -101,31 +101,28 @@ class Pool:
     # ---- starting ---------------------------------------------------------------
 
     @staticmethod
-    def _options(worker: Any, args: Any, kwargs: Any, name: str | None, opts: dict) -> Options:
+    def _options(worker: Any, args: Any, kwargs: Any, name: str | None, options: dict) -> Any:
         if name is None:
             name = f"otpy_pool.{getattr(worker, '__qualname__', 'pool')}.{secrets.token_hex(4)}"
         elif not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, not {name!r}")
-        return make_options(worker, args, kwargs, name, **opts)
+        return make_options(worker, args, kwargs, name, **options)
 
     @classmethod
     def start_link(cls, worker: type[Worker], args: tuple = (), kwargs: dict | None = None, *,
                    name: str | None = None, size: int | None = None, max_overflow: int = 0,
-                   overflow_idle: float = 10.0, lazy: bool = False, strategy: str = "lifo",
-                   checkout_timeout: float = 5.0, max_queue: int | None = None,
-                   command_timeout: float | None = None, health_interval: float | None = None,
-                   health_timeout: float = 5.0, max_commands: int | None = None,
-                   max_memory: int | None = None,
+                   overflow_idle: float | None = 10.0, lazy: bool = False,
+                   strategy: str = "lifo", checkout_timeout: float | None = 5.0,
+                   max_queue: int | None = None, command_timeout: float | None = None,
+                   health_interval: float | None = None, health_timeout: float | None = 5.0,
+                   max_commands: int | None = None, max_memory: int | None = None,
                    restart_backoff: tuple[float, float] = (0.1, 30.0)) -> "Pool":
         """Start the pool's subtree linked to the caller; returns its handle
         once the first workers are up (StartError if they cannot start).
-        Unnamed pools get a generated name (``handle.name``)."""
-        opts = cls._options(worker, args, kwargs, name, dict(
-            size=size, max_overflow=max_overflow, overflow_idle=overflow_idle, lazy=lazy,
-            strategy=strategy, checkout_timeout=checkout_timeout, max_queue=max_queue,
-            command_timeout=command_timeout, health_interval=health_interval,
-            health_timeout=health_timeout, max_commands=max_commands, max_memory=max_memory,
-            restart_backoff=restart_backoff))
+        Unnamed pools get a generated name (``handle.name``). The options are
+        _pool_options.OPTIONS (this signature is held to it by a test)."""
+        options = {key: value for key, value in locals().items() if key in DEFAULTS}
+        opts = cls._options(worker, args, kwargs, name, options)
         _start_subtree(opts)
         return cls(opts.name)
 
@@ -135,14 +132,7 @@ class Pool:
                    **options: Any) -> otpy.ChildSpec:
         """A ChildSpec running the pool (with the options of ``start_link``)
         under another supervisor; ``Pool(name)`` reaches it."""
-        defaults = dict(size=None, max_overflow=0, overflow_idle=10.0, lazy=False,
-                        strategy="lifo", checkout_timeout=5.0, max_queue=None,
-                        command_timeout=None, health_interval=None, health_timeout=5.0,
-                        max_commands=None, max_memory=None, restart_backoff=(0.1, 30.0))
-        unknown = set(options) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")
-        opts = cls._options(worker, args, kwargs, name, {**defaults, **options})
+        opts = cls._options(worker, args, kwargs, name, options)
         return otpy.ChildSpec(id if id is not None else opts.name, _start_subtree, args=(opts,),
                               restart=restart, shutdown="infinity", type="supervisor")
 
@@ -204,7 +194,7 @@ class Pool:
     def _key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
 
-    def _settings(self) -> tuple:
+    def _settings(self) -> Settings:
         key = self._key()
         found = _settings.get(key)
         if found is None:
@@ -214,13 +204,13 @@ class Pool:
     @property
     def checkout_timeout(self) -> float | None:
         """The pool's default bound on the wait for a free worker (None: no limit)."""
-        return self._settings()[1]
+        return self._settings().checkout_timeout
 
     def _wait(self, checkout_timeout: Any) -> float | None:
         """A wait for a free worker: the pool's ``checkout_timeout`` for None,
         else the value checked (``math.inf``: no limit, returned as None)."""
         if checkout_timeout is None:
-            return self._settings()[1]
+            return self._settings().checkout_timeout
         return seconds("checkout_timeout", checkout_timeout)
 
     # ---- commands ---------------------------------------------------------------------
@@ -324,7 +314,7 @@ class Pool:
                 break
             if session is None:
                 try:
-                    with self._checked_out(self._settings()[1]) as (worker, token):
+                    with self._checked_out(self._settings().checkout_timeout) as (worker, token):
                         todo, gone = self._pipeline(worker, token, None, command, calls, todo,
                                                     out, timeout, window)
                         if gone:
@@ -502,7 +492,7 @@ class Pool:
         """A command's bound on its run: the pool's ``command_timeout`` unless
         given; None (or ``math.inf``) is no bound, returned as None."""
         if timeout is _UNSET:
-            return self._settings()[0]
+            return self._settings().command_timeout
         return seconds("timeout", timeout)
 
     def _deadline(self, worker: otpy.Pid, token: Any) -> None:
@@ -603,17 +593,14 @@ class Pool:
         child would be restarted. ``timeout`` bounds the whole stop (None or
         ``math.inf``: no limit)."""
         lowlevel.check_timeout(timeout, "stop timeout")
-        supervisor = self._settings_fresh()[2]
+        with _lock:
+            _settings.pop(self._key(), None)
+        supervisor = self._settings().supervisor  # asked again: the server may be new
         with _lock:
             _bindings.pop(self._key(), None)
             _settings.pop(self._key(), None)
         otpy.unlink(supervisor)
         otpy.Supervisor.stop(supervisor, "shutdown", timeout=timeout)
-
-    def _settings_fresh(self) -> tuple:
-        with _lock:
-            _settings.pop(self._key(), None)
-        return self._settings()
 
 
 _PENDING = ("error", None)  # replaced by each command's outcome

@@ -21,7 +21,7 @@ class PoolExecutor(concurrent.futures.Executor):
 
     def __init__(self, pool: "Pool", max_workers: int | None = None) -> None:
         if max_workers is None:
-            max_workers = pool._settings()[3]  # as many as the pool can serve at once
+            max_workers = pool._settings().capacity  # as many as the pool can serve at once
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
         self.pool = pool

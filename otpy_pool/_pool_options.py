@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from otpy import lowlevel
 
@@ -14,37 +14,10 @@ from ._worker import Worker
 STRATEGIES = ("lifo", "fifo")
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    worker: type
-    args: tuple
-    kwargs: dict
-    name: str
-    size: int
-    max_overflow: int
-    overflow_idle: float | None  # None: never (as every None below: no limit)
-    lazy: bool
-    strategy: str
-    checkout_timeout: float | None
-    max_queue: int | None
-    command_timeout: float | None
-    health_interval: float | None
-    health_timeout: float | None
-    max_commands: int | None
-    max_memory: int | None
-    init_timeout: float | None  # the worker class's, checked
-    shutdown_timeout: float | None  # the worker class's, checked
-    restart_backoff: tuple[float, float]  # first delay and cap of start retries
-
-
-def _int(name: str, value: Any, minimum: int, none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int{' or None' if none_ok else ''}, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
-
+# ---- the rules: each takes the option's name and value, returns the value kept ----------------
+# (TypeError or ValueError naming the option otherwise). Seconds follow
+# lowlevel.check_timeout: None or math.inf is no limit (kept as None); nan,
+# negatives, zero, bools and non-numbers are refused. A count is an int, never a bool.
 
 def seconds(name: str, value: Any) -> float | None:
     """A pool's timeout, deadline or interval: > 0 seconds; None or ``math.inf``
@@ -52,25 +25,106 @@ def seconds(name: str, value: Any) -> float | None:
     return lowlevel.check_timeout(value, name, zero=False)
 
 
-def _backoff(value: Any) -> tuple[float, float]:
-    """``restart_backoff``: (first delay, cap), finite seconds, 0 < first <= cap."""
+def _count(minimum: int, none_ok: bool = False) -> Callable[[str, Any], int | None]:
+    """An int >= ``minimum`` (or None, if ``none_ok``)."""
+
+    def check(name: str, value: Any) -> int | None:
+        if value is None and none_ok:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int{' or None' if none_ok else ''}, "
+                            f"not {value!r}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+        return value
+
+    return check
+
+
+def _size(name: str, value: Any) -> int | None:
+    """None: the machine's cores."""
+    return _count(1)(name, (os.cpu_count() or 1) if value is None else value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {value!r}")
+    return value
+
+
+def _strategy(name: str, value: Any) -> str:
+    if value not in STRATEGIES:
+        raise ValueError(f"{name} must be one of {STRATEGIES}, not {value!r}")
+    return value
+
+
+def _backoff(name: str, value: Any) -> tuple[float, float]:
+    """(first delay, cap): finite seconds, 0 < first <= cap."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"restart_backoff must be (first delay, cap) in seconds, not {value!r}")
-    first, cap = (lowlevel.check_timeout(v, f"restart_backoff {what}", forever=False, zero=False)
+        raise TypeError(f"{name} must be (first delay, cap) in seconds, not {value!r}")
+    first, cap = (lowlevel.check_timeout(v, f"{name} {what}", forever=False, zero=False)
                   for v, what in zip(value, ("first delay", "cap")))
     assert first is not None and cap is not None  # forever=False refuses None
     if cap < first:
-        raise ValueError(f"restart_backoff cap must be >= its first delay, not {value!r}")
+        raise ValueError(f"{name} cap must be >= its first delay, not {value!r}")
     return (first, cap)
 
 
-def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | None,
-                 max_overflow: int, overflow_idle: float, lazy: bool, strategy: str,
-                 checkout_timeout: float, max_queue: int | None, command_timeout: float | None,
-                 health_interval: float | None, health_timeout: float,
-                 max_commands: int | None, max_memory: int | None,
-                 restart_backoff: Any) -> Options:
-    """Every option checked; a TypeError or ValueError names the bad one."""
+class Option(NamedTuple):
+    """One pool option: its default, its type once checked, and its rule."""
+
+    name: str
+    default: Any
+    type: Any
+    check: Callable[[str, Any], Any]
+    doc: str
+
+
+#: Every option of ``Pool.start_link`` and ``Pool.child_spec``, stated once:
+#: ``start_link``'s keyword signature repeats them for users and type checkers
+#: (tests/unit/test_pool_options.py holds it to this table), ``child_spec``
+#: and ``Options`` are derived from it. docs/pool.md's table says the same.
+OPTIONS: tuple[Option, ...] = (
+    Option("size", None, int, _size, "workers kept running (None: the machine's cores)"),
+    Option("max_overflow", 0, int, _count(0),
+           "extra workers started when none is free, stopped after overflow_idle s idle"),
+    Option("overflow_idle", 10.0, Optional[float], seconds, "see max_overflow"),
+    Option("lazy", False, bool, _flag, "start workers on first demand"),
+    Option("strategy", "lifo", str, _strategy, "which idle worker serves next"),
+    Option("checkout_timeout", 5.0, Optional[float], seconds,
+           "longest wait for a free worker (PoolTimeout)"),
+    Option("max_queue", None, Optional[int], _count(0, none_ok=True),
+           "callers waiting at once; beyond it PoolOverloaded at once"),
+    Option("command_timeout", None, Optional[float], seconds, "a command's longest run"),
+    Option("health_interval", None, Optional[float], seconds,
+           "run health_check on each idle worker every interval"),
+    Option("health_timeout", 5.0, Optional[float], seconds,
+           "a health check with no answer by then replaces the worker"),
+    Option("max_commands", None, Optional[int], _count(1, none_ok=True),
+           "a worker that ran this many commands is replaced when idle"),
+    Option("max_memory", None, Optional[int], _count(1, none_ok=True),
+           "bytes of RSS after a command past which the worker is replaced when idle"),
+    Option("restart_backoff", (0.1, 30.0), tuple, _backoff,
+           "(first delay, cap) of the retries of a worker that fails to start"),
+)
+DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
+
+#: A pool's options, checked: the worker class and its arguments, the pool's
+#: name, every entry of OPTIONS, and the worker class's own two timeouts.
+Options = dataclasses.make_dataclass("Options", [
+    ("worker", type), ("args", tuple), ("kwargs", dict), ("name", str),
+    *((option.name, option.type) for option in OPTIONS),
+    ("init_timeout", Optional[float]), ("shutdown_timeout", Optional[float]),
+], frozen=True)
+Options.__module__ = __name__  # pickled by reference, as a class defined here would be
+
+
+def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any) -> Any:
+    """Every option checked (``options``: by name, the missing ones default);
+    a TypeError or ValueError names the bad one. Returns an Options."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
     init_timeout = seconds(f"{worker.__qualname__}.init_timeout", worker.init_timeout)
@@ -81,27 +135,18 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, *, size: int | 
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
-    if size is None:
-        size = os.cpu_count() or 1
-    _int("size", size, 1)
-    _int("max_overflow", max_overflow, 0)
-    overflow_idle = seconds("overflow_idle", overflow_idle)
-    if not isinstance(lazy, bool):
-        raise TypeError(f"lazy must be a bool, not {lazy!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
-    checkout_timeout = seconds("checkout_timeout", checkout_timeout)
-    _int("max_queue", max_queue, 0, none_ok=True)
-    command_timeout = seconds("command_timeout", command_timeout)
-    health_interval = seconds("health_interval", health_interval)
-    health_timeout = seconds("health_timeout", health_timeout)
-    _int("max_commands", max_commands, 1, none_ok=True)
-    _int("max_memory", max_memory, 1, none_ok=True)
-    restart_backoff = _backoff(restart_backoff)
-    return Options(worker, tuple(args), dict(kwargs), name, size, max_overflow,
-                   overflow_idle, lazy, strategy, checkout_timeout, max_queue,
-                   command_timeout, health_interval, health_timeout, max_commands,
-                   max_memory, init_timeout, shutdown_timeout, restart_backoff)
+    checked = {o.name: o.check(o.name, options.get(o.name, o.default)) for o in OPTIONS}
+    return Options(worker, tuple(args), dict(kwargs), name, **checked,
+                   init_timeout=init_timeout, shutdown_timeout=shutdown_timeout)
+
+
+class Settings(NamedTuple):
+    """What a handle needs of its pool, asked once per process (SETTINGS)."""
+
+    command_timeout: float | None
+    checkout_timeout: float | None
+    supervisor: Any  # the pool's supervisor: what stop() stops
+    capacity: int  # size + max_overflow: the workers that can serve at once
 
 
 @dataclasses.dataclass(frozen=True)

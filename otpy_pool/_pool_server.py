@@ -24,7 +24,7 @@ from otpy import lowlevel
 from ._counters import CountsReader
 from ._errors import (PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionNotFound,
                       start_error)
-from ._pool_options import Options, PoolEvent, PoolStatus
+from ._pool_options import PoolEvent, PoolStatus, Settings
 from ._worker import HEALTH, LOGGED, REPLAYED, RETIRED, WORN, worker_spec
 
 DOWN_WAIT = 5.0  # how long a bind waits for the Down of a worker a caller saw die
@@ -66,7 +66,7 @@ class _Waiter:
 
 class PoolServer(otpy.GenServer):
 
-    def init(self, opts: Options, workers_sup: str) -> None:
+    def init(self, opts: Any, workers_sup: str) -> None:
         self.opts = opts
         self.workers_sup = workers_sup
         self.me = otpy.self()
@@ -540,9 +540,9 @@ class PoolServer(otpy.GenServer):
             self.by_mref.pop(mref, None)
             otpy.demonitor(mref, flush=True)
 
-    def _op_settings(self) -> tuple:
-        return (self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
-                self.opts.size + self.opts.max_overflow)
+    def _op_settings(self) -> Settings:
+        return Settings(self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
+                        self.opts.size + self.opts.max_overflow)
 
     def handle_cast(self, request: tuple) -> Any:
         op = request[0]

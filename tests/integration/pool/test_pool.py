@@ -542,7 +542,8 @@ def test_defaults():
     pool = Pool.start_link(Notes)
     status = pool.status()
     assert status.size == os.cpu_count() and status.workers == os.cpu_count()
-    assert pool._settings()[:2] == (None, 5.0)
+    settings = pool._settings()
+    assert (settings.command_timeout, settings.checkout_timeout) == (None, 5.0)
     pool.stop()
 
 

@@ -120,7 +120,7 @@ def test_bad_breaker_and_limiter_timeouts_are_refused():
 
 def test_infinite_command_timeouts_run_the_command():
     pool = start(command_timeout=math.inf)
-    assert pool._settings()[0] is None
+    assert pool._settings().command_timeout is None
     assert pool.execute("add", "x", session="s", timeout=math.inf) == 1
     assert pool.execute("ping", timeout=math.inf) == ("pong", "notes", None)
     assert pool.execute("add", "y", session="s") == 2  # the pool's own: inf
