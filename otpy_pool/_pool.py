@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import pickle
 import secrets
 import threading
 import time
@@ -20,16 +19,21 @@ import otpy
 from otpy import lowlevel
 from otpy.lowlevel import Restart
 
+from ._calls import NotRun, check_batch, check_command, check_session, result, run_call
 from ._errors import (CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed,
                       duration)
 from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options, seconds
-from ._pool_server import DOWN_WAIT, UNKNOWN, PoolServer
-from ._worker import FUNCTION, RETIRED, Worker
+from ._pool_server import DOWN_WAIT, PoolServer
+from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, END_SESSION, ERROR,
+                        FIRST_START, FUNCTION, LOST, MOVED, OK, RAN, REPLACE, RETIRED, RETURN,
+                        SETTINGS, STATUS, SUBSCRIBE, UNBOUND, UNKNOWN, UNSUBSCRIBE, WORKER_OF,
+                        WORKERS)
+from ._worker import Worker
 
 _UNSET: Any = object()
-_RETRIES = 8  # re-binds of one command whose worker moved or vanished before it ran
+RETRIES = 8  # re-binds of one command whose worker moved or vanished before it ran
+MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
 _SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
-_MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
 _WINDOW = 64  # execute_many: commands outstanding at once, by default
 
 # session -> worker, per pool, for this OS process (stale entries are harmless:
@@ -67,7 +71,7 @@ def _start_subtree(opts: Any) -> otpy.Pid:
         raise otpy.AlreadyStarted(opts.name, exc.pid, f"a pool named {opts.name!r} is "
                                                       f"already running ({exc.pid!r})") from None
     server = next(c.pid for c in otpy.Supervisor.which_children(sup) if c.id == "server")
-    failure = lowlevel.ask(server, ("first_start",))
+    failure = lowlevel.ask(server, (FIRST_START,))
     if failure is not None:
         otpy.unlink(sup)
         otpy.Supervisor.stop(sup, "shutdown")
@@ -159,7 +163,7 @@ class Pool:
                     raise PoolError(f"pool {self.name!r}: its server exited: "
                                     f"{lowlevel.describe_reason(exc.reason)}") from None
                 continue
-            if outcome == "error":
+            if outcome == ERROR:
                 raise value
             return value
         raise AssertionError("unreachable")
@@ -198,7 +202,7 @@ class Pool:
         key = self._key()
         found = _settings.get(key)
         if found is None:
-            found = _settings[key] = self._ask("settings")
+            found = _settings[key] = self._ask(SETTINGS)
         return found
 
     @property
@@ -223,19 +227,18 @@ class Pool:
         command's run (default: the pool's ``command_timeout``). ``session``,
         ``timeout`` and ``checkout_timeout`` are the pool's: a command cannot
         take keyword arguments of those names."""
-        _check_command(command)
+        check_command(command)
         timeout = self._run_timeout(timeout)
         wait = self._wait(checkout_timeout)
         if session is None:
-            for _ in range(_RETRIES):
+            for _ in range(RETRIES):
                 with self._checked_out(wait) as (worker, token):
                     try:
-                        return self._run_on(worker, token, None, command, args, kwargs,
-                                            timeout)
-                    except _NotRun:
+                        return self._run_on(worker, token, command, args, kwargs, timeout)
+                    except NotRun:
                         continue  # it died before our command started: another one
             raise PoolError(f"pool {self.name!r}: no live worker to run {command!r} on")
-        _check_session(session)
+        check_session(session)
         return self._run_in_session(session, command, args, kwargs, timeout)
 
     def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
@@ -247,37 +250,44 @@ class Pool:
         cache = self._session_cache()
         stale = None
         end = None if timeout is None else time.monotonic() + timeout
-        for _ in range(_RETRIES):
+        for _ in range(RETRIES):
             worker = self._bound(cache, sid, stale)
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:  # a retry with no time left: nothing ran
                 raise CommandTimeout(f"command {command!r} of session {sid!r} did not start "
                                      f"within {duration(timeout)}: its worker died first")
-            ref = otpy.make_ref()
             try:
-                outcome = lowlevel.request(worker, _run_call(ref, sid, command, args, kwargs),
-                                           ref, left)
-            except otpy.NoProc:  # dead before it got the command: nothing ran
+                outcome = self._session_run(worker, sid, command, args, kwargs, left, timeout)
+            except NotRun:
                 stale = self._forget(cache, sid, worker)
                 continue
-            except otpy.Exited as exc:
-                stale = self._forget(cache, sid, worker)
-                if self._never_started(worker, ref, exc.reason):
-                    continue
-                raise WorkerCrashed(exc.reason) from None
-            except otpy.Timeout:
+            if outcome[0] in (UNBOUND, MOVED):  # not (or no longer) its worker
                 self._forget(cache, sid, worker)
-                self._deadline(worker, None)
-                raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
-                                     f"{duration(timeout)}; its worker was replaced") from None
-            if outcome[0] in ("unbound", "moved"):  # not (or no longer) its worker
-                self._forget(cache, sid, worker)
-                stale = worker if outcome[0] == "moved" else None
+                stale = worker if outcome[0] == MOVED else None
                 continue
-            if outcome[0] == "lost":
+            if outcome[0] == LOST:
                 raise SessionLost(sid, outcome[1]) from None
-            return _result(outcome)
+            return result(outcome)
         raise PoolError(f"pool {self.name!r}: session {sid!r} could not be bound to a worker")
+
+    def _session_run(self, worker: otpy.Pid, sid: Any, command: str, args: tuple, kwargs: dict,
+                     left: float | None, timeout: float | None) -> tuple:
+        """One RUN of a session's command on ``worker``: its outcome; NotRun
+        if the worker died before it started (dead before it got it
+        included: NoProc, whose reason is "noproc")."""
+        ref = otpy.make_ref()
+        try:
+            return lowlevel.request(worker, run_call(ref, sid, command, args, kwargs), ref, left)
+        except otpy.Exited as exc:
+            if self._never_started(worker, ref, exc.reason):
+                raise NotRun() from None
+            self._forget(self._session_cache(), sid, worker)
+            raise WorkerCrashed(exc.reason) from None
+        except otpy.Timeout:
+            self._forget(self._session_cache(), sid, worker)
+            self._deadline(worker, None)
+            raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
+                                 f"{duration(timeout)}; its worker was replaced") from None
 
     def execute_many(self, command: str, calls: Any, *, session: Any = None,
                      timeout: Any = _UNSET, window: int = _WINDOW,
@@ -295,21 +305,16 @@ class Pool:
         the command it was running gets WorkerCrashed and the ones queued
         behind it (which never ran) run on the session's new worker.
         """
-        _check_command(command)
+        check_command(command)
         calls = list(calls)
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"window must be an int >= 1, not {window!r}")
         timeout = self._run_timeout(timeout)
         if session is not None:
-            _check_session(session)
-        for i, entry in enumerate(calls):  # all of them, before any is sent
-            if type(entry) is not tuple:
-                raise TypeError(f"execute_many: each call is a tuple of arguments, not {entry!r}")
-            _check_sendable(i, entry)
-        out: list = [_PENDING] * len(calls)
+            check_session(session)
+        check_batch(calls, window)  # every entry, before any is sent
+        out: list = [(ERROR, None)] * len(calls)  # replaced by each command's outcome
         todo = list(range(len(calls)))
         stale = None
-        for _ in range(_RETRIES):
+        for _ in range(RETRIES):
             if not todo:
                 break
             if session is None:
@@ -318,8 +323,8 @@ class Pool:
                         todo, gone = self._pipeline(worker, token, None, command, calls, todo,
                                                     out, timeout, window)
                         if gone:
-                            raise _NotRun()  # the server takes its Down rather than reuse it
-                except _NotRun:
+                            raise NotRun()  # the server takes its Down rather than reuse it
+                except NotRun:
                     pass
                 continue
             cache = self._session_cache()
@@ -329,10 +334,10 @@ class Pool:
             if todo or gone:
                 stale = self._forget(cache, session, worker)
         for i in todo:
-            out[i] = ("error", PoolError(f"pool {self.name!r}: no worker could run {command!r}"))
+            out[i] = (ERROR, PoolError(f"pool {self.name!r}: no worker could run {command!r}"))
         results = []
         for outcome in out:
-            if outcome[0] != "ok" and not return_exceptions:
+            if outcome[0] != OK and not return_exceptions:
                 raise outcome[1]
             results.append(outcome[1])
         return results
@@ -363,14 +368,14 @@ class Pool:
                     ref = otpy.make_ref()
                     i = todo[nxt]
                     try:
-                        otpy.send(worker, _run_call(ref, sid, command, calls[i], {}),
+                        otpy.send(worker, run_call(ref, sid, command, calls[i], {}),
                                   timeout=None if not pending else 0)
                     except otpy.Timeout:
                         if pending:
                             break  # its buffer is full: read replies first
                         raise
                     except otpy.SerializationError as exc:
-                        out[i] = ("error", exc)
+                        out[i] = (ERROR, exc)
                         nxt += 1
                         continue
                     pending[ref] = i
@@ -381,11 +386,11 @@ class Pool:
                     m = otpy.receive(timeout=timeout, match=answer)
                 except otpy.Timeout:  # the oldest command ran past its timeout
                     first = next(iter(pending.values()))
-                    out[first] = ("error", CommandTimeout(
+                    out[first] = (ERROR, CommandTimeout(
                         f"command {command!r} ran past {duration(timeout)}; "
                         "its worker was replaced"))
                     self._deadline(worker, token)
-                    otpy.receive(timeout=_MARGIN + DOWN_WAIT, match=lambda m: type(m) is
+                    otpy.receive(timeout=MARGIN + DOWN_WAIT, match=lambda m: type(m) is
                                  otpy.Down and m.ref == mref)
                     mref = None
                     return self._unanswered(pending, first, retry, todo[nxt:]), True
@@ -396,12 +401,12 @@ class Pool:
                 outcome = m[2]
                 failed = lowlevel.failed_reply(outcome, worker)  # e.g. one we cannot decode
                 if failed is not None:
-                    out[i] = ("error", failed)
-                elif outcome[0] in ("unbound", "moved"):
+                    out[i] = (ERROR, failed)
+                elif outcome[0] in (UNBOUND, MOVED):
                     retry.append(i)  # never ran: again on the session's (new) worker; no
                     # more is sent here (the ones sent are answered the same way)
-                elif outcome[0] == "lost":
-                    out[i] = ("error", SessionLost(sid, outcome[1]))
+                elif outcome[0] == LOST:
+                    out[i] = (ERROR, SessionLost(sid, outcome[1]))
                 else:
                     out[i] = outcome
         finally:
@@ -420,7 +425,7 @@ class Pool:
         ref, first = next(iter(pending.items()))
         if self._never_started(worker, ref, reason):
             return sorted(retry + list(pending.values())) + unsent
-        out[first] = ("error", WorkerCrashed(reason))
+        out[first] = (ERROR, WorkerCrashed(reason))
         return self._unanswered(pending, first, retry, unsent)
 
     def _never_started(self, worker: otpy.Pid, ref: otpy.Ref, reason: Any) -> bool:
@@ -435,7 +440,7 @@ class Pool:
         if reason in ("noproc", "shutdown") or reason == RETIRED:
             return True
         try:
-            running = self._ask("ran", worker)
+            running = self._ask(RAN, worker)
         except PoolError:  # no server: nobody can tell
             return False
         return running != UNKNOWN and running != (ref.origin[1], ref.n)
@@ -458,7 +463,7 @@ class Pool:
         a worker that turned out not to hold it)."""
         worker = cache.get(sid)
         if worker is None:
-            worker = cache[sid] = self._ask("bind", sid, stale)
+            worker = cache[sid] = self._ask(BIND, sid, stale)
         return worker
 
     @staticmethod
@@ -467,26 +472,26 @@ class Pool:
             cache.pop(sid, None)
         return worker
 
-    def _run_on(self, worker: otpy.Pid, token: Any, sid: Any, command: str, args: tuple,
-                kwargs: dict, timeout: float | None) -> Any:
-        """A command on a checked-out worker; _NotRun if the worker died
+    def _run_on(self, worker: otpy.Pid, token: Any, command: str, args: tuple, kwargs: dict,
+                timeout: float | None) -> Any:
+        """A command on a checked-out worker; NotRun if the worker died
         before the command started (the caller runs it on another one)."""
         ref = otpy.make_ref()
         try:
-            outcome = lowlevel.request(worker, _run_call(ref, sid, command, args, kwargs), ref,
+            outcome = lowlevel.request(worker, run_call(ref, None, command, args, kwargs), ref,
                                        timeout)
         except otpy.NoProc:
-            self._ask_quietly("ran", worker)  # the server takes its Down first
-            raise _NotRun() from None
+            self._ask_quietly(RAN, worker)  # the server takes its Down first
+            raise NotRun() from None
         except otpy.Exited as exc:
             if self._never_started(worker, ref, exc.reason):
-                raise _NotRun() from None
+                raise NotRun() from None
             raise WorkerCrashed(exc.reason) from None
         except otpy.Timeout:
             self._deadline(worker, token)
             raise CommandTimeout(f"command {command!r} ran past {duration(timeout)}; "
                                  "its worker was replaced") from None
-        return _result(outcome)
+        return result(outcome)
 
     def _run_timeout(self, timeout: Any) -> float | None:
         """A command's bound on its run: the pool's ``command_timeout`` unless
@@ -498,17 +503,17 @@ class Pool:
     def _deadline(self, worker: otpy.Pid, token: Any) -> None:
         """Have the server kill (and count, and replace) a worker past its deadline."""
         try:
-            self._ask("deadline", worker, token)
+            self._ask(DEADLINE, worker, token)
         except PoolError:  # no server now: kill it ourselves (planned: no crash report)
             lowlevel.kill(worker, ("shutdown", "command_timeout"))
 
     def _checkout(self, token: Any, wait: float | None) -> otpy.Pid:
         """A free worker, held under ``token``, waiting up to ``wait`` (None: no limit)."""
         try:
-            return self._ask("checkout", token, wait,
-                             timeout=None if wait is None else wait + _MARGIN)
+            return self._ask(CHECKOUT, token, wait,
+                             timeout=None if wait is None else wait + MARGIN)
         except otpy.Timeout:
-            self._cast(("cancel", token))
+            self._cast((CANCEL, token))
             raise PoolTimeout(f"no worker of pool {self.name!r} within "
                               f"{duration(wait)}") from None
 
@@ -520,17 +525,17 @@ class Pool:
         ``wait``: the longest wait for one (None: no limit)."""
         token = otpy.make_ref()
         worker = self._checkout(token, wait)
-        how = "return"
+        how = RETURN
         try:
             yield worker, token
-        except (WorkerCrashed, _NotRun):
-            how = "dead"  # the server waits for its Down rather than reuse it
+        except (WorkerCrashed, NotRun):
+            how = DEAD  # the server waits for its Down rather than reuse it
             raise
         except BaseException:
-            how = "replace" if replace_on_error else "return"
+            how = REPLACE if replace_on_error else RETURN
             raise
         finally:
-            self._cast(("checkin", token, how))
+            self._cast((CHECKIN, token, how))
 
     @contextlib.contextmanager
     def checkout(self, timeout: float | None = None) -> Iterator["CheckedOut"]:
@@ -559,27 +564,27 @@ class Pool:
         """Drop the session and its state in its worker; SessionNotFound if unknown."""
         with _lock:
             _bindings.get(self._key(), {}).pop(session, None)
-        self._ask("end_session", session)
+        self._ask(END_SESSION, session)
 
     # ---- looking -------------------------------------------------------------------
 
     def status(self) -> PoolStatus:
-        return self._ask("status")
+        return self._ask(STATUS)
 
     def workers(self) -> list[otpy.Pid]:
         """The worker pids, in start order."""
-        return self._ask("workers")
+        return self._ask(WORKERS)
 
     def worker_of(self, session: Any) -> otpy.Pid | None:
         """The session's worker, or None (unknown, or to be re-bound at its next command)."""
-        return self._ask("worker_of", session)
+        return self._ask(WORKER_OF, session)
 
     def subscribe(self) -> None:
         """The calling process receives PoolEvent messages until unsubscribe()."""
-        self._ask("subscribe", otpy.self())
+        self._ask(SUBSCRIBE, otpy.self())
 
     def unsubscribe(self) -> None:
-        self._ask("unsubscribe", otpy.self())
+        self._ask(UNSUBSCRIBE, otpy.self())
 
     def executor(self, max_workers: int | None = None) -> Any:
         """A concurrent.futures.Executor running plain functions on the workers."""
@@ -603,13 +608,6 @@ class Pool:
         otpy.Supervisor.stop(supervisor, "shutdown", timeout=timeout)
 
 
-_PENDING = ("error", None)  # replaced by each command's outcome
-
-
-class _NotRun(Exception):
-    """The checked-out worker was dead before the command reached it."""
-
-
 class CheckedOut:
     """A worker held by ``checkout()``: run session-less commands on it."""
 
@@ -625,14 +623,13 @@ class CheckedOut:
         (default: the pool's ``command_timeout``). If the held worker dies
         before the command started, the checkout moves to a new worker (the
         old one's state died with it) and the command runs there."""
-        _check_command(command)
+        check_command(command)
         timeout = self.pool._run_timeout(timeout)
-        for _ in range(_RETRIES):
+        for _ in range(RETRIES):
             worker = self.pid
             try:
-                return self.pool._run_on(worker, self._token, None, command, args, kwargs,
-                                         timeout)
-            except _NotRun:
+                return self.pool._run_on(worker, self._token, command, args, kwargs, timeout)
+            except NotRun:
                 self._replace(worker)
         raise PoolError(f"pool {self.pool.name!r}: no live worker to run {command!r} on")
 
@@ -656,72 +653,3 @@ class BoundSession:
 
     def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
         return self.pool.execute(command, *args, session=self.id, timeout=timeout, **kwargs)
-
-
-def _run_call(ref: otpy.Ref, sid: Any, command: str, args: tuple, kwargs: dict) -> tuple:
-    """A command for a worker, in otpy's call convention, with our own ``ref``
-    (after a death, the worker's counts page says whether it was running it)."""
-    return (lowlevel.CALL, (otpy.self(), ref), ("run", sid, command, args, kwargs))
-
-
-def _result(outcome: tuple) -> Any:
-    if outcome[0] == "ok":
-        return outcome[1]
-    raise outcome[1]
-
-
-def _check_sendable(i: int, entry: tuple) -> None:
-    """SerializationError, naming the entry, if otpy could not send it: pickle,
-    then dill (what otpy's messages use). Checked for every entry of a batch
-    before the first is sent, so a bad one never leaves the others half run."""
-    try:
-        pickle.dumps(entry, 5)
-    except Exception:
-        import dill  # only for what pickle cannot do (lambdas, closures), as otpy's wire
-
-        try:
-            dill.dumps(entry)
-        except Exception as exc:
-            raise otpy.SerializationError(
-                f"execute_many: call {i} cannot be sent ({_unsendable(entry)}): {exc}; "
-                "nothing was sent") from None
-
-
-def _unsendable(entry: tuple) -> str:
-    """The type of the first argument that cannot be pickled, for the error."""
-    import dill
-
-    for arg in entry:
-        try:
-            dill.dumps(arg)
-        except Exception:
-            return f"an argument of type {type(arg).__name__}"
-    return "its arguments"
-
-
-def _check_command(command: Any) -> None:
-    if not isinstance(command, str):
-        raise TypeError(f"command must be a str (a @command's name), not {command!r}")
-
-
-def _check_session(session: Any) -> None:
-    """A session id travels to the server and the workers and is looked up
-    there: it must be hashable, and equal to a pickled copy of itself (not
-    nan, not an object compared by identity), or it could never be found."""
-    if type(session) in _PLAIN_IDS:  # the common case: always equal to their copies
-        return
-    try:
-        hash(session)
-    except TypeError:
-        raise TypeError(f"a session id must be hashable, not {type(session).__name__}") from None
-    try:
-        copy = pickle.loads(pickle.dumps(session, 5))
-    except Exception as exc:
-        raise TypeError(f"a session id must be picklable, not {type(session).__name__}: "
-                        f"{exc}") from None
-    if copy != session:
-        raise ValueError(f"a session id must equal a copy of itself (it is looked up in other "
-                         f"processes), not {session!r} ({type(session).__name__})")
-
-
-_PLAIN_IDS = frozenset({str, int, bytes})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._worker import FUNCTION
+from ._protocol import FUNCTION
 
 if TYPE_CHECKING:
     from ._pool import Pool

@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import pickle
-import traceback
 from typing import Any, Callable, ClassVar, TypeVar
 
 import otpy
@@ -24,19 +22,14 @@ from otpy import lowlevel
 
 from ._counters import COMMANDS, ERRORS, RUN_COUNTED, RUN_N, RUN_ORIGIN, WorkerCounts
 from ._errors import UnknownCommand
+from ._protocol import (ADOPT, BIND_SESSION, COUNTS_FD, END, ERROR, FUNCTION, HEALTH, HEALTHY,
+                        LEAVE, LOGGED, LOST, MOVED, OK, RELEASE, REPLAYED, RETIRED, RUN, UNBOUND,
+                        WORN, unknown)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The exit reason of a worker the pool retired on purpose (recycled, health,
-# idle overflow): clean for supervisors, and it tells a caller whose command
-# reached the worker too late that the command never ran, so it may retry.
-RETIRED = ("shutdown", "otpy_pool.retired")
-# The built-in command the executor runs plain functions with.
-FUNCTION = "otpy_pool.function"
 #: keyword arguments ``execute`` keeps for itself: no command may take them
 RESERVED = ("session", "timeout", "checkout_timeout")
-# Casts a worker sends to the pool's server.
-LOGGED, WORN, REPLAYED, HEALTH = "$logged", "$worn", "$replayed", "$health"
 
 
 @dataclasses.dataclass
@@ -127,21 +120,9 @@ def _check_parameters(cls: type, name: str, fn: Any) -> None:
                             f"execute's own keywords ({', '.join(RESERVED)}): rename it")
 
 
-def _portable(exc: BaseException, pid: otpy.Pid) -> BaseException:
-    """The exception as it travels to the caller: itself with its traceback
-    (tblib), or an otpy.RemoteError with its text if it cannot be pickled."""
-    try:
-        lowlevel.keep_traceback(exc)
-        pickle.dumps(exc, 5)
-        return exc
-    except Exception:
-        return otpy.RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
-                                "".join(traceback.format_exception(exc)), pid)
-
-
 class WorkerProcess(otpy.GenServer):
-    """Hosts one Worker instance; runs its commands one at a time."""
-
+    """Hosts one Worker instance; runs its commands one at a time. Its
+    messages are in _protocol's table, each handled by one method."""
 
     def init(self, worker_cls: type[Worker], args: tuple, kwargs: dict, server: otpy.Pid,
              limits: tuple[int | None, int | None]) -> None:
@@ -156,8 +137,9 @@ class WorkerProcess(otpy.GenServer):
         self.count = self.counts.view
         self.table = worker_cls.commands()
         self.sessions: dict[Any, Session] = {}
-        self.logs: dict[Any, list] = {}
-        self.lost: dict[Any, BaseException] = {}
+        self.replay_logs: dict[Any, list] = {}
+        self.lost: dict[Any, BaseException] = {}  # sessions whose replay failed: why
+        self.calls, self.casts = self._handlers()
         self.process = None
         if self.max_memory is not None:
             import psutil
@@ -167,7 +149,27 @@ class WorkerProcess(otpy.GenServer):
         self.user = worker_cls.__new__(worker_cls)
         self.user.init(*args, **kwargs)
 
-    # ---- commands -------------------------------------------------------------
+    def _handlers(self) -> tuple[dict, dict]:
+        """What handles each message of _protocol's table a worker receives:
+        calls (the caller's From, then the request's arguments) and casts."""
+        return ({RUN: self._run, COUNTS_FD: self._counts_fd, ADOPT: self._adopt},
+                {BIND_SESSION: self._bind, END: self._end, HEALTH: self._health,
+                 RELEASE: self._release, LEAVE: self._leave})
+
+    def handle_call(self, request: Any, caller: otpy.From) -> Any:
+        handler = self.calls.get(request[0]) if type(request) is tuple and request else None
+        if handler is None:  # answered, never a crash of the worker
+            return (ERROR, unknown("worker", request))
+        return handler(caller, *request[1:])
+
+    def handle_cast(self, request: Any) -> Any:
+        handler = self.casts.get(request[0]) if type(request) is tuple and request else None
+        if handler is None:
+            lowlevel.logger().warning("pool worker: unknown cast dropped", cast=repr(request))
+            return None
+        return handler(*request[1:])
+
+    # ---- commands (RUN) ----------------------------------------------------------------
 
     def _invoke(self, session: Session, name: str, args: tuple, kwargs: dict) -> Any:
         if name == FUNCTION:
@@ -177,33 +179,10 @@ class WorkerProcess(otpy.GenServer):
             raise UnknownCommand(f"{type(self.user).__name__} has no command {name!r}")
         return getattr(self.user, name)(session, *args, **kwargs)
 
-    def handle_call(self, request: Any, caller: otpy.From) -> Any:
-        op = request[0]
-        if op == "run":
-            self._run(caller, *request[1:])
+    def _run(self, caller: otpy.From, sid: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        session = self._session(caller, sid)
+        if session is None:
             return otpy.NOREPLY
-        if op == "counts_fd":  # the server maps our counts (see _counters)
-            return self.counts.fd
-        if op == "adopt":  # a new pool server takes over: what it must know
-            self.server = request[1]
-            return {sid: list(self.logs.get(sid, ())) for sid in self.sessions}
-        raise ValueError(f"unknown worker request {request!r}")
-
-    def _run(self, caller: otpy.From, sid: Any, name: str, args: tuple, kwargs: dict) -> None:
-        if sid is None:
-            session = Session(None)
-        elif sid in self.lost:  # its replay failed: this command reports it
-            cause = self.lost.pop(sid)
-            count = self.count
-            count[COMMANDS] += 1
-            count[ERRORS] += 1
-            otpy.reply(caller, ("lost", cause))
-            return
-        elif sid not in self.sessions:
-            otpy.reply(caller, ("unbound",))  # not (or no longer) bound here: ask the pool
-            return
-        else:
-            session = self.sessions[sid]
         count = self.count
         # Running it, until its reply is sent: after a death, the pool tells
         # this command (WorkerCrashed) from those that never started.
@@ -211,88 +190,113 @@ class WorkerProcess(otpy.GenServer):
         count[RUN_COUNTED] = 0
         count[RUN_N] = caller.ref.n
         try:
-            value = self._invoke(session, name, args, kwargs)
-            outcome: tuple = ("ok", value)
+            outcome: tuple = (OK, self._invoke(session, name, args, kwargs))
             if sid is not None and self.table.get(name):
-                entry = (name, args, kwargs)
-                self.logs.setdefault(sid, []).append(entry)
-                # before the reply: the server's replay log survives this worker's death
-                otpy.cast(self.server, (LOGGED, self.me, sid, entry))
+                self._log(sid, (name, args, kwargs))
         except Exception as exc:
-            outcome = ("error", _portable(exc, self.me))
+            outcome = (ERROR, lowlevel.sendable_exception(exc))
             count[ERRORS] += 1
         count[COMMANDS] += 1  # before the reply: status() after it returned is exact
         count[RUN_COUNTED] = 1
         if self.check_wear and self._worn_out():
             self.check_wear = False  # told once; the server retires it when idle
             otpy.cast(self.server, (WORN, self.me))
+        self._reply(caller, name, outcome)
+        count[RUN_N] = 0  # replied: no longer running
+        return otpy.NOREPLY
+
+    def _session(self, caller: otpy.From, sid: Any) -> Session | None:
+        """The command's Session; None if the caller was answered instead
+        (the session is not held here, or its replay failed)."""
+        if sid is None:
+            return Session(None)
+        session = self.sessions.get(sid)
+        if sid in self.lost:  # its replay failed: this command reports it
+            count = self.count
+            count[COMMANDS] += 1
+            count[ERRORS] += 1
+            otpy.reply(caller, (LOST, self.lost.pop(sid)))
+            return None
+        if session is None:
+            otpy.reply(caller, (UNBOUND,))  # not (or no longer) bound here: ask the pool
+        return session
+
+    def _log(self, sid: Any, entry: tuple) -> None:
+        """A replay command ran: its entry joins the session's replay log, here
+        and, before the reply, the server's, which outlives this worker."""
+        self.replay_logs.setdefault(sid, []).append(entry)
+        otpy.cast(self.server, (LOGGED, self.me, sid, entry))
+
+    def _reply(self, caller: otpy.From, name: str, outcome: tuple) -> None:
         try:
             otpy.reply(caller, outcome)
         except otpy.SerializationError as exc:
-            if outcome[0] == "ok":
-                count[ERRORS] += 1  # it ended in an error after all: its caller gets one
-            otpy.reply(caller, ("error", otpy.SerializationError(
+            if outcome[0] == OK:
+                self.count[ERRORS] += 1  # it ended in an error after all: its caller gets one
+            otpy.reply(caller, (ERROR, otpy.SerializationError(
                 f"command {name!r} returned a value that cannot be sent: {exc}")))
-        count[RUN_N] = 0  # replied: no longer running
 
     def _worn_out(self) -> bool:
         if self.max_commands is not None and self.count[COMMANDS] >= self.max_commands:
             return True
         return self.process is not None and self.process.memory_info().rss > self.max_memory
 
-    # ---- from the pool's server ---------------------------------------------
+    # ---- from the pool's server ---------------------------------------------------------
 
-    def handle_cast(self, request: Any) -> Any:
-        op = request[0]
-        if op == "bind":
-            self._bind(request[1], request[2])
-        elif op == "end":
-            for table in (self.sessions, self.logs, self.lost):
-                table.pop(request[1], None)
-        elif op == "health":
-            try:
-                healthy, detail = self.user.health_check() is not False, None
-            except Exception as exc:
-                healthy, detail = False, repr(exc)
-            otpy.cast(self.server, (HEALTH, self.me, request[1], healthy, detail))
-        elif op == "release":  # being retired: its sessions are re-bound elsewhere
-            self.sessions.clear()
-            self.logs.clear()
-            self.lost.clear()
-        elif op == "retire":
-            return self._retire()
-        return None
+    def _counts_fd(self, caller: otpy.From) -> int:
+        """The server maps our counts page (see _counters)."""
+        return self.counts.fd
+
+    def _adopt(self, caller: otpy.From, server: otpy.Pid) -> dict:
+        """A new pool server takes over: what it must know."""
+        self.server = server
+        return {sid: list(self.replay_logs.get(sid, ())) for sid in self.sessions}
 
     def _bind(self, sid: Any, log: list | None) -> None:
-        session = Session(sid)
-        self.sessions[sid] = session
+        session = self.sessions[sid] = Session(sid)
         self.lost.pop(sid, None)
         if not log:
-            self.logs.pop(sid, None)
+            self.replay_logs.pop(sid, None)
             return
         try:
             for name, args, kwargs in log:
                 self._invoke(session, name, args, kwargs)
         except Exception as exc:
             self.sessions[sid] = Session(sid)  # starts empty next time
-            self.logs.pop(sid, None)
-            self.lost[sid] = _portable(exc, self.me)
+            self.replay_logs.pop(sid, None)
+            self.lost[sid] = lowlevel.sendable_exception(exc)
             otpy.cast(self.server, (REPLAYED, self.me, sid, repr(exc)))
             return
-        self.logs[sid] = list(log)
+        self.replay_logs[sid] = list(log)
         otpy.cast(self.server, (REPLAYED, self.me, sid, None))
 
-    def _retire(self) -> otpy.Stop:
-        """Answer every command already queued with "moved" (they never ran:
-        their callers go to the session's new worker), then stop."""
-        call_of_run = (lambda m: type(m) is tuple and len(m) == 3 and m[0] == lowlevel.CALL
-                       and type(m[2]) is tuple and m[2][:1] == ("run",))
+    def _end(self, sid: Any) -> None:
+        for table in (self.sessions, self.replay_logs, self.lost):
+            table.pop(sid, None)
+
+    def _health(self, token: Any) -> None:
+        try:
+            healthy, detail = self.user.health_check() is not False, None
+        except Exception as exc:
+            healthy, detail = False, repr(exc)
+        otpy.cast(self.server, (HEALTHY, self.me, token, healthy, detail))
+
+    def _release(self) -> None:
+        """Retired: its sessions are re-bound elsewhere."""
+        self.sessions.clear()
+        self.replay_logs.clear()
+        self.lost.clear()
+
+    def _leave(self) -> otpy.Stop:
+        """Retired and idle: answer every command already queued with MOVED
+        (they never ran: their callers go to the session's new worker), then
+        stop."""
         while True:
             try:
-                message = otpy.receive(timeout=0, match=call_of_run)
+                message = otpy.receive(timeout=0, match=_queued_run)
             except otpy.Timeout:
                 break
-            otpy.reply(otpy.From(*message[1]), ("moved",))
+            otpy.reply(otpy.From(*message[1]), (MOVED,))
         return otpy.Stop(RETIRED)
 
     def terminate(self, reason: Any) -> None:
@@ -301,6 +305,12 @@ class WorkerProcess(otpy.GenServer):
         except Exception as exc:  # the stop goes on, with its own reason
             lowlevel.logger().warning("worker terminate raised", reason=repr(reason),
                                       error=repr(exc), exception=lowlevel.traceback_text(exc))
+
+
+def _queued_run(message: Any) -> bool:
+    """A RUN call still in the mailbox."""
+    return (type(message) is tuple and len(message) == 3 and message[0] == lowlevel.CALL
+            and type(message[2]) is tuple and message[2][:1] == (RUN,))
 
 
 def worker_spec(key: Any, opts: Any, server: otpy.Pid) -> otpy.ChildSpec:

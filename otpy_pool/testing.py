@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 import otpy
 
 from ._errors import PoolError, SessionNotFound, UnknownCommand, WorkerCrashed
-from ._pool import Pool, _check_command
+from ._calls import check_command
+from ._pool import Pool
 from ._pool_options import PoolStatus
 from ._worker import Session, Worker
 
@@ -198,7 +199,7 @@ class InlinePool:
 
     def execute(self, command: str, *args: Any, session: Any = None, timeout: Any = None,
                 **kwargs: Any) -> Any:
-        _check_command(command)
+        check_command(command)
         if self.stopped:
             raise PoolError(f"{self!r} is stopped")
         state = Session(None) if session is None else self.sessions.setdefault(

@@ -17,8 +17,8 @@ LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy/metrics", "o
 INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py",
                   # the breaker's and limiter's pure state machines, against models
                   "test_breaker_properties.py", "test_limiter_properties.py",
-                  # the pool's options' one table
-                  "test_pool_options.py",
+                  # the pool's bookkeeping without processes, its options' and protocol's tables
+                  "test_pool_book.py", "test_pool_options.py", "test_pool_protocol_table.py",
                   # the zygote's relation tables and notice order, without processes
                   "test_zygote_core.py",
                   # frames through the GIL-keeping non-blocking socket calls

@@ -875,6 +875,26 @@ def test_a_retired_workers_sessions_move_at_once_even_while_it_is_held(otpy_tree
     pool.stop()
 
 
+def test_a_retired_worker_whose_holder_raises_is_killed_at_checkin(otpy_tree):
+    """Health failed while the worker is checked out, then the with-body
+    raises: its state is unknown, so it is killed at the checkin (it used to
+    be left alive, out of service, until the pool stopped)."""
+    flag = os.path.join(otpy_tree.tmp_path, "sick")
+    pool = start(size=1, health_interval=0.1)
+    pool.subscribe()
+    pool.execute("set_unhealthy_if", flag, session="s")
+    with pytest.raises(ZeroDivisionError):
+        with pool.checkout() as held:
+            open(flag, "w").close()
+            assert event("health_failed").worker == held.pid
+            os.remove(flag)
+            1 / 0
+    exited = event("worker_exited")
+    assert (exited.worker, exited.detail) == (held.pid, "('shutdown', 'checkout_replaced')")
+    assert held.pid not in pool.workers()
+    pool.stop()
+
+
 def test_killing_the_pool_server_never_hangs_a_waiting_caller():
     pool = start(size=1, name="waited")
     pool.subscribe()

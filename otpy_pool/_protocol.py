@@ -1,0 +1,167 @@
+"""Every message between the pool's callers, its server and its workers.
+
+One table, so that a message's shape, who sends it and when are written in
+one place, and a test can check that each receiver handles exactly the
+messages the table says it receives (``tests/unit/test_pool_protocol.py``).
+Calls follow otpy's call convention; the server answers every call it
+knows with ``(OK, value)`` or ``(ERROR, exception)``, and one it does not
+know with ``(ERROR, ValueError)``, never with nothing. A cast or a timer
+message nobody knows is logged and dropped (there is no one to answer).
+
+The tag strings are private to the pool: only its own modules send them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Message(NamedTuple):
+    """One message shape: ``tag`` is its first element, ``args`` the rest."""
+
+    tag: str
+    sender: str  # "caller" (a Pool handle), "server", "worker", or "timer" (the server's own)
+    receiver: str  # "server" or "worker"
+    kind: str  # "call" (answered), "cast" (one way), "info" (a timer's message)
+    args: str
+    when: str
+
+
+# Answers: every call to the server, and a command's run, answer one of these.
+OK, ERROR = "ok", "error"  # (OK, value) / (ERROR, exception)
+UNBOUND = "unbound"  # (UNBOUND,): the worker does not hold the session; ask the server to bind
+MOVED = "moved"  # (MOVED,): the worker is retiring and never ran it; bind again, naming it
+LOST = "lost"  # (LOST, cause): the session's replay failed; this command reports it
+
+# ---- caller -> server ------------------------------------------------------------------------
+CHECKOUT = "checkout"
+BIND = "bind"
+RAN = "ran"
+DEADLINE = "deadline"
+END_SESSION = "end_session"
+STATUS = "status"
+WORKERS = "workers"
+WORKER_OF = "worker_of"
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
+SETTINGS = "settings"
+FIRST_START = "first_start"
+CHECKIN = "checkin"
+CANCEL = "cancel"
+# CHECKIN's ``how``: the holder returns the worker, wants it replaced (its
+# state is unknown), or saw it die (the server takes its Down, never reuses it)
+RETURN, REPLACE, DEAD = "return", "replace", "dead"
+
+# ---- caller -> worker --------------------------------------------------------------------------
+RUN = "run"
+
+# ---- server -> worker ---------------------------------------------------------------------------
+COUNTS_FD = "counts_fd"
+ADOPT = "adopt"
+BIND_SESSION = "bind_session"
+END = "end"
+HEALTH = "health"
+RELEASE = "release"
+LEAVE = "leave"
+
+# ---- worker -> server ---------------------------------------------------------------------------
+LOGGED = "$logged"
+WORN = "$worn"
+REPLAYED = "$replayed"
+HEALTHY = "$healthy"
+
+# ---- the server's timers (to itself) ------------------------------------------------------------
+EXPIRE = "$expire"
+RETRY_START = "$retry_start"
+FILL = "$fill"
+OVERFLOW_IDLE = "$overflow_idle"
+HEALTH_TICK = "$health_tick"
+HEALTH_LATE = "$health_late"
+
+# The built-in command the executor runs plain functions with.
+FUNCTION = "otpy_pool.function"
+# The exit reason of a worker the pool retired (it left once idle): clean for
+# supervisors, and it tells a caller whose command reached the worker too late
+# that the command never ran. Workers' ``terminate`` sees it (documented).
+RETIRED = ("shutdown", "otpy_pool.retired")
+# RAN's answer when the server cannot tell which command a dead worker ran.
+UNKNOWN = "unknown"
+
+
+TABLE: tuple[Message, ...] = (
+    Message(CHECKOUT, "caller", "server", "call", "token, wait",
+            "a session-less command, execute_many or checkout() needs a worker of its own: "
+            "answered with one (held under token), or once one is free (at most wait s), "
+            "or PoolTimeout / PoolOverloaded / PoolUnavailable"),
+    Message(BIND, "caller", "server", "call", "session, stale",
+            "the session has no cached worker, or its worker did not hold it (stale: that "
+            "worker, whose Down is taken first): answered with the session's worker, to "
+            "which BIND_SESSION was cast first"),
+    Message(RAN, "caller", "server", "call", "worker",
+            "a command met its worker's death: the running command's ref "
+            "(origin serial, number), None, or UNKNOWN; the worker's Down is taken first"),
+    Message(DEADLINE, "caller", "server", "call", "worker, token",
+            "a command ran past its timeout: the server kills the worker and answers "
+            "once its Down is taken"),
+    Message(END_SESSION, "caller", "server", "call", "session", "end_session(), session()"),
+    Message(STATUS, "caller", "server", "call", "", "status()"),
+    Message(WORKERS, "caller", "server", "call", "", "workers()"),
+    Message(WORKER_OF, "caller", "server", "call", "session", "worker_of()"),
+    Message(SUBSCRIBE, "caller", "server", "call", "pid", "subscribe()"),
+    Message(UNSUBSCRIBE, "caller", "server", "call", "pid", "unsubscribe()"),
+    Message(SETTINGS, "caller", "server", "call", "",
+            "once per process and pool: the defaults a handle needs (a Settings)"),
+    Message(FIRST_START, "caller", "server", "call", "",
+            "start_link, once: why the first workers could not start (None: they did)"),
+    Message(CHECKIN, "caller", "server", "cast", "token, how",
+            "a checkout ends: how is RETURN, REPLACE or DEAD"),
+    Message(CANCEL, "caller", "server", "cast", "token",
+            "a caller gave up waiting for CHECKOUT's answer (its own timer)"),
+    Message(RUN, "caller", "worker", "call", "session, command, args, kwargs",
+            "every command, with the caller's own ref (the worker's counts page names the "
+            "one running): answered (OK, value), (ERROR, exc), (UNBOUND,), (MOVED,) or "
+            "(LOST, cause)"),
+    Message(COUNTS_FD, "server", "worker", "call", "",
+            "the server starts tracking a worker: the fd of its counts page, to map"),
+    Message(ADOPT, "server", "worker", "call", "server",
+            "a new server takes over: the worker's sessions and their replay logs"),
+    Message(BIND_SESSION, "server", "worker", "cast", "session, replay_log",
+            "before BIND's answer, so it reaches the worker before the caller's command: "
+            "replay the log (if any), then hold the session"),
+    Message(END, "server", "worker", "cast", "session", "END_SESSION: drop the session"),
+    Message(HEALTH, "server", "worker", "cast", "token",
+            "every health_interval, to an idle worker: answered with HEALTHY"),
+    Message(RELEASE, "server", "worker", "cast", "",
+            "the worker is retired: drop every session (they are re-bound elsewhere)"),
+    Message(LEAVE, "server", "worker", "cast", "",
+            "a retired worker is idle: answer the RUNs already queued with MOVED, then "
+            "stop with RETIRED"),
+    Message(LOGGED, "worker", "server", "cast", "worker, session, entry",
+            "a replay=True command succeeded, before its reply: the session's log grows"),
+    Message(WORN, "worker", "server", "cast", "worker",
+            "once, past max_commands or max_memory: retire it when idle"),
+    Message(REPLAYED, "worker", "server", "cast", "worker, session, cause",
+            "after BIND_SESSION's replay: cause None (recovered) or the failure's text"),
+    Message(HEALTHY, "worker", "server", "cast", "worker, token, healthy, detail",
+            "HEALTH's answer"),
+    Message(EXPIRE, "timer", "server", "info", "token", "a queued CHECKOUT's wait is over"),
+    Message(RETRY_START, "timer", "server", "info", "",
+            "the backoff after a failed start is over: start what is owed"),
+    Message(FILL, "timer", "server", "info", "",
+            "FILL_GRACE after a death: start its replacement"),
+    Message(OVERFLOW_IDLE, "timer", "server", "info", "worker, stamp",
+            "an overflow worker returned overflow_idle s ago: retire it if still idle since"),
+    Message(HEALTH_TICK, "timer", "server", "info", "", "every health_interval"),
+    Message(HEALTH_LATE, "timer", "server", "info", "worker, token",
+            "health_timeout after a HEALTH: no answer yet"),
+)
+
+
+def tags(receiver: str, kind: str) -> set[str]:
+    """The tags ``receiver`` gets as ``kind`` (for the dispatch tables' test)."""
+    return {m.tag for m in TABLE if m.receiver == receiver and m.kind == kind}
+
+
+def unknown(receiver: str, message: object) -> ValueError:
+    """The error an unknown request is answered with."""
+    return ValueError(f"the pool's {receiver} has no request {message!r}")

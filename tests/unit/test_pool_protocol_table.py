@@ -1,0 +1,48 @@
+"""The pool's protocol table (otpy_pool._protocol) is whole: every message
+shape has one entry, and the server and the worker handle exactly the
+messages the table says they receive (an unknown one is answered with an
+error: tests/integration/pool/test_pool_unknown_requests.py)."""
+
+from __future__ import annotations
+
+import otpy_pool._protocol as protocol
+from otpy_pool import Worker
+from otpy_pool._pool_book import PoolBook
+from otpy_pool._pool_options import make_options
+from otpy_pool._pool_server import PoolServer
+from otpy_pool._worker import WorkerProcess
+
+
+class Plain(Worker):
+    pass
+
+
+def test_every_message_has_one_entry_saying_who_sends_it_and_when():
+    entries = [(m.tag, m.receiver) for m in protocol.TABLE]
+    assert len(entries) == len(set(entries))
+    for message in protocol.TABLE:
+        assert message.sender in ("caller", "server", "worker", "timer"), message
+        assert message.receiver in ("server", "worker"), message
+        assert message.kind in ("call", "cast", "info"), message
+        assert message.when, message
+    # every tag constant of the module is in the table
+    tags = {value for name, value in vars(protocol).items()
+            if name.isupper() and isinstance(value, str) and name not in (
+                "OK", "ERROR", "UNBOUND", "MOVED", "LOST", "RETURN", "REPLACE", "DEAD",
+                "FUNCTION", "UNKNOWN")}
+    assert tags == {m.tag for m in protocol.TABLE}
+
+
+def test_the_server_handles_what_the_table_says_it_receives():
+    server = PoolServer.__new__(PoolServer)  # its tables only: no process
+    calls, casts, infos = server._handlers(PoolBook(make_options(Plain, (), None, "p")))
+    assert set(calls) == protocol.tags("server", "call")
+    assert set(casts) == protocol.tags("server", "cast")
+    assert set(infos) == protocol.tags("server", "info")
+
+
+def test_the_worker_handles_what_the_table_says_it_receives():
+    calls, casts = WorkerProcess.__new__(WorkerProcess)._handlers()
+    assert set(calls) == protocol.tags("worker", "call")
+    assert set(casts) == protocol.tags("worker", "cast")
+    assert not protocol.tags("worker", "info")
