@@ -22,8 +22,9 @@ from otpy.lowlevel import Restart
 from ._calls import NotRun, check_batch, check_command, check_session, result, run_call
 from ._errors import (CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed,
                       duration)
+from ._pipeline import MARGIN, RETRIES, run_batch
 from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options, seconds
-from ._pool_server import DOWN_WAIT, PoolServer
+from ._pool_server import PoolServer
 from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, END_SESSION, ERROR,
                         FIRST_START, FUNCTION, LOST, MOVED, OK, RAN, REPLACE, RETIRED, RETURN,
                         SETTINGS, STATUS, SUBSCRIBE, UNBOUND, UNKNOWN, UNSUBSCRIBE, WORKER_OF,
@@ -31,8 +32,6 @@ from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, END_SES
 from ._worker import Worker
 
 _UNSET: Any = object()
-RETRIES = 8  # re-binds of one command whose worker moved or vanished before it ran
-MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
 _SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
 _WINDOW = 64  # execute_many: commands outstanding at once, by default
 
@@ -311,122 +310,12 @@ class Pool:
         if session is not None:
             check_session(session)
         check_batch(calls, window)  # every entry, before any is sent
-        out: list = [(ERROR, None)] * len(calls)  # replaced by each command's outcome
-        todo = list(range(len(calls)))
-        stale = None
-        for _ in range(RETRIES):
-            if not todo:
-                break
-            if session is None:
-                try:
-                    with self._checked_out(self._settings().checkout_timeout) as (worker, token):
-                        todo, gone = self._pipeline(worker, token, None, command, calls, todo,
-                                                    out, timeout, window)
-                        if gone:
-                            raise NotRun()  # the server takes its Down rather than reuse it
-                except NotRun:
-                    pass
-                continue
-            cache = self._session_cache()
-            worker = self._bound(cache, session, stale)
-            todo, gone = self._pipeline(worker, None, session, command, calls, todo, out,
-                                        timeout, window)
-            if todo or gone:
-                stale = self._forget(cache, session, worker)
-        for i in todo:
-            out[i] = (ERROR, PoolError(f"pool {self.name!r}: no worker could run {command!r}"))
         results = []
-        for outcome in out:
+        for outcome in run_batch(self, command, calls, session, timeout, window):
             if outcome[0] != OK and not return_exceptions:
                 raise outcome[1]
             results.append(outcome[1])
         return results
-
-    def _pipeline(self, worker: otpy.Pid, token: Any, sid: Any, command: str, calls: list,
-                  todo: list, out: list, timeout: float | None,
-                  window: int) -> tuple[list, bool]:
-        """Send ``todo``'s commands to ``worker``, at most ``window`` unanswered,
-        and file each answer in ``out``. Returns the indexes that never ran
-        (to run again elsewhere) and whether the worker is gone. Commands are
-        calls in otpy's call convention, sent without waiting; the replies
-        come to this process's mailbox, matched by ref, and a monitor tells
-        of the worker's death. Sends never block (timeout 0): a full buffer
-        only means reading replies first, so two big payloads cannot stall
-        each other."""
-        mref = otpy.monitor(worker)
-        pending: dict[otpy.Ref, int] = {}  # in the order sent: the worker runs them so
-        retry: list[int] = []
-        nxt = 0
-
-        def answer(m: Any) -> bool:
-            return (type(m) is tuple and len(m) == 3 and m[1] in pending) or \
-                (type(m) is otpy.Down and m.ref == mref)
-
-        try:
-            while True:
-                while nxt < len(todo) and len(pending) < window and not retry:
-                    ref = otpy.make_ref()
-                    i = todo[nxt]
-                    try:
-                        otpy.send(worker, run_call(ref, sid, command, calls[i], {}),
-                                  timeout=None if not pending else 0)
-                    except otpy.Timeout:
-                        if pending:
-                            break  # its buffer is full: read replies first
-                        raise
-                    except otpy.SerializationError as exc:
-                        out[i] = (ERROR, exc)
-                        nxt += 1
-                        continue
-                    pending[ref] = i
-                    nxt += 1
-                if not pending:
-                    return retry + todo[nxt:], False
-                try:
-                    m = otpy.receive(timeout=timeout, match=answer)
-                except otpy.Timeout:  # the oldest command ran past its timeout
-                    first = next(iter(pending.values()))
-                    out[first] = (ERROR, CommandTimeout(
-                        f"command {command!r} ran past {duration(timeout)}; "
-                        "its worker was replaced"))
-                    self._deadline(worker, token)
-                    otpy.receive(timeout=MARGIN + DOWN_WAIT, match=lambda m: type(m) is
-                                 otpy.Down and m.ref == mref)
-                    mref = None
-                    return self._unanswered(pending, first, retry, todo[nxt:]), True
-                if type(m) is otpy.Down:
-                    mref = None
-                    return self._crashed(worker, m.reason, pending, out, retry, todo[nxt:]), True
-                i = pending.pop(m[1])
-                outcome = m[2]
-                failed = lowlevel.failed_reply(outcome, worker)  # e.g. one we cannot decode
-                if failed is not None:
-                    out[i] = (ERROR, failed)
-                elif outcome[0] in (UNBOUND, MOVED):
-                    retry.append(i)  # never ran: again on the session's (new) worker; no
-                    # more is sent here (the ones sent are answered the same way)
-                elif outcome[0] == LOST:
-                    out[i] = (ERROR, SessionLost(sid, outcome[1]))
-                else:
-                    out[i] = outcome
-        finally:
-            if mref is not None:
-                otpy.demonitor(mref, flush=True)
-            if pending:  # answers that came after we gave up: not stray messages
-                lowlevel.flush(lambda m: type(m) is tuple and len(m) == 3 and m[1] in pending)
-
-    def _crashed(self, worker: otpy.Pid, reason: Any, pending: dict, out: list, retry: list,
-                 unsent: list) -> list:
-        """The worker died. It runs its commands in order, so only the oldest
-        unanswered one can have been running: WorkerCrashed for it, unless
-        the worker says it had not started it. The rest never ran."""
-        if not pending:
-            return retry + unsent
-        ref, first = next(iter(pending.items()))
-        if self._never_started(worker, ref, reason):
-            return sorted(retry + list(pending.values())) + unsent
-        out[first] = (ERROR, WorkerCrashed(reason))
-        return self._unanswered(pending, first, retry, unsent)
 
     def _never_started(self, worker: otpy.Pid, ref: otpy.Ref, reason: Any) -> bool:
         """The worker died with our command (sent with ``ref``) unanswered:
@@ -444,10 +333,6 @@ class Pool:
         except PoolError:  # no server: nobody can tell
             return False
         return running != UNKNOWN and running != (ref.origin[1], ref.n)
-
-    @staticmethod
-    def _unanswered(pending: dict, first: int, retry: list, unsent: list) -> list:
-        return sorted(retry + [i for i in pending.values() if i != first]) + unsent
 
     def _session_cache(self) -> dict[Any, otpy.Pid]:
         """This OS process's session -> worker cache for the pool (the module's _bindings)."""

@@ -1,0 +1,180 @@
+"""``execute_many``'s pipeline: a batch of one command sent to one worker
+without waiting, up to ``window`` unanswered, the answers taken from the
+caller's mailbox by ref while more are sent.
+
+``Pipeline`` is one worker's share of a batch; ``run_batch`` runs a batch
+on the session's worker (or a checked-out one), again on the next worker
+for the entries that never ran (the worker died, or moved the session).
+Commands are calls in otpy's call convention, each with its own ref; the
+worker runs them in order, so only the oldest unanswered one can have been
+running when it died.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import otpy
+from otpy import lowlevel
+
+from ._calls import NotRun, run_call
+from ._errors import CommandTimeout, PoolError, SessionLost, WorkerCrashed, duration
+from ._protocol import ERROR, LOST, MOVED, UNBOUND
+from ._pool_server import DOWN_WAIT
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+PENDING = (ERROR, None)  # an entry's outcome until it has one
+RETRIES = 8  # workers one batch (or one command) may move to: deaths, moved sessions
+MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
+
+
+class Pipeline:
+    """Runs ``todo`` (indexes into ``calls``) on ``worker``, filing each
+    outcome in ``out``; ``run()`` returns the indexes that never ran (to run
+    again elsewhere) and whether the worker is gone. Sends never block
+    (timeout 0) once a command is outstanding: a full buffer only means
+    reading answers first, so two big payloads cannot stall each other."""
+
+    def __init__(self, pool: "Pool", worker: otpy.Pid, token: Any, sid: Any, command: str,
+                 calls: list, todo: list, out: list, timeout: float | None,
+                 window: int) -> None:
+        self.pool, self.worker, self.token, self.sid = pool, worker, token, sid
+        self.command, self.calls, self.todo, self.out = command, calls, todo, out
+        self.timeout, self.window = timeout, window
+        self.pending: dict[otpy.Ref, int] = {}  # in the order sent: the worker runs them so
+        self.retry: list[int] = []  # answered "not here": to run on the session's next worker
+        self.sent = 0  # how much of todo was sent (or failed to be)
+        self.mref: otpy.Ref | None = None
+
+    def run(self) -> tuple[list, bool]:
+        self.mref = otpy.monitor(self.worker)
+        try:
+            while True:
+                self.send_window()
+                if not self.pending:
+                    return self.retry + self.todo[self.sent:], False
+                try:
+                    answer = otpy.receive(timeout=self.timeout, match=self.is_answer)
+                except otpy.Timeout:
+                    return self.timed_out(), True
+                if type(answer) is otpy.Down:
+                    self.mref = None
+                    return self.worker_down(answer.reason), True
+                self.take_answer(answer)
+        finally:
+            self.close()
+
+    def is_answer(self, m: Any) -> bool:
+        return (type(m) is tuple and len(m) == 3 and m[1] in self.pending) or \
+            (type(m) is otpy.Down and m.ref == self.mref)
+
+    def send_window(self) -> None:
+        """Send until ``window`` are outstanding (none once one answered "not
+        here": those sent are answered the same way, the rest go elsewhere)."""
+        while self.sent < len(self.todo) and len(self.pending) < self.window and not self.retry:
+            ref = otpy.make_ref()
+            i = self.todo[self.sent]
+            call = run_call(ref, self.sid, self.command, self.calls[i], {})
+            try:
+                otpy.send(self.worker, call, timeout=None if not self.pending else 0)
+            except otpy.Timeout:
+                if self.pending:
+                    return  # its buffer is full: read answers first
+                raise
+            except otpy.SerializationError as exc:
+                self.out[i] = (ERROR, exc)
+            else:
+                self.pending[ref] = i
+            self.sent += 1
+
+    def take_answer(self, message: tuple) -> None:
+        i = self.pending.pop(message[1])
+        outcome = message[2]
+        failed = lowlevel.failed_reply(outcome, self.worker)  # e.g. one we cannot decode
+        if failed is not None:
+            self.out[i] = (ERROR, failed)
+        elif outcome[0] in (UNBOUND, MOVED):
+            self.retry.append(i)  # never ran: again on the session's (new) worker
+        elif outcome[0] == LOST:
+            self.out[i] = (ERROR, SessionLost(self.sid, outcome[1]))
+        else:
+            self.out[i] = outcome
+
+    def worker_down(self, reason: Any) -> list:
+        """The worker died: WorkerCrashed for the oldest unanswered command,
+        unless the worker says it had not started it. The rest never ran."""
+        if not self.pending:
+            return self.retry + self.todo[self.sent:]
+        ref, first = next(iter(self.pending.items()))
+        if self.pool._never_started(self.worker, ref, reason):
+            return sorted(self.retry + list(self.pending.values())) + self.todo[self.sent:]
+        self.out[first] = (ERROR, WorkerCrashed(reason))
+        return self.unanswered(first)
+
+    def timed_out(self) -> list:
+        """The oldest command ran past its timeout: CommandTimeout for it, its
+        worker killed and replaced (its Down awaited); the rest never ran."""
+        first = next(iter(self.pending.values()))
+        self.out[first] = (ERROR, CommandTimeout(
+            f"command {self.command!r} ran past {duration(self.timeout)}; "
+            "its worker was replaced"))
+        self.pool._deadline(self.worker, self.token)
+        mref = self.mref
+        otpy.receive(timeout=MARGIN + DOWN_WAIT,
+                     match=lambda m: type(m) is otpy.Down and m.ref == mref)
+        self.mref = None
+        return self.unanswered(first)
+
+    def unanswered(self, first: int) -> list:
+        """Every entry but ``first`` that has no outcome: in order."""
+        return sorted(self.retry + [i for i in self.pending.values() if i != first]) + \
+            self.todo[self.sent:]
+
+    def close(self) -> None:
+        if self.mref is not None:
+            otpy.demonitor(self.mref, flush=True)
+        if self.pending:  # answers that came after we gave up: not stray messages
+            pending = self.pending
+            lowlevel.flush(lambda m: type(m) is tuple and len(m) == 3 and m[1] in pending)
+
+
+def run_batch(pool: "Pool", command: str, calls: list, sid: Any, timeout: float | None,
+              window: int) -> list:
+    """Every entry's outcome, ``(OK, value)`` or ``(ERROR, exc)``, in order:
+    on the session's worker (moving with the session), or on one
+    checked-out worker at a time (the next one if it dies)."""
+    out: list = [PENDING] * len(calls)
+    todo = list(range(len(calls)))
+    stale = None
+    for _ in range(RETRIES):
+        if not todo:
+            break
+        if sid is None:
+            todo = _checked_out_share(pool, command, calls, todo, out, timeout, window)
+            continue
+        cache = pool._session_cache()
+        worker = pool._bound(cache, sid, stale)
+        todo, gone = Pipeline(pool, worker, None, sid, command, calls, todo, out, timeout,
+                              window).run()
+        if todo or gone:
+            stale = pool._forget(cache, sid, worker)
+    for i in todo:
+        out[i] = (ERROR, PoolError(f"pool {pool.name!r}: no worker could run {command!r}"))
+    return out
+
+
+def _checked_out_share(pool: "Pool", command: str, calls: list, todo: list, out: list,
+                       timeout: float | None, window: int) -> list:
+    """One checked-out worker's share; a worker that died goes back as dead
+    (the server takes its Down rather than reuse it)."""
+    try:
+        with pool._checked_out(pool._settings().checkout_timeout) as (worker, token):
+            todo, gone = Pipeline(pool, worker, token, None, command, calls, todo, out,
+                                  timeout, window).run()
+            if gone:
+                raise NotRun()
+    except NotRun:
+        pass
+    return todo
