@@ -836,61 +836,63 @@ class PoolBook:
     def invariants(self) -> None:
         """AssertionError naming the first invariant broken (see the module's docstring)."""
         assert self.out is None, "an event is under way"
-        self._check_states()
-        self._check_sessions()
-        self._check_waiters()
-        self._check_counts()
+        for check in (_check_states, _check_sessions, _check_waiters, _check_counts):
+            check(self)
 
-    def _check_states(self) -> None:
-        idle = {pid for pid, w in self.workers.items() if w.state == IDLE}
-        assert len(self.idle) == len(set(self.idle)) and set(self.idle) == idle, \
-            f"idle order {list(self.idle)} is not the idle workers {idle}"
-        held = {}
-        for pid, w in self.workers.items():
-            assert w.state in STATES, f"{w}: unknown state"
-            assert (w.holder is not None) == (w.state in (HELD, RETIRING_HELD)), \
-                f"{w}: holder {w.holder!r} does not match its state"
-            if w.holder is not None:
-                held[w.holder] = pid
-        assert {t: e[0] for t, e in self.checkouts.items()} == held, \
-            f"checkouts {self.checkouts} are not the held workers' {held}"
 
-    def _check_sessions(self) -> None:
-        for sid, pid in self.sessions.items():
-            if pid is not None:
-                w = self.workers.get(pid)
-                assert w is not None and w.state in IN_SERVICE and sid in w.sessions, \
-                    f"session {sid!r} bound to {w or pid!r}, which does not hold it"
-        for pid, w in self.workers.items():
-            for sid in w.sessions:
-                assert self.sessions.get(sid) == pid, f"{w} lists {sid!r}, bound elsewhere"
+def _check_states(book: PoolBook) -> None:
+    idle = {pid for pid, w in book.workers.items() if w.state == IDLE}
+    assert len(book.idle) == len(set(book.idle)) and set(book.idle) == idle, \
+        f"idle order {list(book.idle)} is not the idle workers {idle}"
+    held = {}
+    for pid, w in book.workers.items():
+        assert w.state in STATES, f"{w}: unknown state"
+        assert (w.holder is not None) == (w.state in (HELD, RETIRING_HELD)), \
+            f"{w}: holder {w.holder!r} does not match its state"
+        if w.holder is not None:
+            held[w.holder] = pid
+    assert {t: e[0] for t, e in book.checkouts.items()} == held, \
+        f"checkouts {book.checkouts} are not the held workers' {held}"
 
-    def _check_waiters(self) -> None:
-        assert not (self.queue and self.idle), \
-            f"callers wait ({len(self.queue)}) while workers are idle ({list(self.idle)})"
-        tokens = [w.token for w in self.queue]
-        if self.starting is not None and self.starting.waiter is not None:
-            tokens.append(self.starting.waiter.token)
-        assert len(tokens) == len(set(tokens)), f"a caller waits twice: {tokens}"
-        assert not set(tokens) & set(self.checkouts), "a caller waits for what it holds"
-        assert not self.binds_waiting or self.starting is not None, \
-            f"binds wait for no start: {self.binds_waiting}"
-        assert set(self.at_down) <= set(self.workers), \
-            f"answers wait for the Down of workers already gone: {set(self.at_down)}"
 
-    def _check_counts(self) -> None:
-        assert self.owed >= 0, f"owed {self.owed}"
-        assert self.starting is None or not self.starting.fill or self.owed > 0, \
-            "a start fills what is not owed"
-        assert self.overflow_count() <= self.opts.max_overflow, \
-            f"{self.overflow_count()} overflow workers, max_overflow {self.opts.max_overflow}"
-        regular = self.regular_in_service() + self.owed
-        if self.starting is not None and not self.starting.overflow and not self.starting.fill:
-            regular += 1
-        target = max(self.opts.size, self.adopted)
-        assert regular <= target, f"{regular} regular workers in service or owed, size {target}"
-        assert self.opts.lazy or regular == target, \
-            f"an eager pool with {regular} regular workers in service or owed, size {target}"
+def _check_sessions(book: PoolBook) -> None:
+    for sid, pid in book.sessions.items():
+        if pid is not None:
+            w = book.workers.get(pid)
+            assert w is not None and w.state in IN_SERVICE and sid in w.sessions, \
+                f"session {sid!r} bound to {w or pid!r}, which does not hold it"
+    for pid, w in book.workers.items():
+        for sid in w.sessions:
+            assert book.sessions.get(sid) == pid, f"{w} lists {sid!r}, bound elsewhere"
+
+
+def _check_waiters(book: PoolBook) -> None:
+    assert not (book.queue and book.idle), \
+        f"callers wait ({len(book.queue)}) while workers are idle ({list(book.idle)})"
+    tokens = [w.token for w in book.queue]
+    if book.starting is not None and book.starting.waiter is not None:
+        tokens.append(book.starting.waiter.token)
+    assert len(tokens) == len(set(tokens)), f"a caller waits twice: {tokens}"
+    assert not set(tokens) & set(book.checkouts), "a caller waits for what it holds"
+    assert not book.binds_waiting or book.starting is not None, \
+        f"binds wait for no start: {book.binds_waiting}"
+    assert set(book.at_down) <= set(book.workers), \
+        f"answers wait for the Down of workers already gone: {set(book.at_down)}"
+
+
+def _check_counts(book: PoolBook) -> None:
+    assert book.owed >= 0, f"owed {book.owed}"
+    assert book.starting is None or not book.starting.fill or book.owed > 0, \
+        "a start fills what is not owed"
+    assert book.overflow_count() <= book.opts.max_overflow, \
+        f"{book.overflow_count()} overflow workers, max_overflow {book.opts.max_overflow}"
+    regular = book.regular_in_service() + book.owed
+    if book.starting is not None and not book.starting.overflow and not book.starting.fill:
+        regular += 1
+    target = max(book.opts.size, book.adopted)
+    assert regular <= target, f"{regular} regular workers in service or owed, size {target}"
+    assert book.opts.lazy or regular == target, \
+        f"an eager pool with {regular} regular workers in service or owed, size {target}"
 
 
 def _busy(reading: Reading | None) -> bool:

@@ -25,12 +25,8 @@ from ._counters import CountsReader
 from ._errors import start_error
 from ._pool_book import (AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading, Reply,
                          Start, Timer, Watch)
-from ._pool_options import PoolEvent, Settings
-from ._protocol import (ADOPT, BIND, CANCEL, CHECKIN, CHECKOUT, COUNTS_FD, DEAD, DEADLINE,
-                        END_SESSION, ERROR, EXPIRE, FILL, FIRST_START, HEALTH_LATE, HEALTH_TICK,
-                        HEALTHY, LOGGED, OK, OVERFLOW_IDLE, RAN, REPLACE, REPLAYED, RETRY_START,
-                        SETTINGS, STATUS, SUBSCRIBE, UNSUBSCRIBE, WORKER_OF, WORKERS, WORN,
-                        unknown)
+from ._pool_options import PoolEvent, PoolStatus, Settings
+from ._protocol import ADOPT, COUNTS_FD, DEAD, HEALTH_TICK, REPLACE
 from ._worker import worker_spec
 
 DOWN_WAIT = 5.0  # how long the server waits for the Down of a worker a caller saw die
@@ -58,53 +54,17 @@ class PoolServer(otpy.GenServer):
         self.doing = False
         self.label = ""
         self.perform: dict[type, Callable[[Any], None]] = {
-            Start: self._start, Kill: self._kill, Reply: self._reply, Cast: self._cast,
-            Timer: self._timer, CancelTimer: self._cancel_timer, Watch: self._watch,
-            Emit: self._emit, AwaitDown: self._await_down}
+            Start: self._do_start, Kill: self._do_kill, Reply: self._do_reply, Cast: self._do_cast,
+            Timer: self._do_timer, CancelTimer: self._do_cancel_timer, Watch: self._do_watch,
+            Emit: self._do_emit, AwaitDown: self._do_await_down}
+        self.caller: otpy.From | None = None  # the call being handled
         self.book = self._adopt()
-        self.calls, self.casts, self.infos = self._handlers(self.book)
         self._do(self.book.begin())
         # what start_link reports: the first workers of a new pool must start
         self.first_failure = self.book.last_start_error
         if opts.health_interval is not None:
             otpy.send_after(self.me, (HEALTH_TICK,), opts.health_interval)
         self._annotate()
-
-    def _handlers(self, book: PoolBook) -> tuple[dict, dict, dict]:
-        """What handles each message of _protocol's table this server receives:
-        calls (the caller's From, then the request's arguments; answered
-        (OK, value), (ERROR, exc), or NOREPLY when the book's effects reply),
-        casts and timer messages (their arguments)."""
-        event = self._event
-        calls = {CHECKOUT: event(book.checkout, call=True), BIND: self._bind,
-                 RAN: event(book.ran, call=True), DEADLINE: self._deadline,
-                 END_SESSION: event(book.end_session, call=True),
-                 STATUS: lambda caller: (OK, book.status(
-                     [self._reading(pid) for pid in book.workers])),
-                 WORKERS: lambda caller: (OK, list(book.workers)),
-                 WORKER_OF: lambda caller, sid: (OK, book.sessions.get(sid)),
-                 SUBSCRIBE: self._subscribe, UNSUBSCRIBE: self._unsubscribe,
-                 SETTINGS: lambda caller: (OK, Settings(
-                     self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
-                     self.opts.size + self.opts.max_overflow)),
-                 FIRST_START: lambda caller: (OK, self.first_failure)}
-        casts = {CHECKIN: self._checkin, CANCEL: event(book.cancel), LOGGED: event(book.logged),
-                 WORN: event(book.worn), REPLAYED: event(book.replayed),
-                 HEALTHY: event(book.healthy)}
-        infos = {EXPIRE: self._expire, RETRY_START: event(book.retry_due),
-                 FILL: event(book.fill_due), OVERFLOW_IDLE: event(book.overflow_idle),
-                 HEALTH_TICK: self._health_tick, HEALTH_LATE: self._health_late}
-        return calls, casts, infos
-
-    def _event(self, event: Callable[..., list], call: bool = False) -> Callable[..., Any]:
-        """A handler passing a message's arguments (a call's caller first) to
-        one of the book's events, then doing its effects."""
-
-        def handle(*args: Any) -> Any:
-            self._do(event(*args))
-            return otpy.NOREPLY if call else None
-
-        return handle
 
     def _adopt(self) -> PoolBook:
         """A replaced server takes over the workers (and their sessions) alive.
@@ -118,45 +78,46 @@ class PoolServer(otpy.GenServer):
             if child.pid is None:
                 continue
             try:
-                sessions = otpy.call(child.pid, (ADOPT, self.me), timeout=DOWN_WAIT)
+                sessions = lowlevel.ask(child.pid, (ADOPT, self.me), timeout=DOWN_WAIT)
             except otpy.Exited:
                 continue
             except otpy.Timeout:
-                self._kill(Kill(child.pid, "adoption_timeout"))
+                self._do_kill(Kill(child.pid, "adoption_timeout"))
                 continue
             self._track(child.pid)
             book.adopt(child.pid, sessions, self._reading(child.pid))
         return book
 
-    # ---- the callbacks: one table per kind of message ----------------------------------------
+    # ---- the callbacks: a handler method per message of _protocol's table ------------------
+    # Calls go to _op_<tag> through lowlevel.dispatch, as every otpy_pool
+    # server's do: its value is the answer, an exception is answered as an
+    # error, an unknown operation too. Those the book answers by its effects
+    # (now or later) return NOREPLY. Casts go to _cast_<tag>, the server's
+    # timer messages to _info_<tag>.
 
     def handle_call(self, request: Any, caller: otpy.From) -> Any:
-        handler = self.calls.get(request[0]) if type(request) is tuple and request else None
-        if handler is None:
-            return (ERROR, unknown("server", request))
+        self.caller = caller  # for the operations the book answers
         try:
-            return handler(caller, *request[1:])
-        except otpy.ProcessExit:
-            raise
-        except Exception as exc:  # a bad request: answered, never a crash of the server
-            return (ERROR, exc)
+            outcome = lowlevel.dispatch(self, request)
         finally:
             self._annotate()
+        return otpy.NOREPLY if outcome[1] is otpy.NOREPLY else outcome
 
     def handle_cast(self, request: Any) -> Any:
-        self._handle(self.casts, "cast", request)
+        self._handle("_cast_", request)
 
     def handle_info(self, message: Any) -> Any:
         if type(message) is otpy.Down:
             self._down(message)
             self._annotate()
         else:
-            self._handle(self.infos, "message", message)
+            self._handle("_info_", message)
 
-    def _handle(self, table: dict, kind: str, message: Any) -> None:
-        handler = table.get(message[0]) if type(message) is tuple and message else None
+    def _handle(self, prefix: str, message: Any) -> None:
+        tag = message[0] if type(message) is tuple and message else None
+        handler = getattr(self, prefix + tag, None) if type(tag) is str else None
         if handler is None:  # nobody to answer: said in the log
-            self.logger.warning(f"pool server: unknown {kind} dropped", message=repr(message))
+            self.logger.warning("pool server: unknown message dropped", message=repr(message))
             return
         handler(*message[1:])
         self._annotate()
@@ -171,46 +132,101 @@ class PoolServer(otpy.GenServer):
         elif kind == "subscriber":
             self.subscribers.pop(pid, None)
 
-    # ---- messages that need the shell first ------------------------------------------------------
+    # ---- calls ------------------------------------------------------------------------------
 
-    def _bind(self, caller: otpy.From, sid: Any, stale: otpy.Pid | None) -> Any:
+    def _op_checkout(self, token: Any, wait: float | None) -> Any:
+        self._do(self.book.checkout(self.caller, token, wait))
+        return otpy.NOREPLY
+
+    def _op_bind(self, sid: Any, stale: otpy.Pid | None) -> Any:
         stale_dead = stale is not None and stale in self.book.workers and \
             not otpy.is_alive(stale)
-        self._do(self.book.bind(caller, sid, stale, stale_dead))
+        self._do(self.book.bind(self.caller, sid, stale, stale_dead))
         return otpy.NOREPLY
 
-    def _deadline(self, caller: otpy.From, pid: otpy.Pid, token: Any) -> Any:
-        self._do(self.book.deadline(caller, pid))
+    def _op_ran(self, pid: otpy.Pid) -> Any:
+        self._do(self.book.ran(self.caller, pid))
         return otpy.NOREPLY
 
-    def _checkin(self, token: Any, how: str) -> None:
+    def _op_deadline(self, pid: otpy.Pid, token: Any) -> Any:
+        self._do(self.book.deadline(self.caller, pid))
+        return otpy.NOREPLY
+
+    def _op_end_session(self, sid: Any) -> Any:
+        self._do(self.book.end_session(self.caller, sid))
+        return otpy.NOREPLY
+
+    def _op_status(self) -> PoolStatus:
+        return self.book.status([self._reading(pid) for pid in self.book.workers])
+
+    def _op_workers(self) -> list[otpy.Pid]:
+        return list(self.book.workers)
+
+    def _op_worker_of(self, sid: Any) -> otpy.Pid | None:
+        return self.book.sessions.get(sid)
+
+    def _op_subscribe(self, pid: otpy.Pid) -> None:
+        if pid not in self.subscribers:
+            mref = self.subscribers[pid] = otpy.monitor(pid)
+            self.monitors[mref] = ("subscriber", pid)
+
+    def _op_unsubscribe(self, pid: otpy.Pid) -> None:
+        mref = self.subscribers.pop(pid, None)
+        if mref is not None:
+            self.monitors.pop(mref, None)
+            otpy.demonitor(mref, flush=True)
+
+    def _op_settings(self) -> Settings:
+        return Settings(self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
+                        self.opts.size + self.opts.max_overflow)
+
+    def _op_first_start(self) -> BaseException | None:
+        """Why the first workers of this server could not start (None: they did)."""
+        return self.first_failure
+
+    # ---- casts ----------------------------------------------------------------------------
+
+    def _cast_checkin(self, token: Any, how: str) -> None:
         entry = self.book.checkouts.get(token)
         if how == DEAD and entry is not None and otpy.is_alive(entry[0]):
             how = REPLACE  # the holder's error came from elsewhere: its state is unknown
         self._do(self.book.checkin(token, how))
 
-    def _expire(self, token: Any) -> None:
+    def _cast_cancel(self, token: Any) -> None:
+        self._do(self.book.cancel(token))
+
+    def _cast_logged(self, pid: otpy.Pid, sid: Any, entry: tuple) -> None:
+        self._do(self.book.logged(pid, sid, entry))
+
+    def _cast_worn(self, pid: otpy.Pid) -> None:
+        self._do(self.book.worn(pid))
+
+    def _cast_replayed(self, pid: otpy.Pid, sid: Any, cause: Any) -> None:
+        self._do(self.book.replayed(pid, sid, cause))
+
+    def _cast_healthy(self, pid: otpy.Pid, token: Any, healthy: bool, detail: Any) -> None:
+        self._do(self.book.healthy(pid, token, healthy, detail))
+
+    # ---- the server's timers -------------------------------------------------------------------
+
+    def _info_expire(self, token: Any) -> None:
         self.timers.pop(token, None)
         self._do(self.book.expire(token))
 
-    def _health_tick(self) -> None:
+    def _info_retry_start(self) -> None:
+        self._do(self.book.retry_due())
+
+    def _info_fill(self) -> None:
+        self._do(self.book.fill_due())
+
+    def _info_overflow_idle(self, pid: otpy.Pid, stamp: int) -> None:
+        self._do(self.book.overflow_idle(pid, stamp))
+
+    def _info_health_tick(self) -> None:
         self._do(self.book.health_tick({pid: self._reading(pid) for pid in self.book.workers}))
 
-    def _health_late(self, pid: otpy.Pid, token: Any) -> None:
+    def _info_health_late(self, pid: otpy.Pid, token: Any) -> None:
         self._do(self.book.health_late(pid, token, self._reading(pid)))
-
-    def _subscribe(self, caller: otpy.From, pid: otpy.Pid) -> tuple:
-        if pid not in self.subscribers:
-            mref = self.subscribers[pid] = otpy.monitor(pid)
-            self.monitors[mref] = ("subscriber", pid)
-        return (OK, None)
-
-    def _unsubscribe(self, caller: otpy.From, pid: otpy.Pid) -> tuple:
-        mref = self.subscribers.pop(pid, None)
-        if mref is not None:
-            self.monitors.pop(mref, None)
-            otpy.demonitor(mref, flush=True)
-        return (OK, None)
 
     # ---- effects -----------------------------------------------------------------------------
 
@@ -232,7 +248,7 @@ class PoolServer(otpy.GenServer):
         finally:
             self.doing = False
 
-    def _start(self, effect: Start) -> None:
+    def _do_start(self, effect: Start) -> None:
         """Start one worker (the server waits for its init)."""
         spec = worker_spec(("worker", effect.key), self.opts, self.me)
         try:
@@ -258,7 +274,7 @@ class PoolServer(otpy.GenServer):
         self.monitors[mref] = ("worker", pid)
         try:
             self.pages[pid] = CountsReader(pid.os_pid,
-                                           otpy.call(pid, (COUNTS_FD,), timeout=DOWN_WAIT))
+                                           lowlevel.ask(pid, (COUNTS_FD,), timeout=DOWN_WAIT))
         except (otpy.Exited, otpy.Timeout, OSError):
             # dead (its Down follows; OSError: it died between answering and
             # our opening its fd) or stuck: it has run nothing we could count
@@ -280,7 +296,7 @@ class PoolServer(otpy.GenServer):
             page.close()
         self._do(self.book.worker_down(pid, reason, final))
 
-    def _await_down(self, effect: AwaitDown) -> None:
+    def _do_await_down(self, effect: AwaitDown) -> None:
         """A caller saw the worker die, or it was killed: take its Down now."""
         mref = self.worker_monitors.get(effect.pid)
         if mref is None:
@@ -292,35 +308,35 @@ class PoolServer(otpy.GenServer):
             return
         self._worker_gone(effect.pid, reason)
 
-    def _kill(self, effect: Kill) -> None:
+    def _do_kill(self, effect: Kill) -> None:
         """A kill on purpose (it cannot be asked: it is stuck, or its state is
         unknown) is a planned exit, ``("shutdown", why)``: no crash report, a
         warning here; the caller's error says the rest."""
         self.logger.warning("pool worker killed", worker=repr(effect.pid), why=effect.why)
         lowlevel.kill(effect.pid, ("shutdown", effect.why))
 
-    def _reply(self, effect: Reply) -> None:
+    def _do_reply(self, effect: Reply) -> None:
         otpy.reply(effect.caller, effect.answer)
 
-    def _cast(self, effect: Cast) -> None:
+    def _do_cast(self, effect: Cast) -> None:
         otpy.cast(effect.pid, effect.message)
 
-    def _timer(self, effect: Timer) -> None:
+    def _do_timer(self, effect: Timer) -> None:
         ref = otpy.send_after(self.me, effect.message, effect.delay)
         if effect.key is not None:
             self.timers[effect.key] = ref
 
-    def _cancel_timer(self, effect: CancelTimer) -> None:
+    def _do_cancel_timer(self, effect: CancelTimer) -> None:
         ref = self.timers.pop(effect.key, None)
         if ref is not None:
             otpy.cancel_timer(ref)
 
-    def _watch(self, effect: Watch) -> None:
+    def _do_watch(self, effect: Watch) -> None:
         if effect.pid not in self.callers:
             mref = self.callers[effect.pid] = otpy.monitor(effect.pid)
             self.monitors[mref] = ("caller", effect.pid)
 
-    def _emit(self, effect: Emit) -> None:
+    def _do_emit(self, effect: Emit) -> None:
         event = PoolEvent(effect.kind, effect.worker, effect.session, effect.detail, time.time())
         self.logger.debug("pool." + effect.kind, worker=repr(effect.worker),
                           session=repr(effect.session),

@@ -1,12 +1,14 @@
 """Every message between the pool's callers, its server and its workers.
 
 One table, so that a message's shape, who sends it and when are written in
-one place, and a test can check that each receiver handles exactly the
-messages the table says it receives (``tests/unit/test_pool_protocol.py``).
-Calls follow otpy's call convention; the server answers every call it
-knows with ``(OK, value)`` or ``(ERROR, exception)``, and one it does not
-know with ``(ERROR, ValueError)``, never with nothing. A cast or a timer
-message nobody knows is logged and dropped (there is no one to answer).
+one place. Each receiver handles a message with the method named after its
+tag: ``_op_<tag>`` for a call (through ``lowlevel.dispatch``, as every
+otpy_pool server), ``_cast_<tag>`` for a cast, ``_info_<tag>`` for one of the
+server's timers; ``tests/unit/test_pool_protocol_table.py`` checks that each
+receiver has exactly the handlers of the messages the table says it gets.
+A call is answered ``(OK, value)`` or ``(ERROR, exception)``, an unknown one
+with ``(ERROR, ValueError)``, never with nothing; a cast or a timer message
+nobody knows is logged and dropped (there is no one to answer).
 
 The tag strings are private to the pool: only its own modules send them.
 """
@@ -65,18 +67,18 @@ RELEASE = "release"
 LEAVE = "leave"
 
 # ---- worker -> server ---------------------------------------------------------------------------
-LOGGED = "$logged"
-WORN = "$worn"
-REPLAYED = "$replayed"
-HEALTHY = "$healthy"
+LOGGED = "logged"
+WORN = "worn"
+REPLAYED = "replayed"
+HEALTHY = "healthy"
 
 # ---- the server's timers (to itself) ------------------------------------------------------------
-EXPIRE = "$expire"
-RETRY_START = "$retry_start"
-FILL = "$fill"
-OVERFLOW_IDLE = "$overflow_idle"
-HEALTH_TICK = "$health_tick"
-HEALTH_LATE = "$health_late"
+EXPIRE = "expire"
+RETRY_START = "retry_start"
+FILL = "fill"
+OVERFLOW_IDLE = "overflow_idle"
+HEALTH_TICK = "health_tick"
+HEALTH_LATE = "health_late"
 
 # The built-in command the executor runs plain functions with.
 FUNCTION = "otpy_pool.function"
@@ -157,11 +159,7 @@ TABLE: tuple[Message, ...] = (
 )
 
 
-def tags(receiver: str, kind: str) -> set[str]:
-    """The tags ``receiver`` gets as ``kind`` (for the dispatch tables' test)."""
-    return {m.tag for m in TABLE if m.receiver == receiver and m.kind == kind}
-
-
-def unknown(receiver: str, message: object) -> ValueError:
-    """The error an unknown request is answered with."""
-    return ValueError(f"the pool's {receiver} has no request {message!r}")
+def handlers(receiver: str) -> set[str]:
+    """The handler methods ``receiver`` must have: one per message it gets."""
+    prefix = {"call": "_op_", "cast": "_cast_", "info": "_info_"}
+    return {prefix[m.kind] + m.tag for m in TABLE if m.receiver == receiver}

@@ -22,9 +22,8 @@ from otpy import lowlevel
 
 from ._counters import COMMANDS, ERRORS, RUN_COUNTED, RUN_N, RUN_ORIGIN, WorkerCounts
 from ._errors import UnknownCommand
-from ._protocol import (ADOPT, BIND_SESSION, COUNTS_FD, END, ERROR, FUNCTION, HEALTH, HEALTHY,
-                        LEAVE, LOGGED, LOST, MOVED, OK, RELEASE, REPLAYED, RETIRED, RUN, UNBOUND,
-                        WORN, unknown)
+from ._protocol import (ERROR, FUNCTION, HEALTHY, LOGGED, LOST, MOVED, OK, REPLAYED, RETIRED, RUN,
+                        UNBOUND, WORN)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,7 +138,7 @@ class WorkerProcess(otpy.GenServer):
         self.sessions: dict[Any, Session] = {}
         self.replay_logs: dict[Any, list] = {}
         self.lost: dict[Any, BaseException] = {}  # sessions whose replay failed: why
-        self.calls, self.casts = self._handlers()
+        self.caller: otpy.From | None = None  # the call being handled
         self.process = None
         if self.max_memory is not None:
             import psutil
@@ -149,21 +148,18 @@ class WorkerProcess(otpy.GenServer):
         self.user = worker_cls.__new__(worker_cls)
         self.user.init(*args, **kwargs)
 
-    def _handlers(self) -> tuple[dict, dict]:
-        """What handles each message of _protocol's table a worker receives:
-        calls (the caller's From, then the request's arguments) and casts."""
-        return ({RUN: self._run, COUNTS_FD: self._counts_fd, ADOPT: self._adopt},
-                {BIND_SESSION: self._bind, END: self._end, HEALTH: self._health,
-                 RELEASE: self._release, LEAVE: self._leave})
+    # Calls go to _op_<tag> through lowlevel.dispatch, casts to _cast_<tag>
+    # (see _protocol); an unknown call is answered with an error, never a
+    # crash of the worker.
 
     def handle_call(self, request: Any, caller: otpy.From) -> Any:
-        handler = self.calls.get(request[0]) if type(request) is tuple and request else None
-        if handler is None:  # answered, never a crash of the worker
-            return (ERROR, unknown("worker", request))
-        return handler(caller, *request[1:])
+        self.caller = caller  # RUN answers by itself
+        outcome = lowlevel.dispatch(self, request)
+        return otpy.NOREPLY if outcome[1] is otpy.NOREPLY else outcome
 
     def handle_cast(self, request: Any) -> Any:
-        handler = self.casts.get(request[0]) if type(request) is tuple and request else None
+        tag = request[0] if type(request) is tuple and request else None
+        handler = getattr(self, "_cast_" + tag, None) if type(tag) is str else None
         if handler is None:
             lowlevel.logger().warning("pool worker: unknown cast dropped", cast=repr(request))
             return None
@@ -179,7 +175,8 @@ class WorkerProcess(otpy.GenServer):
             raise UnknownCommand(f"{type(self.user).__name__} has no command {name!r}")
         return getattr(self.user, name)(session, *args, **kwargs)
 
-    def _run(self, caller: otpy.From, sid: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def _op_run(self, sid: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        caller = self.caller
         session = self._session(caller, sid)
         if session is None:
             return otpy.NOREPLY
@@ -243,16 +240,16 @@ class WorkerProcess(otpy.GenServer):
 
     # ---- from the pool's server ---------------------------------------------------------
 
-    def _counts_fd(self, caller: otpy.From) -> int:
+    def _op_counts_fd(self) -> int:
         """The server maps our counts page (see _counters)."""
         return self.counts.fd
 
-    def _adopt(self, caller: otpy.From, server: otpy.Pid) -> dict:
+    def _op_adopt(self, server: otpy.Pid) -> dict:
         """A new pool server takes over: what it must know."""
         self.server = server
         return {sid: list(self.replay_logs.get(sid, ())) for sid in self.sessions}
 
-    def _bind(self, sid: Any, log: list | None) -> None:
+    def _cast_bind_session(self, sid: Any, log: list | None) -> None:
         session = self.sessions[sid] = Session(sid)
         self.lost.pop(sid, None)
         if not log:
@@ -270,24 +267,24 @@ class WorkerProcess(otpy.GenServer):
         self.replay_logs[sid] = list(log)
         otpy.cast(self.server, (REPLAYED, self.me, sid, None))
 
-    def _end(self, sid: Any) -> None:
+    def _cast_end(self, sid: Any) -> None:
         for table in (self.sessions, self.replay_logs, self.lost):
             table.pop(sid, None)
 
-    def _health(self, token: Any) -> None:
+    def _cast_health(self, token: Any) -> None:
         try:
             healthy, detail = self.user.health_check() is not False, None
         except Exception as exc:
             healthy, detail = False, repr(exc)
         otpy.cast(self.server, (HEALTHY, self.me, token, healthy, detail))
 
-    def _release(self) -> None:
+    def _cast_release(self) -> None:
         """Retired: its sessions are re-bound elsewhere."""
         self.sessions.clear()
         self.replay_logs.clear()
         self.lost.clear()
 
-    def _leave(self) -> otpy.Stop:
+    def _cast_leave(self) -> otpy.Stop:
         """Retired and idle: answer every command already queued with MOVED
         (they never ran: their callers go to the session's new worker), then
         stop."""
