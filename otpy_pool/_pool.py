@@ -214,7 +214,7 @@ class Pool:
         else the value checked (``math.inf``: no limit, returned as None)."""
         if checkout_timeout is None:
             return self._settings().checkout_timeout
-        return seconds("checkout_timeout", checkout_timeout)
+        return seconds(checkout_timeout, "checkout_timeout")
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -383,7 +383,7 @@ class Pool:
         given; None (or ``math.inf``) is no bound, returned as None."""
         if timeout is _UNSET:
             return self._settings().command_timeout
-        return seconds("timeout", timeout)
+        return seconds(timeout, "timeout")
 
     def _deadline(self, worker: otpy.Pid, token: Any) -> None:
         """Have the server kill (and count, and replace) a worker past its deadline."""

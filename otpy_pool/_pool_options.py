@@ -14,21 +14,23 @@ from ._worker import Worker
 STRATEGIES = ("lifo", "fifo")
 
 
-# ---- the rules: each takes the option's name and value, returns the value kept ----------------
+# ---- the rules: each takes the value and the option's name, returns the value kept -------------
 # (TypeError or ValueError naming the option otherwise). Seconds follow
 # lowlevel.check_timeout: None or math.inf is no limit (kept as None); nan,
 # negatives, zero, bools and non-numbers are refused. A count is an int, never a bool.
+# Their signature is otpy_pool._checks' (issue-23b): once it lands, each
+# option's rule becomes the matching one there (seconds, count, flag, choice).
 
-def seconds(name: str, value: Any) -> float | None:
+def seconds(value: Any, name: str) -> float | None:
     """A pool's timeout, deadline or interval: > 0 seconds; None or ``math.inf``
     for no limit (returned as None). The rule of ``lowlevel.check_timeout``."""
     return lowlevel.check_timeout(value, name, zero=False)
 
 
-def _count(minimum: int, none_ok: bool = False) -> Callable[[str, Any], int | None]:
+def _count(minimum: int, none_ok: bool = False) -> Callable[[Any, str], int | None]:
     """An int >= ``minimum`` (or None, if ``none_ok``)."""
 
-    def check(name: str, value: Any) -> int | None:
+    def check(value: Any, name: str) -> int | None:
         if value is None and none_ok:
             return None
         if not isinstance(value, int) or isinstance(value, bool):
@@ -41,24 +43,24 @@ def _count(minimum: int, none_ok: bool = False) -> Callable[[str, Any], int | No
     return check
 
 
-def _size(name: str, value: Any) -> int | None:
+def _size(value: Any, name: str) -> int | None:
     """None: the machine's cores."""
-    return _count(1)(name, (os.cpu_count() or 1) if value is None else value)
+    return _count(1)((os.cpu_count() or 1) if value is None else value, name)
 
 
-def _flag(name: str, value: Any) -> bool:
+def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, not {value!r}")
     return value
 
 
-def _strategy(name: str, value: Any) -> str:
+def _strategy(value: Any, name: str) -> str:
     if value not in STRATEGIES:
         raise ValueError(f"{name} must be one of {STRATEGIES}, not {value!r}")
     return value
 
 
-def _backoff(name: str, value: Any) -> tuple[float, float]:
+def _backoff(value: Any, name: str) -> tuple[float, float]:
     """(first delay, cap): finite seconds, 0 < first <= cap."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{name} must be (first delay, cap) in seconds, not {value!r}")
@@ -76,7 +78,7 @@ class Option(NamedTuple):
     name: str
     default: Any
     type: Any
-    check: Callable[[str, Any], Any]
+    check: Callable[[Any, str], Any]  # (value, name) -> the value kept
     doc: str
 
 
@@ -127,7 +129,7 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
         raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
-    init_timeout = seconds(f"{worker.__qualname__}.init_timeout", worker.init_timeout)
+    init_timeout = seconds(worker.init_timeout, f"{worker.__qualname__}.init_timeout")
     shutdown_timeout = lowlevel.check_timeout(  # 0: killed at once, as "brutal_kill"
         worker.shutdown_timeout, f"{worker.__qualname__}.shutdown_timeout")
     if not isinstance(args, (tuple, list)):
@@ -135,7 +137,7 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
-    checked = {o.name: o.check(o.name, options.get(o.name, o.default)) for o in OPTIONS}
+    checked = {o.name: o.check(options.get(o.name, o.default), o.name) for o in OPTIONS}
     return Options(worker, tuple(args), dict(kwargs), name, **checked,
                    init_timeout=init_timeout, shutdown_timeout=shutdown_timeout)
 

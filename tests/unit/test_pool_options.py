@@ -30,7 +30,7 @@ def test_start_links_keywords_are_the_options_with_their_defaults():
 
 def test_child_spec_takes_the_same_options_with_the_same_defaults():
     spec = Pool.child_spec(Plain, name="defaults")
-    checked = {option.name: option.check(option.name, option.default) for option in OPTIONS}
+    checked = {option.name: option.check(option.default, option.name) for option in OPTIONS}
     assert {name: getattr(spec.args[0], name) for name in DEFAULTS} == checked
     with pytest.raises(TypeError, match="unknown pool option"):
         Pool.child_spec(Plain, name="x", colour="red")
@@ -50,7 +50,7 @@ def test_every_rule_refuses_a_bool_and_names_its_option(option):
     else:
         bad = True  # never a count, a number of seconds, a strategy or a backoff
     with pytest.raises((TypeError, ValueError), match=option.name):
-        option.check(option.name, bad)
+        option.check(bad, option.name)
 
 
 def test_the_docs_table_lists_every_option():
