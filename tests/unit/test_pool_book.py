@@ -352,3 +352,22 @@ class BookWorld(RuleBasedStateMachine):
 BookWorld.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])
 test_every_interleaving_keeps_the_book = BookWorld.TestCase
+
+
+def test_an_overflow_worker_retired_while_idle_ignores_its_idle_timer():
+    """A rare interleaving, written out: the idle timer of an overflow worker
+    fires after the worker was retired (worn) but before its Down. The
+    server used to take it out of the idle list a second time and crash."""
+    book = PoolBook(make_options(Plain, (), None, "p", size=1, max_overflow=1,
+                                 overflow_idle=1.0))
+    (start,) = [e for e in book.begin() if type(e) is Start]
+    book.worker_up(start.key, "w1")
+    book.checkout(From("c", 1), "t1", None)  # w1 held
+    (start,) = [e for e in book.checkout(From("c", 2), "t2", None) if type(e) is Start]
+    book.worker_up(start.key, "w2")  # the overflow worker, held by t2
+    (timer,) = [e for e in book.checkin("t2", RETURN) if type(e) is Timer]
+    assert timer.message[:2] == (OVERFLOW_IDLE, "w2")
+    assert any(e == Cast("w2", (LEAVE,)) for e in book.worn("w2"))
+    assert book.overflow_idle(*timer.message[1:]) == []
+    book.invariants()
+    assert book.workers["w2"].state == RETIRING
