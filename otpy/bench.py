@@ -276,7 +276,7 @@ _ROOT_PROGRAM = textwrap.dedent("""
     for i in range(8):
         otpy.spawn(busy if i < 4 else idle)
     print(json.dumps([p.os_pid for p in otpy.processes() if p != otpy.self()]
-                     + [node.zygote_os_pid()]), flush=True)
+                     + [node.zygote_os_pid(), node.keeper_os_pid()]), flush=True)
     import sys
     sys.stdin.read()
 """)
@@ -294,11 +294,15 @@ def orphans_after_root_kill() -> int:
 
 
 def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int],
-                      group: bool = False) -> tuple[int, int, float | None]:
+                      group: bool = False, cleaner: int | None = None
+                      ) -> tuple[int, int, float | None]:
     """SIGKILL ``proc`` (``group``: its whole process group at once): how many of
     ``os_pids`` are alive (not zombies) 1 s later; how many of those neither have
     a SIGKILL pending nor are exiting (could still run a line of code); and how
-    many ms until the last was gone (None: not within 10 s)."""
+    many ms until the last was gone (None: not within 10 s). ``cleaner`` (the
+    node's keeper) runs no code of the program's after the kill, only otpy's
+    cleanup (it kills and reaps the rest, then exits): it is counted alive,
+    and gone, but never as able to run the program's code."""
     import select
 
     # Thousands of processes exiting at once can keep this one off the CPU for
@@ -349,7 +353,8 @@ def _alive_after_kill(proc: subprocess.Popen, os_pids: list[int],
                 while gone(0):  # what died before now, not what this process got to read
                     pass
                 alive_at_1s = len(pending)
-                unsignalled = sum(not _doomed(fds[fd]) for fd in pending)
+                unsignalled = sum(not _doomed(fds[fd]) for fd in pending
+                                  if fds[fd] != cleaner)
             until = killed + (1.0 if alive_at_1s is None else 10.0)
             if now >= until:
                 break
@@ -416,7 +421,8 @@ _GROWTH_PROGRAM = textwrap.dedent("""
         otpy.receive(timeout=60, match=lambda m, r=ref: isinstance(m, otpy.Down) and m.ref == r)
     print(json.dumps({"samples": samples[warmup:], "rss_before": before, "rss_after": after,
                       "os_pids": [p.os_pid for p in otpy.processes() if p != me]
-                                 + [lowlevel.zygote_os_pid()]}), flush=True)
+                                 + [lowlevel.zygote_os_pid(), lowlevel.keeper_os_pid()],
+                      "keeper": lowlevel.keeper_os_pid()}), flush=True)
     sys.stdin.read()
 """)
 
@@ -435,7 +441,8 @@ def growth(live: int, n: int, warmup: int) -> dict[str, Any]:
             proc.wait()
             raise RuntimeError(f"the program with {live} processes did not report")
         report = json.loads(line)
-        orphans, unsignalled, gone_ms = _alive_after_kill(proc, report["os_pids"])
+        orphans, unsignalled, gone_ms = _alive_after_kill(proc, report["os_pids"],
+                                                          cleaner=report["keeper"])
     finally:
         proc.stdin.close()
         proc.stdout.close()

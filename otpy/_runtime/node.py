@@ -1,12 +1,12 @@
-"""Starting and stopping a node: the program's process and its zygote.
+"""Starting and stopping a node: the program's process, its keeper and its zygote.
 
 The program's process becomes an otpy process at its first otpy call. At that
-moment it forks the zygote (so the zygote, and every process it forks, starts
-with the program's modules already imported) and keeps a pipe whose write end
-only it holds: when the program dies, by any cause, the zygote sees EOF,
-SIGKILLs every process of the node (each is a process group of its own,
-with whatever it started) and what they left behind, and exits. Each
-process also has PR_SET_PDEATHSIG on the zygote.
+moment it forks the node's keeper, which forks the zygote (so the zygote, and
+every process it forks, starts with the program's modules already imported),
+and keeps a pipe whose write end only it holds: when the program dies, by
+any cause, the keeper sees EOF and SIGKILLs the zygote; every otpy process
+dies with it at once (PR_SET_PDEATHSIG on the zygote), and the keeper kills
+what they left behind (keeper.py).
 
 When the program ends on its own terms (its last line, an uncaught
 exception, Ctrl-C, SIGTERM) the node is stopped in order first, as OTP's
@@ -41,6 +41,7 @@ SHUTDOWN_TIMEOUT = 5.0  # the orderly stop's overall bound (OTPY_SHUTDOWN_TIMEOU
 KILL_TIMEOUT = 5.0  # then: how long the zygote gets to kill and reap the rest
 _start_lock = threading.Lock()
 _zygote_os_pid: int | None = None
+_keeper_os_pid: int | None = None
 _watch_w: int | None = None
 
 
@@ -74,16 +75,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _fork_zygote() -> int:
+def _fork_keeper() -> int:
     """os.fork(), without the warning Python 3.12+ gives in a threaded process."""
     with warnings.catch_warnings():
         # Python 3.12+ warns on every fork of a multi-threaded process: a lock
         # another thread holds at that instant stays locked in the child. The
         # node starts at the program's first otpy call, maybe after it started
         # threads (otpy.lowlevel.start() before them avoids the question). The
-        # zygote forked here runs only the runtime, which takes no lock a
-        # program thread could hold: its log lines are single os.write calls,
-        # and the interpreter's own locks are reset by CPython after a fork.
+        # keeper forked here (and the zygote it forks) runs only the runtime,
+        # which takes no lock a program thread could hold: its log lines are
+        # single os.write calls, and the interpreter's own locks are reset by
+        # CPython after a fork.
         # The filter is this call's only (the warning is still raised for any
         # other fork), though it is process-wide for the instant of the fork.
         warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, use of "
@@ -92,14 +94,15 @@ def _fork_zygote() -> int:
 
 
 def _kill_and_reap(os_pid: int) -> None:
-    """A zygote forked by a node start that failed after the fork."""
+    """A keeper forked by a node start that failed after the fork (its
+    zygote dies with it)."""
     os.kill(os_pid, signal.SIGKILL)
     os.waitpid(os_pid, 0)
 
 
 def _start() -> None:
-    global _zygote_os_pid, _watch_w, SHUTDOWN_TIMEOUT
-    from . import zygote  # the node's start needs it, importing otpy does not
+    global _zygote_os_pid, _keeper_os_pid, _watch_w, SHUTDOWN_TIMEOUT
+    from . import keeper, zygote  # the node's start needs them, importing otpy does not
 
     zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
     # Configuration is read now, not at import: importing otpy does nothing.
@@ -125,24 +128,34 @@ def _start() -> None:
             watch_r, watch_w = os.pipe()
             undo.callback(os.close, watch_r)
             undo.callback(os.close, watch_w)
+            report_r, report_w = os.pipe()
+            undo.callback(os.close, report_r)
         except OSError as exc:
             raise OtpyError(f"cannot start the otpy node: {exc}") from exc
         try:
-            zpid = _fork_zygote()
+            kpid = _fork_keeper()
         except OSError as exc:
+            os.close(report_w)
             reason = zygote.limit_message(exc, 0).removeprefix("cannot spawn: ")
             raise OtpyError(f"cannot start the otpy node: {reason}") from exc
-        if zpid == 0:
+        if kpid == 0:
             code = 1
             try:
                 inbound_r.close()
                 ctrl_main.close()
                 os.close(watch_w)
-                zygote.serve(node, status, main_pid, inbound_w, ctrl_zyg, watch_r)
+                os.close(report_r)
+                keeper.run(node, status, main_pid, inbound_w, ctrl_zyg, watch_r, report_w)
                 code = 0
             finally:
                 os._exit(code)
-        undo.callback(_kill_and_reap, zpid)  # runs first: a zygote this call could not use
+        os.close(report_w)
+        undo.callback(_kill_and_reap, kpid)  # runs first: a keeper this call could not use
+        report = os.read(report_r, keeper.ZYGOTE_PID.size)
+        if len(report) != keeper.ZYGOTE_PID.size:
+            raise OtpyError("cannot start the otpy node: its keeper could not fork the zygote "
+                            "(the system refused to create a process?)")
+        (zpid,) = keeper.ZYGOTE_PID.unpack(report)
         ctx = process.ProcessContext(
             main_pid, "", None, inbound_r, ctrl_main, status, zpid, trap=True, is_main=True
         )
@@ -150,7 +163,9 @@ def _start() -> None:
     inbound_w.close()
     ctrl_zyg.close()
     os.close(watch_r)
+    os.close(report_r)
     _zygote_os_pid = zpid
+    _keeper_os_pid = kpid
     _watch_w = watch_w
     process.current = ctx
     if on_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -160,11 +175,11 @@ def _start() -> None:
 def shutdown(timeout: float | None = None) -> None:
     """Stop the node in order, within ``timeout`` seconds (default
     SHUTDOWN_TIMEOUT), then kill and reap whatever remains."""
-    global _zygote_os_pid, _watch_w
+    global _zygote_os_pid, _keeper_os_pid, _watch_w
     ctx = process.current
-    if ctx is None or not ctx.is_main or _zygote_os_pid is None:
+    if ctx is None or not ctx.is_main or _keeper_os_pid is None:
         return
-    zpid = _zygote_os_pid
+    kpid = _keeper_os_pid
     if timeout is None:
         timeout = SHUTDOWN_TIMEOUT
     try:
@@ -176,13 +191,13 @@ def shutdown(timeout: float | None = None) -> None:
             ctx.cast_ctrl("shutdown")
         except RuntimeGone:
             pass
-        _wait_or_kill(zpid, KILL_TIMEOUT)
+        _wait_or_kill(kpid, KILL_TIMEOUT)  # it exits once the zygote has, and swept
     process.current = None
     ctx.close()
     ctx.status.close_fd()
     if _watch_w is not None:
         os.close(_watch_w)
-    _zygote_os_pid = _watch_w = None
+    _zygote_os_pid = _keeper_os_pid = _watch_w = None
 
 
 def _stop_in_order(ctx: process.ProcessContext, deadline: float) -> None:
@@ -236,15 +251,19 @@ def zygote_os_pid() -> int | None:
     return _zygote_os_pid
 
 
+def keeper_os_pid() -> int | None:
+    return _keeper_os_pid
+
+
 def _after_fork_in_child() -> None:
     """A fork otpy did not make (multiprocessing, say) must not act as its parent."""
-    global _zygote_os_pid, _watch_w
+    global _zygote_os_pid, _keeper_os_pid, _watch_w
     ctx = process.current
     process.current = None
-    _zygote_os_pid = None
+    _zygote_os_pid = _keeper_os_pid = None
     if _watch_w is not None:
         try:
-            os.close(_watch_w)  # else the zygote would not see the program die
+            os.close(_watch_w)  # else the keeper would not see the program die
         except OSError:
             pass
         _watch_w = None

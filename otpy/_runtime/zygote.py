@@ -47,6 +47,7 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from . import log, process, reasons, tables, wire
+from .keeper import children
 from .observe import REQUEST_SIGNAL, Page
 from .rows import P, PageRow, ProcessRow, process_label
 from .status import STATE_NAMES, StatusTable
@@ -64,11 +65,15 @@ RECENT_EXITS = 100  # deaths shown to an observer
 # only orphans still in a live process's group remain (to reap them once done).
 SWEEP_AGAIN = 0.01
 SWEEP_IDLE = 1.0
-TEARDOWN_SWEEPS = 2.0  # at most this long killing leftovers before the zygote exits
 
 
 def prctl_name(name: str) -> None:
     _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def subreaper() -> None:
+    """Become the parent of every descendant orphaned below this process."""
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def die_with_parent(expected_parent: int) -> None:
@@ -134,7 +139,7 @@ class Entry(tables.Relations):
 
 class Zygote:
     def __init__(self, node: str, status: StatusTable, main_pid: Pid, main_write: socket.socket,
-                 main_ctrl: socket.socket, watch_fd: int) -> None:
+                 main_ctrl: socket.socket) -> None:
         self.node = node
         self.status = status
         self.os_pid = os.getpid()
@@ -154,7 +159,6 @@ class Zygote:
         self.os_pids: set[int] = set()  # of the processes in procs: the rest of our children
         # are leftovers of dead processes (see sweep)
         self.sweep_at: float | None = None
-        self.watch_fd = watch_fd
         self.running = True
         self.main_pid = main_pid
         self.started_at = time.time()
@@ -167,8 +171,6 @@ class Zygote:
         main = Entry(main_pid, "", None, main_write, main_ctrl, -1, True, True)
         self.status.claim(main_pid.serial)
         self._add(main)
-        self.ep.register(watch_fd, select.EPOLLIN)
-        self.by_fd[watch_fd] = ("watch", None)
         # An observer's request is a signal; the wakeup fd turns it into an epoll event.
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_w = wake_w
@@ -303,9 +305,6 @@ class Zygote:
                     self._flush(e)
                 elif what == "observe":
                     self.publish()
-                elif what == "watch":
-                    self.teardown()  # the program's process is gone
-                    return
             if self.timers:
                 self.fire_timers()
             if self.sweep_at is not None and time.monotonic() >= self.sweep_at:
@@ -426,8 +425,9 @@ class Zygote:
             self.status.bump_generation()
 
     def teardown(self) -> None:
-        """The program is gone or shutting down: nothing of this node survives
-        it, nor anything its processes started."""
+        """The node is shutting down (or the program is gone): kill every
+        process with its group and reap them. What they left behind is the
+        keeper's to sweep once the zygote has exited (keeper.py)."""
         self.running = False
         for e in list(self.procs.values()):
             if not e.is_main:
@@ -438,22 +438,18 @@ class Zygote:
                     os.waitpid(e.pid.os_pid, 0)
                 except ChildProcessError:
                     pass
-        self.os_pids.clear()
-        deadline = time.monotonic() + TEARDOWN_SWEEPS
-        while self.sweep(keep=False) and time.monotonic() < deadline:
-            time.sleep(SWEEP_AGAIN)  # the zygote's own wait for the kernel: nothing else to do
 
-    def sweep(self, keep: bool = True) -> bool:
+    def sweep(self) -> bool:
         """Kill and reap the leftovers of dead processes: the children of
         this zygote that are not otpy processes. The zygote is a child
         subreaper, so whatever an otpy process started is handed to it when
         that process dies (or when the leftover's own parent dies), however
         it left the process group. A leftover still in the group of a live
-        process is kept (``keep``): it ends with that process. Schedules the
-        next sweep; True if any leftover remains."""
+        process is kept: it ends with that process. Schedules the next sweep;
+        True if any leftover remains."""
         self.sweep_at = None
         killed = kept = False
-        for os_pid in _children():
+        for os_pid in children():
             if os_pid in self.os_pids:
                 continue
             try:
@@ -462,7 +458,7 @@ class Zygote:
                 group = os.getpgid(os_pid)
             except (ChildProcessError, ProcessLookupError):
                 continue
-            if keep and group in self.os_pids:
+            if group in self.os_pids:
                 kept = True
                 continue
             try:
@@ -569,7 +565,6 @@ class Zygote:
             # socket objects keep stale numbers but are never freed here: this
             # frame holds the zygote until os._exit.
             self.held.close_all()
-            os.close(self.watch_fd)
             self.status.close_fd()
             pid = Pid(self.node, serial, os.getpid())
             code = process.run_child(pid, ns, name, parent, inbound, ctrl, to_parent,
@@ -959,15 +954,6 @@ def _kill_group(os_pid: int, leader_alive: bool = True) -> None:
                 pass
 
 
-def _children() -> list[int]:
-    """This process's children (the main thread's: the zygote has no other)."""
-    try:
-        with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
 def _ctrl_frame(term: tuple, kind: int = wire.CTRL) -> bytes:
     body = pickle.dumps(term, 5)
     return wire.HEADER.pack(len(body), kind) + body
@@ -999,14 +985,16 @@ def _unread_bytes(sock: socket.socket) -> int:
 
 
 def serve(node: str, status: StatusTable, main_pid: Pid, main_write: socket.socket,
-          main_ctrl: socket.socket, watch_fd: int) -> None:
-    """Body of the zygote process (already forked from the program's process)."""
+          main_ctrl: socket.socket, keeper_os_pid: int) -> None:
+    """Body of the zygote process (forked by the node's keeper, keeper.py)."""
     os.setpgid(0, 0)  # its own process group, as every otpy process has
+    # It dies with the keeper; when it dies, so does every otpy process, at
+    # once (their own PR_SET_PDEATHSIG): that is how the keeper ends a node
+    # whose program is gone.
+    die_with_parent(keeper_os_pid)
     # Whatever an otpy process leaves behind is handed to the zygote when that
-    # process dies (see Zygote.sweep). The zygote does not die with the
-    # program by PR_SET_PDEATHSIG: when the program dies, the watch pipe's EOF
-    # has it kill every process and what they started, then exit.
-    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # process dies (see Zygote.sweep).
+    subreaper()
     # Ctrl-C is the program's to handle; SIGCHLD as the OS has it (a handler
     # inherited from the program must not run here). Every child inherits both.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1014,7 +1002,7 @@ def serve(node: str, status: StatusTable, main_pid: Pid, main_write: socket.sock
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     prctl_name(f"otpy-{node}")  # and the name, which a fork keeps
     raise_fd_limit()
-    zygote = Zygote(node, status, main_pid, main_write, main_ctrl, watch_fd)
+    zygote = Zygote(node, status, main_pid, main_write, main_ctrl)
     try:
         zygote.run()
     except BaseException:

@@ -51,7 +51,8 @@ from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namesp
                     sendable_exception,
                     parse_log_lines,
                     process_name, processes_in, registered_in, render_log_event, reset_logging,
-                    shutdown, start, traceback_text, unregister_in, zygote_os_pid)
+                    shutdown, start, traceback_text, unregister_in, zygote_os_pid,
+                    keeper_os_pid)
 from ._stopping import (await_down, begin_shutdown, deadline_for, finish_shutdown, flush,
                         kill, shutdown_child, stop_process)
 from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
@@ -65,7 +66,7 @@ __all__ = [
     "annotate", "spawn_opt", "tally", "current_namespace", "describe_reason", "enter_namespace",
     "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
-    "start", "unregister_in", "zygote_os_pid",
+    "start", "unregister_in", "zygote_os_pid", "keeper_os_pid",
     "LOG_LEVELS", "logger", "parse_log_lines", "render_log_event", "reset_logging",
     "traceback_text",
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "kill",

@@ -141,3 +141,10 @@ def zygote_os_pid() -> int | None:
     """The OS pid of this program's zygote (the process that forks every otpy
     process), or None if the node is not running."""
     return _node.zygote_os_pid()
+
+
+def keeper_os_pid() -> int | None:
+    """The OS pid of this program's node keeper (the zygote's parent, which
+    ends the node when the program dies), or None if the node is not running.
+    With the zygote and ``processes()``, every OS process of the node."""
+    return _node.keeper_os_pid()

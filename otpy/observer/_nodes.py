@@ -1,8 +1,9 @@
 """Finding the running otpy programs ("nodes") of the current OS user.
 
-There is no registry to go stale: a node is found by its zygote, the process
-titled ``otpy-<node>`` whose parent (the program) is not. A program killed by
-SIGKILL takes its zygote with it within milliseconds, and a zygote whose
+There is no registry to go stale: a node is found by its keeper, the process
+titled ``otpy-<node>`` whose parent (the program) is not, and the keeper's
+child of the same title, the zygote, holds its tables. A program killed by
+SIGKILL takes its node with it within milliseconds, and a node whose
 program is already gone is skipped, so a dead node never appears.
 """
 
@@ -58,10 +59,14 @@ def list_nodes() -> list[Node]:
     nodes = []
     for os_pid, (name, ppid) in procs.items():
         if not name.startswith(PREFIX) or procs.get(ppid, ("", 0))[0] == name:
-            continue  # not otpy, or a process of a node (its parent is the zygote)
+            continue  # not otpy, or not a node's first process (its keeper)
         if ppid not in procs:
             continue  # the program is gone (or not ours): the node is dying
-        node = _describe(name[len(PREFIX):], os_pid, ppid, procs)
+        # the keeper's child of the same name is the zygote
+        zygote = next((p for p, (n, pp) in procs.items() if pp == os_pid and n == name), None)
+        if zygote is None:
+            continue  # still starting, or ending
+        node = _describe(name[len(PREFIX):], zygote, ppid, procs)
         if node is not None:
             nodes.append(node)
     return sorted(nodes, key=lambda n: n.started_at)

@@ -194,7 +194,8 @@ STOPPING = """
                                         Worker.child_spec("b", id="b")], name="first")
     second = otpy.Supervisor.start_link([Worker.child_spec("c", id="c")], name="second")
     loner = Worker.start_link("d")
-    pids = [p.os_pid for p in otpy.processes()] + [otpy.lowlevel.zygote_os_pid()]
+    pids = [p.os_pid for p in otpy.processes()] + [otpy.lowlevel.zygote_os_pid(),
+                                                  otpy.lowlevel.keeper_os_pid()]
     print(" ".join(map(str, pids)), flush=True)
     if ROUTE == "exception":
         raise RuntimeError("uncaught on purpose")
@@ -255,7 +256,8 @@ STUBBORN = """
             threading.Event().wait()  # never finishes
 
     otpy.Supervisor.start_link([Stubborn.child_spec(id="s", shutdown="infinity")])
-    pids = [p.os_pid for p in otpy.processes()] + [otpy.lowlevel.zygote_os_pid()]
+    pids = [p.os_pid for p in otpy.processes()] + [otpy.lowlevel.zygote_os_pid(),
+                                                  otpy.lowlevel.keeper_os_pid()]
     print(" ".join(map(str, pids)), flush=True)
 """
 

@@ -37,7 +37,7 @@ PROGRAM = textwrap.dedent("""
     # the grandchildren exist once parent_of_two is in receive; ask until they do
     while len(otpy.processes()) < 9:
         pass
-    print(json.dumps({"zygote": node.zygote_os_pid(),
+    print(json.dumps({"zygote": node.zygote_os_pid(), "keeper": node.keeper_os_pid(),
                       "os_pids": [p.os_pid for p in otpy.processes() if p != otpy.self()]}),
           flush=True)
     mode = sys.argv[1]
@@ -57,8 +57,8 @@ def run_program(mode: str) -> tuple[subprocess.Popen, list[int]]:
     line = proc.stdout.readline()
     assert line, "the program did not start"
     info = json.loads(line)
-    os_pids = info["os_pids"] + [info["zygote"]]
-    assert len(os_pids) == 9
+    os_pids = info["os_pids"] + [info["zygote"], info["keeper"]]
+    assert len(os_pids) == 10
     return proc, os_pids
 
 
@@ -78,7 +78,7 @@ def test_hard_death_of_the_program_leaves_no_process_within_one_second(death):
     proc, os_pids = run_program("hang" if death == "sigkill" else "os_exit")
     try:
         if death == "sigkill":
-            assert len(otpy_processes_of(os_pids)) == 9
+            assert len(otpy_processes_of(os_pids)) == 10
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         survivors = wait_gone(os_pids, timeout=1.0)

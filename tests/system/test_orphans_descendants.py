@@ -6,6 +6,7 @@ ends, SIGKILL included (issue 21, item 4)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,7 +34,8 @@ PROGRAM = textwrap.dedent("""
     os_pids = [p.os_pid for p in parents]
     for _ in parents:
         os_pids += otpy.receive(timeout=60, match=lambda m: m[0] == "started")[1]
-    print(json.dumps(os_pids), flush=True)
+    nodes = [otpy.lowlevel.zygote_os_pid(), otpy.lowlevel.keeper_os_pid()]
+    print(json.dumps({"os_pids": os_pids, "node": nodes}), flush=True)
     mode = sys.argv[1]
     if mode == "hang":
         sys.stdin.read()
@@ -42,20 +44,27 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("end", ["sigkill", "return", "raise"])
+@pytest.mark.parametrize("end", ["sigkill", "return", "raise", "zygote_sigkill"])
 def test_nothing_an_otpy_process_started_outlives_the_program(end):
+    """``zygote_sigkill``: the zygote itself is SIGKILLed (by hand, by the
+    OOM killer) while the program lives: the node's keeper still ends every
+    process and what each started."""
     proc = subprocess.Popen([sys.executable, "-c", PROGRAM,
-                             "hang" if end == "sigkill" else end, str(TESTS)],
+                             end if end in ("return", "raise") else "hang", str(TESTS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     os_pids: list[int] = []
     try:
         line = proc.stdout.readline()
         assert line, "the program did not start"
-        os_pids = json.loads(line)
+        report = json.loads(line)
+        os_pids = report["os_pids"] + report["node"]
         assert wait_gone(os_pids, timeout=0) == sorted(os_pids)  # all running
         if end == "sigkill":
             proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        elif end == "zygote_sigkill":
+            os.kill(report["node"][0], signal.SIGKILL)
+        if end != "zygote_sigkill":
+            proc.wait(timeout=30)
         survivors = wait_gone(os_pids, timeout=1.0)
         assert survivors == [], f"alive 1 s after the program ended: {survivors}"
     finally:
