@@ -34,6 +34,7 @@ import otpy
 from otpy import ChildSpec, Down, GenServer, OtpyError, Pid, StartError, AlreadyStarted
 from otpy import lowlevel
 
+from . import _checks as checks
 from ._breaker_machine import CLOSED, DISABLED, HALF_OPEN, OPEN, BreakerMachine
 from ._shared_owner import OwnerLink, handle_timeout
 from ._shared_page import Page, hold
@@ -118,54 +119,20 @@ def _slot_words(slot: int) -> tuple[int, int, int]:
 
 # ---- options ------------------------------------------------------------------------------
 
-def _check_int(option: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{option} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{option} must be >= {minimum}, not {value!r}")
-    return value
-
-
-def _check_seconds(option: str, value: Any) -> float:
-    """A window or a delay: finite seconds > 0."""
-    seconds = lowlevel.check_timeout(value, option, forever=False, zero=False)
-    assert seconds is not None  # forever=False refuses None
-    return seconds
-
-
-def _check_exceptions(option: str, value: Any) -> tuple[type[BaseException], ...]:
-    if isinstance(value, type):
-        value = (value,)
-    if not isinstance(value, tuple) or not all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in value):
-        raise TypeError(f"{option} must be an exception class or a tuple of them, not {value!r}")
-    return value
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, not {name!r}")
-    return name
-
-
 def check_options(max_failures: int = 5, window: float = 10.0, reset_after: float = 30.0,
                   half_open_calls: int = 1, success_threshold: int = 1,
                   failure_on: Any = (Exception,), ignore: Any = (),
                   fault_rate: float = 0.0) -> dict[str, Any]:
     """The options, checked; ValueError/TypeError naming the bad one."""
-    if not isinstance(fault_rate, (int, float)) or isinstance(fault_rate, bool):
-        raise TypeError(f"fault_rate must be a number, not {type(fault_rate).__name__}")
-    if not 0.0 <= fault_rate <= 1.0:
-        raise ValueError(f"fault_rate must be between 0 and 1, not {fault_rate!r}")
     return {
-        "max_failures": _check_int("max_failures", max_failures, 1),
-        "window": _check_seconds("window", window),
-        "reset_after": _check_seconds("reset_after", reset_after),
-        "half_open_calls": _check_int("half_open_calls", half_open_calls, 1),
-        "success_threshold": _check_int("success_threshold", success_threshold, 1),
-        "failure_on": _check_exceptions("failure_on", failure_on),
-        "ignore": _check_exceptions("ignore", ignore),
-        "fault_rate": float(fault_rate),
+        "max_failures": checks.count(max_failures, "max_failures", minimum=1),
+        "window": checks.finite_seconds(window, "window"),
+        "reset_after": checks.finite_seconds(reset_after, "reset_after"),
+        "half_open_calls": checks.count(half_open_calls, "half_open_calls", minimum=1),
+        "success_threshold": checks.count(success_threshold, "success_threshold", minimum=1),
+        "failure_on": checks.exceptions(failure_on, "failure_on"),
+        "ignore": checks.exceptions(ignore, "ignore"),
+        "fault_rate": checks.ratio(fault_rate, "fault_rate"),
     }
 
 
@@ -449,7 +416,7 @@ class CircuitBreaker:
 
     def __init__(self, name: str, *, namespace: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.name = _check_name(name)
+        self.name = checks.name(name)
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
         self.timeout = handle_timeout(timeout)
         self._conn: Any = _NOT_CONNECTED
@@ -485,7 +452,7 @@ class CircuitBreaker:
         """
         options = check_options(max_failures, window, reset_after, half_open_calls,
                                 success_threshold, failure_on, ignore, fault_rate)
-        _check_name(name)
+        checks.name(name)
         try:
             _start_subtree(name, options)
         except StartError as exc:
@@ -500,7 +467,7 @@ class CircuitBreaker:
     def child_spec(cls, name: str, *, id: Any = None, restart: Any = "permanent",
                    **options: Any) -> ChildSpec:
         """A spec that runs this breaker (its supervisor and owner) under your supervisor."""
-        _check_name(name)
+        checks.name(name)
         checked = check_options(**options)
         return ChildSpec(id if id is not None else name, _start_subtree, args=(name, checked),
                          restart=restart, shutdown="infinity", type="supervisor")

@@ -26,6 +26,7 @@ import otpy
 from otpy import ChildSpec, GenServer, OtpyError, Pid, StartError, AlreadyStarted
 from otpy import lowlevel
 
+from . import _checks as checks
 from ._limiter_algorithms import ALGORITHMS, Buckets
 from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout,
                               Retired, TableGone, TableOwner, decide, digest, encode_key,
@@ -110,18 +111,12 @@ MAX_LIMIT = 2 ** 62
 
 
 def _check_limit(limit: Any, cost: Any) -> None:
-    for option, value in (("limit", limit), ("cost", cost)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{option} must be an int, not {type(value).__name__}")
-        if not 1 <= value <= MAX_LIMIT:
-            raise ValueError(f"{option} must be between 1 and 2**62 (MAX_LIMIT), "
-                             f"not {value!r}")
+    checks.count(limit, "limit", minimum=1, maximum=MAX_LIMIT)
+    checks.count(cost, "cost", minimum=1, maximum=MAX_LIMIT)
 
 
 def _window_ns(window: Any) -> int:
-    seconds = lowlevel.check_timeout(window, "window", forever=False, zero=False)
-    assert seconds is not None  # forever=False refuses None
-    return max(1, round(seconds * 1_000_000_000))
+    return max(1, round(checks.finite_seconds(window, "window") * 1_000_000_000))
 
 
 def _check_storage(storage: Any, algorithm: str) -> str | None:
@@ -138,11 +133,9 @@ def _check_storage(storage: Any, algorithm: str) -> str | None:
 
 
 def check_options(algorithm: Any, cleanup_interval: Any, storage: Any) -> dict[str, Any]:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    checks.choice(algorithm, "algorithm", ALGORITHMS)
     # finite: a limiter that never sweeps would hold every bucket it ever saw
-    cleanup_interval = lowlevel.check_timeout(cleanup_interval, "cleanup_interval",
-                                              forever=False, zero=False)
+    cleanup_interval = checks.finite_seconds(cleanup_interval, "cleanup_interval")
     return {"algorithm": algorithm, "cleanup_interval": cleanup_interval,
             "storage": _check_storage(storage, algorithm)}
 
@@ -457,9 +450,7 @@ class RateLimiter:
 
     def __init__(self, name: str, *, namespace: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
-        self.name = name
+        self.name = checks.name(name)
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
         self.timeout = handle_timeout(timeout)
         self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning)
@@ -488,8 +479,7 @@ class RateLimiter:
         ``storage``: None (in memory, this node) or ``"redis://host:port"``.
         A missing ``limits`` library is an ImportError naming the extra to install.
         """
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        checks.name(name)
         options = check_options(algorithm, cleanup_interval, storage)
         try:
             _start_subtree(name, options)
@@ -504,8 +494,7 @@ class RateLimiter:
                    cleanup_interval: float = 60.0, storage: str | None = None,
                    id: Any = None, restart: Any = "permanent") -> ChildSpec:
         """A spec that runs this limiter (its supervisor and owner) under your supervisor."""
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        checks.name(name)
         options = check_options(algorithm, cleanup_interval, storage)
         return ChildSpec(id if id is not None else name, _start_subtree, args=(name, options),
                          restart=restart, shutdown="infinity", type="supervisor")
@@ -570,7 +559,7 @@ class RateLimiter:
         """Wait until a hit is allowed (the Decision that admitted it), or raise
         RateLimited at once when it cannot be within ``timeout`` seconds (None
         or ``math.inf``: as long as it takes)."""
-        seconds = lowlevel.check_timeout(timeout, "acquire timeout")
+        seconds = checks.seconds(timeout, "acquire timeout", zero=True)
         deadline = math.inf if seconds is None else time.monotonic() + seconds
         while True:
             decision = self.hit(key, limit, window, cost)

@@ -38,6 +38,7 @@ import dill
 import otpy
 from otpy import lowlevel
 
+from . import _checks as checks
 from ._errors import (CommandTimeout, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionLost,
                       WorkerCrashed, duration)
 
@@ -74,16 +75,12 @@ class Policy:
     fallback: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
-            raise ValueError(f"Policy retries must be an int >= 0, not {self.retries!r}")
+        checks.count(self.retries, "Policy retries")
         for field in ("backoff", "max_backoff"):  # delays: finite, 0 allowed
-            lowlevel.check_timeout(getattr(self, field), f"Policy {field}", forever=False)
-        if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
-            raise ValueError(f"Policy multiplier must be >= 1, not {self.multiplier!r}")
-        if self.jitter not in (None, "full", "equal"):
-            raise ValueError(f"Policy jitter must be None, 'full' or 'equal', not {self.jitter!r}")
-        if self.fallback is not None and not callable(self.fallback):
-            raise TypeError(f"Policy fallback must be callable, not {self.fallback!r}")
+            checks.finite_seconds(getattr(self, field), f"Policy {field}", zero=True)
+        checks.number(self.multiplier, "Policy multiplier", minimum=1.0)
+        checks.choice(self.jitter, "Policy jitter", (None, "full", "equal"))
+        checks.function(self.fallback, "Policy fallback", none_ok=True)
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first)."""
@@ -200,9 +197,7 @@ class Recovery:
     """A handle on a recovery orchestrator: ``Recovery("name")`` from any process."""
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a Recovery is named by a non-empty str, not {name!r}")
-        self.name = name
+        self.name = checks.name(name, "a Recovery's name")
         self._local: dict[str, Any] | None = None  # policies, when this handle made them
 
     def __reduce__(self) -> Any:
@@ -228,8 +223,7 @@ class Recovery:
                    classes: Iterable[str] = (), id: Any = None) -> otpy.ChildSpec:
         """A ChildSpec for the orchestrator, to put it under your own supervisor."""
         policies = _check_policies(policies, classes)
-        if classifier is not None and not callable(classifier):
-            raise TypeError(f"classifier must be callable, not {classifier!r}")
+        checks.function(classifier, "classifier", none_ok=True)
         blob = dill.dumps((policies, classifier), recurse=True)
         return _RecoveryServer.child_spec(name, blob, name=name, id=id or name)
 
@@ -271,11 +265,7 @@ _policy_cache: dict[str, Any] = {}
 
 def _check_policies(policies: Any, classes: Iterable[str]) -> dict[str, Policy]:
     """Policies keyed by known classes: a misspelt one would never apply."""
-    if isinstance(classes, str):
-        raise TypeError("classes is a collection of class names, not one str")
-    classes = tuple(classes)
-    if not all(isinstance(c, str) for c in classes):
-        raise TypeError(f"classes is a collection of class names (str), not {classes!r}")
+    classes = checks.names(classes, "classes")
     known = ERROR_CLASSES + tuple(c for c in classes if c not in ERROR_CLASSES)
     if policies is None:
         return {}
@@ -320,7 +310,7 @@ class Protected:
         """Run ``command`` through the chain; retries, fallback or the error, by
         policy. ``timeout`` bounds each attempt's run (None or ``math.inf``:
         the pool's ``command_timeout``, within the deadline)."""
-        timeout = lowlevel.check_timeout(timeout, "timeout", zero=False)
+        timeout = checks.seconds(timeout, "timeout")
         end = None if self.deadline is None else time.monotonic() + self.deadline
         policies, classifier = self.recovery.policies() if self.recovery else ({}, None)
         errors: list[tuple[str, BaseException]] = []
@@ -474,13 +464,10 @@ def protect(pool: Any, *, limiter: tuple | None = None, breaker: Any = None,
     """
     if limiter is not None and (not isinstance(limiter, tuple) or len(limiter) != 4):
         raise TypeError("limiter must be (rate_limiter, key, limit, window)")
-    deadline = lowlevel.check_timeout(deadline, "deadline", zero=False)  # inf: none
+    deadline = checks.seconds(deadline, "deadline")  # inf: none
     if recovery is not None and not isinstance(recovery, Recovery):
         raise TypeError(f"recovery must be a Recovery, not {recovery!r}")
-    if isinstance(idempotent, str):
-        raise TypeError("idempotent is a collection of command names, not one str")
-    if not isinstance(breaker_failure_on, tuple) or not all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in breaker_failure_on):
-        raise TypeError("breaker_failure_on must be a tuple of exception types")
+    idempotent = checks.names(idempotent, "idempotent")
+    breaker_failure_on = checks.exceptions(breaker_failure_on, "breaker_failure_on")
     return Protected(pool, limiter, breaker, recovery, deadline, frozenset(idempotent),
                      breaker_failure_on, rng)
