@@ -8,8 +8,9 @@ Built on ``otpy`` and ``otpy.lowlevel`` only.
 __all__: list[str] = []
 
 # ---- pool (issue: session pool) ----
-from ._errors import (CommandTimeout, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable,
-                      SessionLost, SessionNotFound, UnknownCommand, WorkerCrashed)
+from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolOverloaded, PoolTimeout,
+                      PoolUnavailable, SessionLost, SessionNotFound, UnknownCommand,
+                      WorkerCrashed)
 from ._pool import BoundSession, CheckedOut, Pool
 from ._pool_executor import PoolExecutor
 from ._pool_options import EVENT_KINDS, STRATEGIES, PoolEvent, PoolStatus
@@ -18,23 +19,25 @@ from ._worker import RESERVED, Session, Worker, command
 __all__ += [
     "Pool", "PoolStatus", "PoolEvent", "EVENT_KINDS", "STRATEGIES", "PoolExecutor", "CheckedOut",
     "BoundSession", "Worker", "command", "Session", "RESERVED",
-    "PoolError", "PoolTimeout", "CommandTimeout", "PoolOverloaded", "PoolUnavailable",
-    "WorkerCrashed",
+    "PoolError", "PoolNotRunning", "PoolTimeout", "CommandTimeout", "PoolOverloaded",
+    "PoolUnavailable", "WorkerCrashed",
     "SessionLost", "SessionNotFound", "UnknownCommand",
 ]
 
 # ---- breaker and limiter ----
-from ._breaker import BreakerError, BreakerEvent, BreakerNotRunning, CircuitBreaker, CircuitOpen
-from ._limiter import (Decision, LimiterBusy, LimiterError, LimiterNotRunning, RateLimited,
-                       RateLimiter)
+from ._breaker import BreakerEvent, CircuitBreaker
+from ._errors import (BreakerError, BreakerNotRunning, BreakerTimeout, CircuitOpen, LimiterBusy,
+                      LimiterError, LimiterNotRunning, LimiterTimeout, RateLimited)
+from ._limiter import Decision, RateLimiter
 
 __all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "BreakerNotRunning",
-            "RateLimiter", "RateLimited", "Decision", "LimiterError", "LimiterNotRunning",
-            "LimiterBusy"]
+            "BreakerTimeout", "RateLimiter", "RateLimited", "Decision", "LimiterError",
+            "LimiterNotRunning", "LimiterTimeout", "LimiterBusy"]
 
 # ---- recovery ----
-from ._recovery import (ERROR_CLASSES, ClassStats, DeadlineExceeded, Policy, Protected, Recovery,
-                        classify, protect)
+from ._errors import DeadlineExceeded
+from ._recovery import (ERROR_CLASSES, ClassStats, Policy, Protected, Recovery, classify,
+                        protect)
 
 __all__ += ["Recovery", "Policy", "protect", "Protected", "classify", "ClassStats",
             "DeadlineExceeded", "ERROR_CLASSES"]

@@ -31,10 +31,11 @@ import time
 from typing import Any, Callable, NamedTuple, TypeVar
 
 import otpy
-from otpy import ChildSpec, Down, GenServer, OtpyError, Pid, StartError, AlreadyStarted
+from otpy import ChildSpec, Down, GenServer, Pid, StartError, AlreadyStarted
 from otpy import lowlevel
 
 from . import _checks as checks
+from ._errors import BreakerNotRunning, BreakerTimeout, CircuitOpen
 from ._breaker_machine import CLOSED, DISABLED, HALF_OPEN, OPEN, BreakerMachine
 from ._shared_owner import OwnerLink, handle_timeout
 from ._shared_page import Page, hold
@@ -42,37 +43,7 @@ from ._shared_page import Page, hold
 T = TypeVar("T")
 
 
-# ---- errors and events ------------------------------------------------------------------
-
-class BreakerError(OtpyError):
-    """Base of the circuit breaker's errors."""
-
-
-class BreakerNotRunning(BreakerError, LookupError):
-    """No breaker of that name could be reached (never started, stopped, or
-    its owner did not come back before the deadline)."""
-
-
-class CircuitOpen(BreakerError):
-    """The breaker rejected the call without running it.
-
-    ``retry_after``: seconds until it becomes half-open (0.0 when half-open
-    with every trial slot taken, or for an injected fault; None while disabled).
-    """
-
-    def __init__(self, name: str, retry_after: float | None, message: str | None = None) -> None:
-        self.name = name
-        self.retry_after = retry_after
-        if message is None:
-            if retry_after is None:
-                message = f"circuit breaker {name!r} is disabled"
-            else:
-                message = f"circuit breaker {name!r} is open (retry after {retry_after:.3f}s)"
-        super().__init__(message)
-
-    def __reduce__(self):
-        return (type(self), (self.name, self.retry_after, str(self)))
-
+# ---- events ------------------------------------------------------------------
 
 class BreakerEvent(NamedTuple):
     """One transition, sent to subscribers: ``time`` in epoch seconds."""
@@ -650,13 +621,15 @@ class CircuitBreaker:
         conn = self._conn
         if not conn.dead:
             return conn.owner
-        return OwnerLink(self.name, self.namespace, "circuit breaker", BreakerNotRunning)
+        return OwnerLink(self.name, self.namespace, "circuit breaker", BreakerNotRunning,
+                         BreakerTimeout)
 
     def _connection(self) -> _Connection:
         key = self._key()
         conn = _CONNECTIONS.get(key)
         if conn is None or conn.dead:
-            owner = OwnerLink(self.name, self.namespace, "circuit breaker", BreakerNotRunning)
+            owner = OwnerLink(self.name, self.namespace, "circuit breaker", BreakerNotRunning,
+                         BreakerTimeout)
             conn = _CONNECTIONS[key] = _Connection(owner, otpy.self(), self.timeout)
         self._conn = conn
         return conn

@@ -1,15 +1,45 @@
-"""The pool's errors. Every one is an ``otpy.OtpyError`` (through PoolError);
-the two timeouts are also ``otpy.Timeout`` (and so ``TimeoutError``)."""
+"""Every error otpy_pool raises, in one hierarchy::
+
+    otpy.OtpyError
+      PoolError                       every error of otpy_pool (what a protected call raises)
+        PoolNotRunning (LookupError)  a pool, breaker or limiter that cannot be reached
+          BreakerNotRunning, LimiterNotRunning (also BreakerError, LimiterError)
+            BreakerTimeout, LimiterTimeout (also otpy.Timeout): its owner did not answer
+        PoolTimeout, CommandTimeout   (also otpy.Timeout)
+        PoolUnavailable, PoolOverloaded, WorkerCrashed, SessionLost,
+        SessionNotFound, UnknownCommand (LookupError)
+        BreakerError
+          CircuitOpen
+        LimiterError
+          RateLimited
+          LimiterBusy                 (also otpy.Timeout)
+        DeadlineExceeded              (also otpy.Timeout)
+
+Why one base: ``except PoolError`` around ``Protected.execute`` catches what
+the protection chain raises (an open breaker, a denied limit, a passed
+deadline, the pool's errors) and nothing a command raised itself. Every
+timeout is an ``otpy.Timeout`` (and so a ``TimeoutError``); every "not
+running" a ``PoolNotRunning``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import otpy
 
+if TYPE_CHECKING:
+    from ._limiter import Decision
+
 
 class PoolError(otpy.OtpyError):
-    """Base of every error the pool raises."""
+    """Base of every error otpy_pool raises: the pool's, the breaker's, the
+    limiter's and recovery's."""
+
+
+class PoolNotRunning(PoolError, LookupError):
+    """A pool, breaker or limiter of that name could not be reached: never
+    started, stopped, or not back from a restart before the deadline."""
 
 
 class PoolTimeout(PoolError, otpy.Timeout):
@@ -67,6 +97,81 @@ class SessionNotFound(PoolError, LookupError):
 
 class UnknownCommand(PoolError, LookupError):
     """The worker has no ``@command`` by that name."""
+
+
+# ---- the circuit breaker's ------------------------------------------------------------
+
+class BreakerError(PoolError):
+    """Base of the circuit breaker's errors."""
+
+
+class BreakerNotRunning(BreakerError, PoolNotRunning):
+    """No breaker of that name could be reached (never started, stopped, or
+    its owner did not come back before the deadline)."""
+
+
+class BreakerTimeout(BreakerNotRunning, otpy.Timeout):
+    """The breaker's owner did not answer within the handle's timeout."""
+
+
+class CircuitOpen(BreakerError):
+    """The breaker rejected the call without running it.
+
+    ``retry_after``: seconds until it becomes half-open (0.0 when half-open
+    with every trial slot taken, or for an injected fault; None while disabled).
+    """
+
+    def __init__(self, name: str, retry_after: float | None, message: str | None = None) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        if message is None:
+            if retry_after is None:
+                message = f"circuit breaker {name!r} is disabled"
+            else:
+                message = f"circuit breaker {name!r} is open (retry after {retry_after:.3f}s)"
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.name, self.retry_after, str(self)))
+
+
+# ---- the rate limiter's ----------------------------------------------------------------
+
+class LimiterError(PoolError):
+    """Base of the rate limiter's errors."""
+
+
+class LimiterNotRunning(LimiterError, PoolNotRunning):
+    """No limiter of that name could be reached before the deadline."""
+
+
+class LimiterTimeout(LimiterNotRunning, otpy.Timeout):
+    """The limiter's owner did not answer within the handle's timeout."""
+
+
+class LimiterBusy(LimiterError, otpy.Timeout):
+    """The shared table's lock stayed taken past the handle's timeout (a
+    process holding it was stopped, say: a dead one cannot hold it)."""
+
+
+class RateLimited(LimiterError):
+    """A hit was denied; ``retry_after`` seconds until it could fit (and the
+    ``decision`` that denied it)."""
+
+    def __init__(self, retry_after: float, decision: Decision | None = None,
+                 message: str | None = None) -> None:
+        self.retry_after = retry_after
+        self.decision = decision
+        super().__init__(message or f"rate limited: retry after {retry_after:.3f}s")
+
+    def __reduce__(self):
+        return (type(self), (self.retry_after, self.decision, str(self)))
+
+
+# ---- recovery's ------------------------------------------------------------------------
+
+class DeadlineExceeded(PoolError, otpy.Timeout):
+    """The protected call's deadline passed before an attempt could succeed."""
 
 
 def start_error(exc: BaseException) -> BaseException:

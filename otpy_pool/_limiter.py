@@ -23,10 +23,11 @@ import time
 from typing import Any, Iterator, NamedTuple
 
 import otpy
-from otpy import ChildSpec, GenServer, OtpyError, Pid, StartError, AlreadyStarted
+from otpy import ChildSpec, GenServer, Pid, StartError, AlreadyStarted
 from otpy import lowlevel
 
 from . import _checks as checks
+from ._errors import LimiterBusy, LimiterNotRunning, LimiterTimeout, RateLimited
 from ._limiter_algorithms import ALGORITHMS, Buckets
 from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout,
                               Retired, TableGone, TableOwner, decide, digest, encode_key,
@@ -41,34 +42,7 @@ _REATTACH = "$reattach"  # "the buckets are not with me (any more)": ask how to 
 SHARED = ("fixed_window", "token_bucket")
 
 
-# ---- errors and results ------------------------------------------------------------------
-
-class LimiterError(OtpyError):
-    """Base of the rate limiter's errors."""
-
-
-class LimiterNotRunning(LimiterError, LookupError):
-    """No limiter of that name could be reached before the deadline."""
-
-
-class LimiterBusy(LimiterError, TimeoutError):
-    """The shared table's lock stayed taken past the handle's timeout (a
-    process holding it was stopped, say: a dead one cannot hold it)."""
-
-
-class RateLimited(LimiterError):
-    """A hit was denied; ``retry_after`` seconds until it could fit (and the
-    ``decision`` that denied it)."""
-
-    def __init__(self, retry_after: float, decision: "Decision | None" = None,
-                 message: str | None = None) -> None:
-        self.retry_after = retry_after
-        self.decision = decision
-        super().__init__(message or f"rate limited: retry after {retry_after:.3f}s")
-
-    def __reduce__(self):
-        return (type(self), (self.retry_after, self.decision, str(self)))
-
+# ---- results ------------------------------------------------------------------
 
 class Decision(NamedTuple):
     """The answer to a hit: ``count`` used in the bucket and ``remaining``
@@ -453,7 +427,8 @@ class RateLimiter:
         self.name = checks.name(name)
         self.namespace = lowlevel.current_namespace() if namespace is None else namespace
         self.timeout = handle_timeout(timeout)
-        self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning)
+        self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning,
+                               LimiterTimeout)
         self._backend: Any = None
 
     def __reduce__(self):

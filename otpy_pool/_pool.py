@@ -20,8 +20,8 @@ from otpy import lowlevel
 from otpy.lowlevel import Restart
 
 from ._calls import NotRun, check_batch, check_command, check_session, result, run_call
-from ._errors import (CommandTimeout, PoolError, PoolTimeout, SessionLost, WorkerCrashed,
-                      duration)
+from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, SessionLost,
+                      WorkerCrashed, duration)
 from ._pipeline import MARGIN, RETRIES, run_batch
 from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options, seconds
 from ._pool_server import PoolServer
@@ -177,7 +177,7 @@ class Pool:
                 return self._server()
             except otpy.NoProc:
                 if time.monotonic() + delay > deadline:
-                    raise PoolError(f"pool {self.name!r} is not running") from None
+                    raise PoolNotRunning(f"pool {self.name!r} is not running") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 

@@ -39,8 +39,8 @@ import otpy
 from otpy import lowlevel
 
 from . import _checks as checks
-from ._errors import (CommandTimeout, PoolOverloaded, PoolTimeout, PoolUnavailable, SessionLost,
-                      WorkerCrashed, duration)
+from ._errors import (CircuitOpen, CommandTimeout, DeadlineExceeded, PoolOverloaded, PoolTimeout,
+                      PoolUnavailable, RateLimited, SessionLost, WorkerCrashed, duration)
 
 #: the error classes ``classify`` names (a policy is keyed by one of them, or
 #: by a class your classifier names and ``Recovery(classes=...)`` declares)
@@ -113,9 +113,6 @@ def classify(exc: BaseException, classifier: Callable[[BaseException], str | Non
         return "unavailable"
     if isinstance(exc, SessionLost):
         return "session_lost"
-    from ._breaker import CircuitOpen
-    from ._limiter import RateLimited
-
     if isinstance(exc, CircuitOpen):
         return "circuit_open"
     if isinstance(exc, RateLimited):
@@ -125,9 +122,6 @@ def classify(exc: BaseException, classifier: Callable[[BaseException], str | Non
 
 def surely_not_started(exc: BaseException) -> bool:
     """Errors raised before the command could reach a worker: a retry can't run it twice."""
-    from ._breaker import CircuitOpen
-    from ._limiter import RateLimited
-
     return isinstance(exc, (PoolTimeout, PoolOverloaded, PoolUnavailable, CircuitOpen,
                             RateLimited))
 
@@ -283,10 +277,6 @@ def _check_policies(policies: Any, classes: Iterable[str]) -> dict[str, Policy]:
 
 
 # ---- the protection chain, in the caller's process ---------------------------------
-
-class DeadlineExceeded(otpy.Timeout):
-    """The protected call's deadline passed before an attempt could succeed."""
-
 
 class Protected:
     """A pool behind a rate limiter, a breaker and a recovery policy; see :func:`protect`."""

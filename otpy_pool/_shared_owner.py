@@ -42,13 +42,15 @@ def resolve_in(name: str, namespace: str) -> Pid:
 class OwnerLink:
     """A cached pid for (name, namespace), re-resolved when the owner changes."""
 
-    __slots__ = ("name", "namespace", "kind", "error", "pid")
+    __slots__ = ("name", "namespace", "kind", "error", "timed_out", "pid")
 
-    def __init__(self, name: str, namespace: str, kind: str, error: type[Exception]) -> None:
+    def __init__(self, name: str, namespace: str, kind: str, error: type[Exception],
+                 timed_out: type[Exception]) -> None:
         self.name = name
         self.namespace = namespace
         self.kind = kind  # "circuit breaker" / "rate limiter", for messages
         self.error = error  # raised when the owner cannot be reached in time
+        self.timed_out = timed_out  # raised when it does not answer in time
         self.pid: Pid | None = None
 
     def call(self, request: Any, timeout: float) -> Any:
@@ -71,8 +73,8 @@ class OwnerLink:
                 time.sleep(min(pause, left))  # waiting out a restart, bounded
                 pause = min(pause * 2, _MAX_PAUSE)
             except Timeout:
-                raise self.error(f"{self.kind} {self.name!r} did not answer "
-                                       f"within {timeout}s") from None
+                raise self.timed_out(f"{self.kind} {self.name!r} did not answer "
+                                     f"within {timeout}s") from None
 
     def ask(self, request: tuple, timeout: float) -> Any:
         """As :meth:`call`, for an owner answering with ``lowlevel.dispatch``."""

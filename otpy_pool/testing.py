@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import otpy
 
-from ._errors import PoolError, SessionNotFound, UnknownCommand, WorkerCrashed
+from ._errors import PoolError, PoolNotRunning, SessionNotFound, UnknownCommand, WorkerCrashed
 from ._calls import check_command
 from ._pool import Pool
 from ._pool_options import PoolStatus
@@ -201,7 +201,7 @@ class InlinePool:
                 **kwargs: Any) -> Any:
         check_command(command)
         if self.stopped:
-            raise PoolError(f"{self!r} is stopped")
+            raise PoolNotRunning(f"{self!r} is stopped")
         state = Session(None) if session is None else self.sessions.setdefault(
             session, Session(session))
         self.counts["total_commands"] += 1  # counted as the pool counts: unknown ones too

@@ -256,7 +256,7 @@ def _publish_a_table_and_wait(parent, holder_pid, holder_fd):
 
 
 def test_a_table_whose_owner_died_unreplaced_is_limiter_not_running_not_a_crash():
-    from otpy_pool import LimiterNotRunning
+    from otpy_pool import LimiterNotRunning, LimiterTimeout
     from otpy_pool._limiter import SharedBuckets
     from otpy_pool._shared_owner import OwnerLink
 
@@ -279,7 +279,7 @@ def test_a_table_whose_owner_died_unreplaced_is_limiter_not_running_not_a_crash(
                     raise AssertionError("mapped a dead owner's table")
         finally:
             control.close()
-        link = OwnerLink("nobody", "", "rate limiter", LimiterNotRunning)
+        link = OwnerLink("nobody", "", "rate limiter", LimiterNotRunning, LimiterTimeout)
         shared = SharedBuckets((os.getpid(), holder, CONTROL_BYTES), "fixed_window", link, 0.2)
         try:
             try:

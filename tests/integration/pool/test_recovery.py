@@ -13,7 +13,7 @@ import time
 import otpy
 import pytest
 from otpy_pool import (CircuitBreaker, CircuitOpen, CommandTimeout, DeadlineExceeded, Policy,
-                       Pool, PoolOverloaded, PoolTimeout, PoolUnavailable, RateLimited,
+                       Pool, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable, RateLimited,
                        RateLimiter, Recovery, SessionLost, Worker, WorkerCrashed, classify,
                        command, protect)
 
@@ -302,6 +302,32 @@ def test_a_denied_limit_is_not_a_breaker_failure_and_gives_up_with_every_attempt
         assert recovery.stats()["rate_limited"].gave_up == 1
     finally:
         recovery.stop()
+        db.stop()
+        api.stop()
+
+
+def test_one_except_catches_what_the_chain_raises_and_not_the_commands_own(pool, log):
+    api = RateLimiter.start_link("api")
+    db = CircuitBreaker.start_link("db", max_failures=1, window=10.0, reset_after=30.0)
+    try:
+        caught = []
+        for guarded, args in [
+                (protect(pool, limiter=(api, "k", 1, 60.0)), ("run", 1)),
+                (protect(pool, limiter=(api, "k", 1, 60.0)), ("run", 1)),  # denied
+                (protect(pool, breaker=db), ("charge_and_hang", killer())),  # crashed: opens
+                (protect(pool, breaker=db), ("run", 1)),  # open
+                (protect(pool, deadline=0.001), ("run", 1))]:
+            try:
+                guarded.execute(*args)
+            except PoolError as exc:
+                caught.append(type(exc))
+        assert caught == [RateLimited, WorkerCrashed, CircuitOpen, DeadlineExceeded]
+        with pytest.raises(ValueError):  # not a PoolError: the command's own
+            try:
+                protect(pool).execute("bad_input")
+            except PoolError:
+                pytest.fail("a command's own exception caught as a PoolError")
+    finally:
         db.stop()
         api.stop()
 
