@@ -38,7 +38,7 @@ from . import _checks as checks
 from ._errors import BreakerNotRunning, BreakerTimeout, CircuitOpen
 from ._breaker_machine import CLOSED, DISABLED, HALF_OPEN, OPEN, BreakerMachine
 from ._shared_owner import OwnerLink, handle_timeout
-from ._shared_page import Page, hold
+from ._shared_memory import Page, hold
 
 T = TypeVar("T")
 

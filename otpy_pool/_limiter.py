@@ -33,7 +33,7 @@ from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, Lo
                               Retired, TableGone, TableOwner, decide, digest, encode_key,
                               reset_key)
 from ._shared_owner import OwnerLink, handle_timeout
-from ._shared_page import hold
+from ._shared_memory import hold
 
 DEFAULT_TIMEOUT = 5.0
 INSTALL_HINT = "pip install 'otpy[redis]'  (the limits library with its Redis client)"

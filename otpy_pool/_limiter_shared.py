@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import mmap
+import math
 import os
 import threading
 import time
 from typing import Any
 
 from ._limiter_algorithms import Buckets
+from ._shared_memory import Page, create, free
 
 # control page words (word 0: page id)
 C_GEN, C_PID, C_FD, C_CAPACITY, C_RETIRED = 1, 2, 3, 4, 5
@@ -153,22 +154,25 @@ def _expired(algorithm: str, state: list, window: int, now: int) -> bool:
     return Buckets._expired_token_bucket(state, window, now)
 
 
+def table_bytes(capacity: int) -> int:
+    return (HEADER + capacity * SLOT) * 8
+
+
 class Table:
     """One mapping of a table memfd."""
 
-    def __init__(self, os_pid: int, fd: int, capacity: int) -> None:
-        size = (HEADER + capacity * SLOT) * 8
-        local = os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            self._map = mmap.mmap(local, size)
-        finally:
-            os.close(local)
-        self.words = memoryview(self._map).cast("q")
+    def __init__(self, page: Page, capacity: int) -> None:
+        self.page = page
+        self.words = page.words
         self.capacity = capacity
 
+    @classmethod
+    def open(cls, os_pid: int, fd: int, capacity: int) -> "Table":
+        """Map the table ``fd`` of process ``os_pid``; OSError if it is gone."""
+        return cls(Page.open(os_pid, fd, table_bytes(capacity)), capacity)
+
     def close(self) -> None:
-        self.words.release()
-        self._map.close()
+        self.page.close()
 
     def find(self, hi: int, lo: int, window: int) -> tuple[int, int]:
         """(base of the live slot, or -1; base where it would be inserted, or -1 if full)."""
@@ -268,21 +272,17 @@ class Control:
     """A process's open control page: the lock, and the current table."""
 
     def __init__(self, os_pid: int, fd: int, timeout: float = 5.0) -> None:
-        self.timeout = timeout
-        self.fd = os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            self._map = mmap.mmap(self.fd, CONTROL_BYTES)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.words = memoryview(self._map).cast("q")
+        self.timeout = timeout  # math.inf: wait for the lock as long as it takes
+        self.page = Page.open(os_pid, fd, CONTROL_BYTES, keep=True)  # keep: to flock it
+        self.fd: int = self.page.fd  # type: ignore[assignment]
+        self.words = self.page.words
         self.thread_lock = threading.Lock()
         self.table: Table | None = None
         self.gen = -1
 
     def __enter__(self) -> "Control":
-        if not self.thread_lock.acquire(False) \
-                and not self.thread_lock.acquire(timeout=self.timeout):
+        if not self.thread_lock.acquire(False) and not self.thread_lock.acquire(
+                timeout=-1 if self.timeout == math.inf else self.timeout):  # -1: no limit
             raise LockTimeout(f"a thread of this process held the limiter's lock "
                               f"for over {self.timeout}s")
         try:
@@ -337,7 +337,7 @@ class Control:
                 old.close()
             gen = words[C_GEN]
             try:
-                table = Table(words[C_PID], words[C_FD], words[C_CAPACITY])
+                table = Table.open(words[C_PID], words[C_FD], words[C_CAPACITY])
             except (OSError, ValueError):
                 raise TableGone() from None  # its owner is dead (its fds with it)
             if table.words[T_GEN] != gen:  # the OS pid was reused: not our table
@@ -351,9 +351,7 @@ class Control:
         if self.table is not None:
             self.table.close()
             self.table = None
-        self.words.release()
-        self._map.close()
-        os.close(self.fd)
+        self.page.close()
 
 
 class TableOwner:
@@ -383,13 +381,8 @@ class TableOwner:
             capacity *= 2
         if grow and old is not None:
             capacity = max(capacity, 2 * old.capacity)
-        fd = os.memfd_create("otpy-limiter-table", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, (HEADER + capacity * SLOT) * 8)
-            table = Table(os.getpid(), fd, capacity)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, page = create("otpy-limiter-table", table_bytes(capacity))
+        table = Table(page, capacity)
         for hi, lo, window, state in entries:
             _, where = table.find(hi, lo, window)
             _store(self.algorithm, table.words, where, state)
@@ -407,9 +400,8 @@ class TableOwner:
         words[C_CAPACITY] = capacity
         words[C_GEN] += 1  # last: the new table is complete before anyone looks
         if old is not None:
-            os.ftruncate(self.fd, 0)  # frees the memory now, whoever still maps it
+            free(self.fd)  # the memory goes now, whoever still maps it
             old.close()
-            os.close(self.fd)
         self.table, self.fd = table, fd
         self.control.gen = words[C_GEN]
         self.control.table = None  # the owner's own view is self.table
@@ -432,15 +424,14 @@ class TableOwner:
     def size(self) -> int:
         """The table's bytes."""
         assert self.table is not None
-        return (HEADER + self.table.capacity * SLOT) * 8
+        return table_bytes(self.table.capacity)
 
     def close(self) -> None:
         """Drop the table (with the lock held, the limiter marked retired):
         its memory is freed now, whoever still maps it."""
         if self.table is not None:
-            os.ftruncate(self.fd, 0)
+            free(self.fd)
             self.table.close()
-            os.close(self.fd)
             self.table = None
 
 

@@ -15,7 +15,7 @@ import types
 import pytest
 
 from otpy._runtime import observe, status
-from otpy_pool import _counters, _limiter_shared, _shared_page
+from otpy_pool import _counters, _limiter_shared, _shared_memory
 
 
 def _open_fds() -> int:
@@ -50,9 +50,23 @@ def test_observation_page(monkeypatch):
     _closes_on_failure(observe.Page)
 
 
+def test_created_shared_page(monkeypatch):
+    monkeypatch.setattr(_shared_memory, "mmap", _failing_mmap())
+    _closes_on_failure(lambda: _shared_memory.create("otpy-test-page", 4096))
+
+
 def test_held_shared_page(monkeypatch):
-    monkeypatch.setattr(_shared_page, "mmap", _failing_mmap())
-    _closes_on_failure(lambda: _shared_page.hold(object(), 4096, "otpy-test-page"))
+    monkeypatch.setattr(_shared_memory, "mmap", _failing_mmap())
+    _closes_on_failure(lambda: _shared_memory.hold(object(), 4096, "otpy-test-page"))
+
+
+def test_opened_shared_page(monkeypatch):
+    fd = _control_page()
+    try:
+        monkeypatch.setattr(_shared_memory, "mmap", _failing_mmap())
+        _closes_on_failure(lambda: _shared_memory.Page.open(os.getpid(), fd, 4096, keep=True))
+    finally:
+        os.close(fd)
 
 
 def test_worker_counts(monkeypatch):
@@ -69,7 +83,7 @@ def _control_page() -> int:
 def test_limiter_control(monkeypatch):
     fd = _control_page()
     try:
-        monkeypatch.setattr(_limiter_shared, "mmap", _failing_mmap())
+        monkeypatch.setattr(_shared_memory, "mmap", _failing_mmap())
         _closes_on_failure(lambda: _limiter_shared.Control(os.getpid(), fd))
     finally:
         os.close(fd)
@@ -80,7 +94,7 @@ def test_limiter_table_rebuild(monkeypatch):
     control = _limiter_shared.Control(os.getpid(), fd)
     try:
         owner = _limiter_shared.TableOwner(control, "fixed_window")
-        monkeypatch.setattr(_limiter_shared, "Table", _out_of_memory)
+        monkeypatch.setattr(_shared_memory, "mmap", _failing_mmap())
         _closes_on_failure(lambda: owner.rebuild(0))
     finally:
         control.close()

@@ -247,6 +247,38 @@ def test_a_lock_held_past_the_timeout_is_limiter_busy_not_a_hang():
     assert api.hit("k", 1, 1.0).allowed  # released: on it goes
 
 
+def test_a_lock_timeout_of_inf_waits_for_a_thread_holding_it():
+    """timeout=math.inf (a handle's "no limit") waits for the lock; it was
+    passed to Lock.acquire as it was, which cannot take it (OverflowError)."""
+    import math
+    import threading
+
+    holder = os.memfd_create("test-control", os.MFD_CLOEXEC)
+    os.ftruncate(holder, CONTROL_BYTES)
+    control = Control(os.getpid(), holder, timeout=math.inf)
+    outcome = []
+
+    def enter():
+        try:
+            with control:
+                outcome.append("entered")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        control.thread_lock.acquire()  # as another thread of the process in a hit
+        thread = threading.Thread(target=enter)
+        thread.start()
+        thread.join(timeout=0.5)  # a refused timeout ends it at once
+        assert thread.is_alive() and outcome == [], outcome
+        control.thread_lock.release()
+        thread.join(timeout=DEADLINE)
+        assert outcome == ["entered"]
+    finally:
+        control.close()
+        os.close(holder)
+
+
 def _publish_a_table_and_wait(parent, holder_pid, holder_fd):
     owner = TableOwner(Control(holder_pid, holder_fd), "fixed_window")
     with owner.control:
