@@ -22,8 +22,7 @@ started and can run on another worker.
 
 from __future__ import annotations
 
-import mmap
-import os
+from ._shared_memory import Page, create
 
 NAME = "otpy_pool.counts"
 COMMANDS, ERRORS = 0, 1  # slots, each an unsigned 64-bit count
@@ -36,23 +35,16 @@ class WorkerCounts:
     """The worker's side: creates the memfd; ``view[COMMANDS] += 1`` counts."""
 
     def __init__(self) -> None:
-        self.fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, _SIZE)
-            self._map = mmap.mmap(self.fd, _SIZE)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.view = memoryview(self._map).cast("Q")
+        self.fd, self._page = create(NAME, _SIZE, "Q")
+        self.view = self._page.words
 
 
 class CountsReader:
     """The server's side: a worker's counts, readable after it died."""
 
     def __init__(self, os_pid: int, fd: int) -> None:
-        with open(f"/proc/{os_pid}/fd/{fd}", "r+b", buffering=0) as f:
-            self._map = mmap.mmap(f.fileno(), _SIZE)
-        self.view = memoryview(self._map).cast("Q")
+        self._page = Page.open(os_pid, fd, _SIZE, "Q")
+        self.view = self._page.words
 
     def read(self) -> tuple[int, int]:
         """(commands, errors) so far."""
@@ -72,5 +64,4 @@ class CountsReader:
         return view[RUN_N] != 0 and view[RUN_COUNTED] == 0
 
     def close(self) -> None:
-        self.view.release()
-        self._map.close()
+        self._page.close()

@@ -70,7 +70,7 @@ def test_opened_shared_page(monkeypatch):
 
 
 def test_worker_counts(monkeypatch):
-    monkeypatch.setattr(_counters, "mmap", _failing_mmap())
+    monkeypatch.setattr(_shared_memory, "mmap", _failing_mmap())
     _closes_on_failure(_counters.WorkerCounts)
 
 
