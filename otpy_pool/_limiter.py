@@ -1,12 +1,14 @@
 """RateLimiter: limits that hold across every process of the node (or, with
 Redis, of several machines).
 
-In memory, one owner process (a GenServer under a supervisor of its own,
-registered under the limiter's name) holds every bucket; each hit is one
-synchronous call to it. The owner is the only writer and answers calls one at
-a time, so the limiter is exact under any concurrency: no hit is lost and no
-window admits more than its limit. The arithmetic lives in
-``_limiter_algorithms`` (pure, integer nanoseconds).
+One owner process (a GenServer under a supervisor of its own, registered
+under the limiter's name: ``_shared_owner``) keeps the limiter. In memory,
+fixed_window and token_bucket buckets live in a table in shared memory that
+callers update themselves under a lock (``_limiter_shared``); sliding_window
+buckets live in the owner, and each hit is one synchronous call to it. Either
+way the limiter is exact under any concurrency: no hit is lost and no window
+admits more than its limit. The arithmetic lives in ``_limiter_algorithms``
+(pure, integer nanoseconds).
 
 With ``storage="redis://host:port"`` the ``limits`` library's Redis storage
 keeps the buckets; hits go from the calling process straight to Redis, and
@@ -18,26 +20,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import time
 from typing import Any, Iterator, NamedTuple
 
 import otpy
-from otpy import ChildSpec, GenServer, Pid, StartError, AlreadyStarted
+from otpy import ChildSpec, Pid
 from otpy import lowlevel
 
 from . import _checks as checks
+from . import _shared_owner as owners
 from ._errors import LimiterBusy, LimiterNotRunning, LimiterTimeout, RateLimited
 from ._limiter_algorithms import ALGORITHMS, Buckets
 from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout,
                               Retired, TableGone, TableOwner, decide, digest, encode_key,
                               reset_key)
-from ._shared_owner import OwnerLink, handle_timeout
-from ._shared_memory import hold
+from ._shared_handle import Handle
+from ._shared_owner import Owner, OwnerLink
 
-DEFAULT_TIMEOUT = 5.0
 INSTALL_HINT = "pip install 'otpy[redis]'  (the limits library with its Redis client)"
-_REATTACH = "$reattach"  # "the buckets are not with me (any more)": ask how to reach them
 #: algorithms whose buckets live in shared memory (the exact log needs the owner)
 SHARED = ("fixed_window", "token_bucket")
 
@@ -134,12 +134,25 @@ def key_digest(key: Any) -> str:
     return hashlib.sha256(encode_key(key)).hexdigest()
 
 
+def _check_redis(name: str, options: dict[str, Any]) -> None:
+    """A limiter on Redis starts only if Redis answers."""
+    backend = RedisBuckets(options["storage"], options["algorithm"], name, None)
+    try:
+        reachable = backend.check()
+    except Exception:
+        reachable = False
+    if not reachable:
+        raise ConnectionError(f"rate limiter {name!r}: Redis at {options['storage']} "
+                              "is not reachable")
+
+
 class RedisBuckets:
     """The same operations as the in-memory owner, on the limits library's
     Redis storage (fixed window, and the moving window: the exact log)."""
 
-    def __init__(self, url: str, algorithm: str, name: str) -> None:
+    def __init__(self, url: str, algorithm: str, name: str, owner: OwnerLink | None) -> None:
         limits = _import_limits()
+        self.owner = owner
         self.limits = limits
         self.storage = limits.storage.storage_from_string(url, key_prefix=f"otpy-{name}")
         self.fixed = algorithm == "fixed_window"
@@ -151,6 +164,12 @@ class RedisBuckets:
         return bool(self.storage.check())
 
     dead = False  # a client per process; nothing to redo after a fork but reconnecting
+
+    def retire(self) -> None:
+        self.dead = True
+
+    def close(self) -> None:
+        """Nothing: the client's connections close with it."""
 
     def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
             count: bool) -> Decision:
@@ -191,28 +210,23 @@ class RedisBuckets:
 
 # ---- the owner ----------------------------------------------------------------------------
 
-def _start_owner(name: str, options: dict[str, Any]) -> Pid | None:
-    """Runs in the limiter's supervisor, which holds the control page (the lock)."""
-    control = None
-    if options["storage"] is None and options["algorithm"] in SHARED:
-        control = hold(("limiter", name), CONTROL_BYTES, f"otpy-limiter:{name}")
-    return LimiterOwner.start_link(name, options, otpy.self(), control, name=name)
-
-
-def _start_subtree(name: str, options: dict[str, Any]) -> Pid:
-    spec = ChildSpec("owner", _start_owner, args=(name, options), shutdown=5.0)
-    return otpy.Supervisor.start_link([spec])
-
-
-class LimiterOwner(GenServer):
+class LimiterOwner(Owner):
     """The process holding one limiter's buckets (registered under its name).
 
     fixed_window and token_bucket: the buckets are in a shared table (see
     ``_limiter_shared``) that callers update themselves; the owner creates,
-    grows and sweeps it. sliding_window: the owner holds the buckets and
-    answers every hit. A replacement after a crash starts with no buckets:
-    what was counted before is forgotten (see docs/breaker_and_limiter.md).
+    grows and sweeps it, under the control page its supervisor holds (the
+    lock). sliding_window: the owner holds the buckets and answers every
+    hit. A replacement after a crash starts with no buckets: what was
+    counted before is forgotten (see docs/breaker_and_limiter.md).
     """
+
+    KIND = "limiter"
+
+    @classmethod
+    def page_bytes(cls, options: dict[str, Any]) -> int | None:
+        shared = options["storage"] is None and options["algorithm"] in SHARED
+        return CONTROL_BYTES if shared else None
 
     def init(self, name: str, options: dict[str, Any], supervisor: Pid,
              control_ref: tuple[int, int, int] | None) -> None:
@@ -223,8 +237,7 @@ class LimiterOwner(GenServer):
         self.control_ref = control_ref
         self.sweeps = 0
         self.log = lowlevel.logger(limiter=name)
-        storage = options["storage"]
-        self.buckets = None
+        self.buckets: Buckets | None = None
         self.tables: TableOwner | None = None
         if control_ref is not None:
             control = Control(control_ref[0], control_ref[1])
@@ -232,57 +245,54 @@ class LimiterOwner(GenServer):
             with control:
                 control.words[C_RETIRED] = 0
                 self.tables.rebuild(time.time_ns())
-            self._arm_sweep()
-        elif storage is None:
+        elif options["storage"] is None:
             self.buckets = Buckets(options["algorithm"])
-        if storage is not None:
-            backend = RedisBuckets(storage, options["algorithm"], name)
-            try:
-                reachable = backend.check()
-            except Exception:
-                reachable = False
-            if not reachable:
-                raise ConnectionError(f"rate limiter {name!r}: Redis at {storage} is not reachable")
-        elif self.buckets is not None:
-            self._arm_sweep()
+        else:
+            _check_redis(name, options)
+            return
+        self._arm_sweep()
 
-    def handle_call(self, request: Any, caller: lowlevel.From) -> Any:
-        op = request[0]
-        if op == "attach":
-            if self.tables is not None:
-                return ("shared", self.control_ref, self.options["algorithm"])
-            if self.buckets is not None:
-                return ("call",)
-            return ("redis", self.options["storage"], self.options["algorithm"])
-        if op == "grow" and self.tables is not None:
+    # ---- operations (lowlevel.dispatch) ----------------------------------------------------
+
+    def _op_attach(self) -> tuple:
+        """How a handle reaches the buckets: ("shared", control page,
+        algorithm), ("call",) or ("redis", url, algorithm)."""
+        if self.tables is not None:
+            return ("shared", self.control_ref, self.options["algorithm"])
+        if self.buckets is not None:
+            return ("call",)
+        return ("redis", self.options["storage"], self.options["algorithm"])
+
+    def _op_grow(self, gen: int) -> None:
+        if self.tables is not None:
             with self.tables.control:
-                if self.tables.control.words[C_GEN] == request[1]:  # not grown since asked
+                if self.tables.control.words[C_GEN] == gen:  # not grown since asked
                     self.tables.rebuild(time.time_ns(), grow=True)
-            return None
-        if op == "hit":
-            if self.buckets is None:
-                return (_REATTACH,)
-            _, key, limit, window_ns, cost, count = request
-            return tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
-        if op == "reset":
-            if self.buckets is None:
-                return (_REATTACH,)
-            return self.buckets.reset(request[1])
-        if op == "stats":
-            buckets = keys = table_bytes = None
-            if self.tables is not None:
-                with self.tables.control:
-                    buckets, keys = self.tables.counts()
-                    table_bytes = self.tables.size()
-            elif self.buckets is not None:
-                buckets, keys = len(self.buckets), len(self.buckets.table)
-            return {"algorithm": self.options["algorithm"],
-                    "storage": self.options["storage"] or "memory",
-                    "buckets": buckets, "keys": keys, "sweeps": self.sweeps,
-                    "table_bytes": table_bytes}
-        if op == "supervisor":
-            return self.supervisor
-        return None  # not an operation of ours (handles send only the ones above)
+
+    def _op_hit(self, key: Any, limit: int, window_ns: int, cost: int, count: bool) -> tuple:
+        if self.buckets is None:
+            raise Retired()  # a new limiter of that name, not in this mode: attach again
+        return tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
+
+    def _op_reset(self, key: Any) -> int:
+        if self.buckets is None:
+            raise Retired()
+        return self.buckets.reset(key)
+
+    def _op_stats(self) -> dict[str, Any]:
+        buckets = keys = table_bytes = None
+        if self.tables is not None:
+            with self.tables.control:
+                buckets, keys = self.tables.counts()
+                table_bytes = self.tables.size()
+        elif self.buckets is not None:
+            buckets, keys = len(self.buckets), len(self.buckets.table)
+        return {"algorithm": self.options["algorithm"],
+                "storage": self.options["storage"] or "memory",
+                "buckets": buckets, "keys": keys, "sweeps": self.sweeps,
+                "table_bytes": table_bytes}
+
+    # ---- sweeping --------------------------------------------------------------------------
 
     def handle_info(self, message: Any) -> Any:
         if message == ("$sweep",):
@@ -318,13 +328,16 @@ class LimiterOwner(GenServer):
 class SharedBuckets:
     """This process's access to a shared table (fixed window, token bucket)."""
 
-    def __init__(self, control_ref: tuple[int, int, int], algorithm: str, link: OwnerLink,
+    def __init__(self, control_ref: tuple[int, int, int], algorithm: str, owner: OwnerLink,
                  timeout: float) -> None:
         self.control = Control(control_ref[0], control_ref[1], timeout)
         self.algorithm = algorithm
-        self.link = link
+        self.owner = owner
         self.timeout = timeout
         self.dead = False
+
+    def retire(self) -> None:
+        self.dead = True
 
     def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
             count: bool) -> Decision:
@@ -344,7 +357,7 @@ class SharedBuckets:
                 allowed, used, remaining, retry_ns, reset_ns = outcome
                 return _decision((allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9))
             # the table is half full: the owner doubles it (once, however many ask)
-            self.link.call(("grow", self.control.gen), self.timeout)
+            self.owner.ask(("grow", self.control.gen), self.timeout)
 
     def reset(self, key: Any) -> int:
         hi, lo = digest(key)
@@ -365,7 +378,7 @@ class SharedBuckets:
         if deadline is None:
             deadline = now + self.timeout
         elif now > deadline:
-            raise LimiterNotRunning(f"rate limiter {self.link.name!r}: no owner published a "
+            raise LimiterNotRunning(f"rate limiter {self.owner.name!r}: no owner published a "
                                     f"table within {self.timeout}s")
         time.sleep(0.001)  # the replacement is starting; nothing to wait on but the page
         return deadline
@@ -375,74 +388,52 @@ class SharedBuckets:
 
 
 class CalledBuckets:
-    """Buckets the owner holds (sliding window): every hit is a call."""
+    """Buckets the owner holds (sliding window): every hit is a call. The
+    owner raises Retired if it holds none (a new limiter of that name, not in
+    this mode): the handle attaches again."""
 
-    dead = False
-
-    def __init__(self, link: OwnerLink, timeout: float) -> None:
-        self.link = link
+    def __init__(self, owner: OwnerLink, timeout: float) -> None:
+        self.owner = owner
         self.timeout = timeout
+        self.dead = False
 
     def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
             count: bool) -> Decision:
-        answer = self.link.call(("hit", key, limit, window_ns, cost, count), self.timeout)
-        if answer[0] == _REATTACH:
-            raise Retired()  # a new limiter of that name, not in this mode
-        allowed, used, remaining, retry_ns, reset_ns = answer
+        allowed, used, remaining, retry_ns, reset_ns = self.owner.ask(
+            ("hit", key, limit, window_ns, cost, count), self.timeout)
         return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
 
     def reset(self, key: Any) -> int:
-        answer = self.link.call(("reset", key), self.timeout)
-        if type(answer) is tuple:
-            raise Retired()
-        return answer
+        return self.owner.ask(("reset", key), self.timeout)
+
+    def retire(self) -> None:
+        self.dead = True
+
+    def close(self) -> None:
+        """Nothing to let go of."""
 
 
-#: this process's way to each limiter's buckets, by (node, namespace, name)
-_BACKENDS: dict[tuple[str, str, str], Any] = {}
+class _NotConnected:
+    """What a handle holds until it connects."""
+
+    dead = True
 
 
-def _after_fork() -> None:
-    # A forked copy must not share its parent's open control page (a flock
-    # is per open file): it connects afresh.
-    for backend in _BACKENDS.values():
-        backend.dead = True
-    _BACKENDS.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-class RateLimiter:
+class RateLimiter(Handle):
     """A handle on the limiter registered as ``name``: picklable, usable from
-    any process and thread of the node."""
+    any process and thread of the node. ``namespace`` defaults to the
+    caller's; ``timeout`` bounds each call to the owner and each wait for
+    the shared table's lock (None or ``math.inf``: no limit)."""
 
-    __slots__ = ("name", "namespace", "timeout", "_link", "_backend")
+    __slots__ = ()
+
+    KIND = "rate limiter"
+    NOT_RUNNING = LimiterNotRunning
+    TIMED_OUT = LimiterTimeout
+    NOT_CONNECTED = _NotConnected()
 
     #: the largest ``limit`` and ``cost`` (2**62), the same for every algorithm
     MAX_LIMIT = MAX_LIMIT
-
-    def __init__(self, name: str, *, namespace: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.name = checks.name(name)
-        self.namespace = lowlevel.current_namespace() if namespace is None else namespace
-        self.timeout = handle_timeout(timeout)
-        self._link = OwnerLink(name, self.namespace, "rate limiter", LimiterNotRunning,
-                               LimiterTimeout)
-        self._backend: Any = None
-
-    def __reduce__(self):
-        return (_handle, (self.name, self.namespace, self.timeout))
-
-    def __repr__(self) -> str:
-        return f"<RateLimiter {self.name!r}>"
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, RateLimiter) and other.name == self.name
-                and other.namespace == self.namespace)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.namespace))
 
     # ---- starting --------------------------------------------------------------------------
 
@@ -455,13 +446,7 @@ class RateLimiter:
         A missing ``limits`` library is an ImportError naming the extra to install.
         """
         checks.name(name)
-        options = check_options(algorithm, cleanup_interval, storage)
-        try:
-            _start_subtree(name, options)
-        except StartError as exc:
-            if isinstance(exc.reason, AlreadyStarted):
-                raise exc.reason from None
-            raise
+        owners.start(LimiterOwner, name, check_options(algorithm, cleanup_interval, storage))
         return cls(name)
 
     @classmethod
@@ -471,14 +456,7 @@ class RateLimiter:
         """A spec that runs this limiter (its supervisor and owner) under your supervisor."""
         checks.name(name)
         options = check_options(algorithm, cleanup_interval, storage)
-        return ChildSpec(id if id is not None else name, _start_subtree, args=(name, options),
-                         restart=restart, shutdown="infinity", type="supervisor")
-
-    def stop(self) -> None:
-        """Stop the limiter's supervisor and owner."""
-        supervisor = self._link.call(("supervisor",), self.timeout)
-        otpy.stop(supervisor)
-        self._drop()
+        return owners.child_spec(LimiterOwner, name, options, id, restart)
 
     # ---- hits ---------------------------------------------------------------------------
 
@@ -499,26 +477,26 @@ class RateLimiter:
             window_ns = round(window * 1_000_000_000) or 1
         else:
             window_ns = _window_ns(window)
-        backend = self._backend
-        if backend is None or backend.dead:
-            backend = self._connect()
+        backend = self._conn
+        if backend.dead:
+            backend = self._connection()
         try:
             return backend.hit(key, limit, window, window_ns, cost, count)
         except Retired:  # stopped, or restarting: find the owner again
-            self._drop()
-            return self._connect().hit(key, limit, window, window_ns, cost, count)
+            self._forget()
+            return self._connection().hit(key, limit, window, window_ns, cost, count)
 
     def reset(self, key: Any) -> int:
         """Delete every bucket of ``key`` (all windows); how many there were."""
         check_key(key)
-        backend = self._backend
-        if backend is None or backend.dead:
-            backend = self._connect()
+        backend = self._conn
+        if backend.dead:
+            backend = self._connection()
         try:
             return backend.reset(key)
         except Retired:
-            self._drop()
-            return self._connect().reset(key)
+            self._forget()
+            return self._connection().reset(key)
 
     @contextlib.contextmanager
     def limit(self, key: Any, limit: int, window: float, cost: int = 1) -> Iterator[Decision]:
@@ -548,36 +526,14 @@ class RateLimiter:
     def stats(self) -> dict[str, Any]:
         """algorithm, storage, buckets and keys held (None with Redis), sweeps
         done, table_bytes (the shared table's size; None unless it has one)."""
-        return self._link.call(("stats",), self.timeout)
+        return self._ask("stats")
 
-    # ---- Redis ---------------------------------------------------------------------------
+    # ---- this process's connection ------------------------------------------------------
 
-    def _key(self) -> tuple[str, str, str]:
-        return (otpy.self().node, self.namespace, self.name)
-
-    def _connect(self) -> Any:
-        key = self._key()
-        backend = _BACKENDS.get(key)
-        if backend is None or backend.dead:
-            how = self._link.call(("attach",), self.timeout)
-            if how[0] == "shared":
-                backend = SharedBuckets(how[1], how[2], self._link, self.timeout)
-            elif how[0] == "call":
-                backend = CalledBuckets(self._link, self.timeout)
-            else:
-                backend = RedisBuckets(how[1], how[2], self.name)
-            _BACKENDS[key] = backend
-        self._backend = backend
-        return backend
-
-    def _drop(self) -> None:
-        backend = _BACKENDS.pop(self._key(), None)
-        if backend is not None:
-            backend.dead = True
-            if isinstance(backend, SharedBuckets):
-                backend.close()
-        self._backend = None
-
-
-def _handle(name: str, namespace: str, timeout: float) -> RateLimiter:
-    return RateLimiter(name, namespace=namespace, timeout=timeout)
+    def _connect(self, owner: OwnerLink) -> Any:
+        how = owner.ask(("attach",), self.timeout)
+        if how[0] == "shared":
+            return SharedBuckets(how[1], how[2], owner, self.timeout)
+        if how[0] == "call":
+            return CalledBuckets(owner, self.timeout)
+        return RedisBuckets(how[1], how[2], self.name, owner)

@@ -29,6 +29,10 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+from typing import Literal
+
+#: how a page's words are read: signed or unsigned 64-bit
+Kind = Literal["q", "Q"]
 
 
 class Page:
@@ -40,7 +44,7 @@ class Page:
 
     __slots__ = ("_map", "words", "size", "fd")
 
-    def __init__(self, fd: int, size: int, kind: str = "q") -> None:
+    def __init__(self, fd: int, size: int, kind: Kind = "q") -> None:
         """Map ``size`` bytes of ``fd`` (which stays the caller's)."""
         self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.words = memoryview(self._map).cast(kind)
@@ -48,7 +52,7 @@ class Page:
         self.fd: int | None = None
 
     @classmethod
-    def open(cls, os_pid: int, fd: int, size: int, kind: str = "q", *,
+    def open(cls, os_pid: int, fd: int, size: int, kind: Kind = "q", *,
              keep: bool = False) -> Page:
         """Map the memfd ``fd`` of process ``os_pid`` (same OS user only).
         OSError if it is gone or smaller than ``size`` (truncated: retired)."""
@@ -82,7 +86,7 @@ class Page:
             self.fd = None
 
 
-def create(label: str, size: int, kind: str = "q") -> tuple[int, Page]:
+def create(label: str, size: int, kind: Kind = "q") -> tuple[int, Page]:
     """A new zeroed memfd of ``size`` bytes (close-on-exec), and this
     process's mapping of it. ``label`` names it in ``/proc/<pid>/fd``."""
     fd = os.memfd_create(label, os.MFD_CLOEXEC)

@@ -21,6 +21,8 @@ INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py
                   "test_pool_book.py", "test_pool_options.py", "test_pool_protocol_table.py",
                   # otpy_pool's one checks module
                   "test_checks.py",
+                  # the handle and owner the breaker and limiter share
+                  "test_shared_handle.py",
                   # the zygote's relation tables and notice order, without processes
                   "test_zygote_core.py",
                   # frames through the GIL-keeping non-blocking socket calls

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import otpy
+from otpy import lowlevel
 from otpy_pool import RateLimiter
 from otpy_pool._limiter_algorithms import Buckets
 from otpy_pool._limiter_shared import (CONTROL_BYTES, GROW, Control, TableGone, TableOwner, decide,
@@ -229,7 +230,7 @@ def test_a_lock_held_past_the_timeout_is_limiter_busy_not_a_hang():
 
     helpers.CURRENT_TREE.start_child(RateLimiter.child_spec("api"))
     api = RateLimiter("api", timeout=0.3)
-    mode, control_ref, _ = otpy.call("api", ("attach",))
+    mode, control_ref, _ = lowlevel.ask("api", ("attach",))
     assert mode == "shared"
     holder = otpy.spawn(_hold_lock, otpy.self(), control_ref)
     expect(lambda m: m == "holding")
