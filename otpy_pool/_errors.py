@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import otpy
 
 if TYPE_CHECKING:
-    from ._limiter import Decision
+    from ._limiter_storage import Decision
 
 
 class PoolError(otpy.OtpyError):

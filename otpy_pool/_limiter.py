@@ -18,48 +18,24 @@ the owner only holds the configuration (and checks Redis at start).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
-import otpy
-from otpy import ChildSpec, Pid
-from otpy import lowlevel
+from otpy import ChildSpec
 
 from . import _checks as checks
 from . import _shared_owner as owners
-from ._errors import LimiterBusy, LimiterNotRunning, LimiterTimeout, RateLimited
-from ._limiter_algorithms import ALGORITHMS, Buckets
-from ._limiter_shared import (C_GEN, C_RETIRED, CONTROL_BYTES, GROW, Control, LockTimeout,
-                              Retired, TableGone, TableOwner, decide, digest, encode_key,
-                              reset_key)
+from ._errors import LimiterNotRunning, LimiterTimeout, RateLimited
+from ._limiter_algorithms import ALGORITHMS
+from ._limiter_owner import LimiterOwner
+from ._limiter_shared import Retired
+from ._limiter_storage import Decision, Storage, connect
+from ._limiter_storage.redis import import_limits
 from ._shared_handle import Handle
-from ._shared_owner import Owner, OwnerLink
+from ._shared_owner import OwnerLink
 
-INSTALL_HINT = "pip install 'otpy[redis]'  (the limits library with its Redis client)"
-#: algorithms whose buckets live in shared memory (the exact log needs the owner)
-SHARED = ("fixed_window", "token_bucket")
-
-
-# ---- results ------------------------------------------------------------------
-
-class Decision(NamedTuple):
-    """The answer to a hit: ``count`` used in the bucket and ``remaining``
-    (after this hit, if allowed), ``retry_after`` seconds until a denied hit
-    would fit (0 if allowed), ``reset_at`` epoch seconds when the bucket is
-    back to empty (full, for a token bucket)."""
-
-    allowed: bool
-    count: int  # type: ignore[assignment]  # the issue's name; shadows tuple.count
-    remaining: int
-    retry_after: float
-    reset_at: float
-
-
-def _decision(fields: tuple, _new: Any = tuple.__new__) -> Decision:
-    """A Decision from its five fields, without NamedTuple's keyword handling."""
-    return _new(Decision, fields)
+__all__ = ["RateLimiter", "Decision", "check_key", "check_options", "MAX_LIMIT"]
 
 
 # ---- checking arguments ----------------------------------------------------------------------
@@ -102,7 +78,7 @@ def _check_storage(storage: Any, algorithm: str) -> str | None:
     if algorithm == "token_bucket":
         raise ValueError("algorithm 'token_bucket' is not available with a Redis storage "
                          "(use fixed_window or sliding_window)")
-    _import_limits()
+    import_limits()
     return storage
 
 
@@ -112,305 +88,6 @@ def check_options(algorithm: Any, cleanup_interval: Any, storage: Any) -> dict[s
     cleanup_interval = checks.finite_seconds(cleanup_interval, "cleanup_interval")
     return {"algorithm": algorithm, "cleanup_interval": cleanup_interval,
             "storage": _check_storage(storage, algorithm)}
-
-
-# ---- Redis, through the limits library --------------------------------------------------------
-
-def _import_limits() -> Any:
-    try:
-        import limits
-        import limits.storage
-        import limits.strategies
-        import redis  # noqa: F401  (limits imports it lazily; fail here, not on the first hit)
-    except ImportError as exc:
-        raise ImportError(f"a Redis storage for RateLimiter needs {INSTALL_HINT}; "
-                          f"missing: {exc.name or exc}") from None
-    return limits
-
-
-def key_digest(key: Any) -> str:
-    """A stable text id for a key: equal keys (as Python values) give equal ids,
-    different ones different ids, in every process and on every machine."""
-    return hashlib.sha256(encode_key(key)).hexdigest()
-
-
-def _check_redis(name: str, options: dict[str, Any]) -> None:
-    """A limiter on Redis starts only if Redis answers."""
-    backend = RedisBuckets(options["storage"], options["algorithm"], name, None)
-    try:
-        reachable = backend.check()
-    except Exception:
-        reachable = False
-    if not reachable:
-        raise ConnectionError(f"rate limiter {name!r}: Redis at {options['storage']} "
-                              "is not reachable")
-
-
-class RedisBuckets:
-    """The same operations as the in-memory owner, on the limits library's
-    Redis storage (fixed window, and the moving window: the exact log)."""
-
-    def __init__(self, url: str, algorithm: str, name: str, owner: OwnerLink | None) -> None:
-        limits = _import_limits()
-        self.owner = owner
-        self.limits = limits
-        self.storage = limits.storage.storage_from_string(url, key_prefix=f"otpy-{name}")
-        self.fixed = algorithm == "fixed_window"
-        strategy = (limits.strategies.FixedWindowRateLimiter if self.fixed
-                    else limits.strategies.MovingWindowRateLimiter)
-        self.strategy = strategy(self.storage)
-
-    def check(self) -> bool:
-        return bool(self.storage.check())
-
-    dead = False  # a client per process; nothing to redo after a fork but reconnecting
-
-    def retire(self) -> None:
-        self.dead = True
-
-    def close(self) -> None:
-        """Nothing: the client's connections close with it."""
-
-    def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
-            count: bool) -> Decision:
-        seconds = int(window)
-        if seconds != window:
-            raise ValueError(f"with a Redis storage, window must be a whole number of seconds "
-                             f"(the limits library's granularity), not {window!r}")
-        item = self.limits.RateLimitItemPerSecond(limit, seconds, namespace="otpy")
-        ident = key_digest(key)
-        if count and self.fixed:
-            # limits' fixed window counts a denied hit; ours does not (as its
-            # moving window): take the cost back. Under contention a denial in
-            # flight can briefly deny another hit that would fit, never admit
-            # one too many.
-            name, expiry = item.key_for(ident), item.get_expiry()
-            allowed = self.storage.incr(name, expiry, amount=cost) <= limit
-            if not allowed:
-                self.storage.incr(name, expiry, amount=-cost)
-        elif count:
-            allowed = self.strategy.hit(item, ident, cost=cost)
-        else:
-            allowed = self.strategy.test(item, ident, cost=cost)
-        reset_at, remaining = self.strategy.get_window_stats(item, ident)
-        now = time.time()
-        retry = 0.0 if allowed else max(1e-6, min(float(window), reset_at - now))
-        return Decision(allowed, limit - remaining, remaining, retry, float(reset_at))
-
-    def reset(self, key: Any) -> int:
-        """Delete every bucket of ``key`` (every window and limit it was used with)."""
-        connection = self.storage.get_connection()
-        pattern = self.storage.prefixed_key(f"otpy/{key_digest(key)}/") + "*"
-        names = list(connection.scan_iter(match=pattern))
-        buckets = {n for n in names if not n.endswith(b"/-1")}  # limits' helper keys
-        if names:
-            connection.delete(*names)
-        return len(buckets) if buckets else len(names)
-
-
-# ---- the owner ----------------------------------------------------------------------------
-
-class LimiterOwner(Owner):
-    """The process holding one limiter's buckets (registered under its name).
-
-    fixed_window and token_bucket: the buckets are in a shared table (see
-    ``_limiter_shared``) that callers update themselves; the owner creates,
-    grows and sweeps it, under the control page its supervisor holds (the
-    lock). sliding_window: the owner holds the buckets and answers every
-    hit. A replacement after a crash starts with no buckets: what was
-    counted before is forgotten (see docs/breaker_and_limiter.md).
-    """
-
-    KIND = "limiter"
-
-    @classmethod
-    def page_bytes(cls, options: dict[str, Any]) -> int | None:
-        shared = options["storage"] is None and options["algorithm"] in SHARED
-        return CONTROL_BYTES if shared else None
-
-    def init(self, name: str, options: dict[str, Any], supervisor: Pid,
-             control_ref: tuple[int, int, int] | None) -> None:
-        otpy.trap_exit(True)
-        self.name = name
-        self.options = options
-        self.supervisor = supervisor
-        self.control_ref = control_ref
-        self.sweeps = 0
-        self.log = lowlevel.logger(limiter=name)
-        self.buckets: Buckets | None = None
-        self.tables: TableOwner | None = None
-        if control_ref is not None:
-            control = Control(control_ref[0], control_ref[1])
-            self.tables = TableOwner(control, options["algorithm"])
-            with control:
-                control.words[C_RETIRED] = 0
-                self.tables.rebuild(time.time_ns())
-        elif options["storage"] is None:
-            self.buckets = Buckets(options["algorithm"])
-        else:
-            _check_redis(name, options)
-            return
-        self._arm_sweep()
-
-    # ---- operations (lowlevel.dispatch) ----------------------------------------------------
-
-    def _op_attach(self) -> tuple:
-        """How a handle reaches the buckets: ("shared", control page,
-        algorithm), ("call",) or ("redis", url, algorithm)."""
-        if self.tables is not None:
-            return ("shared", self.control_ref, self.options["algorithm"])
-        if self.buckets is not None:
-            return ("call",)
-        return ("redis", self.options["storage"], self.options["algorithm"])
-
-    def _op_grow(self, gen: int) -> None:
-        if self.tables is not None:
-            with self.tables.control:
-                if self.tables.control.words[C_GEN] == gen:  # not grown since asked
-                    self.tables.rebuild(time.time_ns(), grow=True)
-
-    def _op_hit(self, key: Any, limit: int, window_ns: int, cost: int, count: bool) -> tuple:
-        if self.buckets is None:
-            raise Retired()  # a new limiter of that name, not in this mode: attach again
-        return tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
-
-    def _op_reset(self, key: Any) -> int:
-        if self.buckets is None:
-            raise Retired()
-        return self.buckets.reset(key)
-
-    def _op_stats(self) -> dict[str, Any]:
-        buckets = keys = table_bytes = None
-        if self.tables is not None:
-            with self.tables.control:
-                buckets, keys = self.tables.counts()
-                table_bytes = self.tables.size()
-        elif self.buckets is not None:
-            buckets, keys = len(self.buckets), len(self.buckets.table)
-        return {"algorithm": self.options["algorithm"],
-                "storage": self.options["storage"] or "memory",
-                "buckets": buckets, "keys": keys, "sweeps": self.sweeps,
-                "table_bytes": table_bytes}
-
-    # ---- sweeping --------------------------------------------------------------------------
-
-    def handle_info(self, message: Any) -> Any:
-        if message == ("$sweep",):
-            self._arm_sweep()
-            if self.tables is not None:
-                with self.tables.control:
-                    removed = self.tables.sweep(time.time_ns())
-                if removed is None:
-                    return None  # nothing can have expired yet: not a sweep
-            elif self.buckets is not None:
-                removed = self.buckets.sweep(time.time_ns())
-            else:
-                return None
-            self.sweeps += 1
-            if removed:
-                self.log.debug("rate limiter buckets expired", removed=removed)
-        return None
-
-    def terminate(self, reason: Any) -> None:
-        if self.tables is not None:
-            # Callers that look next reconnect (to a replacement, if any);
-            # the table's memory goes now.
-            with self.tables.control:
-                self.tables.control.words[C_RETIRED] = 1
-                self.tables.close()
-
-    def _arm_sweep(self) -> None:
-        otpy.send_after(otpy.self(), ("$sweep",), self.options["cleanup_interval"])
-
-
-# ---- the handle ---------------------------------------------------------------------------
-
-class SharedBuckets:
-    """This process's access to a shared table (fixed window, token bucket)."""
-
-    def __init__(self, control_ref: tuple[int, int, int], algorithm: str, owner: OwnerLink,
-                 timeout: float) -> None:
-        self.control = Control(control_ref[0], control_ref[1], timeout)
-        self.algorithm = algorithm
-        self.owner = owner
-        self.timeout = timeout
-        self.dead = False
-
-    def retire(self) -> None:
-        self.dead = True
-
-    def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
-            count: bool) -> Decision:
-        hi, lo = digest(key)
-        deadline = None
-        while True:
-            try:
-                with self.control as control:
-                    outcome = decide(control.current(), self.algorithm, hi, lo, limit,
-                                     window_ns, cost, time.time_ns(), count)
-            except LockTimeout as exc:
-                raise LimiterBusy(str(exc)) from None
-            except TableGone:
-                deadline = self._wait_for_table(deadline)
-                continue
-            if outcome is not GROW:
-                allowed, used, remaining, retry_ns, reset_ns = outcome
-                return _decision((allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9))
-            # the table is half full: the owner doubles it (once, however many ask)
-            self.owner.ask(("grow", self.control.gen), self.timeout)
-
-    def reset(self, key: Any) -> int:
-        hi, lo = digest(key)
-        deadline = None
-        while True:
-            try:
-                with self.control as control:
-                    return reset_key(control.current(), hi, lo)
-            except LockTimeout as exc:
-                raise LimiterBusy(str(exc)) from None
-            except TableGone:
-                deadline = self._wait_for_table(deadline)
-
-    def _wait_for_table(self, deadline: float | None) -> float:
-        """The owner died with the table: its replacement publishes a new one
-        in a moment. Wait for it, within the timeout."""
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + self.timeout
-        elif now > deadline:
-            raise LimiterNotRunning(f"rate limiter {self.owner.name!r}: no owner published a "
-                                    f"table within {self.timeout}s")
-        time.sleep(0.001)  # the replacement is starting; nothing to wait on but the page
-        return deadline
-
-    def close(self) -> None:
-        self.control.close()
-
-
-class CalledBuckets:
-    """Buckets the owner holds (sliding window): every hit is a call. The
-    owner raises Retired if it holds none (a new limiter of that name, not in
-    this mode): the handle attaches again."""
-
-    def __init__(self, owner: OwnerLink, timeout: float) -> None:
-        self.owner = owner
-        self.timeout = timeout
-        self.dead = False
-
-    def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
-            count: bool) -> Decision:
-        allowed, used, remaining, retry_ns, reset_ns = self.owner.ask(
-            ("hit", key, limit, window_ns, cost, count), self.timeout)
-        return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
-
-    def reset(self, key: Any) -> int:
-        return self.owner.ask(("reset", key), self.timeout)
-
-    def retire(self) -> None:
-        self.dead = True
-
-    def close(self) -> None:
-        """Nothing to let go of."""
 
 
 class _NotConnected:
@@ -530,10 +207,5 @@ class RateLimiter(Handle):
 
     # ---- this process's connection ------------------------------------------------------
 
-    def _connect(self, owner: OwnerLink) -> Any:
-        how = owner.ask(("attach",), self.timeout)
-        if how[0] == "shared":
-            return SharedBuckets(how[1], how[2], owner, self.timeout)
-        if how[0] == "call":
-            return CalledBuckets(owner, self.timeout)
-        return RedisBuckets(how[1], how[2], self.name, owner)
+    def _connect(self, owner: OwnerLink) -> Storage:
+        return connect(owner.ask(("attach",), self.timeout), self.name, owner, self.timeout)

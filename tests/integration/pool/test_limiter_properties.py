@@ -290,7 +290,7 @@ def _publish_a_table_and_wait(parent, holder_pid, holder_fd):
 
 def test_a_table_whose_owner_died_unreplaced_is_limiter_not_running_not_a_crash():
     from otpy_pool import LimiterNotRunning, LimiterTimeout
-    from otpy_pool._limiter import SharedBuckets
+    from otpy_pool._limiter_storage.table import SharedTable
     from otpy_pool._shared_owner import OwnerLink
 
     holder = os.memfd_create("test-control", os.MFD_CLOEXEC)
@@ -313,7 +313,7 @@ def test_a_table_whose_owner_died_unreplaced_is_limiter_not_running_not_a_crash(
         finally:
             control.close()
         link = OwnerLink("nobody", "", "rate limiter", LimiterNotRunning, LimiterTimeout)
-        shared = SharedBuckets((os.getpid(), holder, CONTROL_BYTES), "fixed_window", link, 0.2)
+        shared = SharedTable((os.getpid(), holder, CONTROL_BYTES), "fixed_window", link, 0.2)
         try:
             try:
                 shared.hit("k", 1, 1.0, W, 1, True)
