@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import signal
 import sys
 import time
@@ -31,10 +30,10 @@ import otpy
 from otpy import lowlevel
 from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 
-from . import _peers
-from ._errors import CommandTimeout, WorkerCrashed
-from ._pool import Pool
-from ._worker import Worker, command
+from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
+
+from . import peers as _peers
+from .chaos import chaos_kill, wait_whole
 
 _ns = time.perf_counter_ns
 
@@ -81,24 +80,6 @@ class BenchWorker(Worker):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             pass
-
-
-class ChaosWorker(Worker):
-    """Commands for the chaos scenario: an idempotent one, and a
-    non-idempotent one that records each run in a file (to prove at most once)."""
-
-    def init(self, log: str) -> None:
-        self.log = log
-
-    @command
-    def run(self, session: Any, x: Any) -> Any:
-        return x
-
-    @command
-    def charge(self, session: Any, token: str) -> str:
-        with open(self.log, "a") as f:
-            f.write(token + "\n")
-        return token
 
 
 # ---- cases ---------------------------------------------------------------------
@@ -206,16 +187,6 @@ def _kill_when_busy(os_pid: int, parent: otpy.Pid) -> None:
     otpy.send(parent, ("killed_at", time.monotonic()))
 
 
-def _wait_whole(pool: Pool, size: int, timeout: float = 10.0) -> float:
-    """Seconds until the pool has ``size`` live workers again."""
-    t = time.perf_counter()
-    end = t + timeout
-    while len(pool.workers()) < size:
-        if time.perf_counter() > end:
-            raise otpy.Timeout(f"the pool did not get back to {size} workers in {timeout}s")
-    return time.perf_counter() - t
-
-
 def session_recovery(n: int, replays: int = 10) -> dict:
     """A session with ``replays`` replay commands; its worker SIGKILLed; until
     its next command's result (replayed on the new worker first)."""
@@ -233,7 +204,7 @@ def session_recovery(n: int, replays: int = 10) -> dict:
             lowlevel.await_down(ref, 10)
             assert pool.execute("recall", replays - 1, session=session) == (replays - 1) ** 2
             samples.append(_ns() - t)
-            _wait_whole(pool, 2)
+            wait_whole(pool, 2)
         return summarize(samples, 1e6)
     finally:
         pool.stop()
@@ -256,7 +227,7 @@ def command_timeout_late(n: int, timeout: float = 0.05) -> dict:
             except CommandTimeout:
                 late.append(time.monotonic() - t - timeout)
             pool.end_session(session)
-            _wait_whole(pool, 2)
+            wait_whole(pool, 2)
         return summarize([max(0, int(x * 1e9)) for x in late], 1e6)
     finally:
         pool.stop()
@@ -264,8 +235,8 @@ def command_timeout_late(n: int, timeout: float = 0.05) -> dict:
 
 def protection(quick: bool) -> dict:
     """The breaker's closed path beside pybreaker's; a limiter hit from two
-    processes beside ``limits``' in-memory hit in one (see _bench_protect)."""
-    from . import _bench_protect
+    processes beside ``limits``' in-memory hit in one (see bench.protect)."""
+    from . import protect as _bench_protect
 
     if importlib.util.find_spec("pybreaker") is None:
         raise Skipped("pybreaker is not installed: pip install -e '.[bench]'")
@@ -330,98 +301,6 @@ def idle_worker_memory() -> dict:
         mp.close()
         mp.join()
     return {"otpy_pool_kib": max(ours) // 1024, "mp_pool_kib": max(theirs) // 1024}
-
-
-def _chaos_caller(protected: Any, parent: otpy.Pid, caller: int, calls: int,
-                  charge_every: int) -> None:
-    otpy.send(parent, ("ready", caller))
-    otpy.receive(timeout=60, match=lambda m: m == "go")
-    ok = failed = charges_failed = 0
-    errors: dict[str, int] = {}
-    for i in range(calls):
-        try:
-            if charge_every and i % charge_every == 0:
-                try:
-                    protected.execute("charge", f"{caller}.{i}", session=f"c{caller}")
-                except Exception:
-                    charges_failed += 1
-                continue
-            protected.execute("run", i, session=f"c{caller}")
-            ok += 1
-        except Exception as exc:
-            failed += 1
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-    otpy.send(parent, ("result", caller, ok, failed, charges_failed, errors))
-
-
-def chaos_kill(fraction: float = 0.6, callers: int = 8, calls: int = 500, size: int = 5,
-               interval: float = 0.02, charge_every: int = 10) -> dict:
-    """``callers`` processes run protected commands on a pool of ``size``
-    workers while ``fraction`` of the workers are SIGKILLed, ``interval``
-    apart. Idempotent "run" commands have retry policies; every
-    ``charge_every``-th call is a non-idempotent "charge" that records its run.
-    Returns the success rate of the idempotent calls, calls lost (never
-    answered), charges run twice, and seconds until the pool was whole again."""
-    import tempfile
-
-    from ._recovery import Policy, Recovery, protect
-
-    with tempfile.TemporaryDirectory(prefix="otpy-chaos-") as tmp:
-        log = os.path.join(tmp, "charges")
-        name = f"chaos.{time.monotonic_ns()}"
-        pool = Pool.start_link(ChaosWorker, args=(log,), size=size, name=name)
-        recovery = Recovery.start_link(f"{name}.recovery", {
-            "worker_crashed": Policy(retries=3, failover=True),
-            "timeout": Policy(retries=2),
-            "session_lost": Policy(retries=2)})
-        protected = protect(pool, recovery=recovery, idempotent={"run"}, deadline=10.0)
-        me = otpy.self()
-        pids = []
-        try:
-            for c in range(callers):
-                pids.append(otpy.spawn_link(_chaos_caller, protected, me, c, calls,
-                                            charge_every))
-            for _ in pids:
-                otpy.receive(timeout=30, match=lambda m: type(m) is tuple and m[0] == "ready")
-            for pid in pids:
-                otpy.send(pid, "go")
-            victims = random.Random(1).sample(pool.workers(), round(size * fraction))
-            for victim in victims:
-                try:
-                    os.kill(victim.os_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                time.sleep(interval)  # the scenario's pacing, not a synchronisation
-            whole = _wait_whole(pool, size, timeout=60)  # from the last kill
-            results = []
-            lost = 0
-            for _ in pids:
-                try:
-                    results.append(otpy.receive(timeout=120, match=lambda m: type(m) is tuple
-                                                and m[0] == "result"))
-                except otpy.Timeout:
-                    lost += 1
-            ok = sum(r[2] for r in results)
-            failed = sum(r[3] for r in results)
-            errors: dict[str, int] = {}
-            for r in results:
-                for k, v in r[5].items():
-                    errors[k] = errors.get(k, 0) + v
-            with open(log) as f:
-                tokens = f.read().split()
-            status = pool.status()
-            return {"success_rate": round(ok / max(1, ok + failed), 5), "calls_ok": ok,
-                    "calls_failed": failed, "callers_lost": lost,
-                    "charges_run_twice": len(tokens) - len(set(tokens)),
-                    "charges_failed": sum(r[4] for r in results), "errors": errors,
-                    "whole_after_s": round(whole, 3), "workers_killed": len(victims),
-                    "worker_restarts": status.worker_restarts,
-                    "recovered": {k: v.recovered for k, v in recovery.stats().items()}}
-        finally:
-            for pid in pids:
-                lowlevel.stop_process(pid, "kill", timeout=5)
-            recovery.stop()
-            pool.stop()
 
 
 # ---- plan, report --------------------------------------------------------------
@@ -495,12 +374,3 @@ def main(argv: list[str] | None = None) -> int:
              "help": "also SIGKILL a busy worker of each peer (takes ~40 s)"}
     return cli("python -m otpy_pool.bench", __doc__, lambda args: run(args.quick, args.peers),
                argv, options={"--peers": peers}, comparable=comparable)
-
-
-if __name__ == "__main__":
-    # Run the module's importable copy: run as __main__, BenchWorker would be a
-    # __main__ class, which otpy ships to every new worker by value (dill), and
-    # the replacement and recovery cases would measure that instead of the pool.
-    from otpy_pool.bench import main as importable_main
-
-    sys.exit(importable_main())

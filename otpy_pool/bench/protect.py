@@ -1,7 +1,7 @@
 """Measurements of the breaker and the limiter, side by side with the
 libraries users would otherwise pick (pybreaker, limits). Reused by the
 benchmark (``python -m otpy_pool.bench``); run alone with
-``python -m otpy_pool._bench_protect``.
+``python -m otpy_pool.bench.protect``.
 
 Each figure is measured in one run with the same harness for both sides:
 a timed loop for the breaker's per-call overhead (too small to time one call
@@ -16,8 +16,7 @@ from typing import Any
 
 import otpy
 
-from ._breaker import CircuitBreaker
-from ._limiter import RateLimiter
+from otpy_pool import CircuitBreaker, RateLimiter
 
 
 def _noop(x: int) -> int:
