@@ -206,22 +206,32 @@ def decide(table: Table, algorithm: str, hi: int, lo: int, limit: int, window: i
     (allowed, count, remaining, retry_after_ns, reset_at_ns), or GROW."""
     base, where = table.find(hi, lo, window)
     if algorithm == "fixed_window":
-        # Buckets._fixed_window, on the words directly (the common case, kept short)
-        words = table.words
-        index = now // window
-        used = words[base + 5] if base >= 0 and words[base + 4] == index else 0
-        reset_at = (index + 1) * window
-        if used + cost > limit:
-            return (False, used, max(0, limit - used), reset_at - now, reset_at)
-        if count:
-            used += cost
-            if base >= 0:
-                words[base + 4] = index
-                words[base + 5] = used
-            elif _insert(table, where, hi, lo, window, algorithm, [index, used]) is GROW:
-                return GROW
-        return (True, used, limit - used, 0, reset_at)
-    # Buckets._token_bucket, on the words directly
+        return _fixed_window(table, base, where, hi, lo, limit, window, cost, now, count)
+    return _token_bucket(table, base, where, hi, lo, limit, window, cost, now, count)
+
+
+def _fixed_window(table: Table, base: int, where: int, hi: int, lo: int, limit: int,
+                  window: int, cost: int, now: int, count: bool) -> Any:
+    """Buckets._fixed_window, on the words directly (the common case, kept short)."""
+    words = table.words
+    index = now // window
+    used = words[base + 5] if base >= 0 and words[base + 4] == index else 0
+    reset_at = (index + 1) * window
+    if used + cost > limit:
+        return (False, used, max(0, limit - used), reset_at - now, reset_at)
+    if count:
+        used += cost
+        if base >= 0:
+            words[base + 4] = index
+            words[base + 5] = used
+        elif _insert(table, where, hi, lo, window, "fixed_window", [index, used]) is GROW:
+            return GROW
+    return (True, used, limit - used, 0, reset_at)
+
+
+def _token_bucket(table: Table, base: int, where: int, hi: int, lo: int, limit: int,
+                  window: int, cost: int, now: int, count: bool) -> Any:
+    """Buckets._token_bucket, on the words directly."""
     words = table.words
     capacity = limit * window
     if base >= 0:
@@ -238,7 +248,7 @@ def decide(table: Table, algorithm: str, hi: int, lo: int, limit: int, window: i
             words[base + 5] = units & _LOW62
             words[base + 6] = now
             words[base + 7] = limit
-        elif _insert(table, where, hi, lo, window, algorithm, [units, now, limit]) is GROW:
+        elif _insert(table, where, hi, lo, window, "token_bucket", [units, now, limit]) is GROW:
             return GROW
     remaining = units // window
     reset_at = now + -(-(capacity - units) // limit)
@@ -366,16 +376,8 @@ class TableOwner:
     def rebuild(self, now: int, grow: bool = False) -> int:
         """Replace the table (with the lock held): expired buckets dropped,
         capacity fitted (doubled if ``grow``). How many buckets were dropped."""
-        entries: list[tuple[int, int, int, list]] = []
-        dropped = 0
         old = self.table
-        if old is not None:
-            for hi, lo, window, base in old.live():
-                state = _load(self.algorithm, old.words, base)
-                if _expired(self.algorithm, state, window, now):
-                    dropped += 1
-                else:
-                    entries.append((hi, lo, window, state))
+        entries, dropped = self._kept(now)
         capacity = MIN_CAPACITY
         while capacity < 4 * len(entries):
             capacity *= 2
@@ -383,16 +385,7 @@ class TableOwner:
             capacity = max(capacity, 2 * old.capacity)
         fd, page = create("otpy-limiter-table", table_bytes(capacity))
         table = Table(page, capacity)
-        for hi, lo, window, state in entries:
-            _, where = table.find(hi, lo, window)
-            _store(self.algorithm, table.words, where, state)
-            table.words[where + 1] = hi
-            table.words[where + 2] = lo
-            table.words[where + 3] = window
-            table.words[where] = LIVE
-        table.words[T_USED] = len(entries)
-        table.words[T_NEXT] = min((_expiry(self.algorithm, state, window)
-                                   for _, _, window, state in entries), default=_NEVER)
+        self._fill(table, entries)
         words = self.control.words
         table.words[T_GEN] = words[C_GEN] + 1
         words[C_PID] = os.getpid()
@@ -406,6 +399,33 @@ class TableOwner:
         self.control.gen = words[C_GEN]
         self.control.table = None  # the owner's own view is self.table
         return dropped
+
+    def _kept(self, now: int) -> tuple[list[tuple[int, int, int, list]], int]:
+        """The current table's live buckets that have not expired, and how
+        many have."""
+        entries: list[tuple[int, int, int, list]] = []
+        dropped = 0
+        if self.table is not None:
+            for hi, lo, window, base in self.table.live():
+                state = _load(self.algorithm, self.table.words, base)
+                if _expired(self.algorithm, state, window, now):
+                    dropped += 1
+                else:
+                    entries.append((hi, lo, window, state))
+        return entries, dropped
+
+    def _fill(self, table: Table, entries: list[tuple[int, int, int, list]]) -> None:
+        """Put ``entries`` into a new, empty ``table``."""
+        for hi, lo, window, state in entries:
+            _, where = table.find(hi, lo, window)
+            _store(self.algorithm, table.words, where, state)
+            table.words[where + 1] = hi
+            table.words[where + 2] = lo
+            table.words[where + 3] = window
+            table.words[where] = LIVE
+        table.words[T_USED] = len(entries)
+        table.words[T_NEXT] = min((_expiry(self.algorithm, state, window)
+                                   for _, _, window, state in entries), default=_NEVER)
 
     def sweep(self, now: int) -> int | None:
         """The periodic cleanup (lock held): a rebuild without the expired

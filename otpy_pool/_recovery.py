@@ -309,12 +309,7 @@ class Protected:
         while True:
             remaining = None if end is None else end - time.monotonic()
             if remaining is not None and remaining < MIN_ATTEMPT:
-                # too little left to start a command: giving it that as its timeout
-                # would only kill (and replace) the worker it reached
-                exc: BaseException = DeadlineExceeded(
-                    f"{command!r}: the deadline of {duration(self.deadline)} passed, or left "
-                    f"less than {duration(MIN_ATTEMPT)} to start an attempt")
-                errors.append(("timeout", exc))
+                errors.append(("timeout", self._too_late(command)))
                 return self._give_up(command, args, kwargs, session, errors, retried_after,
                                      failed_over_after, policies.get("timeout", GIVE_UP))
             try:
@@ -337,6 +332,13 @@ class Protected:
                 self._report(command, session, errors, retried_after, failed_over_after,
                              "recovered", None)
             return result
+
+    def _too_late(self, command: str) -> DeadlineExceeded:
+        """Too little of the deadline left to start a command: giving it that
+        as its timeout would only kill (and replace) the worker it reached."""
+        return DeadlineExceeded(
+            f"{command!r}: the deadline of {duration(self.deadline)} passed, or left "
+            f"less than {duration(MIN_ATTEMPT)} to start an attempt")
 
     # ---- one attempt: limiter, breaker, pool ------------------------------------
 
