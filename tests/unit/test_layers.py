@@ -16,7 +16,9 @@ LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy/metrics", "o
 # tests that check the runtime's internals on purpose
 INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py",
                   # the breaker's and limiter's pure state machines, against models
-                  "test_breaker_properties.py", "test_limiter_properties.py",
+                  "test_breaker_machine.py", "test_limiter_algorithms.py",
+                  # the limiter's shared table, its lock and its storage
+                  "test_limiter_shared.py",
                   # the pool's bookkeeping without processes, its options' and protocol's tables
                   "test_pool_book.py", "test_pool_options.py", "test_pool_protocol_table.py",
                   # otpy_pool's one checks module

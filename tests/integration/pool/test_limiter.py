@@ -1,35 +1,24 @@
-"""RateLimiter, in the manner of Hammer's suite: allow until the limit, then
-deny with a retry time; costs; independent keys and windows; any key; and
-the shared, supervised owner (8 processes on one key, SIGKILL)."""
+"""RateLimiter's handle (``_limiter``), in the manner of Hammer's suite: allow
+until the limit, then deny with a retry time; costs; independent keys and
+windows; any key; exact with many processes on one key; its options. The
+owner (sweeps, SIGKILL, stop) is in test_limiter_owner.py, the shared table
+in test_limiter_shared.py, the arithmetic in tests/unit/test_limiter_algorithms.py."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import otpy
-from otpy.testing import synchronize, wait_for
-from otpy_pool import Decision, LimiterNotRunning, RateLimited, RateLimiter
+from otpy_pool import Decision, RateLimited, RateLimiter
 
-import helpers
-from helpers import DEADLINE, expect, expect_down
-
-ALGORITHMS = ["fixed_window", "sliding_window", "token_bucket"]
-# A window so long that no fixed-window boundary (they are aligned on epoch
-# time) can fall between two hits of one test, except with odds of ~1e-8.
-LONG = 1e6
-
-
-def start(name="api", **options):
-    """A limiter under the test's tree (stopped with it)."""
-    helpers.CURRENT_TREE.start_child(RateLimiter.child_spec(name, **options))
-    return RateLimiter(name)
-
+from helpers import DEADLINE, expect
+from limiters import ALGORITHMS, LONG, start
 
 @pytest.fixture(params=ALGORITHMS)
 def api(request):
@@ -213,6 +202,38 @@ def test_no_hit_is_lost_under_concurrency(algorithm):
     assert api.inspect(("shared", algorithm), limit=500, window=LONG).count == 320
 
 
+def _hitter(parent, hits, limit):
+    limiter = RateLimiter("shared")
+    otpy.send(parent, "ready")
+    otpy.receive(match=lambda m: m == "go")
+    otpy.send(parent, ("allowed", sum(limiter.hit("k", limit=limit, window=3600.0).allowed
+                                      for _ in range(hits))))
+
+
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(processes=st.integers(2, 4), hits=st.integers(1, 25), limit=st.integers(1, 60),
+       algorithm=st.sampled_from(["sliding_window", "token_bucket"]))
+def test_concurrent_processes_get_exactly_min_of_limit_and_hits(processes, hits, limit,
+                                                                algorithm):
+    # sliding_window and a token bucket with an hour's refill: no boundary
+    # can fall inside the example, so the expected figure is exact.
+    sup = otpy.Supervisor.start_link([RateLimiter.child_spec("shared", algorithm=algorithm)])
+    try:
+        me = otpy.self()
+        pids = [otpy.spawn(_hitter, me, hits, limit) for _ in range(processes)]
+        for _ in pids:
+            expect(lambda m: m == "ready")
+        for pid in pids:
+            otpy.send(pid, "go")
+        allowed = sum(expect(lambda m: m[:1] == ("allowed",), timeout=DEADLINE)[1] for _ in pids)
+        assert allowed == min(limit, processes * hits)
+        seen = RateLimiter("shared").inspect("k", limit=limit, window=3600.0)
+        assert seen.count == allowed
+    finally:
+        otpy.stop(sup)
+
+
 def test_a_handle_is_picklable_and_works_by_name_from_another_process():
     api = start()
     me = otpy.self()
@@ -222,137 +243,13 @@ def test_a_handle_is_picklable_and_works_by_name_from_another_process():
     assert api.hit("k", 2, LONG).count == 2
 
 
-# ---- bounded memory ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_expired_buckets_are_cleaned_up_periodically(algorithm):
-    api = start(algorithm=algorithm, cleanup_interval=0.05)
-    window = 0.5
-    last = None
-    for n in range(2000):
-        last = api.hit(("user", n), limit=10, window=window)
-    assert api.stats()["keys"] >= 1  # at least the last one's bucket is alive
-    # Wait for the clock to pass the buckets' expiry (the behaviour under
-    # test is about time), then for a sweep after it, within a deadline.
-    wait_for(lambda: time.time() > last.reset_at, timeout=DEADLINE)
-    stats = wait_for_sweep(api)
-    assert stats["sweeps"] >= 1
-    assert (stats["keys"], stats["buckets"]) == (0, 0)
-
-
-def wait_for_sweep(api):
-    """stats() once no bucket is left, polled within a deadline (sweeps run
-    on the owner's timer; nothing to wait on but the outcome)."""
-    def swept():
-        stats = api.stats()
-        return None if stats["buckets"] else stats
-    return wait_for(swept, timeout=DEADLINE)
-
-
-# ---- the owner is supervised ------------------------------------------------------------------
-
-def test_sigkill_of_the_owner_callers_never_hang_and_the_replacement_starts_empty():
-    api = start()
-    me = otpy.self()
-    for _ in range(3):
-        api.hit("k", limit=3, window=LONG)
-    assert not api.hit("k", limit=3, window=LONG).allowed
-
-    def caller():
-        handle = RateLimiter("api")
-        otpy.send(me, "running")
-        n = sum(1 for _ in range(300) if handle.hit(("c", os.getpid()), 1000, LONG).allowed)
-        otpy.send(me, ("done", n))
-
-    pids = [otpy.spawn(caller) for _ in range(2)]
-    for _ in pids:
-        expect(lambda m: m == "running")
-    owner = otpy.whereis("api")
-    ref = otpy.monitor(owner)
-    os.kill(owner.os_pid, signal.SIGKILL)
-    expect_down(ref)
-    done = [expect(lambda m: m[:1] == ("done",), timeout=DEADLINE * 3)[1] for _ in pids]
-    assert done == [300, 300]  # every hit answered, by the old owner or the replacement
-    # the replacement registers its name as it starts: wait for it, with a deadline
-    wait_for(lambda: otpy.whereis("api") not in (None, owner), timeout=DEADLINE)
-    fresh = api.hit("k", limit=3, window=LONG)
-    assert fresh.allowed and fresh.count == 1  # the replacement starts with no buckets
-
-
-def test_start_link_stop_and_a_stopped_limiter():
-    api = RateLimiter.start_link("api", algorithm="sliding_window")
-    assert api.hit("k", 1, 1.0).allowed
-    with pytest.raises(otpy.AlreadyStarted):
-        RateLimiter.start_link("api")
-    api.stop()
-    assert otpy.whereis("api") is None
-    with pytest.raises(LimiterNotRunning):
-        RateLimiter("api", timeout=0.2).hit("k", 1, 1.0)
-
+# ---- options and handles ---------------------------------------------------------------------
 
 def test_a_missing_limits_library_is_an_import_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "limits", None)  # import limits fails
     with pytest.raises(ImportError, match=r"pip install 'otpy\[redis\]'"):
         RateLimiter.start_link("api", storage="redis://127.0.0.1:6379")
     assert otpy.whereis("api") is None
-
-
-# ---- the shared table (fixed_window, token_bucket) ----------------------------------------------
-
-def test_threads_of_one_process_are_exact_too():
-    api = start(algorithm="token_bucket")  # 150 an hour: no refill within the test
-    api.hit("warm", 1, 60.0)  # connect before the threads start
-
-    def hammer():
-        return sum(api.hit("t", limit=150, window=3600.0).allowed for _ in range(100))
-
-    allowed = synchronize({n: hammer for n in range(4)}, timeout=DEADLINE, in_processes=False)
-    assert sum(allowed.values()) == 150
-
-
-def test_a_caller_killed_while_hitting_never_blocks_the_others():
-    api = start(algorithm="token_bucket")
-    me = otpy.self()
-
-    def forever():
-        handle = RateLimiter("api")
-        otpy.send(me, ("hitting", otpy.self()))
-        while True:
-            handle.hit("k", limit=10**6, window=3600.0)
-
-    victims = [otpy.spawn(forever) for _ in range(2)]
-    for pid in victims:
-        expect(lambda m, p=pid: m == ("hitting", p))
-    for pid in victims:  # likely inside the lock at some point of its loop
-        ref = otpy.monitor(pid)
-        os.kill(pid.os_pid, signal.SIGKILL)
-        expect_down(ref)
-    before = api.inspect("k", limit=10**6, window=3600.0).count
-    assert api.hit("k", limit=10**6, window=3600.0).allowed
-    assert api.inspect("k", limit=10**6, window=3600.0).count >= before
-
-
-def test_many_keys_grow_the_table_and_a_sweep_shrinks_it_back():
-    api = start(algorithm="fixed_window", cleanup_interval=0.05)
-    window = 1.0  # fixed windows are aligned on epoch time: the hits must fit in one,
-    # or the sweeps between them drop the early ones and the table need not grow
-    # (the flaky detector caught that, 1 run in 20)
-    for attempt in range(3):
-        wait_for(lambda: time.time() % window < window / 4)  # early in a window
-        started = time.time() // window
-        for n in range(3000):  # past half of the 1024 first slots, twice
-            last = api.hit((attempt, n), limit=1, window=window)
-            assert last.allowed
-        if time.time() // window == started:
-            break
-    else:
-        pytest.fail("3,000 hits never fitted in one 1 s window")
-    grown = api.stats()
-    assert grown["table_bytes"] > 8 * 8 * 4096
-    wait_for(lambda: time.time() > last.reset_at, timeout=DEADLINE)  # the window passes
-    after = wait_for_sweep(api)
-    assert after["buckets"] == 0
-    assert after["table_bytes"] < grown["table_bytes"] / 2
 
 
 def test_a_bad_handle_is_refused_by_name():
