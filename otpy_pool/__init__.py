@@ -2,42 +2,51 @@
 worker processes, a circuit breaker, a rate limiter and error recovery, each a
 supervised part of the program's tree.
 
-Built on ``otpy`` and ``otpy.lowlevel`` only.
+The public API; every other module of the package is private. Built on
+``otpy`` and ``otpy.lowlevel`` only. ``otpy_pool.testing`` (test doubles of the
+pool) and ``python -m otpy_pool.bench`` (the benchmark) are tooling beside it.
 """
 
-__all__: list[str] = []
-
-# ---- pool (issue: session pool) ----
-from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolOverloaded, PoolTimeout,
-                      PoolUnavailable, SessionLost, SessionNotFound, UnknownCommand,
-                      WorkerCrashed)
+from ._breaker import BreakerEvent, CircuitBreaker
+from ._errors import (BreakerError, BreakerNotRunning, BreakerTimeout, CircuitOpen,
+                      CommandTimeout, DeadlineExceeded, LimiterBusy, LimiterError,
+                      LimiterNotRunning, LimiterTimeout, PoolError, PoolNotRunning,
+                      PoolOverloaded, PoolTimeout, PoolUnavailable, RateLimited, SessionLost,
+                      SessionNotFound, UnknownCommand, WorkerCrashed)
+from ._limiter import Decision, RateLimiter
 from ._pool import BoundSession, CheckedOut, Pool
 from ._pool_executor import PoolExecutor
 from ._pool_options import EVENT_KINDS, STRATEGIES, PoolEvent, PoolStatus
+from ._recovery import ERROR_CLASSES, ClassStats, Policy, Protected, Recovery, classify, protect
 from ._worker import RESERVED, Session, Worker, command
 
-__all__ += [
-    "Pool", "PoolStatus", "PoolEvent", "EVENT_KINDS", "STRATEGIES", "PoolExecutor", "CheckedOut",
-    "BoundSession", "Worker", "command", "Session", "RESERVED",
-    "PoolError", "PoolNotRunning", "PoolTimeout", "CommandTimeout", "PoolOverloaded",
-    "PoolUnavailable", "WorkerCrashed",
+__all__ = [
+    # the pool: worker processes with sessions (docs/pool.md)
+    "Pool", "Worker", "command", "Session", "BoundSession", "CheckedOut", "PoolExecutor",
+    "PoolStatus", "PoolEvent", "EVENT_KINDS", "STRATEGIES", "RESERVED",
+    # the circuit breaker and the rate limiter (docs/breaker_and_limiter.md)
+    "CircuitBreaker", "BreakerEvent",
+    "RateLimiter", "Decision",
+    # recovery: retries, failover, fallbacks, deadlines (docs/recovery.md)
+    "protect", "Protected", "Recovery", "Policy", "ClassStats", "classify", "ERROR_CLASSES",
+    # errors: every one a PoolError, an otpy.OtpyError (docs/pool.md#errors)
+    "PoolError", "PoolNotRunning",
+    "PoolTimeout", "CommandTimeout", "PoolOverloaded", "PoolUnavailable", "WorkerCrashed",
     "SessionLost", "SessionNotFound", "UnknownCommand",
+    "BreakerError", "BreakerNotRunning", "BreakerTimeout", "CircuitOpen",
+    "LimiterError", "LimiterNotRunning", "LimiterTimeout", "LimiterBusy", "RateLimited",
+    "DeadlineExceeded",
 ]
 
-# ---- breaker and limiter ----
-from ._breaker import BreakerEvent, CircuitBreaker
-from ._errors import (BreakerError, BreakerNotRunning, BreakerTimeout, CircuitOpen, LimiterBusy,
-                      LimiterError, LimiterNotRunning, LimiterTimeout, RateLimited)
-from ._limiter import Decision, RateLimiter
 
-__all__ += ["CircuitBreaker", "CircuitOpen", "BreakerEvent", "BreakerError", "BreakerNotRunning",
-            "BreakerTimeout", "RateLimiter", "RateLimited", "Decision", "LimiterError",
-            "LimiterNotRunning", "LimiterTimeout", "LimiterBusy"]
+def _public_modules() -> None:
+    """Give every public class and function the module it is imported from,
+    as trio does: reprs, tracebacks, docs and pickles then name
+    ``otpy_pool.CircuitOpen``, not the private module it is written in."""
+    for name in __all__:
+        value = globals()[name]
+        if getattr(value, "__module__", "").startswith(__name__ + "._"):
+            value.__module__ = __name__
 
-# ---- recovery ----
-from ._errors import DeadlineExceeded
-from ._recovery import (ERROR_CLASSES, ClassStats, Policy, Protected, Recovery, classify,
-                        protect)
 
-__all__ += ["Recovery", "Policy", "protect", "Protected", "classify", "ClassStats",
-            "DeadlineExceeded", "ERROR_CLASSES"]
+_public_modules()
