@@ -4,69 +4,44 @@ and ``subscribe()`` return."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, NamedTuple, Optional
 
-from otpy import lowlevel
-
+from . import _checks
 from ._worker import Worker
 
 STRATEGIES = ("lifo", "fifo")
 
 
 # ---- the rules: each takes the value and the option's name, returns the value kept -------------
-# (TypeError or ValueError naming the option otherwise). Seconds follow
-# lowlevel.check_timeout: None or math.inf is no limit (kept as None); nan,
-# negatives, zero, bools and non-numbers are refused. A count is an int, never a bool.
-# Their signature is otpy_pool._checks' (issue-23b): once it lands, each
-# option's rule becomes the matching one there (seconds, count, flag, choice).
+# (TypeError or ValueError naming the option otherwise), by otpy_pool's one
+# checks module: seconds follow lowlevel.check_timeout (None or math.inf is
+# no limit, kept as None), a count is an int and never a bool.
 
-def seconds(value: Any, name: str) -> float | None:
-    """A pool's timeout, deadline or interval: > 0 seconds; None or ``math.inf``
-    for no limit (returned as None). The rule of ``lowlevel.check_timeout``."""
-    return lowlevel.check_timeout(value, name, zero=False)
+seconds = _checks.seconds
 
 
 def _count(minimum: int, none_ok: bool = False) -> Callable[[Any, str], int | None]:
     """An int >= ``minimum`` (or None, if ``none_ok``)."""
-
-    def check(value: Any, name: str) -> int | None:
-        if value is None and none_ok:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int{' or None' if none_ok else ''}, "
-                            f"not {value!r}")
-        if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
-        return value
-
-    return check
+    return functools.partial(_checks.count, minimum=minimum, none_ok=none_ok)
 
 
 def _size(value: Any, name: str) -> int | None:
     """None: the machine's cores."""
-    return _count(1)((os.cpu_count() or 1) if value is None else value, name)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, not {value!r}")
-    return value
+    return _checks.count((os.cpu_count() or 1) if value is None else value, name, minimum=1)
 
 
 def _strategy(value: Any, name: str) -> str:
-    if value not in STRATEGIES:
-        raise ValueError(f"{name} must be one of {STRATEGIES}, not {value!r}")
-    return value
+    return _checks.choice(value, name, STRATEGIES)
 
 
 def _backoff(value: Any, name: str) -> tuple[float, float]:
     """(first delay, cap): finite seconds, 0 < first <= cap."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{name} must be (first delay, cap) in seconds, not {value!r}")
-    first, cap = (lowlevel.check_timeout(v, f"{name} {what}", forever=False, zero=False)
+    first, cap = (_checks.finite_seconds(v, f"{name} {what}")
                   for v, what in zip(value, ("first delay", "cap")))
-    assert first is not None and cap is not None  # forever=False refuses None
     if cap < first:
         raise ValueError(f"{name} cap must be >= its first delay, not {value!r}")
     return (first, cap)
@@ -91,7 +66,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_overflow", 0, int, _count(0),
            "extra workers started when none is free, stopped after overflow_idle s idle"),
     Option("overflow_idle", 10.0, Optional[float], seconds, "see max_overflow"),
-    Option("lazy", False, bool, _flag, "start workers on first demand"),
+    Option("lazy", False, bool, _checks.flag, "start workers on first demand"),
     Option("strategy", "lifo", str, _strategy, "which idle worker serves next"),
     Option("checkout_timeout", 5.0, Optional[float], seconds,
            "longest wait for a free worker (PoolTimeout)"),
@@ -130,8 +105,8 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
     init_timeout = seconds(worker.init_timeout, f"{worker.__qualname__}.init_timeout")
-    shutdown_timeout = lowlevel.check_timeout(  # 0: killed at once, as "brutal_kill"
-        worker.shutdown_timeout, f"{worker.__qualname__}.shutdown_timeout")
+    shutdown_timeout = seconds(  # 0: killed at once, as "brutal_kill"
+        worker.shutdown_timeout, f"{worker.__qualname__}.shutdown_timeout", zero=True)
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple, not {args!r}")
     kwargs = {} if kwargs is None else kwargs
