@@ -17,6 +17,7 @@ from ._limiter import Decision, RateLimiter
 from ._pool import BoundSession, CheckedOut, Pool
 from ._pool_executor import PoolExecutor
 from ._pool_options import EVENT_KINDS, STRATEGIES, PoolEvent, PoolStatus
+from ._ray import RayPlacement
 from ._recovery import ERROR_CLASSES, ClassStats, Policy, Protected, Recovery, classify, protect
 from ._worker import RESERVED, Session, Worker, command
 
@@ -24,6 +25,8 @@ __all__ = [
     # the pool: worker processes with sessions (docs/pool.md)
     "Pool", "Worker", "command", "Session", "BoundSession", "CheckedOut", "PoolExecutor",
     "PoolStatus", "PoolEvent", "EVENT_KINDS", "STRATEGIES", "RESERVED",
+    # workers placed on a Ray cluster (docs/distributed.md)
+    "RayPlacement",
     # the circuit breaker and the rate limiter (docs/breaker_and_limiter.md)
     "CircuitBreaker", "BreakerEvent",
     "RateLimiter", "Decision",

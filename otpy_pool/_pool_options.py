@@ -47,6 +47,14 @@ def _backoff(value: Any, name: str) -> tuple[float, float]:
     return (first, cap)
 
 
+def _placement(value: Any, name: str) -> Any:
+    """None (local processes) or a placement: what makes the Worker class the
+    pool runs (``worker_class``), such as RayPlacement."""
+    if value is not None and not callable(getattr(value, "worker_class", None)):
+        raise TypeError(f"{name} must be a RayPlacement or None, not {value!r}")
+    return value
+
+
 class Option(NamedTuple):
     """One pool option: its default, its type once checked, and its rule."""
 
@@ -83,6 +91,8 @@ OPTIONS: tuple[Option, ...] = (
            "bytes of RSS after a command past which the worker is replaced when idle"),
     Option("restart_backoff", (0.1, 30.0), tuple, _backoff,
            "(first delay, cap) of the retries of a worker that fails to start"),
+    Option("placement", None, Any, _placement,
+           "where workers run: None, local processes; RayPlacement(...), Ray actors"),
 )
 DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
 
@@ -104,6 +114,9 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
         raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
+    placement = _placement(options.get("placement"), "placement")
+    if placement is not None:  # the pool runs the placement's stand-in for the class
+        worker = placement.worker_class(worker)
     init_timeout = seconds(worker.init_timeout, f"{worker.__qualname__}.init_timeout")
     shutdown_timeout = seconds(  # 0: killed at once, as "brutal_kill"
         worker.shutdown_timeout, f"{worker.__qualname__}.shutdown_timeout", zero=True)

@@ -7,7 +7,9 @@
   (and, optionally, the commands it expects, in order).
 - "full": real workers.
 
-:func:`start_pool` starts the one an isolated tree's layer asks for.
+:func:`start_pool` starts the one an isolated tree's layer asks for;
+:func:`ray_cluster` a Ray cluster of several nodes on this machine, for
+pools placed with ``RayPlacement``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ._errors import PoolError, PoolNotRunning, SessionNotFound, UnknownCommand,
 from ._calls import check_command
 from ._pool import Pool
 from ._pool_options import PoolStatus
+from ._ray_cluster import ray_cluster
 from ._worker import Session, Worker
 
 # ---- script steps --------------------------------------------------------------------------
@@ -276,4 +279,4 @@ def start_pool(tree: Any, worker: type[Worker], args: tuple = (), kwargs: dict |
 
 
 __all__ = ["Crash", "Delay", "Fail", "HISTORY", "InlinePool", "MockWorker", "Reply",
-           "UnexpectedCommand", "check_script", "start_pool"]
+           "UnexpectedCommand", "check_script", "start_pool", "ray_cluster"]

@@ -5,7 +5,9 @@ Every test also gets one category marker (unit, integration, system,
 performance, chaos; see docs/testing.md, "Categories") from the folder it is
 in: ``tests/<category>/...``. Integration tests are further grouped by the
 package they exercise (runtime, behaviours, testing, observer, pool). A
-category marker written on a test wins over its folder's.
+category marker written on a test wins over its folder's. ``distributed``
+marks the tests that run pool workers on a Ray cluster (in addition to
+their category).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def category_of(item: pytest.Item) -> str:
         raise pytest.UsageError(f"{item.nodeid}: a test module belongs in tests/<category>/, "
                                 f"one of {', '.join(CATEGORIES)}")
     return folder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "distributed: needs a Ray cluster (the tests start "
+                            "one of their own on this machine): pytest -m distributed")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
