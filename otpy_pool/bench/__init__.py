@@ -33,6 +33,7 @@ from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
 
 from . import peers as _peers
+from .ray import ray_calls
 from .chaos import chaos_kill, wait_whole
 
 _ns = time.perf_counter_ns
@@ -47,6 +48,7 @@ RATIOS = {
     "execute_over_mp_pool_p50": ("pool_execute_us", "mp_pool_apply_us"),
     "breaker_over_pybreaker": ("breaker_overhead_ns", "pybreaker_overhead_ns"),
     "limiter_over_limits_p50": ("limiter_hit_us", "limits_hit_us"),
+    "ray_execute_over_actor_call_p50": ("ray_execute_us", "ray_actor_call_us"),
 }
 # Rate ratios: higher is better, so --compare reads them the other way round.
 RATES = {
@@ -332,6 +334,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
         ("growth_sessions", lambda: sessions_growth(
             (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
         ("idle_worker_memory", idle_worker_memory),
+        ("ray", lambda: ray_calls(rtt_n, rtt_w)),
     ]
     if peers:
         for peer in _peers.PEERS:
@@ -355,7 +358,7 @@ def _result_keys(key: str, value: Any) -> dict[str, Any]:
     """The cases that measure several figures give each its own result key."""
     if key == "worker_crash":
         return {"worker_crash_error_ms": value["error"], "worker_replaced_ms": value["replaced"]}
-    if key == "protection":
+    if key in ("protection", "ray"):
         return value
     return {key: value}
 

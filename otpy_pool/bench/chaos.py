@@ -32,6 +32,10 @@ class ChaosWorker(Worker):
         return x
 
     @command
+    def pid(self, session: Any) -> int:
+        return os.getpid()
+
+    @command
     def charge(self, session: Any, token: str) -> str:
         with open(self.log, "a") as f:
             f.write(token + "\n")
@@ -71,23 +75,26 @@ def _chaos_caller(protected: Any, parent: otpy.Pid, caller: int, calls: int,
 
 
 def chaos_kill(fraction: float = 0.6, callers: int = 8, calls: int = 500, size: int = 5,
-               interval: float = 0.02, charge_every: int = 10) -> dict:
+               interval: float = 0.02, charge_every: int = 10, placement: Any = None) -> dict:
     """``callers`` processes run protected commands on a pool of ``size``
     workers while ``fraction`` of the workers are SIGKILLed, ``interval``
     apart. Idempotent "run" commands have retry policies; every
     ``charge_every``-th call is a non-idempotent "charge" that records its run.
     Returns the success rate of the idempotent calls, calls lost (never
-    answered), charges run twice, and seconds until the pool was whole again."""
+    answered), charges run twice, and seconds until the pool was whole again.
+    With a ``placement`` the processes killed are the workers' actors."""
     with tempfile.TemporaryDirectory(prefix="otpy-chaos-") as tmp:
         log = os.path.join(tmp, "charges")
         name = f"chaos.{time.monotonic_ns()}"
-        pool = Pool.start_link(ChaosWorker, args=(log,), size=size, name=name)
+        pool = Pool.start_link(ChaosWorker, args=(log,), size=size, name=name,
+                               placement=placement)
         recovery = Recovery.start_link(f"{name}.recovery", POLICIES)
         protected = protect(pool, recovery=recovery, idempotent={"run"}, deadline=10.0)
         pids: list[otpy.Pid] = []
         try:
+            targets = _worker_os_pids(pool, size, placement)
             _start_callers(pids, protected, callers, calls, charge_every)
-            killed = _kill_some(pool, round(size * fraction), interval)
+            killed = _kill_some(targets, round(size * fraction), interval)
             whole = wait_whole(pool, size, timeout=60)  # from the last kill
             results, lost = _results(len(pids))
             return {**_outcome(results, lost, log), "whole_after_s": round(whole, 3),
@@ -113,12 +120,25 @@ def _start_callers(pids: list[otpy.Pid], protected: Any, callers: int, calls: in
         otpy.send(pid, "go")
 
 
-def _kill_some(pool: Pool, count: int, interval: float) -> int:
-    """SIGKILL ``count`` of the pool's workers, ``interval`` apart; how many."""
-    victims = random.Random(1).sample(pool.workers(), count)
+def _worker_os_pids(pool: Pool, size: int, placement: Any) -> list[int]:
+    """The processes running the workers' commands: the workers themselves,
+    or with a placement, what each says it runs in (a session per worker:
+    the least loaded takes each next session)."""
+    if placement is None:
+        return [w.os_pid for w in pool.workers()]
+    sessions = [("chaos.pid", i) for i in range(size)]
+    pids = [pool.execute("pid", session=sid) for sid in sessions]
+    for sid in sessions:
+        pool.end_session(sid)
+    return pids
+
+
+def _kill_some(targets: list[int], count: int, interval: float) -> int:
+    """SIGKILL ``count`` of the workers' processes, ``interval`` apart; how many."""
+    victims = random.Random(1).sample(targets, count)
     for victim in victims:
         try:
-            os.kill(victim.os_pid, signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
         time.sleep(interval)  # the scenario's pacing, not a synchronisation

@@ -39,6 +39,12 @@ def test_quick_json_is_well_formed():
     assert set(results["growth_throughput_per_s"]) == {"workers_1", "workers_2"}
     assert results["idle_worker_memory"]["otpy_pool_kib"] > 0
     assert report["ratios"]["execute_over_call_p50"] > 0
+    if "ray" in skipped:  # measured beside a bare actor call, or skipped with the hint
+        assert "pip install 'otpy[ray]'" in skipped["ray"]
+    else:
+        for key in ("ray_execute_us", "ray_actor_call_us"):
+            assert 0 < results[key]["p50"] <= results[key]["p99"], key
+        assert report["ratios"]["ray_execute_over_actor_call_p50"] > 0
     assert "[1/" in out.stderr and "] call_rtt_us" in out.stderr  # a progress line per case
     # the node's logs stay out of the output without --verbose
     assert "child started" not in out.stderr and "crash report" not in out.stderr

@@ -31,6 +31,7 @@ import otpy  # noqa: E402
 from otpy.observer import snapshot  # noqa: E402
 from otpy.testing import wait_down, wait_event, wait_for  # noqa: E402
 from otpy_pool import Pool, RayPlacement, WorkerCrashed  # noqa: E402
+from otpy_pool.bench import chaos_kill  # noqa: E402
 from otpy_pool.testing import ray_cluster  # noqa: E402
 
 from helpers import TESTS, expect  # noqa: E402
@@ -239,3 +240,16 @@ def test_an_init_that_fails_on_the_actor_fails_the_start_with_its_error(cluster)
     with pytest.raises(otpy.StartError, match="init refused"):
         Pool.start_link(Where, args=("refuse",), size=1, placement=RayPlacement(
             address=cluster.address, runtime_env=RUNTIME_ENV))
+
+
+@pytest.mark.chaos
+def test_sixty_percent_of_the_actors_killed_under_load(cluster):
+    # five workers of a fifth of a CPU each, and room for their replacements
+    figures = chaos_kill(fraction=0.6, callers=8, calls=150, size=5, placement=RayPlacement(
+        address=cluster.address, resources={"CPU": 0.2}))
+    print(figures)
+    assert figures["callers_lost"] == 0
+    assert figures["success_rate"] >= 0.999, figures
+    assert figures["charges_run_twice"] == 0
+    assert figures["workers_killed"] == 3
+    assert figures["worker_restarts"] >= 3
