@@ -316,6 +316,8 @@ class PoolBook:
             self._retry_later()
             self._refuse_waiters()
             self._serve_queue()
+        elif self.idle:  # a worker came back while the start was under way
+            self._serve_queue()
 
     @_event
     def worker_down(self, pid: Any, reason: Any, final: Reading | None) -> None:

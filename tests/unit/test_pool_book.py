@@ -121,7 +121,8 @@ class BookWorld(RuleBasedStateMachine):
 
     def cast(self, effect: Cast) -> None:
         if effect.message[0] == LEAVE:
-            self.leaving.add(effect.pid)
+            if effect.pid in self.alive:  # a cast to a dead worker is lost, as otpy's are
+                self.leaving.add(effect.pid)
         elif effect.message[0] == HEALTH:
             self.health.append((effect.pid, effect.message[1]))
 
@@ -371,3 +372,20 @@ def test_an_overflow_worker_retired_while_idle_ignores_its_idle_timer():
     assert book.overflow_idle(*timer.message[1:]) == []
     book.invariants()
     assert book.workers["w2"].state == RETIRING
+
+
+def test_a_caller_waiting_on_a_failed_start_gets_a_worker_checked_in_meanwhile():
+    """Written out from a run of the world above: the caller an overflow
+    start was for waits on that start; a worker checked in meanwhile goes
+    idle; when the start fails, the caller takes that idle worker instead
+    of waiting beside it until its timeout."""
+    book = PoolBook(make_options(Plain, (), None, "p", size=1, max_overflow=1))
+    (start,) = [e for e in book.begin() if type(e) is Start]
+    book.worker_up(start.key, "w1")
+    book.checkout(From("c", 1), "t1", None)  # w1 held
+    (start,) = [e for e in book.checkout(From("c", 2), "t2", None) if type(e) is Start]
+    book.checkin("t1", RETURN)  # w1 idle: t2 waits on the overflow start
+    effects = book.start_failed(start.key, RuntimeError("init refused"))
+    assert Reply(From("c", 2), (OK, "w1")) in effects
+    book.invariants()
+    assert book.workers["w1"].state == HELD and not book.queue
