@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 import otpy
 from otpy import lowlevel
 
+from . import _caller
+from ._caller import MARGIN, RETRIES
 from ._calls import NotRun, run_call
 from ._errors import CommandTimeout, PoolError, SessionLost, WorkerCrashed, duration
+from ._io import Receive, Send
 from ._protocol import ERROR, LOST, MOVED, UNBOUND
 from ._pool_server import DOWN_WAIT
 
@@ -26,8 +29,6 @@ if TYPE_CHECKING:
     from ._pool import Pool
 
 PENDING = (ERROR, None)  # an entry's outcome until it has one
-RETRIES = 8  # workers one batch (or one command) may move to: deaths, moved sessions
-MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
 
 
 class Pipeline:
@@ -48,20 +49,20 @@ class Pipeline:
         self.sent = 0  # how much of todo was sent (or failed to be)
         self.mref: otpy.Ref | None = None
 
-    def run(self) -> tuple[list, bool]:
+    async def run(self) -> tuple[list, bool]:
         self.mref = otpy.monitor(self.worker)
         try:
             while True:
-                self.send_window()
+                await self.send_window()
                 if not self.pending:
                     return self.retry + self.todo[self.sent:], False
                 try:
-                    answer = otpy.receive(timeout=self.timeout, match=self.is_answer)
+                    answer = await Receive(self.is_answer, self.timeout)
                 except otpy.Timeout:
-                    return self.timed_out(), True
+                    return await self.timed_out(), True
                 if type(answer) is otpy.Down:
                     self.mref = None
-                    return self.worker_down(answer.reason), True
+                    return await self.worker_down(answer.reason), True
                 self.take_answer(answer)
         finally:
             self.close()
@@ -70,7 +71,7 @@ class Pipeline:
         return (type(m) is tuple and len(m) == 3 and m[1] in self.pending) or \
             (type(m) is otpy.Down and m.ref == self.mref)
 
-    def send_window(self) -> None:
+    async def send_window(self) -> None:
         """Send until ``window`` are outstanding (none once one answered "not
         here": those sent are answered the same way, the rest go elsewhere)."""
         while self.sent < len(self.todo) and len(self.pending) < self.window and not self.retry:
@@ -78,7 +79,10 @@ class Pipeline:
             i = self.todo[self.sent]
             call = run_call(ref, self.sid, self.command, self.calls[i], {})
             try:
-                otpy.send(self.worker, call, timeout=None if not self.pending else 0)
+                if self.pending:
+                    otpy.send(self.worker, call, timeout=0)  # never waits: answers first
+                else:
+                    await Send(self.worker, call, None)
             except otpy.Timeout:
                 if self.pending:
                     return  # its buffer is full: read answers first
@@ -102,28 +106,27 @@ class Pipeline:
         else:
             self.out[i] = outcome
 
-    def worker_down(self, reason: Any) -> list:
+    async def worker_down(self, reason: Any) -> list:
         """The worker died: WorkerCrashed for the oldest unanswered command,
         unless the worker says it had not started it. The rest never ran."""
         if not self.pending:
             return self.retry + self.todo[self.sent:]
         ref, first = next(iter(self.pending.items()))
-        if self.pool._never_started(self.worker, ref, reason):
+        if await _caller.never_started(self.pool, self.worker, ref, reason):
             return sorted(self.retry + list(self.pending.values())) + self.todo[self.sent:]
         self.out[first] = (ERROR, WorkerCrashed(reason))
         return self.unanswered(first)
 
-    def timed_out(self) -> list:
+    async def timed_out(self) -> list:
         """The oldest command ran past its timeout: CommandTimeout for it, its
         worker killed and replaced (its Down awaited); the rest never ran."""
         first = next(iter(self.pending.values()))
         self.out[first] = (ERROR, CommandTimeout(
             f"command {self.command!r} ran past {duration(self.timeout)}; "
             "its worker was replaced"))
-        self.pool._deadline(self.worker, self.token)
+        await _caller.deadline(self.pool, self.worker, self.token)
         mref = self.mref
-        otpy.receive(timeout=MARGIN + DOWN_WAIT,
-                     match=lambda m: type(m) is otpy.Down and m.ref == mref)
+        await Receive(lambda m: type(m) is otpy.Down and m.ref == mref, MARGIN + DOWN_WAIT)
         self.mref = None
         return self.unanswered(first)
 
@@ -140,8 +143,8 @@ class Pipeline:
             lowlevel.flush(lambda m: type(m) is tuple and len(m) == 3 and m[1] in pending)
 
 
-def run_batch(pool: "Pool", command: str, calls: list, sid: Any, timeout: float | None,
-              window: int) -> list:
+async def run_batch(pool: "Pool", command: str, calls: list, sid: Any, timeout: float | None,
+                    window: int) -> list:
     """Every entry's outcome, ``(OK, value)`` or ``(ERROR, exc)``, in order:
     on the session's worker (moving with the session), or on one
     checked-out worker at a time (the next one if it dies)."""
@@ -152,27 +155,28 @@ def run_batch(pool: "Pool", command: str, calls: list, sid: Any, timeout: float 
         if not todo:
             break
         if sid is None:
-            todo = _checked_out_share(pool, command, calls, todo, out, timeout, window)
+            todo = await _checked_out_share(pool, command, calls, todo, out, timeout, window)
             continue
-        cache = pool._session_cache()
-        worker = pool._bound(cache, sid, stale)
-        todo, gone = Pipeline(pool, worker, None, sid, command, calls, todo, out, timeout,
-                              window).run()
+        cache = _caller.session_cache(pool)
+        worker = await _caller.bound(pool, cache, sid, stale)
+        todo, gone = await Pipeline(pool, worker, None, sid, command, calls, todo, out,
+                                    timeout, window).run()
         if todo or gone:
-            stale = pool._forget(cache, sid, worker)
+            stale = _caller.forget(cache, sid, worker)
     for i in todo:
         out[i] = (ERROR, PoolError(f"pool {pool.name!r}: no worker could run {command!r}"))
     return out
 
 
-def _checked_out_share(pool: "Pool", command: str, calls: list, todo: list, out: list,
-                       timeout: float | None, window: int) -> list:
+async def _checked_out_share(pool: "Pool", command: str, calls: list, todo: list, out: list,
+                             timeout: float | None, window: int) -> list:
     """One checked-out worker's share; a worker that died goes back as dead
     (the server takes its Down rather than reuse it)."""
+    wait = (await _caller.settings(pool)).checkout_timeout
     try:
-        with pool._checked_out(pool._settings().checkout_timeout) as (worker, token):
-            todo, gone = Pipeline(pool, worker, token, None, command, calls, todo, out,
-                                  timeout, window).run()
+        async with _caller.checked_out(pool, wait) as (worker, token):
+            todo, gone = await Pipeline(pool, worker, token, None, command, calls, todo, out,
+                                        timeout, window).run()
             if gone:
                 raise NotRun()
     except NotRun:

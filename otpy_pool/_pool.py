@@ -12,34 +12,25 @@ import contextlib
 import math
 import secrets
 import threading
-import time
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import otpy
 from otpy import lowlevel
 from otpy.lowlevel import Restart
 
-from ._calls import NotRun, check_batch, check_command, check_session, result, run_call
-from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, SessionLost,
-                      WorkerCrashed, duration)
-from ._pipeline import MARGIN, RETRIES, run_batch
-from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options, seconds
+from . import _caller
+from ._caller import RETRIES, UNSET
+from ._calls import NotRun, check_batch, check_command, check_session
+from ._errors import PoolError
+from ._io import arun, run
+from ._pipeline import run_batch
+from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options
 from ._pool_server import PoolServer
-from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, END_SESSION, ERROR,
-                        FIRST_START, FUNCTION, LOST, MOVED, OK, RAN, REPLACE, RETIRED, RETURN,
-                        SETTINGS, STATUS, SUBSCRIBE, UNBOUND, UNKNOWN, UNSUBSCRIBE, WORKER_OF,
-                        WORKERS)
+from ._protocol import (CHECKIN, END_SESSION, FIRST_START, FUNCTION, OK, STATUS, SUBSCRIBE,
+                        UNSUBSCRIBE, WORKER_OF, WORKERS)
 from ._worker import Worker
 
-_UNSET: Any = object()
-_SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
 _WINDOW = 64  # execute_many: commands outstanding at once, by default
-
-# session -> worker, per pool, for this OS process (stale entries are harmless:
-# a worker answers "unbound" for a session it does not hold, and the caller asks again)
-_bindings: dict[tuple[str, str], dict[Any, otpy.Pid]] = {}
-_settings: dict[tuple[str, str], Settings] = {}
-_lock = threading.Lock()
 
 
 def _start_subtree(opts: Any) -> otpy.Pid:
@@ -153,43 +144,9 @@ class Pool:
         finally:
             lowlevel.leave_namespace(self.namespace)
 
-    def _ask(self, *request: Any, timeout: float | None = None) -> Any:
-        """One operation on the server; its error raised here. A server that
-        is being replaced (its supervisor restarts it) is waited for, briefly."""
-        for attempt in (1, 2, 3):
-            server = self._await_server()
-            try:
-                outcome, value = otpy.call(server, request, timeout=timeout)
-            except otpy.Exited as exc:  # NoProc included
-                if attempt == 3:
-                    raise PoolError(f"pool {self.name!r}: its server exited: "
-                                    f"{lowlevel.describe_reason(exc.reason)}") from None
-                continue
-            if outcome == ERROR:
-                raise value
-            return value
-        raise AssertionError("unreachable")
-
-    def _await_server(self) -> otpy.Pid:
-        """The server's pid. Between a server's death and its replacement's
-        start the name is unregistered: polled for up to _SERVER_WAIT."""
-        deadline = time.monotonic() + _SERVER_WAIT
-        delay = 0.002
-        while True:
-            try:
-                return self._server()
-            except otpy.NoProc:
-                if time.monotonic() + delay > deadline:
-                    raise PoolNotRunning(f"pool {self.name!r} is not running") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-
-    def _ask_quietly(self, *request: Any) -> None:
-        """An operation whose answer is not needed (and a missing server no error)."""
-        try:
-            self._ask(*request)
-        except PoolError:
-            pass
+    def _ask(self, *request: Any) -> Any:
+        """One operation on the server, from a thread; its error raised here."""
+        return run(_caller.ask(self, *request))
 
     def _cast(self, request: tuple) -> None:
         try:
@@ -201,98 +158,44 @@ class Pool:
         return (self.namespace, self.name)
 
     def _settings(self) -> Settings:
-        key = self._key()
-        found = _settings.get(key)
-        if found is None:
-            found = _settings[key] = self._ask(SETTINGS)
-        return found
+        return run(_caller.settings(self))
 
     @property
     def checkout_timeout(self) -> float | None:
         """The pool's default bound on the wait for a free worker (None: no limit)."""
         return self._settings().checkout_timeout
 
-    def _wait(self, checkout_timeout: Any) -> float | None:
-        """A wait for a free worker: the pool's ``checkout_timeout`` for None,
-        else the value checked (``math.inf``: no limit, returned as None)."""
-        if checkout_timeout is None:
-            return self._settings().checkout_timeout
-        return seconds(checkout_timeout, "checkout_timeout")
-
     # ---- commands ---------------------------------------------------------------------
 
-    def execute(self, command: str, *args: Any, session: Any = None, timeout: Any = _UNSET,
+    def execute(self, command: str, *args: Any, session: Any = None, timeout: Any = UNSET,
                 checkout_timeout: float | None = None, **kwargs: Any) -> Any:
         """Run ``command`` on a worker: the session's own worker if
         ``session`` is given, else any free one (waiting up to
         ``checkout_timeout``, default the pool's). ``timeout`` bounds the
         command's run (default: the pool's ``command_timeout``). ``session``,
         ``timeout`` and ``checkout_timeout`` are the pool's: a command cannot
-        take keyword arguments of those names."""
-        check_command(command)
-        timeout = self._run_timeout(timeout)
-        wait = self._wait(checkout_timeout)
-        if session is None:
-            for _ in range(RETRIES):
-                with self._checked_out(wait) as (worker, token):
-                    try:
-                        return self._run_on(worker, token, command, args, kwargs, timeout)
-                    except NotRun:
-                        continue  # it died before our command started: another one
-            raise PoolError(f"pool {self.name!r}: no live worker to run {command!r} on")
-        check_session(session)
-        return self._run_in_session(session, command, args, kwargs, timeout)
+        take keyword arguments of those names. If the worker dies before the
+        command started, it runs on another (the session's new one, after its
+        replay) within what is left of its deadline; only a command that was
+        running when its worker died gets WorkerCrashed."""
+        _check_input(command, session)
+        return run(_caller.execute(self, command, args, kwargs, session, timeout,
+                                   checkout_timeout))
 
-    def _run_in_session(self, sid: Any, command: str, args: tuple, kwargs: dict,
-                        timeout: float | None) -> Any:
-        """The command on the session's worker. If that worker dies before the
-        command started (it was queued behind the one running, or on its way
-        to a worker already dead), it runs on the session's new worker, after
-        the replay, within what is left of its own deadline."""
-        cache = self._session_cache()
-        stale = None
-        end = None if timeout is None else time.monotonic() + timeout
-        for _ in range(RETRIES):
-            worker = self._bound(cache, sid, stale)
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:  # a retry with no time left: nothing ran
-                raise CommandTimeout(f"command {command!r} of session {sid!r} did not start "
-                                     f"within {duration(timeout)}: its worker died first")
-            try:
-                outcome = self._session_run(worker, sid, command, args, kwargs, left, timeout)
-            except NotRun:
-                stale = self._forget(cache, sid, worker)
-                continue
-            if outcome[0] in (UNBOUND, MOVED):  # not (or no longer) its worker
-                self._forget(cache, sid, worker)
-                stale = worker if outcome[0] == MOVED else None
-                continue
-            if outcome[0] == LOST:
-                raise SessionLost(sid, outcome[1]) from None
-            return result(outcome)
-        raise PoolError(f"pool {self.name!r}: session {sid!r} could not be bound to a worker")
-
-    def _session_run(self, worker: otpy.Pid, sid: Any, command: str, args: tuple, kwargs: dict,
-                     left: float | None, timeout: float | None) -> tuple:
-        """One RUN of a session's command on ``worker``: its outcome; NotRun
-        if the worker died before it started (dead before it got it
-        included: NoProc, whose reason is "noproc")."""
-        ref = otpy.make_ref()
-        try:
-            return lowlevel.request(worker, run_call(ref, sid, command, args, kwargs), ref, left)
-        except otpy.Exited as exc:
-            if self._never_started(worker, ref, exc.reason):
-                raise NotRun() from None
-            self._forget(self._session_cache(), sid, worker)
-            raise WorkerCrashed(exc.reason) from None
-        except otpy.Timeout:
-            self._forget(self._session_cache(), sid, worker)
-            self._deadline(worker, None)
-            raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
-                                 f"{duration(timeout)}; its worker was replaced") from None
+    async def aexecute(self, command: str, *args: Any, session: Any = None,
+                       timeout: Any = UNSET, checkout_timeout: float | None = None,
+                       **kwargs: Any) -> Any:
+        """``execute`` for asyncio: the task waits, not the thread (any number
+        of commands in flight from one event loop). Cancelled while it waits
+        for a worker, the task gives up its place in the queue; cancelled while
+        its command runs, the command finishes on its worker and its result is
+        dropped."""
+        _check_input(command, session)
+        return await arun(_caller.execute(self, command, args, kwargs, session, timeout,
+                                          checkout_timeout))
 
     def execute_many(self, command: str, calls: Any, *, session: Any = None,
-                     timeout: Any = _UNSET, window: int = _WINDOW,
+                     timeout: Any = UNSET, window: int = _WINDOW,
                      return_exceptions: bool = False) -> list:
         """Run ``command`` once per entry of ``calls`` (each a tuple of
         positional arguments), pipelined: up to ``window`` commands are
@@ -307,123 +210,22 @@ class Pool:
         the command it was running gets WorkerCrashed and the ones queued
         behind it (which never ran) run on the session's new worker.
         """
-        check_command(command)
-        calls = list(calls)
-        timeout = self._run_timeout(timeout)
-        if session is not None:
-            check_session(session)
-        check_batch(calls, window)  # every entry, before any is sent
-        results = []
-        for outcome in run_batch(self, command, calls, session, timeout, window):
-            if outcome[0] != OK and not return_exceptions:
-                raise outcome[1]
-            results.append(outcome[1])
-        return results
+        calls = _check_batch(command, calls, session, window)
+        return _results(run(self._many(command, calls, session, timeout, window)),
+                        return_exceptions)
 
-    def _never_started(self, worker: otpy.Pid, ref: otpy.Ref, reason: Any) -> bool:
-        """The worker died with our command (sent with ``ref``) unanswered:
-        True if it never started it (so it can run elsewhere), False if it was
-        running it or nobody can tell (at most once: never run it twice).
+    async def aexecute_many(self, command: str, calls: Any, *, session: Any = None,
+                            timeout: Any = UNSET, window: int = _WINDOW,
+                            return_exceptions: bool = False) -> list:
+        """``execute_many`` for asyncio."""
+        calls = _check_batch(command, calls, session, window)
+        return _results(await arun(self._many(command, calls, session, timeout, window)),
+                        return_exceptions)
 
-        The worker's counts page names the command it was running (see
-        _counters); the server reads it at its death. A worker that was dead
-        before ("noproc"), retired, or stopped by its supervisor ("shutdown":
-        that comes after the command running then) ran none of ours."""
-        if reason in ("noproc", "shutdown") or reason == RETIRED:
-            return True
-        try:
-            running = self._ask(RAN, worker)
-        except PoolError:  # no server: nobody can tell
-            return False
-        return running != UNKNOWN and running != (ref.origin[1], ref.n)
-
-    def _session_cache(self) -> dict[Any, otpy.Pid]:
-        """This OS process's session -> worker cache for the pool (the module's _bindings)."""
-        key = self._key()
-        cache = _bindings.get(key)
-        if cache is None:
-            with _lock:
-                cache = _bindings.setdefault(key, {})
-        return cache
-
-    def _bound(self, cache: dict, sid: Any, stale: otpy.Pid | None) -> otpy.Pid:
-        """The session's worker: cached, else bound by the server (``stale``:
-        a worker that turned out not to hold it)."""
-        worker = cache.get(sid)
-        if worker is None:
-            worker = cache[sid] = self._ask(BIND, sid, stale)
-        return worker
-
-    @staticmethod
-    def _forget(cache: dict, sid: Any, worker: otpy.Pid) -> otpy.Pid:
-        if cache.get(sid) == worker:
-            cache.pop(sid, None)
-        return worker
-
-    def _run_on(self, worker: otpy.Pid, token: Any, command: str, args: tuple, kwargs: dict,
-                timeout: float | None) -> Any:
-        """A command on a checked-out worker; NotRun if the worker died
-        before the command started (the caller runs it on another one)."""
-        ref = otpy.make_ref()
-        try:
-            outcome = lowlevel.request(worker, run_call(ref, None, command, args, kwargs), ref,
-                                       timeout)
-        except otpy.NoProc:
-            self._ask_quietly(RAN, worker)  # the server takes its Down first
-            raise NotRun() from None
-        except otpy.Exited as exc:
-            if self._never_started(worker, ref, exc.reason):
-                raise NotRun() from None
-            raise WorkerCrashed(exc.reason) from None
-        except otpy.Timeout:
-            self._deadline(worker, token)
-            raise CommandTimeout(f"command {command!r} ran past {duration(timeout)}; "
-                                 "its worker was replaced") from None
-        return result(outcome)
-
-    def _run_timeout(self, timeout: Any) -> float | None:
-        """A command's bound on its run: the pool's ``command_timeout`` unless
-        given; None (or ``math.inf``) is no bound, returned as None."""
-        if timeout is _UNSET:
-            return self._settings().command_timeout
-        return seconds(timeout, "timeout")
-
-    def _deadline(self, worker: otpy.Pid, token: Any) -> None:
-        """Have the server kill (and count, and replace) a worker past its deadline."""
-        try:
-            self._ask(DEADLINE, worker, token)
-        except PoolError:  # no server now: kill it ourselves (planned: no crash report)
-            lowlevel.kill(worker, ("shutdown", "command_timeout"))
-
-    def _checkout(self, token: Any, wait: float | None) -> otpy.Pid:
-        """A free worker, held under ``token``, waiting up to ``wait`` (None: no limit)."""
-        try:
-            return self._ask(CHECKOUT, token, wait,
-                             timeout=None if wait is None else wait + MARGIN)
-        except otpy.Timeout:
-            self._cast((CANCEL, token))
-            raise PoolTimeout(f"no worker of pool {self.name!r} within "
-                              f"{duration(wait)}") from None
-
-    @contextlib.contextmanager
-    def _checked_out(self, wait: float | None,
-                     replace_on_error: bool = False) -> Iterator[tuple[otpy.Pid, Any]]:
-        """Hold a worker for the with-body, then return it; with
-        ``replace_on_error``, an exception in the body replaces it instead.
-        ``wait``: the longest wait for one (None: no limit)."""
-        token = otpy.make_ref()
-        worker = self._checkout(token, wait)
-        how = RETURN
-        try:
-            yield worker, token
-        except (WorkerCrashed, NotRun):
-            how = DEAD  # the server waits for its Down rather than reuse it
-            raise
-        except BaseException:
-            how = REPLACE if replace_on_error else RETURN
-            raise
-        finally:
-            self._cast((CHECKIN, token, how))
+    async def _many(self, command: str, calls: list, session: Any, timeout: Any,
+                    window: int) -> list:
+        timeout = await _caller.run_timeout(self, timeout)
+        return await run_batch(self, command, calls, session, timeout, window)
 
     @contextlib.contextmanager
     def checkout(self, timeout: float | None = None) -> Iterator["CheckedOut"]:
@@ -431,15 +233,38 @@ class Pool:
         ``timeout``, default the pool's ``checkout_timeout``). An exception
         in the body replaces the worker; a normal exit returns it.
         ``math.inf``: wait as long as it takes."""
-        wait = self._wait(timeout)
-        with self._checked_out(wait, replace_on_error=True) as (worker, token):
-            yield CheckedOut(self, worker, token, wait)
+        wait = run(_caller.wait_for_worker(self, timeout))
+        token = otpy.make_ref()
+        held = CheckedOut(self, run(_caller.checkout(self, token, wait)), token, wait)
+        error = None
+        try:
+            yield held
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._cast((CHECKIN, token, _caller.checkin_how(error, replace_on_error=True)))
+
+    @contextlib.asynccontextmanager
+    async def acheckout(self, timeout: float | None = None) -> AsyncIterator["CheckedOut"]:
+        """``checkout`` for asyncio: ``async with pool.acheckout() as w:
+        await w.aexecute(...)``."""
+        wait = await arun(_caller.wait_for_worker(self, timeout))
+        token = otpy.make_ref()
+        held = CheckedOut(self, await arun(_caller.checkout(self, token, wait)), token, wait)
+        error = None
+        try:
+            yield held
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._cast((CHECKIN, token, _caller.checkin_how(error, replace_on_error=True)))
 
     @contextlib.contextmanager
     def session(self, session: Any) -> Iterator["BoundSession"]:
         """A handle bound to ``session``; the session ends when the with-block does."""
-        if session is None:
-            raise ValueError("a session id cannot be None")
+        check_session(_session_id(session))
         try:
             yield BoundSession(self, session)
         finally:
@@ -448,11 +273,27 @@ class Pool:
             except PoolError:
                 pass  # never bound (no command ran), or the pool is gone
 
+    @contextlib.asynccontextmanager
+    async def asession(self, session: Any) -> AsyncIterator["BoundSession"]:
+        """``session`` for asyncio: ``async with pool.asession(sid) as s:
+        await s.aexecute(...)``."""
+        check_session(_session_id(session))
+        try:
+            yield BoundSession(self, session)
+        finally:
+            try:
+                await arun(self._end_session(session))
+            except PoolError:
+                pass
+
     def end_session(self, session: Any) -> None:
         """Drop the session and its state in its worker; SessionNotFound if unknown."""
-        with _lock:
-            _bindings.get(self._key(), {}).pop(session, None)
-        self._ask(END_SESSION, session)
+        run(self._end_session(session))
+
+    async def _end_session(self, session: Any) -> None:
+        with _caller.lock:
+            _caller.bindings.get(self._key(), {}).pop(session, None)
+        await _caller.ask(self, END_SESSION, session)
 
     # ---- looking -------------------------------------------------------------------
 
@@ -486,18 +327,49 @@ class Pool:
         child would be restarted. ``timeout`` bounds the whole stop (None or
         ``math.inf``: no limit)."""
         lowlevel.check_timeout(timeout, "stop timeout")
-        with _lock:
-            _settings.pop(self._key(), None)
+        with _caller.lock:
+            _caller.settings_cache.pop(self._key(), None)
         supervisor = self._settings().supervisor  # asked again: the server may be new
-        with _lock:
-            _bindings.pop(self._key(), None)
-            _settings.pop(self._key(), None)
+        with _caller.lock:
+            _caller.bindings.pop(self._key(), None)
+            _caller.settings_cache.pop(self._key(), None)
         otpy.unlink(supervisor)
         otpy.Supervisor.stop(supervisor, "shutdown", timeout=timeout)
 
 
+def _check_input(command: Any, session: Any) -> None:
+    check_command(command)
+    if session is not None:
+        check_session(session)
+
+
+def _check_batch(command: Any, calls: Any, session: Any, window: Any) -> list:
+    """execute_many's input, every entry checked before any is sent."""
+    _check_input(command, session)
+    calls = list(calls)
+    check_batch(calls, window)
+    return calls
+
+
+def _results(outcomes: list, return_exceptions: bool) -> list:
+    """Each entry's value in order; the first error raised unless ``return_exceptions``."""
+    results = []
+    for outcome in outcomes:
+        if outcome[0] != OK and not return_exceptions:
+            raise outcome[1]
+        results.append(outcome[1])
+    return results
+
+
+def _session_id(session: Any) -> Any:
+    if session is None:
+        raise ValueError("a session id cannot be None")
+    return session
+
+
 class CheckedOut:
-    """A worker held by ``checkout()``: run session-less commands on it."""
+    """A worker held by ``checkout()``: run session-less commands on it (from
+    several threads if you like; from one task with ``acheckout()``)."""
 
     def __init__(self, pool: Pool, worker: otpy.Pid, token: Any, wait: float | None) -> None:
         self.pool = pool
@@ -506,27 +378,40 @@ class CheckedOut:
         self._wait = wait
         self._lock = threading.Lock()
 
-    def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
+    def execute(self, command: str, *args: Any, timeout: Any = UNSET, **kwargs: Any) -> Any:
         """Run ``command`` on the held worker; ``timeout`` as in ``Pool.execute``
         (default: the pool's ``command_timeout``). If the held worker dies
         before the command started, the checkout moves to a new worker (the
         old one's state died with it) and the command runs there."""
         check_command(command)
-        timeout = self.pool._run_timeout(timeout)
+        timeout = run(_caller.run_timeout(self.pool, timeout))
         for _ in range(RETRIES):
             worker = self.pid
             try:
-                return self.pool._run_on(worker, self._token, command, args, kwargs, timeout)
+                return run(self._run(worker, command, args, kwargs, timeout))
             except NotRun:
-                self._replace(worker)
+                with self._lock:  # once, whichever thread of the holder sees it first
+                    if self.pid == worker:
+                        self.pid = run(_caller.checkout(self.pool, self._token, self._wait))
         raise PoolError(f"pool {self.pool.name!r}: no live worker to run {command!r} on")
 
-    def _replace(self, dead: otpy.Pid) -> None:
-        """The held worker died: hold a new one under the same checkout (once,
-        whichever thread of the holder sees it first)."""
-        with self._lock:
-            if self.pid == dead:
-                self.pid = self.pool._checkout(self._token, self._wait)
+    async def aexecute(self, command: str, *args: Any, timeout: Any = UNSET,
+                       **kwargs: Any) -> Any:
+        """``execute`` for asyncio (one task at a time per checkout)."""
+        check_command(command)
+        timeout = await arun(_caller.run_timeout(self.pool, timeout))
+        for _ in range(RETRIES):
+            worker = self.pid
+            try:
+                return await arun(self._run(worker, command, args, kwargs, timeout))
+            except NotRun:
+                if self.pid == worker:
+                    self.pid = await arun(_caller.checkout(self.pool, self._token, self._wait))
+        raise PoolError(f"pool {self.pool.name!r}: no live worker to run {command!r} on")
+
+    def _run(self, worker: otpy.Pid, command: str, args: tuple, kwargs: dict,
+             timeout: float | None) -> Any:
+        return _caller.run_on(self.pool, worker, self._token, command, args, kwargs, timeout)
 
     def call_function(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self.execute(FUNCTION, fn, args, kwargs)
@@ -539,5 +424,10 @@ class BoundSession:
         self.pool = pool
         self.id = session
 
-    def execute(self, command: str, *args: Any, timeout: Any = _UNSET, **kwargs: Any) -> Any:
+    def execute(self, command: str, *args: Any, timeout: Any = UNSET, **kwargs: Any) -> Any:
         return self.pool.execute(command, *args, session=self.id, timeout=timeout, **kwargs)
+
+    async def aexecute(self, command: str, *args: Any, timeout: Any = UNSET,
+                       **kwargs: Any) -> Any:
+        return await self.pool.aexecute(command, *args, session=self.id, timeout=timeout,
+                                        **kwargs)

@@ -183,7 +183,10 @@ async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
                        deadline: Any = _DEFAULT) -> None:
     """As ProcessContext.send_encoded; while the receiver's buffer is full
     the task waits for room (the loop watches the stream's write end)."""
-    if pid == ctx.pid or not _full(ctx, pid, kind, body):
+    if pid == ctx.pid:  # to our own mailbox: never full
+        ctx.send_encoded(pid, kind, body)
+        return
+    if not _full(ctx, pid, kind, body):
         return
     if deadline is _DEFAULT:
         deadline = _monotonic() + SEND_TIMEOUT

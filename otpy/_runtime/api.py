@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Literal, overload
 
 from . import reasons, wire
@@ -107,6 +108,22 @@ async def areceive(timeout: float | None = None,
 
     ctx = context()
     return await aio.receive(ctx, check_timeout(timeout, "receive timeout"), match)
+
+
+async def asend(dest: Pid | str, message: Any, *, timeout: float | None = None) -> None:
+    """As :func:`send`, for asyncio: while the receiver's buffer is full the
+    task waits for room (at most ``timeout``: as for ``send``), not the thread."""
+    from . import aio
+
+    ctx = context()
+    pid = ctx.resolve(dest)
+    kind, body = wire.encode(message)
+    if timeout is None:
+        deadline = DEFAULT_SEND_DEADLINE
+    else:
+        seconds = check_timeout(timeout, "send timeout")
+        deadline = None if seconds is None else time.monotonic() + seconds
+    await aio.send_encoded(ctx, pid, kind, body, deadline)
 
 
 def send_after(dest: Pid | str, message: Any, delay: float) -> Ref:

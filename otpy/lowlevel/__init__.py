@@ -13,7 +13,8 @@ docs/lowlevel.md.
 - calls: :func:`call` / :func:`reply` / :class:`From` (the call convention),
   :func:`request` (wait for a reply or the callee's death, with your own
   message format), :func:`ask` / :func:`dispatch` (an operation whose
-  server-side error is raised in the caller), :func:`resolve`.
+  server-side error is raised in the caller), :func:`resolve`; for asyncio
+  :func:`acall`, :func:`arequest`, :func:`asend` (a task waits, not a thread).
 - stopping: :func:`await_down`, :func:`stop_process` (exit signal, bounded
   wait, kill), :func:`kill` (an untrappable kill that records a reason), and
   the supervisor's shutdown protocol (:func:`shutdown_child`,
@@ -39,7 +40,7 @@ docs/lowlevel.md.
   process applies to itself: slow, partition, corrupt, memory, fds).
 """
 
-from .._runtime.api import annotate, spawn_opt, tally
+from .._runtime.api import annotate, asend, spawn_opt, tally
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
 from ._calls import (CALL, DEFAULT_TIMEOUT, From, acall, arequest, ask, call, dispatch, reply,
@@ -63,7 +64,7 @@ __all__ = [
     "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
-    "annotate", "spawn_opt", "tally", "current_namespace", "describe_reason", "enter_namespace",
+    "annotate", "asend", "spawn_opt", "tally", "current_namespace", "describe_reason", "enter_namespace",
     "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
     "start", "unregister_in", "zygote_os_pid", "keeper_os_pid",

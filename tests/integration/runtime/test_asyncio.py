@@ -180,3 +180,13 @@ def test_arequest_is_the_building_block():
     me = otpy.self()
     ref = otpy.make_ref()
     assert run(lowlevel.arequest(pid, (lowlevel.CALL, (me, ref), "r"), ref, None)) == "r"
+
+
+def test_asend_delivers_and_refuses_a_bad_timeout_before_sending():
+    me = otpy.self()
+    run(lowlevel.asend(me, ("asent", 1)))
+    assert otpy.receive(timeout=DEADLINE, match=lambda m: m[:1] == ("asent",)) == ("asent", 1)
+    with pytest.raises(ValueError, match="send timeout"):
+        run(lowlevel.asend(me, ("asent", 2), timeout=-1))
+    with pytest.raises(otpy.Timeout):
+        otpy.receive(timeout=0, match=lambda m: m[:1] == ("asent",))

@@ -1,0 +1,295 @@
+"""The caller's side of a pool, as coroutines that ``_io.run`` drives in a
+thread and ``_io.arun`` in an asyncio task (``Pool.execute`` and
+``Pool.aexecute`` run the same code).
+
+What a caller does: ask the server (waiting briefly for a replaced one),
+bind a session, run a command on its worker, and, when that worker dies
+with the command unanswered, find out whether it ever started: a command
+that never ran runs again on the session's new worker (or another free
+one) within what is left of its deadline; only the one that was running
+gets WorkerCrashed. A session-less command checks a worker out for its
+run. Per OS process, a handle caches each session's worker and the pool's
+settings, so a bound session's command is one round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import otpy
+from otpy import lowlevel
+
+from ._calls import NotRun, result, run_call
+from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, SessionLost,
+                      WorkerCrashed, duration)
+from ._io import Call, Request, Sleep
+from ._pool_options import Settings, seconds
+from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, ERROR, LOST, MOVED,
+                        RAN, REPLACE, RETIRED, RETURN, SETTINGS, UNBOUND, UNKNOWN)
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+UNSET: Any = object()  # "the pool's default" (None means no limit)
+RETRIES = 8  # workers one command (or batch) may move to: deaths, moved sessions
+MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
+SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
+
+# Per pool, for this OS process: session -> worker (stale entries are
+# harmless: a worker answers UNBOUND for a session it does not hold, and the
+# caller asks again), and the pool's settings.
+bindings: dict[tuple[str, str], dict[Any, otpy.Pid]] = {}
+settings_cache: dict[tuple[str, str], Settings] = {}
+lock = threading.Lock()
+
+
+# ---- the server -----------------------------------------------------------------------------
+
+async def ask(pool: "Pool", *request: Any, timeout: float | None = None) -> Any:
+    """One operation on the server; its error raised here. A server that is
+    being replaced (its supervisor restarts it) is waited for, briefly."""
+    for attempt in (1, 2, 3):
+        server = await await_server(pool)
+        try:
+            outcome, value = await Call(server, request, timeout)
+        except otpy.Exited as exc:  # NoProc included
+            if attempt == 3:
+                raise PoolError(f"pool {pool.name!r}: its server exited: "
+                                f"{lowlevel.describe_reason(exc.reason)}") from None
+            continue
+        if outcome == ERROR:
+            raise value
+        return value
+    raise AssertionError("unreachable")
+
+
+async def await_server(pool: "Pool") -> otpy.Pid:
+    """The server's pid. Between a server's death and its replacement's
+    start the name is unregistered: polled for up to SERVER_WAIT."""
+    deadline = time.monotonic() + SERVER_WAIT
+    delay = 0.002
+    while True:
+        try:
+            return pool._server()
+        except otpy.NoProc:
+            if time.monotonic() + delay > deadline:
+                raise PoolNotRunning(f"pool {pool.name!r} is not running") from None
+            await Sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+async def settings(pool: "Pool") -> Settings:
+    """The pool's defaults, asked once per process and pool."""
+    key = pool._key()
+    found = settings_cache.get(key)
+    if found is None:
+        found = settings_cache[key] = await ask(pool, SETTINGS)
+    return found
+
+
+async def run_timeout(pool: "Pool", timeout: Any) -> float | None:
+    """A command's bound on its run: the pool's ``command_timeout`` unless
+    given; None (or ``math.inf``) is no bound, returned as None."""
+    if timeout is UNSET:
+        return (await settings(pool)).command_timeout
+    return seconds(timeout, "timeout")
+
+
+async def wait_for_worker(pool: "Pool", checkout_timeout: Any) -> float | None:
+    """A wait for a free worker: the pool's ``checkout_timeout`` for None,
+    else the value checked (``math.inf``: no limit, returned as None)."""
+    if checkout_timeout is None:
+        return (await settings(pool)).checkout_timeout
+    return seconds(checkout_timeout, "checkout_timeout")
+
+
+# ---- sessions ------------------------------------------------------------------------------
+
+def session_cache(pool: "Pool") -> dict[Any, otpy.Pid]:
+    """This OS process's session -> worker cache for the pool."""
+    key = pool._key()
+    cache = bindings.get(key)
+    if cache is None:
+        with lock:
+            cache = bindings.setdefault(key, {})
+    return cache
+
+
+async def bound(pool: "Pool", cache: dict, sid: Any, stale: otpy.Pid | None) -> otpy.Pid:
+    """The session's worker: cached, else bound by the server (``stale``:
+    a worker that turned out not to hold it)."""
+    worker = cache.get(sid)
+    if worker is None:
+        worker = cache[sid] = await ask(pool, BIND, sid, stale)
+    return worker
+
+
+def forget(cache: dict, sid: Any, worker: otpy.Pid) -> otpy.Pid:
+    if cache.get(sid) == worker:
+        cache.pop(sid, None)
+    return worker
+
+
+async def run_in_session(pool: "Pool", sid: Any, command: str, args: tuple, kwargs: dict,
+                         timeout: float | None) -> Any:
+    """The command on the session's worker. If that worker dies before the
+    command started (it was queued behind the one running, or on its way
+    to a worker already dead), it runs on the session's new worker, after
+    the replay, within what is left of its own deadline."""
+    cache = session_cache(pool)
+    stale = None
+    end = None if timeout is None else time.monotonic() + timeout
+    for _ in range(RETRIES):
+        worker = await bound(pool, cache, sid, stale)
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:  # a retry with no time left: nothing ran
+            raise CommandTimeout(f"command {command!r} of session {sid!r} did not start "
+                                 f"within {duration(timeout)}: its worker died first")
+        try:
+            outcome = await session_run(pool, worker, sid, command, args, kwargs, left, timeout)
+        except NotRun:
+            stale = forget(cache, sid, worker)
+            continue
+        if outcome[0] in (UNBOUND, MOVED):  # not (or no longer) its worker
+            forget(cache, sid, worker)
+            stale = worker if outcome[0] == MOVED else None
+            continue
+        if outcome[0] == LOST:
+            raise SessionLost(sid, outcome[1]) from None
+        return result(outcome)
+    raise PoolError(f"pool {pool.name!r}: session {sid!r} could not be bound to a worker")
+
+
+async def session_run(pool: "Pool", worker: otpy.Pid, sid: Any, command: str, args: tuple,
+                      kwargs: dict, left: float | None, timeout: float | None) -> tuple:
+    """One RUN of a session's command on ``worker``: its outcome; NotRun if
+    the worker died before it started (dead before it got it included:
+    NoProc, whose reason is "noproc")."""
+    ref = otpy.make_ref()
+    try:
+        return await Request(worker, run_call(ref, sid, command, args, kwargs), ref, left)
+    except otpy.Exited as exc:
+        if await never_started(pool, worker, ref, exc.reason):
+            raise NotRun() from None
+        forget(session_cache(pool), sid, worker)
+        raise WorkerCrashed(exc.reason) from None
+    except otpy.Timeout:
+        forget(session_cache(pool), sid, worker)
+        await deadline(pool, worker, None)
+        raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
+                             f"{duration(timeout)}; its worker was replaced") from None
+
+
+# ---- a worker's death, a deadline -----------------------------------------------------------
+
+async def never_started(pool: "Pool", worker: otpy.Pid, ref: otpy.Ref, reason: Any) -> bool:
+    """The worker died with our command (sent with ``ref``) unanswered:
+    True if it never started it (so it can run elsewhere), False if it was
+    running it or nobody can tell (at most once: never run it twice).
+
+    The worker's counts page names the command it was running (see
+    _counters); the server reads it at its death. A worker that was dead
+    before ("noproc"), retired, or stopped by its supervisor ("shutdown":
+    that comes after the command running then) ran none of ours."""
+    if reason in ("noproc", "shutdown") or reason == RETIRED:
+        return True
+    try:
+        running = await ask(pool, RAN, worker)
+    except PoolError:  # no server: nobody can tell
+        return False
+    return running != UNKNOWN and running != (ref.origin[1], ref.n)
+
+
+async def deadline(pool: "Pool", worker: otpy.Pid, token: Any) -> None:
+    """Have the server kill (and count, and replace) a worker past its deadline."""
+    try:
+        await ask(pool, DEADLINE, worker, token)
+    except PoolError:  # no server now: kill it ourselves (planned: no crash report)
+        lowlevel.kill(worker, ("shutdown", "command_timeout"))
+
+
+# ---- session-less commands: a worker checked out for the run --------------------------------
+
+async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session: Any,
+                  timeout: Any, checkout_timeout: Any) -> Any:
+    """``Pool.execute``'s and ``aexecute``'s work, its input checked by them."""
+    timeout = await run_timeout(pool, timeout)
+    wait = await wait_for_worker(pool, checkout_timeout)
+    if session is not None:
+        return await run_in_session(pool, session, command, args, kwargs, timeout)
+    for _ in range(RETRIES):
+        async with checked_out(pool, wait) as (worker, token):
+            try:
+                return await run_on(pool, worker, token, command, args, kwargs, timeout)
+            except NotRun:
+                continue  # it died before our command started: another one
+    raise PoolError(f"pool {pool.name!r}: no live worker to run {command!r} on")
+
+
+async def run_on(pool: "Pool", worker: otpy.Pid, token: Any, command: str, args: tuple,
+                 kwargs: dict, timeout: float | None) -> Any:
+    """A command on a checked-out worker; NotRun if the worker died before
+    the command started (the caller runs it on another one)."""
+    ref = otpy.make_ref()
+    try:
+        outcome = await Request(worker, run_call(ref, None, command, args, kwargs), ref, timeout)
+    except otpy.NoProc:
+        try:
+            await ask(pool, RAN, worker)  # the server takes its Down first
+        except PoolError:
+            pass
+        raise NotRun() from None
+    except otpy.Exited as exc:
+        if await never_started(pool, worker, ref, exc.reason):
+            raise NotRun() from None
+        raise WorkerCrashed(exc.reason) from None
+    except otpy.Timeout:
+        await deadline(pool, worker, token)
+        raise CommandTimeout(f"command {command!r} ran past {duration(timeout)}; "
+                             "its worker was replaced") from None
+    return result(outcome)
+
+
+async def checkout(pool: "Pool", token: Any, wait: float | None) -> otpy.Pid:
+    """A free worker, held under ``token``, waiting up to ``wait`` (None: no
+    limit). Given up (the caller's timeout, or its task cancelled), the
+    place in the queue is given up too, and a worker given meanwhile returns."""
+    try:
+        return await ask(pool, CHECKOUT, token, wait,
+                         timeout=None if wait is None else wait + MARGIN)
+    except otpy.Timeout:
+        pool._cast((CANCEL, token))
+        raise PoolTimeout(f"no worker of pool {pool.name!r} within {duration(wait)}") from None
+    except BaseException:
+        pool._cast((CANCEL, token))
+        raise
+
+
+def checkin_how(error: BaseException | None, replace_on_error: bool) -> str:
+    """How a checkout ends: RETURN, DEAD (its worker died: the server takes
+    its Down rather than reuse it) or, after another error with
+    ``replace_on_error``, REPLACE (its state is unknown)."""
+    if error is None:
+        return RETURN
+    if isinstance(error, (WorkerCrashed, NotRun)):
+        return DEAD
+    return REPLACE if replace_on_error else RETURN
+
+
+@contextlib.asynccontextmanager
+async def checked_out(pool: "Pool", wait: float | None,
+                      replace_on_error: bool = False) -> AsyncIterator[tuple[otpy.Pid, Any]]:
+    """Hold a worker for the block, then return it (see checkin_how)."""
+    token = otpy.make_ref()
+    worker = await checkout(pool, token, wait)
+    error = None
+    try:
+        yield worker, token
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        pool._cast((CHECKIN, token, checkin_how(error, replace_on_error)))

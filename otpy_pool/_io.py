@@ -1,0 +1,166 @@
+"""The caller's side written once, for threads and for asyncio.
+
+A pool's caller logic (bind a session, run a command, retry where a worker
+died before the command started, check a worker out and back in) is
+written as coroutines that wait only on the operations below: a call, a
+request, a receive, a send, a pause. ``run`` drives such a coroutine in
+the calling thread, doing each operation the blocking way (``Pool.execute``);
+``arun`` drives it in an asyncio task, doing each the asyncio way
+(``Pool.aexecute``), so the task waits and the thread does not. One
+implementation, two ways to wait: the sync and async forms cannot drift
+apart in semantics, errors or counts.
+
+An operation's error is raised at the ``await`` that asked for it. A task
+cancelled while it waits has ``CancelledError`` raised there too, so the
+coroutine's own cleanup (give up a place in the queue, return a worker)
+runs as it does for any error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Coroutine
+
+import otpy
+from otpy import lowlevel
+
+
+class _Operation:
+    """``await op`` hands the operation to whichever driver runs the coroutine."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return (yield self)
+
+
+class Call(_Operation):
+    """``otpy.call(server, request, timeout)``: server is a Pid or a name."""
+
+    __slots__ = ("server", "request", "timeout")
+
+    def __init__(self, server: Any, request: Any, timeout: float | None) -> None:
+        self.server, self.request, self.timeout = server, request, timeout
+
+
+class Request(_Operation):
+    """``lowlevel.request``: a call with a message and ref of our own."""
+
+    __slots__ = ("pid", "message", "ref", "timeout")
+
+    def __init__(self, pid: otpy.Pid, message: Any, ref: otpy.Ref,
+                 timeout: float | None) -> None:
+        self.pid, self.message, self.ref, self.timeout = pid, message, ref, timeout
+
+
+class Receive(_Operation):
+    """The first queued message ``match`` accepts (Timeout after ``timeout``)."""
+
+    __slots__ = ("match", "timeout")
+
+    def __init__(self, match: Callable[[Any], bool], timeout: float | None) -> None:
+        self.match, self.timeout = match, timeout
+
+
+class Send(_Operation):
+    """``otpy.send``; waits for room in a full receiver at most ``timeout``."""
+
+    __slots__ = ("pid", "message", "timeout")
+
+    def __init__(self, pid: otpy.Pid, message: Any, timeout: float | None) -> None:
+        self.pid, self.message, self.timeout = pid, message, timeout
+
+
+class Sleep(_Operation):
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+def _call(op: Call) -> Any:
+    return otpy.call(op.server, op.request, timeout=op.timeout)
+
+
+def _request(op: Request) -> Any:
+    return lowlevel.request(op.pid, op.message, op.ref, op.timeout)
+
+
+def _receive(op: Receive) -> Any:
+    return otpy.receive(timeout=op.timeout, match=op.match)
+
+
+def _send(op: Send) -> Any:
+    return otpy.send(op.pid, op.message, timeout=op.timeout)
+
+
+def _sleep(op: Sleep) -> Any:
+    time.sleep(op.seconds)  # a caller's own backoff (a server being replaced), never a test's
+
+
+_BLOCKING: dict[type, Callable[[Any], Any]] = {
+    Call: _call, Request: _request, Receive: _receive, Send: _send, Sleep: _sleep}
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Drive ``coroutine`` in this thread, each operation done blocking."""
+    send: Callable[[Any], Any] = coroutine.send
+    value: Any = None
+    try:
+        while True:
+            operation = send(value)
+            try:
+                value = _BLOCKING[type(operation)](operation)
+                send = coroutine.send
+            except BaseException as exc:  # raised where the coroutine awaited it
+                value = exc
+                send = coroutine.throw
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        coroutine.close()
+
+
+async def _acall(op: Call) -> Any:
+    return await otpy.acall(op.server, op.request, timeout=op.timeout)
+
+
+async def _arequest(op: Request) -> Any:
+    return await lowlevel.arequest(op.pid, op.message, op.ref, op.timeout)
+
+
+async def _areceive(op: Receive) -> Any:
+    return await otpy.areceive(timeout=op.timeout, match=op.match)
+
+
+async def _asend(op: Send) -> Any:
+    return await lowlevel.asend(op.pid, op.message, timeout=op.timeout)
+
+
+async def _asleep(op: Sleep) -> Any:
+    import asyncio
+
+    await asyncio.sleep(op.seconds)
+
+
+_ASYNC: dict[type, Callable[[Any], Any]] = {
+    Call: _acall, Request: _arequest, Receive: _areceive, Send: _asend, Sleep: _asleep}
+
+
+async def arun(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Drive ``coroutine`` in the calling task, each operation awaited."""
+    send: Callable[[Any], Any] = coroutine.send
+    value: Any = None
+    try:
+        while True:
+            operation = send(value)
+            try:
+                value = await _ASYNC[type(operation)](operation)
+                send = coroutine.send
+            except BaseException as exc:  # CancelledError included: the coroutine cleans up
+                value = exc
+                send = coroutine.throw
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        coroutine.close()
