@@ -14,13 +14,15 @@ Who does what (see docs/breaker_and_limiter.md for the reasoning):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
 import random
 import threading
 import time
-from typing import Any, Callable, TypeVar
+import weakref
+from typing import Any, Awaitable, Callable, TypeVar
 
 import otpy
 from otpy import ChildSpec, Pid
@@ -32,6 +34,7 @@ from ._breaker_owner import (C_CLOSED, C_DISABLED, C_OPEN, FAULT_SCALE, NAMES, R
                              SLOT_BASE, W_FAULT, W_GATE, W_HALF_OPEN_AT, W_STATE, BreakerEvent,
                              BreakerOwner, slot_words)
 from ._errors import BreakerNotRunning, BreakerTimeout, CircuitOpen
+from ._io import arun, run
 from ._shared_handle import DEFAULT_TIMEOUT, Handle
 from ._shared_memory import Page
 from ._shared_owner import OwnerLink
@@ -109,7 +112,7 @@ class CircuitBreaker(Handle):
     caller's (an isolated tree's, in tests); ``timeout`` bounds each call to
     the owner, a restart waited out included (None or ``math.inf``: no limit)."""
 
-    __slots__ = ("_local",)
+    __slots__ = ("_local", "_tasks")
 
     KIND = "circuit breaker"
     NOT_RUNNING = BreakerNotRunning
@@ -120,6 +123,7 @@ class CircuitBreaker(Handle):
                  timeout: float | None = DEFAULT_TIMEOUT) -> None:
         super().__init__(name, namespace=namespace, timeout=timeout)
         self._local: threading.local | None = None
+        self._tasks: weakref.WeakKeyDictionary | None = None  # asyncio task -> its admissions
 
     # ---- starting ------------------------------------------------------------------------
 
@@ -172,20 +176,37 @@ class CircuitBreaker(Handle):
         self._succeeded(conn, trial)
         return result
 
-    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:
-        """As a decorator: every call of ``fn`` goes through the breaker.
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """``call`` for asyncio: awaits ``fn(*args, **kwargs)`` if the breaker
+        lets it (the outcome is the awaited one's); CircuitOpen if not."""
+        conn, trial = await arun(self._admission(self._conn))
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            await arun(self._outcome(conn, exc, trial))
+            raise
+        await arun(self._outcome(conn, None, trial))
+        return result
 
-        An ``async def`` or a generator function is refused (TypeError): the
-        breaker would see only the coroutine or generator being created, and
-        count that as a success, while the work (and its failure) comes later.
+    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """As a decorator: every call of ``fn`` goes through the breaker; for
+        an ``async def``, every awaited call (``acall``).
+
+        A generator function (sync or async) is refused (TypeError): the
+        breaker would see only the generator being created, and count that as
+        a success, while the work (and its failure) comes later.
         """
         if not callable(fn):
             raise TypeError(f"CircuitBreaker decorates a callable, not {fn!r}")
-        if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn) \
-                or inspect.isasyncgenfunction(fn):
-            raise TypeError(f"CircuitBreaker cannot guard {fn.__qualname__}: it is an async "
-                            "def or a generator function, whose work runs after the call "
-                            "returns; guard the code that awaits or consumes it instead")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"CircuitBreaker cannot guard {fn.__qualname__}: it is a generator "
+                            "function, whose work runs after the call returns; guard the "
+                            "code that consumes it instead")
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def aguarded(*args: Any, **kwargs: Any) -> Any:
+                return await self.acall(fn, *args, **kwargs)
+            return aguarded  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> T:
@@ -193,24 +214,48 @@ class CircuitBreaker(Handle):
         return guarded
 
     def __enter__(self) -> "CircuitBreaker":
-        conn, trial = self._admit(self._conn)
+        self._stack().append(self._admit(self._conn))
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        conn, trial = self._stack().pop()
+        if exc is None:
+            self._succeeded(conn, trial)
+        else:
+            self._failed(conn, exc, trial)
+
+    async def __aenter__(self) -> "CircuitBreaker":
+        """``async with breaker:`` as ``with``, for asyncio. Admissions are
+        kept per task (a task's ``async with`` blocks nest)."""
+        admitted = await arun(self._admission(self._conn))
+        self._task_stack().append(admitted)
+        return self
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        conn, trial = self._task_stack().pop()
+        await arun(self._outcome(conn, exc, trial))
+
+    def _stack(self) -> list:
+        """This thread's admissions of ``with`` blocks, innermost last."""
         local = self._local
         if local is None:
             local = self._local = threading.local()
         stack = getattr(local, "stack", None)
         if stack is None:
             stack = local.stack = []
-        stack.append((conn, trial))
-        return self
+        return stack
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        conn, trial = self._local.stack.pop()  # type: ignore[union-attr]
-        if exc is None:
-            self._succeeded(conn, trial)
-        else:
-            self._failed(conn, exc, trial)
+    def _task_stack(self) -> list:
+        """This task's admissions of ``async with`` blocks, innermost last."""
+        stacks = self._tasks
+        if stacks is None:
+            stacks = self._tasks = weakref.WeakKeyDictionary()
+        return stacks.setdefault(asyncio.current_task(), [])
 
     def _admit(self, conn: _Connection) -> tuple[_Connection, Any]:
+        return run(self._admission(conn))
+
+    async def _admission(self, conn: _Connection) -> tuple[_Connection, Any]:
         """Count the call and decide: run it (trial None), run it as a granted
         half-open trial (its token), or raise CircuitOpen."""
         if conn.dead:
@@ -234,7 +279,7 @@ class CircuitBreaker(Handle):
                 self._reject(conn, left / 1e9)
         # half-open, or open and due: the owner decides who gets a trial slot
         trial = (conn.me, next(conn.tokens))
-        verdict, retry_after = conn.owner.ask(("trial", trial), self.timeout)
+        verdict, retry_after = await conn.owner.asking(("trial", trial), self.timeout)
         if verdict == "trial":
             return conn, trial
         if verdict == "run":
@@ -252,18 +297,30 @@ class CircuitBreaker(Handle):
             self._report(conn, ("success", trial))
 
     def _failed(self, conn: _Connection, exc: BaseException, trial: Any) -> None:
-        if isinstance(exc, conn.ignore) or not isinstance(exc, conn.failure_on):
+        run(self._outcome(conn, exc, trial))
+
+    async def _outcome(self, conn: _Connection, exc: BaseException | None, trial: Any) -> None:
+        """Count how an admitted call ended (``exc`` None: it succeeded); a
+        trial's outcome, or any failure, is told to the owner."""
+        if exc is None:
+            conn.words[conn.successes] += 1
+            if trial is not None:
+                await self._reporting(conn, ("success", trial))
+        elif isinstance(exc, conn.ignore) or not isinstance(exc, conn.failure_on):
             conn.words[conn.neither] += 1
             if trial is not None:
-                self._report(conn, ("release", trial))  # neither failure nor success
-            return
-        self._report(conn, ("failure", trial))
+                await self._reporting(conn, ("release", trial))  # neither failure nor success
+        else:
+            await self._reporting(conn, ("failure", trial))
 
     def _report(self, conn: _Connection, request: tuple) -> None:
-        """Tell the owner an outcome, synchronously. If it cannot be reached
-        the guarded call's own result or exception still reaches the caller."""
+        run(self._reporting(conn, request))
+
+    async def _reporting(self, conn: _Connection, request: tuple) -> None:
+        """Tell the owner an outcome. If it cannot be reached the guarded
+        call's own result or exception still reaches the caller."""
         try:
-            conn.owner.ask(request, self.timeout)
+            await conn.owner.asking(request, self.timeout)
         except BreakerNotRunning as exc:
             lowlevel.logger(breaker=self.name).warning(
                 "circuit breaker outcome not recorded", outcome=request[0], error=str(exc))

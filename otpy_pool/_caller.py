@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import otpy
 from otpy import lowlevel
 
-from ._calls import NotRun, result, run_call
+from ._calls import NotRun, check_command, check_session, result, run_call
 from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, SessionLost,
                       WorkerCrashed, duration)
 from ._io import Call, Request, Sleep
@@ -209,6 +209,13 @@ async def deadline(pool: "Pool", worker: otpy.Pid, token: Any) -> None:
         await ask(pool, DEADLINE, worker, token)
     except PoolError:  # no server now: kill it ourselves (planned: no crash report)
         lowlevel.kill(worker, ("shutdown", "command_timeout"))
+
+
+def check_input(command: Any, session: Any) -> None:
+    """A command's name and session id, checked before anything is sent."""
+    check_command(command)
+    if session is not None:
+        check_session(session)
 
 
 # ---- session-less commands: a worker checked out for the run --------------------------------

@@ -18,6 +18,7 @@ runs as it does for any error.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable, Coroutine
 
@@ -71,11 +72,31 @@ class Send(_Operation):
         self.pid, self.message, self.timeout = pid, message, timeout
 
 
+class Ask(_Operation):
+    """``lowlevel.ask``: a call whose server-side error is raised here."""
+
+    __slots__ = ("server", "request", "timeout")
+
+    def __init__(self, server: Any, request: tuple, timeout: float | None) -> None:
+        self.server, self.request, self.timeout = server, request, timeout
+
+
 class Sleep(_Operation):
     __slots__ = ("seconds",)
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+
+
+class Blocking(_Operation):
+    """A call into a library that only blocks (a Redis client): made in the
+    thread that drives the coroutine; from asyncio, in the loop's default
+    executor (a bounded pool of threads, never one per call)."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn, self.args = fn, args
 
 
 def _call(op: Call) -> Any:
@@ -94,12 +115,21 @@ def _send(op: Send) -> Any:
     return otpy.send(op.pid, op.message, timeout=op.timeout)
 
 
+def _ask(op: Ask) -> Any:
+    return lowlevel.ask(op.server, op.request, op.timeout)
+
+
+def _blocking(op: Blocking) -> Any:
+    return op.fn(*op.args)
+
+
 def _sleep(op: Sleep) -> Any:
     time.sleep(op.seconds)  # a caller's own backoff (a server being replaced), never a test's
 
 
 _BLOCKING: dict[type, Callable[[Any], Any]] = {
-    Call: _call, Request: _request, Receive: _receive, Send: _send, Sleep: _sleep}
+    Call: _call, Request: _request, Receive: _receive, Send: _send, Sleep: _sleep, Ask: _ask,
+    Blocking: _blocking}
 
 
 def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -138,13 +168,20 @@ async def _asend(op: Send) -> Any:
 
 
 async def _asleep(op: Sleep) -> Any:
-    import asyncio
-
     await asyncio.sleep(op.seconds)
 
 
+async def _aask(op: Ask) -> Any:
+    return await lowlevel.aask(op.server, op.request, op.timeout)
+
+
+async def _ablocking(op: Blocking) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, op.fn, *op.args)
+
+
 _ASYNC: dict[type, Callable[[Any], Any]] = {
-    Call: _acall, Request: _arequest, Receive: _areceive, Send: _asend, Sleep: _asleep}
+    Call: _acall, Request: _arequest, Receive: _areceive, Send: _asend, Sleep: _asleep,
+    Ask: _aask, Blocking: _ablocking}
 
 
 async def arun(coroutine: Coroutine[Any, Any, Any]) -> Any:

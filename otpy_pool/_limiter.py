@@ -17,15 +17,17 @@ the owner only holds the configuration (and checks Redis at start).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from otpy import ChildSpec
 
 from . import _checks as checks
 from . import _shared_owner as owners
+from ._io import arun
 from ._errors import LimiterNotRunning, LimiterTimeout, RateLimited
 from ._limiter_algorithms import ALGORITHMS
 from ._limiter_owner import LimiterOwner
@@ -63,6 +65,30 @@ MAX_LIMIT = 2 ** 62
 def _check_limit(limit: Any, cost: Any) -> None:
     checks.count(limit, "limit", minimum=1, maximum=MAX_LIMIT)
     checks.count(cost, "cost", minimum=1, maximum=MAX_LIMIT)
+
+
+def _checked_hit(key: Any, limit: Any, window: Any, cost: Any) -> int:
+    """A hit's arguments checked (the error names the bad one); its window in ns."""
+    check_key(key)
+    if type(limit) is not int or type(cost) is not int or not 1 <= limit <= MAX_LIMIT \
+            or not 1 <= cost <= MAX_LIMIT:
+        _check_limit(limit, cost)
+    if type(window) is float and 0.0 < window < 1e10:
+        return round(window * 1_000_000_000) or 1
+    return _window_ns(window)
+
+
+def _acquire_deadline(timeout: Any) -> float:
+    seconds = checks.seconds(timeout, "acquire timeout", zero=True)
+    return math.inf if seconds is None else time.monotonic() + seconds
+
+
+def _acquire_wait(decision: Decision, deadline: float, limit: int, cost: int) -> float:
+    """How long until a denied hit may be allowed, or RateLimited at once
+    if that is past the deadline (or never)."""
+    if cost > limit or decision.retry_after > deadline - time.monotonic():
+        raise RateLimited(decision.retry_after, decision)
+    return decision.retry_after
 
 
 def _window_ns(window: Any) -> int:
@@ -146,14 +172,7 @@ class RateLimiter(Handle):
         return self._hit(key, limit, window, cost, False)
 
     def _hit(self, key: Any, limit: int, window: float, cost: int, count: bool) -> Decision:
-        check_key(key)
-        if type(limit) is not int or type(cost) is not int or not 1 <= limit <= MAX_LIMIT \
-                or not 1 <= cost <= MAX_LIMIT:
-            _check_limit(limit, cost)
-        if type(window) is float and 0.0 < window < 1e10:
-            window_ns = round(window * 1_000_000_000) or 1
-        else:
-            window_ns = _window_ns(window)
+        window_ns = _checked_hit(key, limit, window, cost)
         backend = self._conn
         if backend.dead:
             backend = self._connection()
@@ -162,6 +181,25 @@ class RateLimiter(Handle):
         except Retired:  # stopped, or restarting: find the owner again
             self._forget()
             return self._connection().hit(key, limit, window, window_ns, cost, count)
+
+    async def ahit(self, key: Any, limit: int, window: float, cost: int = 1) -> Decision:
+        """``hit`` for asyncio. A hit that needs a message (sliding_window:
+        a call to the owner) awaits it; one on Redis runs in the loop's
+        default executor (the Redis client only blocks); the shared table's
+        is the same few microseconds as ``hit``."""
+        return await arun(self._hitting(key, limit, window, cost))
+
+    async def _hitting(self, key: Any, limit: int, window: float, cost: int = 1) -> Decision:
+        """``hit``'s steps as operations of ``_io`` (for ``ahit`` and protect's chain)."""
+        window_ns = _checked_hit(key, limit, window, cost)
+        backend = self._conn
+        if backend.dead:
+            backend = self._connection()
+        try:
+            return await backend.hitting(key, limit, window, window_ns, cost, True)
+        except Retired:
+            self._forget()
+            return await self._connection().hitting(key, limit, window, window_ns, cost, True)
 
     def reset(self, key: Any) -> int:
         """Delete every bucket of ``key`` (all windows); how many there were."""
@@ -184,21 +222,36 @@ class RateLimiter(Handle):
             raise RateLimited(decision.retry_after, decision)
         yield decision
 
+    @contextlib.asynccontextmanager
+    async def alimit(self, key: Any, limit: int, window: float,
+                     cost: int = 1) -> AsyncIterator[Decision]:
+        """``limit`` for asyncio: ``async with api.alimit(key, limit=..., window=...):``."""
+        decision = await self.ahit(key, limit, window, cost)
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after, decision)
+        yield decision
+
     def acquire(self, key: Any, limit: int, window: float, cost: int = 1,
                 timeout: float = 5.0) -> Decision:
         """Wait until a hit is allowed (the Decision that admitted it), or raise
         RateLimited at once when it cannot be within ``timeout`` seconds (None
         or ``math.inf``: as long as it takes)."""
-        seconds = checks.seconds(timeout, "acquire timeout", zero=True)
-        deadline = math.inf if seconds is None else time.monotonic() + seconds
+        deadline = _acquire_deadline(timeout)
         while True:
             decision = self.hit(key, limit, window, cost)
             if decision.allowed:
                 return decision
-            left = deadline - time.monotonic()
-            if cost > limit or decision.retry_after > left:
-                raise RateLimited(decision.retry_after, decision)
-            time.sleep(decision.retry_after)  # the quota comes back with time, nothing else
+            time.sleep(_acquire_wait(decision, deadline, limit, cost))  # the quota comes back
+
+    async def aacquire(self, key: Any, limit: int, window: float, cost: int = 1,
+                       timeout: float = 5.0) -> Decision:
+        """``acquire`` for asyncio: the task sleeps until the quota is back."""
+        deadline = _acquire_deadline(timeout)
+        while True:
+            decision = await self.ahit(key, limit, window, cost)
+            if decision.allowed:
+                return decision
+            await asyncio.sleep(_acquire_wait(decision, deadline, limit, cost))
 
     def stats(self) -> dict[str, Any]:
         """algorithm, storage, buckets and keys held (None with Redis), sweeps

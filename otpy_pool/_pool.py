@@ -178,7 +178,7 @@ class Pool:
         command started, it runs on another (the session's new one, after its
         replay) within what is left of its deadline; only a command that was
         running when its worker died gets WorkerCrashed."""
-        _check_input(command, session)
+        _caller.check_input(command, session)
         return run(_caller.execute(self, command, args, kwargs, session, timeout,
                                    checkout_timeout))
 
@@ -190,7 +190,7 @@ class Pool:
         for a worker, the task gives up its place in the queue; cancelled while
         its command runs, the command finishes on its worker and its result is
         dropped."""
-        _check_input(command, session)
+        _caller.check_input(command, session)
         return await arun(_caller.execute(self, command, args, kwargs, session, timeout,
                                           checkout_timeout))
 
@@ -337,15 +337,9 @@ class Pool:
         otpy.Supervisor.stop(supervisor, "shutdown", timeout=timeout)
 
 
-def _check_input(command: Any, session: Any) -> None:
-    check_command(command)
-    if session is not None:
-        check_session(session)
-
-
 def _check_batch(command: Any, calls: Any, session: Any, window: Any) -> list:
     """execute_many's input, every entry checked before any is sent."""
-    _check_input(command, session)
+    _caller.check_input(command, session)
     calls = list(calls)
     check_batch(calls, window)
     return calls

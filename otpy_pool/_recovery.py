@@ -38,7 +38,10 @@ import dill
 import otpy
 from otpy import lowlevel
 
+from . import _caller as caller
 from . import _checks as checks
+from ._caller import UNSET
+from ._io import Sleep, arun, run
 from ._errors import (CircuitOpen, CommandTimeout, DeadlineExceeded, PoolOverloaded, PoolTimeout,
                       PoolUnavailable, RateLimited, SessionLost, WorkerCrashed, duration)
 
@@ -301,6 +304,18 @@ class Protected:
         policy. ``timeout`` bounds each attempt's run (None or ``math.inf``:
         the pool's ``command_timeout``, within the deadline)."""
         timeout = checks.seconds(timeout, "timeout")
+        return run(self._protected(command, args, kwargs, session, timeout))
+
+    async def aexecute(self, command: str, *args: Any, session: Any = None,
+                       timeout: float | None = None, **kwargs: Any) -> Any:
+        """``execute`` for asyncio: the same chain, the task waiting (the
+        backoff is an ``asyncio.sleep``); cancelled, it stops where it is."""
+        timeout = checks.seconds(timeout, "timeout")
+        return await arun(self._protected(command, args, kwargs, session, timeout))
+
+    async def _protected(self, command: str, args: tuple, kwargs: dict, session: Any,
+                         timeout: float | None) -> Any:
+        """The chain's steps, as operations of ``_io`` (either driver runs them)."""
         end = None if self.deadline is None else time.monotonic() + self.deadline
         policies, classifier = self.recovery.policies() if self.recovery else ({}, None)
         errors: list[tuple[str, BaseException]] = []
@@ -313,7 +328,7 @@ class Protected:
                 return self._give_up(command, args, kwargs, session, errors, retried_after,
                                      failed_over_after, policies.get("timeout", GIVE_UP))
             try:
-                result = self._attempt(command, args, kwargs, session, timeout, remaining)
+                result = await self._attempt(command, args, kwargs, session, timeout, remaining)
             except Exception as caught:
                 name = classify(caught, classifier)
                 errors.append((name, caught))
@@ -326,7 +341,7 @@ class Protected:
                 if policy.failover:
                     failed_over_after.append(name)
                 if wait > 0:
-                    time.sleep(wait)  # the backoff itself; bounded by the deadline
+                    await Sleep(wait)  # the backoff itself; bounded by the deadline
                 continue
             if errors:
                 self._report(command, session, errors, retried_after, failed_over_after,
@@ -342,34 +357,45 @@ class Protected:
 
     # ---- one attempt: limiter, breaker, pool ------------------------------------
 
-    def _attempt(self, command: str, args: tuple, kwargs: dict, session: Any,
-                 timeout: float | None, remaining: float | None) -> Any:
+    async def _attempt(self, command: str, args: tuple, kwargs: dict, session: Any,
+                       timeout: float | None, remaining: float | None) -> Any:
         if self.limiter is not None:
             limiter, key, limit, window = self.limiter
-            with limiter.limit(key, limit=limit, window=window):
-                pass
+            decision = await limiter._hitting(key, limit, window)
+            if not decision.allowed:
+                raise RateLimited(decision.retry_after, decision)
         budget = _smallest(timeout, remaining)
         if self.breaker is None:
-            return self._execute(command, args, kwargs, session, budget, remaining)
-        outcome: list[BaseException] = []
-        with self.breaker:
-            try:
-                return self._execute(command, args, kwargs, session, budget, remaining)
-            except Exception as exc:
-                if self._dependency_failure(exc):
-                    raise
-                outcome.append(exc)  # the caller's own error: not the dependency's fault
-        raise outcome[0]
+            return await self._execute(command, args, kwargs, session, budget, remaining)
+        conn, trial = await self.breaker._admission(self.breaker._conn)
+        try:
+            result = await self._execute(command, args, kwargs, session, budget, remaining)
+        except Exception as exc:
+            if self._dependency_failure(exc):
+                await self.breaker._outcome(conn, exc, trial)
+                raise
+            # the caller's own error: not the dependency's fault, a success for the breaker
+            await self.breaker._outcome(conn, None, trial)
+            raise
+        except BaseException as exc:  # cancelled, interrupted: as a with-block counts it
+            await self.breaker._outcome(conn, exc, trial)
+            raise
+        await self.breaker._outcome(conn, None, trial)
+        return result
 
-    def _execute(self, command: str, args: tuple, kwargs: dict, session: Any,
-                 budget: float | None, remaining: float | None) -> Any:
+    async def _execute(self, command: str, args: tuple, kwargs: dict, session: Any,
+                       budget: float | None, remaining: float | None) -> Any:
+        pool = self.pool
+        options = {}
         if remaining is not None and session is None:
             # the wait for a free worker counts against the deadline too
-            kwargs = {**kwargs,
-                      "checkout_timeout": _smallest(remaining, self.pool.checkout_timeout)}
+            waited = (await caller.settings(pool)).checkout_timeout
+            options["checkout_timeout"] = _smallest(remaining, waited)
         if budget is not None:  # else the pool's own command_timeout applies
-            kwargs = {**kwargs, "timeout": budget}
-        return self.pool.execute(command, *args, session=session, **kwargs)
+            options["timeout"] = budget
+        caller.check_input(command, session)
+        return await caller.execute(pool, command, args, kwargs, session,
+                                    options.get("timeout", UNSET), options.get("checkout_timeout"))
 
     def _dependency_failure(self, exc: BaseException) -> bool:
         return isinstance(exc, (WorkerCrashed, CommandTimeout, PoolTimeout, PoolUnavailable,

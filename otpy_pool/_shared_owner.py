@@ -30,6 +30,7 @@ import otpy
 from otpy import AlreadyStarted, ChildSpec, Exited, NoProc, Pid, StartError, Timeout
 from otpy import lowlevel
 
+from ._io import Ask, Sleep, arun, run
 from ._shared_memory import hold
 
 #: retry pauses while an owner is being restarted (seconds, doubling)
@@ -122,6 +123,14 @@ class OwnerLink:
     def ask(self, request: tuple, timeout: float) -> Any:
         """``lowlevel.ask`` the owner (its error raised here), retried across
         a restart until ``timeout`` seconds (``math.inf``: no limit)."""
+        return run(self.asking(request, timeout))
+
+    async def aask(self, request: tuple, timeout: float) -> Any:
+        """``ask`` for asyncio: the task waits, not the thread."""
+        return await arun(self.asking(request, timeout))
+
+    async def asking(self, request: tuple, timeout: float) -> Any:
+        """``ask``'s steps, as operations of ``_io`` (either driver runs them)."""
         deadline = time.monotonic() + timeout
         pause = _FIRST_PAUSE
         while True:
@@ -129,7 +138,7 @@ class OwnerLink:
                 pid = self.pid
                 if pid is None:
                     pid = self.pid = resolve_in(self.name, self.namespace)
-                return lowlevel.ask(pid, request, max(0.0, deadline - time.monotonic()))
+                return await Ask(pid, request, max(0.0, deadline - time.monotonic()))
             except (NoProc, Exited) as exc:
                 self.pid = None
                 left = deadline - time.monotonic()
@@ -137,7 +146,7 @@ class OwnerLink:
                     raise self.not_running(
                         f"{self.kind} {self.name!r} is not running "
                         f"(namespace {self.namespace!r}): {exc}") from None
-                time.sleep(min(pause, left))  # waiting out a restart, bounded
+                await Sleep(min(pause, left))  # waiting out a restart, bounded
                 pause = min(pause * 2, _MAX_PAUSE)
             except Timeout:
                 raise self.timed_out(f"{self.kind} {self.name!r} did not answer "

@@ -14,7 +14,7 @@ docs/lowlevel.md.
   :func:`request` (wait for a reply or the callee's death, with your own
   message format), :func:`ask` / :func:`dispatch` (an operation whose
   server-side error is raised in the caller), :func:`resolve`; for asyncio
-  :func:`acall`, :func:`arequest`, :func:`asend` (a task waits, not a thread).
+  :func:`acall`, :func:`aask`, :func:`arequest`, :func:`asend` (a task waits, not a thread).
 - stopping: :func:`await_down`, :func:`stop_process` (exit signal, bounded
   wait, kill), :func:`kill` (an untrappable kill that records a reason), and
   the supervisor's shutdown protocol (:func:`shutdown_child`,
@@ -43,8 +43,8 @@ docs/lowlevel.md.
 from .._runtime.api import annotate, asend, spawn_opt, tally
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
-from ._calls import (CALL, DEFAULT_TIMEOUT, From, acall, arequest, ask, call, dispatch, reply,
-                     request, resolve)
+from ._calls import (CALL, DEFAULT_TIMEOUT, From, aask, acall, arequest, ask, call, dispatch,
+                     reply, request, resolve)
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
@@ -60,8 +60,8 @@ from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 
 __all__ = [
     "check_timeout",
-    "CALL", "DEFAULT_TIMEOUT", "From", "acall", "arequest", "ask", "call", "dispatch", "reply",
-    "request", "resolve",
+    "CALL", "DEFAULT_TIMEOUT", "From", "aask", "acall", "arequest", "ask", "call", "dispatch",
+    "reply", "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
     "annotate", "asend", "spawn_opt", "tally", "current_namespace", "describe_reason", "enter_namespace",

@@ -106,6 +106,14 @@ def ask(server: Pid | str, request_term: tuple, timeout: float | None = None) ->
     return value
 
 
+async def aask(server: Pid | str, request_term: tuple, timeout: float | None = None) -> Any:
+    """As :func:`ask`, for asyncio: the task waits, not the thread."""
+    outcome, value = await acall(server, request_term, timeout=timeout)
+    if outcome == "error":
+        raise value
+    return value
+
+
 def dispatch(server: Any, request_term: tuple) -> tuple[str, Any]:
     """Server side: run ``server._op_<name>(*args)`` for ``(name, *args)``.
 
@@ -122,5 +130,5 @@ def dispatch(server: Any, request_term: tuple) -> tuple[str, Any]:
         return ("error", exc)
 
 
-__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "acall", "arequest", "ask", "call",
+__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "aask", "acall", "arequest", "ask", "call",
            "dispatch", "reply", "request", "resolve"]

@@ -52,6 +52,10 @@ class Storage(Connection, Protocol):
             count: bool) -> Decision:
         """Decide (and, if ``count`` and allowed, record) a hit of ``cost``."""
 
+    async def hitting(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+                      count: bool) -> Decision:
+        """``hit``'s steps as operations of ``_io``, for ``RateLimiter.ahit``."""
+
     def reset(self, key: Any) -> int:
         """Delete every bucket of ``key``; how many there were."""
 

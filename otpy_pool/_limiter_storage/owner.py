@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._io import run
 from .._shared_owner import OwnerLink
 from . import Decision
 
@@ -21,7 +22,11 @@ class OwnerBuckets:
 
     def hit(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
             count: bool) -> Decision:
-        allowed, used, remaining, retry_ns, reset_ns = self.owner.ask(
+        return run(self.hitting(key, limit, window, window_ns, cost, count))
+
+    async def hitting(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+                      count: bool) -> Decision:
+        allowed, used, remaining, retry_ns, reset_ns = await self.owner.asking(
             ("hit", key, limit, window_ns, cost, count), self.timeout)
         return Decision(allowed, used, remaining, retry_ns / 1e9, reset_ns / 1e9)
 

@@ -8,6 +8,7 @@ import hashlib
 import time
 from typing import Any
 
+from .._io import Blocking
 from .._limiter_shared import encode_key
 from .._shared_owner import OwnerLink
 from . import Decision
@@ -97,6 +98,10 @@ class RedisBuckets:
         now = time.time()
         retry = 0.0 if allowed else max(1e-6, min(float(window), reset_at - now))
         return Decision(allowed, limit - remaining, remaining, retry, float(reset_at))
+
+    async def hitting(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+                      count: bool) -> Decision:
+        return await Blocking(self.hit, key, limit, window, window_ns, cost, count)
 
     def reset(self, key: Any) -> int:
         """Delete every bucket of ``key`` (every window and limit it was used with)."""

@@ -47,6 +47,12 @@ class SharedTable:
             # the table is half full: the owner doubles it (once, however many ask)
             self.owner.ask(("grow", self.control.gen), self.timeout)
 
+    async def hitting(self, key: Any, limit: int, window: float, window_ns: int, cost: int,
+                      count: bool) -> Decision:
+        """No message: this process updates the table itself (the rare
+        growth of the table asks the owner, waiting as ``hit`` does)."""
+        return self.hit(key, limit, window, window_ns, cost, count)
+
     def reset(self, key: Any) -> int:
         hi, lo = digest(key)
         deadline = None

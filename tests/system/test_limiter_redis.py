@@ -152,3 +152,14 @@ def test_token_bucket_with_redis_is_refused_at_start(redis_url):
 def test_an_unreachable_redis_fails_the_start():
     with pytest.raises(otpy.StartError, match="not reachable"):
         RateLimiter.start_link("api", storage=f"redis://127.0.0.1:{_free_port()}")
+
+
+def test_ahit_on_redis_shares_the_buckets(api):
+    import asyncio
+
+    async def hits():
+        return [await api.ahit("k", limit=2, window=60) for _ in range(3)]
+
+    decisions = asyncio.run(asyncio.wait_for(hits(), 10))
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert not api.hit("k", limit=2, window=60).allowed

@@ -32,7 +32,7 @@ INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py
                   # descriptors closed when setting up shared memory fails part-way
                   "test_failed_setup_closes.py",
                   # no asyncio waiter left behind by a cancelled call
-                  "test_asyncio.py",
+                  "test_asyncio.py", "test_pool_asyncio.py",
                   # what a spawned process is given at its fork
                   "test_spawn_path.py",
                   # the Ray actor's session bookkeeping, without Ray

@@ -14,7 +14,7 @@ import otpy
 from otpy_pool import BreakerEvent, CircuitBreaker, CircuitOpen
 
 from breakers import Boom, Harmless, event, fail, kill_owner, no_event, owner_pid, start
-from helpers import expect, expect_down
+from helpers import DEADLINE, expect, expect_down
 
 
 # ---- closed -----------------------------------------------------------------------------
@@ -299,3 +299,66 @@ def test_a_bad_name_is_refused():
         CircuitBreaker(42)
 
 
+
+
+# ---- asyncio --------------------------------------------------------------------------------
+
+def test_an_async_def_is_guarded_on_the_awaited_outcome():
+    """@breaker on an async def counts what the await ends with, not the
+    coroutine's creation; an open breaker refuses before the body runs."""
+    import asyncio
+
+    db = start("db", max_failures=2, reset_after=60)
+    ran = []
+
+    @db
+    async def query(sql):
+        ran.append(sql)
+        await asyncio.sleep(0)
+        if sql == "bad":
+            raise Boom(sql)
+        return sql.upper()
+
+    async def scenario():
+        assert await query("select") == "SELECT"
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await query("bad")
+        with pytest.raises(CircuitOpen):
+            await query("never")
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    assert query.__name__ == "query"
+    assert ran == ["select", "bad", "bad"] and db.state == "open"
+    with pytest.raises(TypeError, match="generator"):
+        @db
+        async def stream():
+            yield 1
+
+
+def test_async_with_and_a_half_open_trial_from_asyncio():
+    import asyncio
+
+    db = start("db", max_failures=1, reset_after=0.2)
+    db.subscribe()
+
+    async def failing():
+        with pytest.raises(Boom):
+            async with db:
+                async with db:  # nested in one task: each block counted once
+                    pass
+                raise Boom("down")
+
+    asyncio.run(asyncio.wait_for(failing(), DEADLINE))
+    event("open")
+    event("half_open")
+
+    async def trial():
+        async def ok():
+            return "trial"
+        return await db.acall(ok)
+
+    assert asyncio.run(asyncio.wait_for(trial(), DEADLINE)) == "trial"
+    assert event().state == "closed"
+    stats = db.stats()
+    assert stats["opened"] == 1

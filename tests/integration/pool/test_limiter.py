@@ -259,3 +259,30 @@ def test_a_bad_handle_is_refused_by_name():
         RateLimiter("api", timeout="5")
     with pytest.raises(ValueError, match="timeout"):
         RateLimiter("api", timeout=0)
+
+
+# ---- asyncio ----------------------------------------------------------------------------------
+
+def test_ahit_alimit_and_aacquire_count_as_the_sync_forms(api):
+    """The awaitable forms share the buckets of the sync ones (a sliding
+    window's hit is a call to the owner: awaited, not blocking the loop)."""
+    import asyncio
+
+    async def scenario():
+        first = await api.ahit("k", limit=3, window=LONG)
+        async with api.alimit("k", limit=3, window=LONG) as second:
+            pass
+        with pytest.raises(RateLimited):
+            async with api.alimit("k", limit=3, window=LONG, cost=2):
+                raise AssertionError("a denied block does not run")
+        await api.ahit("short", limit=1, window=0.2)
+        again = await api.aacquire("short", limit=1, window=0.2, timeout=DEADLINE)
+        with pytest.raises(RateLimited):  # it would take an hour: refused at once
+            await api.aacquire("k", limit=3, window=LONG, cost=2, timeout=0.5)
+        return first, second, again
+
+    first, second, again = asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    assert (first.count, second.count, again.allowed) == (1, 2, True)
+    assert api.hit("k", limit=3, window=LONG).count == 3  # the sync form sees them
+    with pytest.raises(TypeError):
+        asyncio.run(api.ahit("k", limit="3", window=LONG))

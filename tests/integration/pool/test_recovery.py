@@ -44,11 +44,14 @@ class Jobs(Worker):
 
     @command
     def announce_and_hang(self, session, parent, flag):
-        """Hang (until killed) the first time, while ``flag`` does not exist."""
+        """Hang (until killed) the first time, while ``flag`` does not exist
+        (made before the announcement: a kill cannot come before it)."""
         self._ran("hang")
-        otpy.send(parent, ("running", os.getpid()))
-        if not os.path.exists(flag):
+        first = not os.path.exists(flag)
+        if first:
             open(flag, "w").close()
+        otpy.send(parent, ("running", os.getpid()))
+        if first:
             time.sleep(60)
         return "finished"
 
@@ -414,3 +417,36 @@ def test_the_wait_for_a_free_worker_ends_at_the_deadline(log):
         otpy.send(holder, "release")
     finally:
         pool.stop()
+
+
+def test_aexecute_runs_the_same_chain_from_asyncio(pool, log, tmp_path):
+    """Protected.aexecute: the limiter, the breaker and recovery's retry after
+    a real SIGKILL (the backoff an asyncio.sleep), as execute; the same counts."""
+    import asyncio
+
+    recovery = Recovery.start_link("recovery", {"worker_crashed": Policy(
+        retries=2, backoff=0.01, failover=True)})
+    db = CircuitBreaker.start_link("db", max_failures=5, reset_after=60)
+    api = RateLimiter.start_link("api", algorithm="sliding_window")
+    guarded = protect(pool, limiter=(api, "k", 4, 3600), breaker=db, recovery=recovery,
+                      deadline=DEADLINE, idempotent={"announce_and_hang"})
+    flag = str(tmp_path / "hung-once")
+
+    async def scenario():
+        first = await guarded.aexecute("run", 21)
+        again = await guarded.aexecute("announce_and_hang", killer(), flag, session="s1")
+        with pytest.raises(ValueError):  # the command's own error: given up, not retried
+            await guarded.aexecute("bad_input")
+        with pytest.raises(RateLimited):  # each attempt a hit: four of four in the hour
+            await guarded.aexecute("run", 1)
+        return first, again
+
+    try:
+        assert asyncio.run(asyncio.wait_for(scenario(), DEADLINE)) == (42, "finished")
+        assert runs(log, "hang") == 2 and runs(log, "run") == 1
+        stats = recovery.stats()["worker_crashed"]
+        assert (stats.errors, stats.retried, stats.recovered) == (1, 1, 1)
+        assert db.stats()["state"] == "closed"
+    finally:
+        for owner in (db, api, recovery):
+            owner.stop()
