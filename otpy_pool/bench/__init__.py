@@ -33,6 +33,7 @@ from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
 
 from . import peers as _peers
+from .aio import async_calls
 from .ray import ray_calls
 from .chaos import chaos_kill, wait_whole
 
@@ -49,11 +50,13 @@ RATIOS = {
     "breaker_over_pybreaker": ("breaker_overhead_ns", "pybreaker_overhead_ns"),
     "limiter_over_limits_p50": ("limiter_hit_us", "limits_hit_us"),
     "ray_execute_over_actor_call_p50": ("ray_execute_us", "ray_actor_call_us"),
+    "aexecute_over_execute_p50": ("pool_aexecute_us", "pool_execute_alt_us"),
 }
 # Rate ratios: higher is better, so --compare reads them the other way round.
 RATES = {
     "burst_over_mp_pool": ("pool_burst_per_s", "mp_pool_burst_per_s"),
     "burst_sync_over_mp_pool": ("pool_burst_sync_per_s", "mp_pool_burst_per_s"),
+    "aexecute_concurrent_over_burst": ("aexecute_concurrent_per_s", "pool_burst_per_s"),
 }
 
 
@@ -335,6 +338,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
             (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
         ("idle_worker_memory", idle_worker_memory),
         ("ray", lambda: ray_calls(rtt_n, rtt_w)),
+        ("asyncio", lambda: async_calls(rtt_n, rtt_w, burst)),
     ]
     if peers:
         for peer in _peers.PEERS:
@@ -358,7 +362,7 @@ def _result_keys(key: str, value: Any) -> dict[str, Any]:
     """The cases that measure several figures give each its own result key."""
     if key == "worker_crash":
         return {"worker_crash_error_ms": value["error"], "worker_replaced_ms": value["replaced"]}
-    if key in ("protection", "ray"):
+    if key in ("protection", "ray", "asyncio"):
         return value
     return {key: value}
 

@@ -15,7 +15,8 @@ from otpy_pool import bench
 pytestmark = pytest.mark.layer("full")  # real pool workers
 
 LATENCIES = ["call_rtt_us", "pool_execute_us", "pool_execute_stateless_us",
-             "worker_crash_error_ms", "worker_replaced_ms", "session_recovery_ms"]
+             "worker_crash_error_ms", "worker_replaced_ms", "session_recovery_ms",
+             "pool_aexecute_us", "pool_execute_alt_us"]
 PEERS = ["mp_pool", "billiard", "pebble", "process_pool_executor", "loky"]
 
 
@@ -39,6 +40,9 @@ def test_quick_json_is_well_formed():
     assert set(results["growth_throughput_per_s"]) == {"workers_1", "workers_2"}
     assert results["idle_worker_memory"]["otpy_pool_kib"] > 0
     assert report["ratios"]["execute_over_call_p50"] > 0
+    assert results["aexecute_concurrent_per_s"] > 0  # asyncio: 1,000 in flight from one loop
+    assert report["ratios"]["aexecute_over_execute_p50"] > 0
+    assert report["ratios"]["aexecute_concurrent_over_burst"] > 0
     if "ray" in skipped:  # measured beside a bare actor call, or skipped with the hint
         assert "pip install 'otpy[ray]'" in skipped["ray"]
     else:
