@@ -235,15 +235,8 @@ class Pool:
         ``math.inf``: wait as long as it takes."""
         wait = run(_caller.wait_for_worker(self, timeout))
         token = otpy.make_ref()
-        held = CheckedOut(self, run(_caller.checkout(self, token, wait)), token, wait)
-        error = None
-        try:
+        with self._holding(run(_caller.checkout(self, token, wait)), token, wait) as held:
             yield held
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._cast((CHECKIN, token, _caller.checkin_how(error, replace_on_error=True)))
 
     @contextlib.asynccontextmanager
     async def acheckout(self, timeout: float | None = None) -> AsyncIterator["CheckedOut"]:
@@ -251,10 +244,17 @@ class Pool:
         await w.aexecute(...)``."""
         wait = await arun(_caller.wait_for_worker(self, timeout))
         token = otpy.make_ref()
-        held = CheckedOut(self, await arun(_caller.checkout(self, token, wait)), token, wait)
+        with self._holding(await arun(_caller.checkout(self, token, wait)), token, wait) as held:
+            yield held
+
+    @contextlib.contextmanager
+    def _holding(self, worker: otpy.Pid, token: Any, wait: float | None
+                 ) -> Iterator["CheckedOut"]:
+        """A checked-out worker for the block: returned after it, replaced
+        after an exception in it."""
         error = None
         try:
-            yield held
+            yield CheckedOut(self, worker, token, wait)
         except BaseException as exc:
             error = exc
             raise
