@@ -28,7 +28,8 @@ from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, Se
 from ._io import Call, Request, Sleep
 from ._pool_options import Settings, seconds
 from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, ERROR, LOST, MOVED,
-                        RAN, REPLACE, RETIRED, RETURN, SETTINGS, UNBOUND, UNKNOWN)
+                        NOT_RUN, RAN, REPLACE, RETIRED, RETURN, RUN_ANY, SETTINGS, UNBOUND,
+                        UNKNOWN)
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -228,12 +229,35 @@ async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session
     if session is not None:
         return await run_in_session(pool, session, command, args, kwargs, timeout)
     for _ in range(RETRIES):
-        async with checked_out(pool, wait) as (worker, token):
-            try:
-                return await run_on(pool, worker, token, command, args, kwargs, timeout)
-            except NotRun:
-                continue  # it died before our command started: another one
+        outcome = await run_anywhere(pool, command, args, kwargs, timeout, wait)
+        if outcome[0] != NOT_RUN:
+            return result(outcome)
+        # its worker died before it started it: it runs on another one
     raise PoolError(f"pool {pool.name!r}: no live worker to run {command!r} on")
+
+
+async def run_anywhere(pool: "Pool", command: str, args: tuple, kwargs: dict,
+                       timeout: float | None, wait: float | None) -> tuple:
+    """One round trip: the server hands the command to a free worker (or
+    queues it, as a checkout), and that worker answers here. The server
+    keeps the command's deadline and sees its worker's death, so this waits
+    for the answer or the server's death only."""
+    server = await await_server(pool)
+    ref = otpy.make_ref()
+    message = (lowlevel.CALL, (otpy.self(), ref), (RUN_ANY, wait, timeout, command, args, kwargs))
+    try:
+        outcome = await Request(server, message, ref, None)
+    except otpy.NoProc:
+        return (NOT_RUN,)  # the server was gone before it got it: nothing ran
+    except otpy.Exited as exc:
+        raise PoolError(f"pool {pool.name!r}: its server exited while {command!r} was queued "
+                        f"or running (it may have run): "
+                        f"{lowlevel.describe_reason(exc.reason)}") from None
+    except BaseException:  # cancelled, interrupted: out of the queue, or its answer dropped
+        pool._cast((CANCEL, ref))
+        raise
+    lowlevel.drop_late_reply(ref)  # a worker's death can make the server answer too
+    return outcome
 
 
 async def run_on(pool: "Pool", worker: otpy.Pid, token: Any, command: str, args: tuple,

@@ -22,14 +22,33 @@ import otpy
 from otpy import lowlevel
 
 from ._counters import CountsReader
-from ._errors import start_error
+from ._errors import CommandTimeout, WorkerCrashed, duration, start_error
 from ._pool_book import (AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading, Reply,
                          Start, Timer, Watch)
 from ._pool_options import PoolEvent, PoolStatus, Settings
-from ._protocol import ADOPT, COUNTS_FD, DEAD, HEALTH_TICK, REPLACE
+from ._protocol import (ADOPT, COUNTS_FD, DEAD, ERROR, HEALTH_TICK, NOT_RUN, OK, REPLACE, RETIRED,
+                        LABEL, RUN_DEADLINE, RUN_HANDED, UNKNOWN)
 from ._worker import worker_spec
 
 DOWN_WAIT = 5.0  # how long the server waits for the Down of a worker a caller saw die
+
+
+LABEL_EVERY = 0.05  # the observer's label of the server is written at most this often (s)
+
+
+class Handed:
+    """A RUN_ANY: waiting for a worker (``worker`` None), then handed to one
+    and due to end by ``ends`` (monotonic seconds; None: no limit)."""
+
+    __slots__ = ("caller", "request", "timeout", "worker", "ends", "timed_out")
+
+    def __init__(self, caller: otpy.From, request: tuple, timeout: float | None) -> None:
+        self.caller = caller
+        self.request = request
+        self.timeout = timeout
+        self.worker: otpy.Pid | None = None
+        self.ends: float | None = None
+        self.timed_out = False
 
 
 class PoolServer(otpy.GenServer):
@@ -58,6 +77,12 @@ class PoolServer(otpy.GenServer):
             Timer: self._do_timer, CancelTimer: self._do_cancel_timer, Watch: self._do_watch,
             Emit: self._do_emit, AwaitDown: self._do_await_down}
         self.caller: otpy.From | None = None  # the call being handled
+        self.handed: dict[otpy.Ref, Handed] = {}  # RUN_ANYs by their call's ref (the token)
+        # One timer at a time for all handed commands' deadlines (timers are
+        # messages to the zygote: one per command would cost as much as it).
+        self.deadline_due: float | None = None
+        self.labelled_at = 0.0
+        self.label_armed = False
         self.book = self._adopt()
         self._do(self.book.begin())
         # what start_link reports: the first workers of a new pool must start
@@ -138,6 +163,16 @@ class PoolServer(otpy.GenServer):
         self._do(self.book.checkout(self.caller, token, wait))
         return otpy.NOREPLY
 
+    def _op_run_any(self, wait: float | None, timeout: float | None, command: str,
+                    args: tuple, kwargs: dict) -> Any:
+        """A checkout under the call's ref whose answer is the command, handed
+        to the worker (see _do_reply): the caller's one round trip."""
+        token = self.caller.ref
+        self.handed[token] = Handed(self.caller, (RUN_HANDED, token, command, args, kwargs),
+                                    timeout)
+        self._do(self.book.checkout(self.caller, token, wait))
+        return otpy.NOREPLY
+
     def _op_bind(self, sid: Any, stale: otpy.Pid | None) -> Any:
         stale_dead = stale is not None and stale in self.book.workers and \
             not otpy.is_alive(stale)
@@ -187,12 +222,20 @@ class PoolServer(otpy.GenServer):
     # ---- casts ----------------------------------------------------------------------------
 
     def _cast_checkin(self, token: Any, how: str) -> None:
+        job = self.handed.get(token)
+        if job is not None and not job.timed_out:  # its worker ran it and answered
+            del self.handed[token]
         entry = self.book.checkouts.get(token)
         if how == DEAD and entry is not None and otpy.is_alive(entry[0]):
             how = REPLACE  # the holder's error came from elsewhere: its state is unknown
         self._do(self.book.checkin(token, how))
 
     def _cast_cancel(self, token: Any) -> None:
+        job = self.handed.get(token)
+        if job is not None:
+            if job.worker is not None:
+                return  # handed over: it runs, its worker checks in, the answer is dropped
+            del self.handed[token]
         self._do(self.book.cancel(token))
 
     def _cast_logged(self, pid: otpy.Pid, sid: Any, entry: tuple) -> None:
@@ -227,6 +270,31 @@ class PoolServer(otpy.GenServer):
 
     def _info_health_late(self, pid: otpy.Pid, token: Any) -> None:
         self._do(self.book.health_late(pid, token, self._reading(pid)))
+
+    def _info_run_deadline(self) -> None:
+        """Handed commands past their timeout: the book kills (and counts, and
+        replaces) their workers; the answer after the Down is CommandTimeout."""
+        self.deadline_due = None
+        now = time.monotonic()
+        for job in list(self.handed.values()):
+            if job.ends is not None and not job.timed_out and job.ends <= now:
+                job.timed_out = True
+                self._do(self.book.deadline(job.caller, job.worker))
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """The timer for the earliest deadline of a handed command, if none is
+        armed for an earlier one."""
+        ends = [job.ends for job in self.handed.values()
+                if job.ends is not None and not job.timed_out]
+        if ends and (self.deadline_due is None or min(ends) < self.deadline_due):
+            self.deadline_due = min(ends)
+            otpy.send_after(self.me, (RUN_DEADLINE,), max(0.0, self.deadline_due -
+                                                          time.monotonic()))
+
+    def _info_label(self) -> None:
+        self.label_armed = False
+        self._annotate()
 
     # ---- effects -----------------------------------------------------------------------------
 
@@ -294,7 +362,22 @@ class PoolServer(otpy.GenServer):
         page = self.pages.pop(pid, None)
         if page is not None:
             page.close()
+        if self.handed:
+            self._handed_lost(pid, reason, final)
         self._do(self.book.worker_down(pid, reason, final))
+
+    def _handed_lost(self, pid: otpy.Pid, reason: Any, final: Reading | None) -> None:
+        """The worker died with commands handed to it unanswered: WorkerCrashed
+        for the one it was running (or if nobody can tell: at most once),
+        NOT_RUN for one it never started (its caller runs it again). One it
+        had answered already gets a second answer its caller drops."""
+        running = UNKNOWN if final is None else final.running
+        for token in [t for t, job in self.handed.items()
+                      if job.worker == pid and not job.timed_out]:
+            job = self.handed.pop(token)
+            never = reason in ("noproc", "shutdown") or reason == RETIRED or (
+                running != UNKNOWN and running != (token.origin[1], token.n))
+            otpy.reply(job.caller, (NOT_RUN,) if never else (ERROR, WorkerCrashed(reason)))
 
     def _do_await_down(self, effect: AwaitDown) -> None:
         """A caller saw the worker die, or it was killed: take its Down now."""
@@ -316,7 +399,29 @@ class PoolServer(otpy.GenServer):
         lowlevel.kill(effect.pid, ("shutdown", effect.why))
 
     def _do_reply(self, effect: Reply) -> None:
-        otpy.reply(effect.caller, effect.answer)
+        job = self.handed.get(effect.caller.ref) if self.handed else None
+        if job is None:
+            otpy.reply(effect.caller, effect.answer)
+        elif job.worker is None and effect.answer[0] == OK:
+            self._hand(job, effect.answer[1])
+        else:  # refused (PoolTimeout, ...), or the deadline's answer after the Down
+            del self.handed[effect.caller.ref]
+            answer = effect.answer
+            if job.timed_out:
+                answer = (ERROR, CommandTimeout(
+                    f"command {job.request[2]!r} ran past {duration(job.timeout)}; "
+                    "its worker was replaced"))
+            otpy.reply(job.caller, answer)
+
+    def _hand(self, job: Handed, worker: otpy.Pid) -> None:
+        """The book gave RUN_ANY a worker: the command goes to it in the
+        caller's call, so the worker answers the caller directly."""
+        job.worker = worker
+        otpy.send(worker, (lowlevel.CALL, job.caller, job.request))
+        if job.timeout is not None:
+            job.ends = time.monotonic() + job.timeout
+            if self.deadline_due is None or job.ends < self.deadline_due:
+                self._arm_deadline()
 
     def _do_cast(self, effect: Cast) -> None:
         otpy.cast(effect.pid, effect.message)
@@ -337,15 +442,28 @@ class PoolServer(otpy.GenServer):
             self.monitors[mref] = ("caller", effect.pid)
 
     def _do_emit(self, effect: Emit) -> None:
-        event = PoolEvent(effect.kind, effect.worker, effect.session, effect.detail, time.time())
-        self.logger.debug("pool." + effect.kind, worker=repr(effect.worker),
-                          session=repr(effect.session),
-                          detail=None if effect.detail is None else repr(effect.detail))
-        for pid in list(self.subscribers):
-            otpy.send(pid, event)
+        if lowlevel.log_enabled("debug"):
+            self.logger.debug("pool." + effect.kind, worker=repr(effect.worker),
+                              session=repr(effect.session),
+                              detail=None if effect.detail is None else repr(effect.detail))
+        if self.subscribers:
+            event = PoolEvent(effect.kind, effect.worker, effect.session, effect.detail,
+                              time.time())
+            for pid in list(self.subscribers):
+                otpy.send(pid, event)
 
     def _annotate(self) -> None:
+        """The observer's label (in use n/m, queued q), written at most every
+        LABEL_EVERY: each write is a message to the zygote, which a busy
+        pool would otherwise send twice per command."""
         label = self.book.label()
-        if label != self.label:
+        if label == self.label:
+            return
+        now = time.monotonic()
+        if now - self.labelled_at >= LABEL_EVERY:
             self.label = label
+            self.labelled_at = now
             lowlevel.annotate(self.me, behaviour=label)
+        elif not self.label_armed:
+            self.label_armed = True
+            otpy.send_after(self.me, (LABEL,), LABEL_EVERY)

@@ -34,9 +34,11 @@ OK, ERROR = "ok", "error"  # (OK, value) / (ERROR, exception)
 UNBOUND = "unbound"  # (UNBOUND,): the worker does not hold the session; ask the server to bind
 MOVED = "moved"  # (MOVED,): the worker is retiring and never ran it; bind again, naming it
 LOST = "lost"  # (LOST, cause): the session's replay failed; this command reports it
+NOT_RUN = "not_run"  # (NOT_RUN,): RUN_ANY's worker died before it started the command
 
 # ---- caller -> server ------------------------------------------------------------------------
 CHECKOUT = "checkout"
+RUN_ANY = "run_any"
 BIND = "bind"
 RAN = "ran"
 DEADLINE = "deadline"
@@ -58,6 +60,7 @@ RETURN, REPLACE, DEAD = "return", "replace", "dead"
 RUN = "run"
 
 # ---- server -> worker ---------------------------------------------------------------------------
+RUN_HANDED = "run_handed"
 COUNTS_FD = "counts_fd"
 ADOPT = "adopt"
 BIND_SESSION = "bind_session"
@@ -79,6 +82,8 @@ FILL = "fill"
 OVERFLOW_IDLE = "overflow_idle"
 HEALTH_TICK = "health_tick"
 HEALTH_LATE = "health_late"
+RUN_DEADLINE = "run_deadline"
+LABEL = "label"
 
 # The built-in command the executor runs plain functions with.
 FUNCTION = "otpy_pool.function"
@@ -95,6 +100,12 @@ TABLE: tuple[Message, ...] = (
             "a session-less command, execute_many or checkout() needs a worker of its own: "
             "answered with one (held under token), or once one is free (at most wait s), "
             "or PoolTimeout / PoolOverloaded / PoolUnavailable"),
+    Message(RUN_ANY, "caller", "server", "call", "wait, timeout, command, args, kwargs",
+            "a session-less command (execute without a session): the server takes a free "
+            "worker for it as CHECKOUT would (under the call's ref) and hands it the command "
+            "(RUN_HANDED), which answers the caller itself; or the server answers PoolTimeout "
+            "/ PoolOverloaded / PoolUnavailable, CommandTimeout past timeout, WorkerCrashed "
+            "if the worker died running it, (NOT_RUN,) if it died before"),
     Message(BIND, "caller", "server", "call", "session, stale",
             "the session has no cached worker, or its worker did not hold it (stale: that "
             "worker, whose Down is taken first): answered with the session's worker, to "
@@ -116,13 +127,17 @@ TABLE: tuple[Message, ...] = (
     Message(FIRST_START, "caller", "server", "call", "",
             "start_link, once: why the first workers could not start (None: they did)"),
     Message(CHECKIN, "caller", "server", "cast", "token, how",
-            "a checkout ends: how is RETURN, REPLACE or DEAD"),
+            "a checkout ends: how is RETURN, REPLACE or DEAD (a worker that ran a "
+            "RUN_HANDED sends it too: RETURN)"),
     Message(CANCEL, "caller", "server", "cast", "token",
             "a caller gave up waiting for CHECKOUT's answer (its own timer)"),
     Message(RUN, "caller", "worker", "call", "session, command, args, kwargs",
             "every command, with the caller's own ref (the worker's counts page names the "
             "one running): answered (OK, value), (ERROR, exc), (UNBOUND,), (MOVED,) or "
             "(LOST, cause)"),
+    Message(RUN_HANDED, "server", "worker", "call", "token, command, args, kwargs",
+            "RUN_ANY's command, sent in the caller's call (its From): run as a session-less "
+            "RUN, answered to the caller, then CHECKIN (token, RETURN) cast to the server"),
     Message(COUNTS_FD, "server", "worker", "call", "",
             "the server starts tracking a worker: the fd of its counts page, to map"),
     Message(ADOPT, "server", "worker", "call", "server",
@@ -156,6 +171,12 @@ TABLE: tuple[Message, ...] = (
     Message(HEALTH_TICK, "timer", "server", "info", "", "every health_interval"),
     Message(HEALTH_LATE, "timer", "server", "info", "worker, token",
             "health_timeout after a HEALTH: no answer yet"),
+    Message(RUN_DEADLINE, "timer", "server", "info", "",
+            "the earliest deadline of the handed commands (one timer for all): kill the "
+            "workers still running one past its timeout"),
+    Message(LABEL, "timer", "server", "info", "",
+            "the observer's label changed less than LABEL_EVERY after the last write: "
+            "written now"),
 )
 
 

@@ -22,8 +22,8 @@ from otpy import lowlevel
 
 from ._counters import COMMANDS, ERRORS, RUN_COUNTED, RUN_N, RUN_ORIGIN, WorkerCounts
 from ._errors import UnknownCommand
-from ._protocol import (ERROR, FUNCTION, HEALTHY, LOGGED, LOST, MOVED, OK, REPLAYED, RETIRED, RUN,
-                        UNBOUND, WORN)
+from ._protocol import (CHECKIN, ERROR, FUNCTION, HEALTHY, LOGGED, LOST, MOVED, OK, REPLAYED,
+                        RETIRED, RETURN, RUN, UNBOUND, WORN)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -200,6 +200,13 @@ class WorkerProcess(otpy.GenServer):
             otpy.cast(self.server, (WORN, self.me))
         self._reply(caller, name, outcome)
         count[RUN_N] = 0  # replied: no longer running
+        return otpy.NOREPLY
+
+    def _op_run_handed(self, token: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """A session-less command the server handed over in its caller's call:
+        answered to the caller, then this worker checks itself back in."""
+        self._op_run(None, name, args, kwargs)
+        otpy.cast(self.server, (CHECKIN, token, RETURN))
         return otpy.NOREPLY
 
     def _session(self, caller: otpy.From, sid: Any) -> Session | None:

@@ -749,9 +749,18 @@ class ProcessContext:
         """A call gave up: a reply that comes later is dropped on arrival."""
         with self.lock:
             del self.awaiting[ref]
-            self.abandoned[ref] = None
-            if len(self.abandoned) > 10000:
-                del self.abandoned[next(iter(self.abandoned))]
+            self._drop_late(ref)
+
+    def drop_late_reply(self, ref: Ref) -> None:
+        """A call that was answered: a second answer (from another process
+        that could not know) is dropped on arrival, never a stray message."""
+        with self.lock:
+            self._drop_late(ref)
+
+    def _drop_late(self, ref: Ref) -> None:
+        self.abandoned[ref] = None
+        if len(self.abandoned) > 10000:
+            del self.abandoned[next(iter(self.abandoned))]
 
     def close(self) -> None:
         for sock in self.out.values():

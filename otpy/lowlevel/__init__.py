@@ -12,7 +12,8 @@ docs/lowlevel.md.
   one request).
 - calls: :func:`call` / :func:`reply` / :class:`From` (the call convention),
   :func:`request` (wait for a reply or the callee's death, with your own
-  message format), :func:`ask` / :func:`dispatch` (an operation whose
+  message format; :func:`drop_late_reply` after it if another process may
+  answer too), :func:`ask` / :func:`dispatch` (an operation whose
   server-side error is raised in the caller), :func:`resolve`; for asyncio
   :func:`acall`, :func:`aask`, :func:`arequest`, :func:`asend` (a task waits, not a thread).
 - stopping: :func:`await_down`, :func:`stop_process` (exit signal, bounded
@@ -44,11 +45,11 @@ from .._runtime.api import annotate, asend, spawn_opt, tally
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
 from ._calls import (CALL, DEFAULT_TIMEOUT, From, aask, acall, arequest, ask, call, dispatch,
-                     reply, request, resolve)
+                     drop_late_reply, reply, request, resolve)
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
-                    is_trapping, keep_traceback, leave_namespace, logger, node_running,
+                    is_trapping, log_enabled, keep_traceback, leave_namespace, logger, node_running,
                     sendable_exception,
                     parse_log_lines,
                     process_name, processes_in, registered_in, render_log_event, reset_logging,
@@ -61,14 +62,14 @@ from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 __all__ = [
     "check_timeout",
     "CALL", "DEFAULT_TIMEOUT", "From", "aask", "acall", "arequest", "ask", "call", "dispatch",
-    "reply", "request", "resolve",
+    "drop_late_reply", "reply", "request", "resolve",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
-    "annotate", "asend", "spawn_opt", "tally", "current_namespace", "describe_reason", "enter_namespace",
-    "is_trapping",
+    "annotate", "asend", "spawn_opt", "tally", "current_namespace", "describe_reason",
+    "enter_namespace", "is_trapping",
     "leave_namespace", "node_running", "processes_in", "process_name", "registered_in", "shutdown",
     "start", "unregister_in", "zygote_os_pid", "keeper_os_pid",
-    "LOG_LEVELS", "logger", "parse_log_lines", "render_log_event", "reset_logging",
+    "LOG_LEVELS", "log_enabled", "logger", "parse_log_lines", "render_log_event", "reset_logging",
     "traceback_text",
     "await_down", "begin_shutdown", "deadline_for", "finish_shutdown", "flush", "kill",
     "shutdown_child", "stop_process",

@@ -48,6 +48,13 @@ def request(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
     return context().call(pid, message, ref, check_timeout(timeout, "request timeout"))
 
 
+def drop_late_reply(ref: Ref) -> None:
+    """After a :func:`request` answered under ``ref``: one more answer under
+    it (a second process answering for the first, which could not know) is
+    dropped on arrival instead of left in the mailbox."""
+    context().drop_late_reply(ref)
+
+
 def call(server: Pid | str, request_term: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
     """Send ``request_term`` to a server and wait for its reply.
 
@@ -130,5 +137,6 @@ def dispatch(server: Any, request_term: tuple) -> tuple[str, Any]:
         return ("error", exc)
 
 
-__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "aask", "acall", "arequest", "ask", "call",
+__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "aask", "acall", "arequest", "ask",
+           "drop_late_reply", "call",
            "dispatch", "reply", "request", "resolve"]

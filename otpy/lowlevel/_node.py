@@ -80,6 +80,12 @@ def logger(**bound: Any) -> log.Logger:
     return log.logger(**bound)
 
 
+def log_enabled(level: str) -> bool:
+    """Whether an event at ``level`` ("debug", "info", ...) would be written:
+    to skip building its fields on a hot path."""
+    return log.enabled(log.LEVELS[level])
+
+
 def describe_reason(reason: Any, limit: int = 300) -> str:
     """A short text for an exit reason, as logs and the observer show it."""
     return reasons.describe(reason, limit)

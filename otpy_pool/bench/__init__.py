@@ -47,6 +47,8 @@ RATIOS = {
     "execute_over_call_p50": ("pool_execute_us", "call_rtt_us"),
     "execute_over_billiard_p50": ("pool_execute_us", "billiard_apply_us"),
     "execute_over_mp_pool_p50": ("pool_execute_us", "mp_pool_apply_us"),
+    "execute_stateless_over_call_p50": ("pool_execute_stateless_us", "call_rtt_us"),
+    "execute_stateless_over_billiard_p50": ("pool_execute_stateless_us", "billiard_apply_us"),
     "breaker_over_pybreaker": ("breaker_overhead_ns", "pybreaker_overhead_ns"),
     "limiter_over_limits_p50": ("limiter_hit_us", "limits_hit_us"),
     "ray_execute_over_actor_call_p50": ("ray_execute_us", "ray_actor_call_us"),

@@ -8,6 +8,7 @@ import sys
 
 import otpy
 import pytest
+from otpy.testing import wait_for
 from otpy_pool import Pool, PoolError
 
 from helpers import in_thread, sigkill
@@ -37,9 +38,11 @@ def test_the_pool_shows_in_the_observer():
 
     pool = start(size=2, name="observed")
     with pool.checkout():
-        rows = list(_flatten(snapshot()["tree"]))
-        server = next(r for r in rows if r["name"] == "observed")
-        assert "in use 1/2" in server["behaviour"]
+        def labelled():  # the label is written at most every 50 ms (a message each)
+            rows = list(_flatten(snapshot()["tree"]))
+            server = next(r for r in rows if r["name"] == "observed")
+            return (rows, server) if "in use 1/2" in server["behaviour"] else None
+        rows, server = wait_for(labelled)
         # the pool's supervisor holds the workers' supervisor, which holds the workers
         pool_sup = next(r for r in rows if server in r["children"])
         workers_sup = next(r for r in pool_sup["children"] if r["name"] == "observed.workers")

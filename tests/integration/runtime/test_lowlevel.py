@@ -289,3 +289,23 @@ def test_start_and_shutdown_of_the_node_on_purpose(tmp_path):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["zygote", "gone", "restarted", "True"]
+
+
+def _reply_twice(parent: otpy.Pid) -> None:
+    _, ref = otpy.receive()
+    caller = lowlevel.From(parent, ref)
+    lowlevel.reply(caller, "first")
+    otpy.receive(match=lambda m: m == "again")
+    lowlevel.reply(caller, "second")  # as a pool server answering for a dead worker
+    otpy.send(parent, "replied again")
+
+
+def test_a_second_answer_after_drop_late_reply_never_reaches_the_mailbox():
+    pid = otpy.spawn(_reply_twice, otpy.self())
+    ref = otpy.make_ref()
+    assert lowlevel.request(pid, ("ask", ref), ref, timeout=DEADLINE) == "first"
+    lowlevel.drop_late_reply(ref)
+    otpy.send(pid, "again")
+    expect(lambda m: m == "replied again")  # sent after the second answer: that came first
+    with pytest.raises(otpy.Timeout):
+        otpy.receive(timeout=0, match=lambda m: type(m) is tuple and m[:1] == ("$reply",))
