@@ -33,6 +33,12 @@ from ._worker import worker_spec
 DOWN_WAIT = 5.0  # how long the server waits for the Down of a worker a caller saw die
 
 
+def _ran(job: "Handed") -> tuple[int, int]:
+    """How a worker's counts page names the handed command while it runs it."""
+    ref = job.caller.ref
+    return (ref.origin[1], ref.n)
+
+
 LABEL_EVERY = 0.05  # the observer's label of the server is written at most this often (s)
 
 
@@ -78,6 +84,10 @@ class PoolServer(otpy.GenServer):
             Emit: self._do_emit, AwaitDown: self._do_await_down}
         self.caller: otpy.From | None = None  # the call being handled
         self.handed: dict[otpy.Ref, Handed] = {}  # RUN_ANYs by their call's ref (the token)
+        # A worker checks in before it answers: its last handed command, until
+        # the worker runs another or dies (then, if it died before answering,
+        # its caller is told).
+        self.answering: dict[otpy.Pid, Handed] = {}
         # One timer at a time for all handed commands' deadlines (timers are
         # messages to the zygote: one per command would cost as much as it).
         self.deadline_due: float | None = None
@@ -223,8 +233,9 @@ class PoolServer(otpy.GenServer):
 
     def _cast_checkin(self, token: Any, how: str) -> None:
         job = self.handed.get(token)
-        if job is not None and not job.timed_out:  # its worker ran it and answered
+        if job is not None and not job.timed_out:  # its worker ran it, answers next
             del self.handed[token]
+            self.answering[job.worker] = job
         entry = self.book.checkouts.get(token)
         if how == DEAD and entry is not None and otpy.is_alive(entry[0]):
             how = REPLACE  # the holder's error came from elsewhere: its state is unknown
@@ -362,7 +373,7 @@ class PoolServer(otpy.GenServer):
         page = self.pages.pop(pid, None)
         if page is not None:
             page.close()
-        if self.handed:
+        if self.handed or self.answering:
             self._handed_lost(pid, reason, final)
         self._do(self.book.worker_down(pid, reason, final))
 
@@ -372,11 +383,14 @@ class PoolServer(otpy.GenServer):
         NOT_RUN for one it never started (its caller runs it again). One it
         had answered already gets a second answer its caller drops."""
         running = UNKNOWN if final is None else final.running
+        answering = self.answering.pop(pid, None)
+        if answering is not None and running == _ran(answering):  # checked in, not answered
+            otpy.reply(answering.caller, (ERROR, WorkerCrashed(reason)))
         for token in [t for t, job in self.handed.items()
                       if job.worker == pid and not job.timed_out]:
             job = self.handed.pop(token)
             never = reason in ("noproc", "shutdown") or reason == RETIRED or (
-                running != UNKNOWN and running != (token.origin[1], token.n))
+                running != UNKNOWN and running != _ran(job))
             otpy.reply(job.caller, (NOT_RUN,) if never else (ERROR, WorkerCrashed(reason)))
 
     def _do_await_down(self, effect: AwaitDown) -> None:
@@ -417,6 +431,7 @@ class PoolServer(otpy.GenServer):
         """The book gave RUN_ANY a worker: the command goes to it in the
         caller's call, so the worker answers the caller directly."""
         job.worker = worker
+        self.answering.pop(worker, None)  # it answers that one before it runs this one
         otpy.send(worker, (lowlevel.CALL, job.caller, job.request))
         if job.timeout is not None:
             job.ends = time.monotonic() + job.timeout

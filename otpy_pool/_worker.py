@@ -175,7 +175,8 @@ class WorkerProcess(otpy.GenServer):
             raise UnknownCommand(f"{type(self.user).__name__} has no command {name!r}")
         return getattr(self.user, name)(session, *args, **kwargs)
 
-    def _op_run(self, sid: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def _op_run(self, sid: Any, name: str, args: tuple, kwargs: dict,
+                handed: Any = None) -> Any:
         caller = self.caller
         session = self._session(caller, sid)
         if session is None:
@@ -198,16 +199,18 @@ class WorkerProcess(otpy.GenServer):
         if self.check_wear and self._worn_out():
             self.check_wear = False  # told once; the server retires it when idle
             otpy.cast(self.server, (WORN, self.me))
+        if handed is not None:  # checked in before the answer: the caller's next
+            otpy.cast(self.server, (CHECKIN, handed, RETURN))  # call finds it idle
         self._reply(caller, name, outcome)
         count[RUN_N] = 0  # replied: no longer running
         return otpy.NOREPLY
 
     def _op_run_handed(self, token: Any, name: str, args: tuple, kwargs: dict) -> Any:
         """A session-less command the server handed over in its caller's call:
-        answered to the caller, then this worker checks itself back in."""
-        self._op_run(None, name, args, kwargs)
-        otpy.cast(self.server, (CHECKIN, token, RETURN))
-        return otpy.NOREPLY
+        this worker checks itself back in, then answers the caller (so a
+        caller's next command reaches the server after the check-in: LIFO
+        gives it this worker again)."""
+        return self._op_run(None, name, args, kwargs, handed=token)
 
     def _session(self, caller: otpy.From, sid: Any) -> Session | None:
         """The command's Session; None if the caller was answered instead

@@ -79,3 +79,12 @@ def test_a_stateless_command_whose_worker_is_killed_while_running_it_fails_once(
     assert pool.execute("echo", 3) == ((3,), {})
     with pytest.raises(otpy.Timeout):  # no second answer left behind
         otpy.receive(timeout=0, match=lambda m: type(m) is tuple and m[:1] == ("$reply",))
+
+
+def test_a_callers_next_command_finds_the_worker_that_served_it_checked_in():
+    """The worker checks in before it answers, so a caller's commands one
+    after another take the same (last returned, LIFO) worker of an idle pool."""
+    pool = start(size=3, strategy="lifo")
+    served = {pool.execute("whoami") for _ in range(50)}
+    assert len(served) == 1
+    assert pool.status().busy == 0
