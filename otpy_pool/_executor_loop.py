@@ -48,8 +48,10 @@ class LoopThread:
 
 
 class Backlog:
-    """Pending work, first in first out, for the loop's runners: ``take``
-    waits for some (None once closed and empty); ``close`` wakes them all."""
+    """Pending work, first in first out, for the loop's runners. A runner
+    waiting in ``take`` is handed new work at once (so work submitted just
+    before a ``shutdown(cancel_futures=True)`` that a runner was free for
+    runs); ``take`` returns None once the backlog is closed and empty."""
 
     def __init__(self) -> None:
         self.items: collections.deque = collections.deque()
@@ -58,43 +60,41 @@ class Backlog:
 
     def put(self, item: Any) -> None:
         self.items.append(item)
-        self._wake(1)
+        self._hand_out()
 
     def put_back(self, items: list) -> None:
         """Work taken that never ran: first in line again."""
         self.items.extendleft(reversed(items))
-        self._wake(len(items))
+        self._hand_out()
 
-    def close(self) -> list:
-        """No more work will come: returns what was still pending, removed."""
+    def close(self, drop: bool) -> list:
+        """No more work will come; ``drop``: what is pending is removed and
+        returned (else it still runs). Runners left waiting get None."""
         self.closed = True
-        left = list(self.items)
-        self.items.clear()
-        self._wake(len(self.waiters))
+        left = list(self.items) if drop else []
+        if drop:
+            self.items.clear()
+        while self.waiters:
+            _resolve(self.waiters.popleft(), None)
         return left
-
-    def finish(self) -> None:
-        """No more work will come; what is pending still runs."""
-        self.closed = True
-        self._wake(len(self.waiters))
 
     async def take(self) -> Any:
         """The oldest item, waiting for one; None once closed and empty."""
-        while not self.items:
-            if self.closed:
-                return None
-            waiter = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
-        return self.items.popleft()
+        if self.items:
+            return self.items.popleft()
+        if self.closed:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
 
-    def _wake(self, n: int) -> None:
-        while n > 0 and self.waiters:
+    def _hand_out(self) -> None:
+        while self.items and self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                n -= 1
+                waiter.set_result(self.items.popleft())
+
+
+def _resolve(waiter: asyncio.Future, value: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(value)

@@ -50,7 +50,18 @@ class _Task:
     __slots__ = ("future", "call", "tries")
 
     def __init__(self, future: concurrent.futures.Future, call: tuple) -> None:
-        self.future, self.call, self.tries = future, call, 0
+        self.future: Any = future
+        self.call: Any = call
+        self.tries = 0
+
+    def settle(self, outcome: tuple) -> None:
+        """Its outcome, ``(OK, value)`` or ``(ERROR, exc)``, to its Future;
+        then the task lets go of both (its result is the caller's alone)."""
+        if outcome[0] == OK:
+            self.future.set_result(outcome[1])
+        else:
+            self.future.set_exception(outcome[1])
+        self.future = self.call = None
 
 
 class PoolExecutor(concurrent.futures.Executor):
@@ -125,11 +136,8 @@ class PoolExecutor(concurrent.futures.Executor):
     # ---- the runners (the executor's loop thread) ---------------------------------------
 
     def _close(self, cancel_futures: bool) -> None:
-        if cancel_futures:
-            for task in self._backlog.close():
-                task.future.cancel()
-        else:
-            self._backlog.finish()
+        for task in self._backlog.close(drop=cancel_futures):
+            task.future.cancel()
 
     async def _main(self) -> None:
         await asyncio.gather(*(self._runner() for _ in range(self._max_workers)))
@@ -165,7 +173,7 @@ class PoolExecutor(concurrent.futures.Executor):
             worker = await arun(_caller.checkout(self.pool, token, None))
         except Exception as exc:  # no worker can come (PoolUnavailable), no pool
             for task in batch:
-                task.future.set_exception(self._as_stdlib(exc))
+                task.settle((ERROR, self._as_stdlib(exc)))
             return await self._take()
         how, left = REPLACE, batch
         try:
@@ -227,19 +235,18 @@ class PoolExecutor(concurrent.futures.Executor):
 
     async def _run_one(self, worker: otpy.Pid, token: Any, task: _Task,
                        timeout: float | None) -> tuple[list, bool]:
-        future = task.future
         try:
             value = await arun(_caller.run_on(self.pool, worker, token, FUNCTION, task.call, {},
                                               timeout))
         except NotRun:
             return [task], True
         except (WorkerCrashed, CommandTimeout) as exc:
-            future.set_exception(self._as_stdlib(exc))
+            task.settle((ERROR, self._as_stdlib(exc)))
             return [], True
-        except Exception as exc:  # the function's own, or its input could not be sent
-            future.set_exception(self._as_stdlib(exc))
+        except (Exception, SystemExit) as exc:  # the function's own (sys.exit too), or
+            task.settle((ERROR, self._as_stdlib(exc)))  # its input could not be sent
             return [], False
-        future.set_result(value)
+        task.settle((OK, value))
         return [], False
 
     def _as_stdlib(self, exc: BaseException) -> BaseException:
@@ -259,12 +266,10 @@ class _Settle:
         self.settled: set[int] = set()
 
     def __setitem__(self, i: int, outcome: tuple) -> None:
-        future = self.batch[i].future
         self.settled.add(i)
-        if outcome[0] == OK:
-            future.set_result(outcome[1])
-        else:
-            future.set_exception(self.executor._as_stdlib(outcome[1]))
+        if outcome[0] != OK:
+            outcome = (ERROR, self.executor._as_stdlib(outcome[1]))
+        self.batch[i].settle(outcome)
 
     def fail_rest(self, exc: BaseException) -> list:
         for i in range(len(self.batch)):
@@ -283,9 +288,9 @@ def _retried(tasks: list) -> list:
         if task.tries < RETRIES:
             again.append(task)
         else:
-            task.future.set_exception(BrokenWorker(None, (
+            task.settle((ERROR, BrokenWorker(None, (
                 f"{RETRIES} workers died before they could start this task: "
-                "its input may be what kills them")))
+                "its input may be what kills them"))))
     return again
 
 

@@ -27,15 +27,8 @@ class ExecutorWorker(Worker):
     submitted functions); ``init`` runs the executor's initializer."""
 
     def init(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> None:
-        if initializer is None:
-            return
-        try:
+        if initializer is not None:
             initializer(*initargs)
-        except BaseException:
-            logging.getLogger("concurrent.futures").critical(
-                "a ProcessPoolExecutor worker's initializer raised; the executor is broken",
-                exc_info=True)
-            raise
 
 
 class ProcessPoolExecutor(PoolExecutor):
@@ -103,6 +96,10 @@ def _start_pool(size: int, initializer: Any, initargs: tuple,
                                checkout_timeout=None, max_commands=max_tasks,
                                name=f"otpy_pool.ProcessPoolExecutor.{os.urandom(4).hex()}")
     except otpy.StartError as exc:
-        return Pool("otpy_pool.ProcessPoolExecutor.broken"), as_initializer_failure(
-            start_error(exc))
+        cause = start_error(exc)
+        # as the standard library's executor says it (its logger, CRITICAL, the traceback)
+        logging.getLogger("concurrent.futures").critical(
+            "the executor's initializer raised in a worker: the executor is broken",
+            exc_info=cause if isinstance(cause, BaseException) else None)
+        return Pool("otpy_pool.ProcessPoolExecutor.broken"), as_initializer_failure(cause)
     return pool, None
