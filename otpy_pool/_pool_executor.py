@@ -101,10 +101,10 @@ class PoolExecutor(concurrent.futures.Executor):
     def _check_open(self) -> None:
         if self._broken:
             raise self._broken  # type: ignore[misc]
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -118,26 +118,31 @@ class PoolExecutor(concurrent.futures.Executor):
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new work; ``cancel_futures``: pending work that has not started
-        is cancelled. ``wait``: return once the rest has run and the executor's
-        thread (and, for ProcessPoolExecutor, its pool) is gone."""
+        """No new work; ``cancel_futures``: pending work no worker took is
+        cancelled (before this returns). ``wait``: return once the rest has
+        run and the executor's thread (and, for ProcessPoolExecutor, its
+        pool) is gone."""
         with self._lock:
             self._shutdown = True
             loop = self._loop
-            if loop is not None and loop.thread.is_alive():
-                try:
-                    loop.call(self._close, cancel_futures)
-                except RuntimeError:  # its loop has ended already
-                    pass
+            closed = threading.Event()
+            try:
+                if loop is not None:
+                    loop.call(self._close, cancel_futures, closed)
+            except RuntimeError:  # its loop has ended already
+                loop = None
         _live.discard(self)
+        while loop is not None and not closed.wait(0.1) and loop.thread.is_alive():
+            pass  # the loop's thread closes the backlog at once: wait for that, or its end
         if wait and loop is not None:
             loop.join()
 
     # ---- the runners (the executor's loop thread) ---------------------------------------
 
-    def _close(self, cancel_futures: bool) -> None:
+    def _close(self, cancel_futures: bool, closed: threading.Event) -> None:
         for task in self._backlog.close(drop=cancel_futures):
             task.future.cancel()
+        closed.set()
 
     async def _main(self) -> None:
         await asyncio.gather(*(self._runner() for _ in range(self._max_workers)))
