@@ -26,6 +26,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import otpy
+from otpy import lowlevel
 
 from . import _caller, _checks
 from ._caller import RETRIES, UNSET
@@ -40,7 +41,7 @@ from ._protocol import CHECKIN, DEAD, ERROR, FUNCTION, OK, REPLACE, RETURN
 if TYPE_CHECKING:
     from ._pool import Pool
 
-WINDOW = 2  # tasks sent to one worker at once when work is queued behind every runner
+WINDOW = 4  # tasks sent to one worker at once when work is queued behind every runner
 
 
 class _Task:
@@ -79,6 +80,7 @@ class PoolExecutor(concurrent.futures.Executor):
         self._shutdown = False
         self._broken: BaseException | bool = broken or False  # the stdlib's name and sense
         self._backlog = Backlog()
+        self._incoming: list[_Task] = []  # submitted, not yet in the backlog (under _lock)
         self._loop: LoopThread | None = None
         if broken is None:
             self._loop = LoopThread(f"otpy_pool.executor:{pool.name}", self._main, self._after)
@@ -94,9 +96,18 @@ class PoolExecutor(concurrent.futures.Executor):
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             self._check_open()
-            assert self._loop is not None
-            self._loop.call(self._backlog.put, _Task(future, (fn, args, kwargs)))
+            self._incoming.append(_Task(future, (fn, args, kwargs)))
+            if len(self._incoming) == 1:  # the loop is told once per batch of submits
+                assert self._loop is not None
+                self._loop.call(self._take_incoming)
         return future
+
+    def _take_incoming(self) -> None:
+        """In the loop's thread: what was submitted joins the backlog."""
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for task in incoming:
+            self._backlog.put(task)
 
     def _check_open(self) -> None:
         if self._broken:
@@ -153,7 +164,15 @@ class PoolExecutor(concurrent.futures.Executor):
     async def _runner(self) -> None:
         batch = await self._take()
         while batch is not None:
-            batch = await self._serve(batch)
+            try:
+                batch = await self._serve(batch)
+            except Exception as exc:  # a bug of ours: its tasks fail with it, no future hangs
+                lowlevel.logger().error("executor runner failed", error=repr(exc),
+                                        exception=lowlevel.traceback_text(exc))
+                for task in batch:
+                    if task.future is not None and not task.future.done():
+                        task.settle((ERROR, exc))
+                batch = await self._take()
 
     async def _take(self) -> list | None:
         """Pending work that was not cancelled: one task, or up to WINDOW when
@@ -163,7 +182,8 @@ class PoolExecutor(concurrent.futures.Executor):
             item = await self._backlog.take()
             if item is None:
                 return None
-            more = WINDOW - 1 if len(self._backlog.items) >= self._max_workers else 0
+            queued = len(self._backlog.items)
+            more = min(WINDOW - 1, queued) if queued >= self._max_workers else 0
             for task in [item] + [self._backlog.items.popleft() for _ in range(more)]:
                 # a task put back (its worker died first) is running already
                 if task.future.running() or task.future.set_running_or_notify_cancel():
@@ -196,9 +216,10 @@ class PoolExecutor(concurrent.futures.Executor):
         if the executor keeps its workers, while it waits for more): how to
         check the worker in, and the work it never ran."""
         ran = 0
+        timeout = await arun(_caller.run_timeout(self.pool, UNSET))
         while True:
             batch = self._within_recycle(batch, ran)
-            left, gone = await self._run_batch(worker, token, batch)
+            left, gone = await self._run_batch(worker, token, batch, timeout)
             ran += len(batch) - len(left)
             if gone:
                 return DEAD, left
@@ -223,10 +244,10 @@ class PoolExecutor(concurrent.futures.Executor):
     def _worn_out(self, ran: int) -> bool:
         return False
 
-    async def _run_batch(self, worker: otpy.Pid, token: Any, batch: list) -> tuple[list, bool]:
+    async def _run_batch(self, worker: otpy.Pid, token: Any, batch: list,
+                         timeout: float | None) -> tuple[list, bool]:
         """Run ``batch`` on ``worker``, settling each future: the work that
         never ran (to run elsewhere), and whether the worker is gone."""
-        timeout = await arun(_caller.run_timeout(self.pool, UNSET))
         if len(batch) == 1:
             return await self._run_one(worker, token, batch[0], timeout)
         settle = _Settle(self, batch)
