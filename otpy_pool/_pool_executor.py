@@ -21,6 +21,7 @@ import atexit
 import concurrent.futures
 import functools
 import itertools
+import pickle
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -124,9 +125,9 @@ class PoolExecutor(concurrent.futures.Executor):
         chunksize = _checks.count(chunksize, "chunksize", minimum=1)
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables), chunksize)
+        chunks = (_packed(chunk) for chunk in _chunks(zip(*iterables), chunksize))
         results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        return itertools.chain.from_iterable(map(_unpacked, results))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new work; ``cancel_futures``: pending work no worker took is
@@ -343,9 +344,23 @@ def _chunks(calls: Iterator[tuple], size: int) -> Iterator[list]:
         yield chunk
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list) -> list:
-    """In a worker: ``fn`` over a chunk of argument tuples."""
-    return [fn(*args) for args in chunk]
+def _run_chunk(fn: Callable[..., Any], chunk: Any) -> Any:
+    """In a worker: ``fn`` over a chunk of argument tuples; the results packed."""
+    return _packed([fn(*args) for args in _unpacked(chunk)])
+
+
+def _packed(items: list) -> Any:
+    """A chunk's list as one pickle (bytes): otpy's wire then carries one
+    object, not one per item. A list pickle cannot take (lambdas, say)
+    travels as it is, and otpy's wire falls back to dill for it."""
+    try:
+        return pickle.dumps(items, 5)
+    except Exception:
+        return items
+
+
+def _unpacked(items: Any) -> list:
+    return pickle.loads(items) if type(items) is bytes else items
 
 
 def as_initializer_failure(exc: BaseException) -> InitializerFailed:

@@ -250,6 +250,10 @@ def test_map_sends_chunks_of_chunksize_tasks(executor):
     assert executor.pool.status().total_commands - commands == 10  # one per chunk
     with pytest.raises(ZeroDivisionError):
         list(executor.map(divmod, [1, 1, 1], [1, 0, 1], chunksize=2))
+    # what pickle cannot carry (lambdas as function, arguments, results) dill does
+    makers = executor.map(lambda n: (lambda x: x + n), range(5), chunksize=2)
+    assert [make(10) for make in makers] == [10, 11, 12, 13, 14]
+    assert list(executor.map(lambda f: f(2), [lambda x: x * 3] * 3, chunksize=2)) == [6] * 3
 
 
 def test_shutdown_cancels_what_no_worker_took_and_refuses_new_work():
