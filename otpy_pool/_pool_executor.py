@@ -24,7 +24,7 @@ import itertools
 import pickle
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import otpy
 from otpy import lowlevel
@@ -42,6 +42,7 @@ from ._protocol import CHECKIN, DEAD, ERROR, FUNCTION, OK, REPLACE, RETURN
 if TYPE_CHECKING:
     from ._pool import Pool
 
+E = TypeVar("E", bound=BaseException)
 WINDOW = 4  # tasks sent to one worker at once when work is queued behind every runner
 
 
@@ -122,8 +123,7 @@ class PoolExecutor(concurrent.futures.Executor):
             chunksize: int = 1) -> Iterator[Any]:
         """As ``Executor.map``; with ``chunksize`` > 1 each task runs ``fn``
         over a chunk of that many inputs (fewer round trips for tiny tasks)."""
-        chunksize = _checks.count(chunksize, "chunksize", minimum=1)
-        if chunksize == 1:
+        if _checks.count(chunksize, "chunksize", minimum=1) == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = (_packed(chunk) for chunk in _chunks(zip(*iterables), chunksize))
         results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
@@ -165,12 +165,13 @@ class PoolExecutor(concurrent.futures.Executor):
     async def _runner(self) -> None:
         batch = await self._take()
         while batch is not None:
+            current = batch
             try:
-                batch = await self._serve(batch)
+                batch = await self._serve(current)
             except Exception as exc:  # a bug of ours: its tasks fail with it, no future hangs
                 lowlevel.logger().error("executor runner failed", error=repr(exc),
                                         exception=lowlevel.traceback_text(exc))
-                for task in batch:
+                for task in current:
                     if task.future is not None and not task.future.done():
                         task.settle((ERROR, exc))
                 batch = await self._take()
@@ -330,7 +331,7 @@ def check_max_workers(value: Any) -> int:
     return value
 
 
-def _chained(new: BaseException, cause: BaseException) -> BaseException:
+def _chained(new: E, cause: BaseException) -> E:
     new.__cause__ = cause
     return new
 
