@@ -143,7 +143,6 @@ class PoolExecutor(concurrent.futures.Executor):
                     loop.call(self._close, cancel_futures, closed)
             except RuntimeError:  # its loop has ended already
                 loop = None
-        _live.discard(self)
         while loop is not None and not closed.wait(0.1) and loop.thread.is_alive():
             pass  # the loop's thread closes the backlog at once: wait for that, or its end
         if wait and loop is not None:
@@ -379,7 +378,8 @@ _exiting = False
 
 def _at_exit() -> None:
     """Registered after otpy's own hook (otpy is imported first), so it runs
-    before the node stops: pending work ends, pools stop in order."""
+    before the node stops: pending work ends (that of executors shut down
+    without waiting too), pools stop in order."""
     global _exiting
     _exiting = True
     for executor in list(_live):

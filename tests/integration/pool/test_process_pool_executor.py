@@ -277,7 +277,9 @@ def test_shutdown_cancels_what_no_worker_took_and_refuses_new_work():
 
 
 def test_at_the_interpreters_exit_pending_work_runs_then_everything_stops(tmp_path):
-    marker = tmp_path / "ran"
+    """Pending work of an executor left open, and of one shut down without
+    waiting, runs before the program ends; then no process is left."""
+    marker, other = tmp_path / "ran", tmp_path / "ran too"
     program = textwrap.dedent(f"""
         import atexit
 
@@ -289,18 +291,24 @@ def test_at_the_interpreters_exit_pending_work_runs_then_everything_stops(tmp_pa
                 print("late:", exc, flush=True)
 
         import pathlib
+        import time
         import otpy
         from otpy_pool import ProcessPoolExecutor
 
         if __name__ == "__main__":
             ex = ProcessPoolExecutor(2)
             ex.submit(pathlib.Path({str(marker)!r}).write_text, "ran")
+            closed = ProcessPoolExecutor(1)
+            for _ in range(6):  # work, not a wait: the next task queues behind it
+                closed.submit(time.sleep, 0.1)
+            closed.submit(pathlib.Path({str(other)!r}).write_text, "ran too")
+            closed.shutdown(wait=False)
             print("node", otpy.self().node, flush=True)
     """)
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert marker.read_text() == "ran"
+    assert marker.read_text() == "ran" and other.read_text() == "ran too"
     assert "late: cannot schedule new futures after interpreter shutdown" in out.stdout
     node = re.search(r"node (\w+)", out.stdout).group(1)
     wait_for(lambda: not [p for p in psutil.process_iter(["name"])
