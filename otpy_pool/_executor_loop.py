@@ -67,16 +67,14 @@ class Backlog:
         self.items.extendleft(reversed(items))
         self._hand_out()
 
-    def close(self, drop: bool) -> list:
-        """No more work will come; ``drop``: what is pending is removed and
-        returned (else it still runs). Runners left waiting get None."""
+    def close(self, drop: Callable[[Any], bool]) -> None:
+        """No more work will come: pending items for which ``drop`` is true
+        are removed, the rest still run; runners left without work get None."""
         self.closed = True
-        left = list(self.items) if drop else []
-        if drop:
-            self.items.clear()
+        self.items = collections.deque(item for item in self.items if not drop(item))
+        self._hand_out()
         while self.waiters:
             _resolve(self.waiters.popleft(), None)
-        return left
 
     async def take(self) -> Any:
         """The oldest item, waiting for one; None once closed and empty."""

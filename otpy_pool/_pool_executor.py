@@ -151,8 +151,9 @@ class PoolExecutor(concurrent.futures.Executor):
     # ---- the runners (the executor's loop thread) ---------------------------------------
 
     def _close(self, cancel_futures: bool, closed: threading.Event) -> None:
-        for task in self._backlog.close(drop=cancel_futures):
-            task.future.cancel()
+        # cancel() refuses a running task (put back after its worker died
+        # before starting it): that one stays, to run
+        self._backlog.close(lambda task: cancel_futures and task.future.cancel())
         closed.set()
 
     async def _main(self) -> None:

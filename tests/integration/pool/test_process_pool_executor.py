@@ -276,6 +276,22 @@ def test_shutdown_cancels_what_no_worker_took_and_refuses_new_work():
         ex.pool.status()
 
 
+def test_shutdown_cancelling_futures_still_runs_work_a_dead_worker_never_started():
+    """Tasks pipelined behind one whose input kills its worker never started:
+    they wait, running, while it is retried; a shutdown(cancel_futures=True)
+    then cannot cancel them, and they still run."""
+    ex = ProcessPoolExecutor(1)
+    try:
+        doomed = ex.submit(id, KillsOnArrival())
+        behind = [ex.submit(os.getpid) for _ in range(3)]
+        wait_for(lambda: ex.pool.status().worker_restarts >= 1)
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert isinstance(doomed.exception(DEADLINE * 3), BrokenWorker)
+        assert all(isinstance(f.result(DEADLINE), int) for f in behind)
+    finally:
+        ex.shutdown(wait=True)
+
+
 def test_at_the_interpreters_exit_pending_work_runs_then_everything_stops(tmp_path):
     """Pending work of an executor left open, and of one shut down without
     waiting, runs before the program ends; then no process is left."""
