@@ -197,7 +197,7 @@ class PoolExecutor(concurrent.futures.Executor):
         work to run next (None: shut down)."""
         token = otpy.make_ref()
         try:
-            worker = await arun(_caller.checkout(self.pool, token, None))
+            worker = await self._checkout(token)
         except Exception as exc:  # no worker can come (PoolUnavailable), no pool
             for task in batch:
                 task.settle((ERROR, self._as_stdlib(exc)))
@@ -225,14 +225,18 @@ class PoolExecutor(concurrent.futures.Executor):
             ran += len(batch) - len(left)
             if gone:
                 return DEAD, left
-            if self._worn_out(ran):
-                return REPLACE, []
+            if self._worn_out(worker, ran):
+                return RETURN, []
             if not self._backlog.items and not self._keeps_workers():
                 return RETURN, []
             next_batch = await self._take()
             if next_batch is None:
                 return RETURN, []
             batch = next_batch
+
+    async def _checkout(self, token: Any) -> otpy.Pid:
+        """A worker, held under ``token``, waiting as long as it takes."""
+        return await arun(_caller.checkout(self.pool, token, None))
 
     def _keeps_workers(self) -> bool:
         """Whether a runner keeps its worker while it waits for work: only an
@@ -243,7 +247,8 @@ class PoolExecutor(concurrent.futures.Executor):
         """A subclass recycling workers sends no more than a worker may run."""
         return batch
 
-    def _worn_out(self, ran: int) -> bool:
+    def _worn_out(self, worker: otpy.Pid, ran: int) -> bool:
+        """Whether ``worker`` ran all a worker may (a subclass recycling workers)."""
         return False
 
     async def _run_batch(self, worker: otpy.Pid, token: Any, batch: list,

@@ -9,6 +9,7 @@ running; the pool replaces the worker and the executor keeps serving.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from typing import Any, Callable
@@ -16,9 +17,11 @@ from typing import Any, Callable
 import otpy
 
 from . import _checks
+from ._caller import RETRIES
 from ._errors import PoolUnavailable, start_error
 from ._pool import Pool
 from ._pool_executor import PoolExecutor, as_initializer_failure, check_max_workers
+from ._protocol import CHECKIN, REPLACE, RETURN
 from ._worker import Worker
 
 
@@ -53,6 +56,7 @@ class ProcessPoolExecutor(PoolExecutor):
         self._max_tasks = _checks.count(max_tasks_per_child, "max_tasks_per_child", minimum=1,
                                         none_ok=True)
         self._owns_pool = False
+        self._worn: collections.deque[otpy.Pid] = collections.deque(maxlen=64)  # recycled
         pool, broken = _start_pool(size, initializer, tuple(initargs), self._max_tasks)
         self._owns_pool = broken is None
         super().__init__(pool, size, broken=broken)
@@ -76,10 +80,26 @@ class ProcessPoolExecutor(PoolExecutor):
         self._backlog.put_back(batch[room:])
         return batch[:room]
 
-    def _worn_out(self, ran: int) -> bool:
-        """Its worker ran ``max_tasks_per_child`` tasks: replaced at its check-in
-        (REPLACE, so that no task of ours can reach it first)."""
-        return self._max_tasks is not None and ran >= self._max_tasks
+    def _worn_out(self, worker: otpy.Pid, ran: int) -> bool:
+        """Its worker ran ``max_tasks_per_child`` tasks: it told the pool,
+        which retires it once it is returned (see ``_checkout``)."""
+        if self._max_tasks is None or ran < self._max_tasks:
+            return False
+        self._worn.append(worker)
+        return True
+
+    async def _checkout(self, token: Any) -> otpy.Pid:
+        """A worker that has not run its ``max_tasks_per_child`` tasks. One
+        that has, returned before the pool heard it is worn out (the worker's
+        word and our return reach the pool's server by different ways), may
+        come back: it is returned again, until the pool has retired it."""
+        for _ in range(RETRIES):
+            worker = await super()._checkout(token)
+            if worker not in self._worn:
+                return worker
+            self.pool._cast((CHECKIN, token, RETURN))
+        self.pool._cast((CHECKIN, token, REPLACE))  # never heard: replaced at once
+        return await super()._checkout(token)
 
     def _as_stdlib(self, exc: BaseException) -> BaseException:
         if isinstance(exc, PoolUnavailable):  # its workers' init is the initializer

@@ -26,7 +26,7 @@ from otpy_pool import (BrokenWorker, InitializerFailed, Pool, PoolNotRunning, Po
 
 from helpers import DEADLINE, expect, sigkill
 from pool_helpers import no_stale_events  # noqa: F401 (a fixture, by name)
-from pool_workers import Notes
+from pool_workers import Notes, event
 
 pytestmark = [pytest.mark.layer("full"),  # real pool workers
               pytest.mark.usefixtures("no_stale_events")]
@@ -133,11 +133,15 @@ def test_a_failing_initializer_breaks_the_executor_at_construction(caplog):
         ex.submit(abs, -1)
 
 
-def test_max_tasks_per_child_replaces_a_worker_after_that_many_tasks():
+def test_max_tasks_per_child_retires_a_worker_after_that_many_tasks():
     with ProcessPoolExecutor(1, max_tasks_per_child=3) as ex:
+        ex.pool.subscribe()
         pids = [ex.submit(os.getpid).result(DEADLINE) for _ in range(7)]
+        exits = [event("worker_exited").detail for _ in range(2)]
+        ex.pool.unsubscribe()
     assert len(set(pids[0:3])) == 1 and len(set(pids[3:6])) == 1
     assert len({pids[0], pids[3], pids[6]}) == 3
+    assert all("retired" in detail for detail in exits), exits  # left, never killed
 
 
 def test_a_sigkilled_worker_fails_only_its_own_task_and_the_executor_serves_on(executor):
