@@ -8,15 +8,17 @@ pool) and ``python -m otpy_pool.bench`` (the benchmark) are tooling beside it.
 """
 
 from ._breaker import BreakerEvent, CircuitBreaker
-from ._errors import (BreakerError, BreakerNotRunning, BreakerTimeout, CircuitOpen,
-                      CommandTimeout, DeadlineExceeded, LimiterBusy, LimiterError,
-                      LimiterNotRunning, LimiterTimeout, PoolError, PoolNotRunning,
-                      PoolOverloaded, PoolTimeout, PoolUnavailable, RateLimited, SessionLost,
-                      SessionNotFound, UnknownCommand, WorkerCrashed)
+from ._errors import (BreakerError, BreakerNotRunning, BreakerTimeout, BrokenWorker,
+                      CircuitOpen, CommandTimeout, DeadlineExceeded, InitializerFailed,
+                      LimiterBusy, LimiterError, LimiterNotRunning, LimiterTimeout, PoolError,
+                      PoolNotRunning, PoolOverloaded, PoolTimeout, PoolUnavailable, RateLimited,
+                      SessionLost, SessionNotFound, TaskNotPicklable, UnknownCommand,
+                      WorkerCrashed)
 from ._limiter import Decision, RateLimiter
 from ._pool import BoundSession, CheckedOut, Pool
 from ._pool_executor import PoolExecutor
 from ._pool_options import EVENT_KINDS, STRATEGIES, PoolEvent, PoolStatus
+from ._process_pool_executor import ProcessPoolExecutor
 from ._ray import RayPlacement
 from ._recovery import ERROR_CLASSES, ClassStats, Policy, Protected, Recovery, classify, protect
 from ._worker import RESERVED, Session, Worker, command
@@ -25,6 +27,8 @@ __all__ = [
     # the pool: worker processes with sessions (docs/pool.md)
     "Pool", "Worker", "command", "Session", "BoundSession", "CheckedOut", "PoolExecutor",
     "PoolStatus", "PoolEvent", "EVENT_KINDS", "STRATEGIES", "RESERVED",
+    # concurrent.futures on a pool of its own (docs/pool.md#coming-from-concurrentfutures)
+    "ProcessPoolExecutor",
     # workers placed on a Ray cluster (docs/distributed.md)
     "RayPlacement",
     # the circuit breaker and the rate limiter (docs/breaker_and_limiter.md)
@@ -36,6 +40,7 @@ __all__ = [
     "PoolError", "PoolNotRunning",
     "PoolTimeout", "CommandTimeout", "PoolOverloaded", "PoolUnavailable", "WorkerCrashed",
     "SessionLost", "SessionNotFound", "UnknownCommand",
+    "BrokenWorker", "InitializerFailed", "TaskNotPicklable",
     "BreakerError", "BreakerNotRunning", "BreakerTimeout", "CircuitOpen",
     "LimiterError", "LimiterNotRunning", "LimiterTimeout", "LimiterBusy", "RateLimited",
     "DeadlineExceeded",

@@ -8,6 +8,9 @@
         PoolTimeout, CommandTimeout   (also otpy.Timeout)
         PoolUnavailable, PoolOverloaded, WorkerCrashed, SessionLost,
         SessionNotFound, UnknownCommand (LookupError)
+        BrokenWorker (WorkerCrashed, BrokenProcessPool)      the executors' forms, caught
+        InitializerFailed (PoolUnavailable, BrokenProcessPool)  as the standard library's
+        TaskNotPicklable (otpy.SerializationError, pickle.PicklingError)
         BreakerError
           CircuitOpen
         LimiterError
@@ -24,6 +27,8 @@ running" a ``PoolNotRunning``.
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 import otpy
@@ -76,6 +81,23 @@ class WorkerCrashed(PoolError):
 
     def __reduce__(self):
         return (type(self), (self.reason, str(self)))
+
+
+class BrokenWorker(WorkerCrashed, BrokenProcessPool):
+    """An executor's task whose worker died while running it: a WorkerCrashed
+    (``reason``: the exit reason) that code written for
+    ``concurrent.futures`` catches as ``BrokenProcessPool``. Only that task
+    fails; the executor keeps serving."""
+
+
+class InitializerFailed(PoolUnavailable, BrokenProcessPool):
+    """An executor's ``initializer`` raised in its workers: ``cause`` is its
+    exception. The executor is broken, as the standard library's would be."""
+
+
+class TaskNotPicklable(PoolError, otpy.SerializationError, pickle.PicklingError):
+    """An executor's task (its function, an argument, or its result) that
+    cannot be sent between processes: a ``pickle.PicklingError`` too."""
 
 
 class SessionLost(PoolError):

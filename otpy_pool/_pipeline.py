@@ -12,7 +12,7 @@ running when it died.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import otpy
 from otpy import lowlevel
@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 PENDING = (ERROR, None)  # an entry's outcome until it has one
 
 
+class Outcomes(Protocol):
+    """Where a pipeline files each entry's outcome: a list, or an executor's
+    batch that settles a Future per entry as its answer comes."""
+
+    def __setitem__(self, i: int, outcome: tuple) -> None: ...
+
+
 class Pipeline:
     """Runs ``todo`` (indexes into ``calls``) on ``worker``, filing each
     outcome in ``out``; ``run()`` returns the indexes that never ran (to run
@@ -39,7 +46,7 @@ class Pipeline:
     reading answers first, so two big payloads cannot stall each other."""
 
     def __init__(self, pool: "Pool", worker: otpy.Pid, token: Any, sid: Any, command: str,
-                 calls: list, todo: list, out: list, timeout: float | None,
+                 calls: list, todo: list, out: Outcomes, timeout: float | None,
                  window: int) -> None:
         self.pool, self.worker, self.token, self.sid = pool, worker, token, sid
         self.command, self.calls, self.todo, self.out = command, calls, todo, out

@@ -316,7 +316,10 @@ class Pool:
         self._ask(UNSUBSCRIBE, otpy.self())
 
     def executor(self, max_workers: int | None = None) -> Any:
-        """A concurrent.futures.Executor running plain functions on the workers."""
+        """A concurrent.futures.Executor running plain functions on the
+        workers, ``max_workers`` at once (default: size plus overflow), work
+        waiting for a worker without limit; its ``shutdown`` leaves the pool
+        running. For an executor with a pool of its own: ProcessPoolExecutor."""
         from ._pool_executor import PoolExecutor
 
         return PoolExecutor(self, max_workers)

@@ -27,6 +27,11 @@ from ._protocol import (CHECKIN, ERROR, FUNCTION, HEALTHY, LOGGED, LOST, MOVED, 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: what a command's failure is (index: whether it is an executor's function):
+#: a function calling sys.exit fails its task, as in concurrent.futures; a
+#: command's sys.exit ends its worker
+_CAUGHT: tuple = (Exception, (Exception, SystemExit))
+
 #: keyword arguments ``execute`` keeps for itself: no command may take them
 RESERVED = ("session", "timeout", "checkout_timeout")
 
@@ -191,7 +196,7 @@ class WorkerProcess(otpy.GenServer):
             outcome: tuple = (OK, self._invoke(session, name, args, kwargs))
             if sid is not None and self.table.get(name):
                 self._log(sid, (name, args, kwargs))
-        except Exception as exc:
+        except _CAUGHT[name == FUNCTION] as exc:
             outcome = (ERROR, lowlevel.sendable_exception(exc))
             count[ERRORS] += 1
         count[COMMANDS] += 1  # before the reply: status() after it returned is exact

@@ -32,6 +32,7 @@ from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 
 from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
 
+from . import executor as _executor
 from . import peers as _peers
 from .aio import async_calls
 from .ray import ray_calls
@@ -53,12 +54,16 @@ RATIOS = {
     "limiter_over_limits_p50": ("limiter_hit_us", "limits_hit_us"),
     "ray_execute_over_actor_call_p50": ("ray_execute_us", "ray_actor_call_us"),
     "aexecute_over_execute_p50": ("pool_aexecute_us", "pool_execute_alt_us"),
+    "executor_submit_result_over_ppe_p50": ("executor_submit_result_us",
+                                            "process_pool_executor_apply_us"),
 }
 # Rate ratios: higher is better, so --compare reads them the other way round.
 RATES = {
     "burst_over_mp_pool": ("pool_burst_per_s", "mp_pool_burst_per_s"),
     "burst_sync_over_mp_pool": ("pool_burst_sync_per_s", "mp_pool_burst_per_s"),
     "aexecute_concurrent_over_burst": ("aexecute_concurrent_per_s", "pool_burst_per_s"),
+    "executor_map_chunked_over_ppe": ("executor_map_chunked_per_s",
+                                      "process_pool_executor_map_chunked_per_s"),
 }
 
 
@@ -324,6 +329,12 @@ def plan(quick: bool, peers: bool) -> list[Case]:
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_apply_us", _peer_case(peer, _peers.round_trip_us, rtt_n,
                                                           rtt_w)))
+    # ProcessPoolExecutor's: beside the standard library's, loky's and pebble's (above)
+    cases += [
+        ("executor_submit_result_us", lambda: _executor.submit_result_us(rtt_n, rtt_w)),
+        ("executor_map_chunked_per_s", _executor.ours_map_chunked_per_s),
+        ("process_pool_executor_map_chunked_per_s", _executor.ppe_map_chunked_per_s),
+    ]
     cases.append(("pool_burst_per_s", lambda: pool_burst(burst)))
     cases.append(("pool_burst_sync_per_s", lambda: pool_burst(burst, pipelined=False)))
     for peer in _peers.PEERS:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.layer("full")  # real pool workers
 
 LATENCIES = ["call_rtt_us", "pool_execute_us", "pool_execute_stateless_us",
              "worker_crash_error_ms", "worker_replaced_ms", "session_recovery_ms",
-             "pool_aexecute_us", "pool_execute_alt_us"]
+             "pool_aexecute_us", "pool_execute_alt_us", "executor_submit_result_us"]
 PEERS = ["mp_pool", "billiard", "pebble", "process_pool_executor", "loky"]
 
 
@@ -34,6 +34,10 @@ def test_quick_json_is_well_formed():
         key = f"{peer}_apply_us"
         assert key in results or "pip install" in skipped[key], key
     assert results["pool_burst_per_s"] > 0
+    # ProcessPoolExecutor's, beside the standard library's in the same run
+    assert report["ratios"]["executor_submit_result_over_ppe_p50"] > 0
+    assert results["executor_map_chunked_per_s"] > 0
+    assert report["ratios"]["executor_map_chunked_over_ppe"] > 0
     assert results["command_timeout_late_ms"]["n"] > 0  # the deadline-to-CommandTimeout figure
     chaos = results["chaos_kill_60pct"]
     assert chaos["callers_lost"] == 0 and chaos["charges_run_twice"] == 0

@@ -82,6 +82,14 @@ def test_pool_sessions_survive_their_workers_sigkill():
     assert_stopped_cleanly(out.stdout)
 
 
+def test_the_executor_serves_on_after_a_workers_sigkill():
+    out = run_example("executor.py")
+    assert "squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out.stdout
+    assert "the killed worker's task failed: BrokenWorker: the worker exited: killed" in out.stdout
+    assert "the executor serves on: 144" in out.stdout
+    assert_stopped_cleanly(out.stdout)
+
+
 def test_protected_calls_retry_then_fall_back_then_recover():
     out = run_example("protected_calls.py")
     assert re.search(r"flaky service at http://127\.0\.0\.1:\d+/", out.stdout)

@@ -1,0 +1,335 @@
+"""otpy_pool.ProcessPoolExecutor: the standard library's executor on a pool of
+its own, and what it does better on purpose (docs/pool.md, "Coming from
+concurrent.futures"). CPython's own tests of it: test_executor_cpython.py."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures.process import BrokenProcessPool
+
+import otpy
+import psutil
+import pytest
+from otpy.testing import wait_for
+from otpy_pool import (BrokenWorker, InitializerFailed, Pool, PoolNotRunning, PoolUnavailable,
+                       ProcessPoolExecutor, TaskNotPicklable, WorkerCrashed)
+
+from helpers import DEADLINE, expect, sigkill
+from pool_helpers import no_stale_events  # noqa: F401 (a fixture, by name)
+from pool_workers import Notes, event
+
+pytestmark = [pytest.mark.layer("full"),  # real pool workers
+              pytest.mark.usefixtures("no_stale_events")]
+
+STATUS = "uninitialized"  # set in each worker by its initializer
+
+
+def set_status(value):
+    global STATUS
+    STATUS = value
+
+
+def status_and_pid():
+    return STATUS, os.getpid()
+
+
+def refuse():
+    raise ValueError("initializer refused")
+
+
+def hold(parent, tag):
+    """In a worker: tell the test it runs, then wait for its go (at most DEADLINE)."""
+    otpy.send(parent, ("holding", tag, otpy.self()))
+    otpy.receive(timeout=DEADLINE, match=lambda m: m == ("go", tag))
+    return tag
+
+
+def holding(tag) -> otpy.Pid:
+    """The worker running ``hold(..., tag)``, once it does."""
+    return expect(lambda m: type(m) is tuple and m[:2] == ("holding", tag))[2]
+
+
+def release(worker: otpy.Pid, tag) -> None:
+    otpy.send(worker, ("go", tag))
+
+
+def sigkill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillsOnArrival:
+    """An argument whose unpickling SIGKILLs the worker receiving it."""
+
+    def __reduce__(self):
+        return (sigkill_self, ())
+
+
+@pytest.fixture
+def executor():
+    ex = ProcessPoolExecutor(2)
+    yield ex
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_it_runs_functions_on_workers_of_its_own_each_initialized_as_it_starts():
+    fork = multiprocessing.get_context("fork")  # accepted, and ignored
+    with ProcessPoolExecutor(2, mp_context=fork, initializer=set_status,
+                             initargs=("ready",)) as ex:
+        assert isinstance(ex, concurrent.futures.Executor)
+        workers = {p.os_pid for p in ex.pool.workers()}
+        assert len(workers) == 2 and os.getpid() not in workers
+        outcomes = [f.result(DEADLINE) for f in [ex.submit(status_and_pid) for _ in range(8)]]
+        assert {status for status, _ in outcomes} == {"ready"}
+        assert {pid for _, pid in outcomes} <= workers
+        assert ex.submit(pow, 2, exp=5).result(DEADLINE) == 32  # keyword arguments
+        assert list(ex.map(pow, [2, 3], [3, 2])) == [8, 9]
+    with pytest.raises(PoolNotRunning):  # shutdown stopped its pool
+        ex.pool.status()
+
+
+def test_max_workers_defaults_to_the_cpus_and_bad_arguments_are_named():
+    with ProcessPoolExecutor() as ex:
+        assert len(ex.pool.workers()) == os.cpu_count()
+        for chunksize in (0, -1):
+            with pytest.raises(ValueError, match="chunksize"):
+                ex.map(abs, [1], chunksize=chunksize)
+        with pytest.raises(TypeError, match="chunksize"):
+            ex.map(abs, [1], chunksize="2")
+        with pytest.raises(TypeError, match="callable"):
+            ex.submit(42)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="^max_workers must be greater than 0$"):
+            ProcessPoolExecutor(bad)
+    with pytest.raises(TypeError, match="max_workers"):
+        ProcessPoolExecutor("2")
+    with pytest.raises(TypeError, match="initializer"):
+        ProcessPoolExecutor(1, initializer="set_status")
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        ProcessPoolExecutor(1, max_tasks_per_child=0)
+
+
+def test_a_failing_initializer_breaks_the_executor_at_construction(caplog):
+    with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+        ex = ProcessPoolExecutor(2, initializer=refuse)
+    assert "initializer refused" in caplog.text  # with the worker's traceback
+    with pytest.raises(InitializerFailed) as info:
+        ex.submit(abs, -1)
+    error = info.value
+    assert isinstance(error, BrokenProcessPool) and isinstance(error, PoolUnavailable)
+    assert isinstance(error.cause, ValueError) and "initializer refused" in str(error)
+    assert ex._broken  # as the standard library's says it
+    ex.shutdown()
+    with pytest.raises(InitializerFailed):  # broken first, shut down second
+        ex.submit(abs, -1)
+
+
+def test_max_tasks_per_child_retires_a_worker_after_that_many_tasks():
+    with ProcessPoolExecutor(1, max_tasks_per_child=3) as ex:
+        ex.pool.subscribe()
+        pids = [ex.submit(os.getpid).result(DEADLINE) for _ in range(7)]
+        exits = [event("worker_exited").detail for _ in range(2)]
+        ex.pool.unsubscribe()
+    assert len(set(pids[0:3])) == 1 and len(set(pids[3:6])) == 1
+    assert len({pids[0], pids[3], pids[6]}) == 3
+    assert all("retired" in detail for detail in exits), exits  # left, never killed
+
+
+def test_a_sigkilled_worker_fails_only_its_own_task_and_the_executor_serves_on(executor):
+    me = otpy.self()
+    doomed = executor.submit(hold, me, "a")
+    worker = holding("a")
+    survivor = executor.submit(hold, me, "b")
+    other = holding("b")
+    queued = [executor.submit(abs, -i) for i in range(20)]  # behind two busy workers
+    sigkill(worker)
+    error = doomed.exception(DEADLINE)
+    assert isinstance(error, BrokenWorker) and error.reason == "killed"
+    assert isinstance(error, WorkerCrashed) and isinstance(error, BrokenProcessPool)
+    release(other, "b")
+    assert survivor.result(DEADLINE) == "b"
+    assert [f.result(DEADLINE) for f in queued] == list(range(20))
+    assert executor.submit(pow, 2, 3).result(DEADLINE) == 8
+    assert not executor._broken
+
+
+def test_a_worker_killed_with_a_pipelined_task_queued_runs_that_task_elsewhere():
+    """One runner: while its worker holds "a", three tasks queue; then it sends
+    two at once. Its worker, SIGKILLed while running the first, never
+    started the second: that one runs on the replacement."""
+    me = otpy.self()
+    with ProcessPoolExecutor(1) as ex:
+        first = ex.submit(hold, me, "a")
+        worker = holding("a")
+        running = ex.submit(hold, me, "b")
+        behind = [ex.submit(os.getpid), ex.submit(os.getpid)]
+        release(worker, "a")
+        assert first.result(DEADLINE) == "a"
+        assert holding("b") == worker
+        sigkill(worker)
+        assert isinstance(running.exception(DEADLINE), BrokenWorker)
+        pids = {f.result(DEADLINE) for f in behind}
+        assert len(pids) == 1 and worker.os_pid not in pids
+
+
+def test_a_task_that_kills_every_worker_it_reaches_fails_after_a_few(executor):
+    """Its input kills each worker as it arrives, before the task starts: it
+    is retried on other workers, a bounded number of times."""
+    doomed = executor.submit(id, KillsOnArrival())
+    error = doomed.exception(DEADLINE * 3)
+    assert isinstance(error, BrokenWorker) and "died before they could start" in str(error)
+    assert executor.submit(abs, -3).result(DEADLINE) == 3
+
+
+def test_an_argument_that_cannot_be_pickled_is_a_pickling_error(executor):
+    failed = executor.submit(list, (i for i in range(3)))  # a generator: neither pickle nor dill
+    error = failed.exception(DEADLINE)
+    assert isinstance(error, TaskNotPicklable) and isinstance(error, pickle.PicklingError)
+    assert isinstance(error, otpy.SerializationError) and "generator" in str(error)
+    assert executor.submit(abs, -2).result(DEADLINE) == 2
+
+
+def test_a_function_calling_sys_exit_fails_its_task_and_its_worker_lives(executor):
+    pids = {p.os_pid for p in executor.pool.workers()}
+    failed = executor.submit(sys.exit, 3)
+    error = failed.exception(DEADLINE)
+    assert type(error) is SystemExit and error.args == (3,)
+    assert {p.os_pid for p in executor.pool.workers()} == pids
+
+
+def test_thousands_of_pending_futures_cost_no_thread():
+    me = otpy.self()
+    before = threading.active_count()
+    with ProcessPoolExecutor(2) as ex:
+        held = [ex.submit(hold, me, tag) for tag in ("a", "b")]
+        workers = [holding(tag) for tag in ("a", "b")]
+        assert threading.active_count() <= before + 1  # the executor's own loop thread
+        running = threading.active_count()
+        pending = [ex.submit(abs, -i) for i in range(3000)]
+        assert threading.active_count() == running
+        assert not any(f.done() for f in pending)
+        for worker, tag in zip(workers, ("a", "b")):
+            release(worker, tag)
+        assert [f.result(DEADLINE) for f in held] == ["a", "b"]
+        assert [f.result(DEADLINE) for f in pending] == list(range(3000))
+    assert threading.active_count() == before
+
+
+def test_work_waits_for_a_worker_without_limit_and_a_shared_pool_gets_it_back():
+    """Over a pool of one worker whose checkout_timeout is 50 ms, three runners:
+    two wait in the pool's queue as long as the first task holds the
+    worker, never failing with PoolTimeout; idle, the executor holds no worker."""
+    me = otpy.self()
+    pool = Pool.start_link(Notes, size=1, checkout_timeout=0.05)
+    ex = pool.executor(max_workers=3)
+    try:
+        first = ex.submit(hold, me, "a")
+        worker = holding("a")
+        others = [ex.submit(abs, -i) for i in range(5)]
+        wait_for(lambda: pool.status().queued == 2)
+        done, _ = concurrent.futures.wait(others, timeout=0.5)  # 10x checkout_timeout
+        assert not done
+        release(worker, "a")
+        assert [f.result(DEADLINE) for f in others] == list(range(5))
+        assert first.result(DEADLINE) == "a"
+        wait_for(lambda: pool.status().busy == 0)
+    finally:
+        ex.shutdown()
+        pool.stop()
+
+
+def test_map_sends_chunks_of_chunksize_tasks(executor):
+    commands = executor.pool.status().total_commands
+    results = list(executor.map(pow, range(100), [2] * 100, chunksize=10))
+    assert results == [i ** 2 for i in range(100)]
+    assert executor.pool.status().total_commands - commands == 10  # one per chunk
+    with pytest.raises(ZeroDivisionError):
+        list(executor.map(divmod, [1, 1, 1], [1, 0, 1], chunksize=2))
+    # what pickle cannot carry (lambdas as function, arguments, results) dill does
+    makers = executor.map(lambda n: (lambda x: x + n), range(5), chunksize=2)
+    assert [make(10) for make in makers] == [10, 11, 12, 13, 14]
+    assert list(executor.map(lambda f: f(2), [lambda x: x * 3] * 3, chunksize=2)) == [6] * 3
+
+
+def test_shutdown_cancels_what_no_worker_took_and_refuses_new_work():
+    me = otpy.self()
+    ex = ProcessPoolExecutor(2)
+    try:
+        held = [ex.submit(hold, me, tag) for tag in ("a", "b")]
+        workers = [holding(tag) for tag in ("a", "b")]
+        queued = [ex.submit(abs, -i) for i in range(10)]
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert all(f.cancelled() for f in queued)
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            ex.submit(abs, 1)
+        for worker, tag in zip(workers, ("a", "b")):
+            release(worker, tag)
+    finally:
+        ex.shutdown(wait=True)
+    assert [f.result(0) for f in held] == ["a", "b"]  # done before shutdown returned
+    with pytest.raises(PoolNotRunning):
+        ex.pool.status()
+
+
+def test_shutdown_cancelling_futures_still_runs_work_a_dead_worker_never_started():
+    """Tasks pipelined behind one whose input kills its worker never started:
+    they wait, running, while it is retried; a shutdown(cancel_futures=True)
+    then cannot cancel them, and they still run."""
+    ex = ProcessPoolExecutor(1)
+    try:
+        doomed = ex.submit(id, KillsOnArrival())
+        behind = [ex.submit(os.getpid) for _ in range(3)]
+        wait_for(lambda: ex.pool.status().worker_restarts >= 1)
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert isinstance(doomed.exception(DEADLINE * 3), BrokenWorker)
+        assert all(isinstance(f.result(DEADLINE), int) for f in behind)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_at_the_interpreters_exit_pending_work_runs_then_everything_stops(tmp_path):
+    """Pending work of an executor left open, and of one shut down without
+    waiting, runs before the program ends; then no process is left."""
+    marker, other = tmp_path / "ran", tmp_path / "ran too"
+    program = textwrap.dedent(f"""
+        import atexit
+
+        @atexit.register  # runs after the executor's own hook
+        def submit_late():
+            try:
+                ex.submit(abs, 1)
+            except RuntimeError as exc:
+                print("late:", exc, flush=True)
+
+        import pathlib
+        import time
+        import otpy
+        from otpy_pool import ProcessPoolExecutor
+
+        if __name__ == "__main__":
+            ex = ProcessPoolExecutor(2)
+            ex.submit(pathlib.Path({str(marker)!r}).write_text, "ran")
+            closed = ProcessPoolExecutor(1)
+            for _ in range(6):  # work, not a wait: the next task queues behind it
+                closed.submit(time.sleep, 0.1)
+            closed.submit(pathlib.Path({str(other)!r}).write_text, "ran too")
+            closed.shutdown(wait=False)
+            print("node", otpy.self().node, flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert marker.read_text() == "ran" and other.read_text() == "ran too"
+    assert "late: cannot schedule new futures after interpreter shutdown" in out.stdout
+    node = re.search(r"node (\w+)", out.stdout).group(1)
+    wait_for(lambda: not [p for p in psutil.process_iter(["name"])
+                          if p.info["name"] == f"otpy-{node}"])
