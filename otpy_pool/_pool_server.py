@@ -25,6 +25,7 @@ from ._counters import CountsReader
 from ._errors import start_error
 from ._pool_book import (AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading, Reply,
                          Start, Timer, Watch)
+from ._pool_meter import PoolMeter, command_names
 from ._pool_options import PoolEvent, PoolStatus, Settings
 from ._protocol import ADOPT, COUNTS_FD, DEAD, HEALTH_TICK, REPLACE
 from ._worker import worker_spec
@@ -35,8 +36,12 @@ DOWN_WAIT = 5.0  # how long the server waits for the Down of a worker a caller s
 class PoolServer(otpy.GenServer):
     """One pool's server; its state is ``self.book``."""
 
-    def init(self, opts: Any, workers_sup: str) -> None:
+    def init(self, opts: Any, workers_sup: str,
+             page: tuple[int, int, int] | None = None) -> None:
         self.opts = opts
+        # the pool's metrics table (_pool_meter), held by the pool's supervisor
+        self.meter = None if page is None else PoolMeter(page, opts.worker, opts.size,
+                                                         opts.max_overflow)
         self.workers_sup = workers_sup
         self.me = otpy.self()
         info = otpy.process_info(self.me)
@@ -59,6 +64,10 @@ class PoolServer(otpy.GenServer):
             Emit: self._do_emit, AwaitDown: self._do_await_down}
         self.caller: otpy.From | None = None  # the call being handled
         self.book = self._adopt()
+        if self.meter is not None:
+            self.meter.adopt([pid.os_pid for pid in self.book.workers])
+            lowlevel.annotate(self.me, otpy_pool=opts.name, otpy_pool_page=page[0],
+                              otpy_pool_commands=",".join(command_names(opts.worker)))
         self._do(self.book.begin())
         # what start_link reports: the first workers of a new pool must start
         self.first_failure = self.book.last_start_error
@@ -250,10 +259,13 @@ class PoolServer(otpy.GenServer):
 
     def _do_start(self, effect: Start) -> None:
         """Start one worker (the server waits for its init)."""
-        spec = worker_spec(("worker", effect.key), self.opts, self.me)
+        slot = None if self.meter is None else self.meter.claim()
+        spec = worker_spec(("worker", effect.key), self.opts, self.me, slot)
         try:
             pid = otpy.DynamicSupervisor.start_child(self.workers_sup, spec)
         except Exception as exc:
+            if self.meter is not None:
+                self.meter.started(slot, None)
             error = start_error(exc)
             lowlevel.keep_traceback(error)  # it travels to callers and subscribers
             effects = self.book.start_failed(effect.key, error)
@@ -265,6 +277,8 @@ class PoolServer(otpy.GenServer):
             self._do(effects)
             return
         assert pid is not None  # a WorkerProcess's init never returns IGNORE
+        if self.meter is not None:
+            self.meter.started(slot, pid.os_pid)
         self._track(pid)
         self._do(self.book.worker_up(effect.key, pid))
 
@@ -294,6 +308,8 @@ class PoolServer(otpy.GenServer):
         page = self.pages.pop(pid, None)
         if page is not None:
             page.close()
+        if self.meter is not None:
+            self.meter.gone(pid.os_pid)
         self._do(self.book.worker_down(pid, reason, final))
 
     def _do_await_down(self, effect: AwaitDown) -> None:
@@ -345,6 +361,14 @@ class PoolServer(otpy.GenServer):
             otpy.send(pid, event)
 
     def _annotate(self) -> None:
+        """After each message: the observer's label, the metrics table's figures."""
+        if self.meter is not None:
+            book = self.book
+            idle, busy = len(book.idle), len(book.checkouts)
+            self.meter.publish((self.opts.size, book.overflow_count(), idle, busy,
+                                max(0, len(book.workers) - idle - busy), len(book.queue),
+                                len(book.sessions), book.owed,
+                                int(book.owed > 0 and book.start_failures > 0)), book.counts)
         label = self.book.label()
         if label != self.label:
             self.label = label
