@@ -34,6 +34,7 @@ from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
 
 from . import peers as _peers
 from .ray import ray_calls
+from .scrape import scraped_execute
 from .chaos import chaos_kill, wait_whole
 
 _ns = time.perf_counter_ns
@@ -49,6 +50,8 @@ RATIOS = {
     "breaker_over_pybreaker": ("breaker_overhead_ns", "pybreaker_overhead_ns"),
     "limiter_over_limits_p50": ("limiter_hit_us", "limits_hit_us"),
     "ray_execute_over_actor_call_p50": ("ray_execute_us", "ray_actor_call_us"),
+    "execute_scraped_over_unscraped_p50": ("pool_execute_scraped_us",
+                                           "pool_execute_unscraped_us"),
 }
 # Rate ratios: higher is better, so --compare reads them the other way round.
 RATES = {
@@ -315,6 +318,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
         ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
         ("pool_execute_us", lambda: pool_execute(rtt_n, rtt_w, "bench")),
         ("pool_execute_stateless_us", lambda: pool_execute(rtt_n, rtt_w, None)),
+        ("scrape", lambda: scraped_execute(2 if quick else 10, rtt_w, BenchWorker)),
     ]
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_apply_us", _peer_case(peer, _peers.round_trip_us, rtt_n,
@@ -358,7 +362,7 @@ def _result_keys(key: str, value: Any) -> dict[str, Any]:
     """The cases that measure several figures give each its own result key."""
     if key == "worker_crash":
         return {"worker_crash_error_ms": value["error"], "worker_replaced_ms": value["replaced"]}
-    if key in ("protection", "ray"):
+    if key in ("protection", "ray", "scrape"):
         return value
     return {key: value}
 
