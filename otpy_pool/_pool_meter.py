@@ -32,6 +32,8 @@ import bisect
 import time
 from typing import Any, Sequence
 
+from otpy import lowlevel
+
 from ._protocol import FUNCTION
 from ._shared_memory import Page, hold
 
@@ -164,6 +166,8 @@ class PoolMeter:
             if slot not in taken and not self.words[self._at(slot) + OWNER]:
                 self.words[self._at(slot) + OWNER] = -1  # claimed, the start under way
                 return (*self.ref, slot)
+        lowlevel.logger().warning("pool metrics: no slot left, a worker's commands go uncounted",
+                                  slots=self.slots)
         return None
 
     def started(self, ref: tuple[int, int, int, int] | None, os_pid: int | None) -> None:
