@@ -200,12 +200,12 @@ class WorkerProcess(otpy.GenServer):
         except Exception as exc:
             outcome = (ERROR, lowlevel.sendable_exception(exc))
             count[ERRORS] += 1
+        ended = time.perf_counter_ns()
         count[COMMANDS] += 1  # before the reply: status() after it returned is exact
         count[RUN_COUNTED] = 1
         if self.check_wear and self._worn_out():
             self.check_wear = False  # told once; the server retires it when idle
             otpy.cast(self.server, (WORN, self.me))
-        ended = time.perf_counter_ns()
         sent = self._reply(caller, name, outcome)
         count[RUN_N] = 0  # replied: no longer running
         if started is not None:
