@@ -140,7 +140,7 @@ def _mapped(view: NodeView, os_pid: int, memfd: str) -> Iterator[memoryview | No
 def _pool(view: NodeView, meta: dict, out: dict[str, list[Sample]]) -> None:
     name = meta["otpy_pool"]
     commands = meta["otpy_pool_commands"].split(",")
-    with _mapped(view, meta["otpy_pool_page"], pm.LABEL + name) as words:
+    with _mapped(view, meta["otpy_pool_page"], pm.memfd_name(name)) as words:
         if words is None:
             return
         reading = pm.read(words, commands)

@@ -60,6 +60,12 @@ COMMAND_WORDS = 4 + BUCKETS
 assert FIELDS_AT + len(SERVER_FIELDS) <= SLOTS_AT
 
 
+def memfd_name(pool: str) -> str:
+    """The page's memfd name (LABEL + the pool's name, cut to the kernel's
+    249 bytes): what ``/proc/<holder>/fd`` shows and a scrape looks for."""
+    return (LABEL + pool).encode()[:249].decode(errors="ignore")
+
+
 def command_names(worker_cls: type) -> tuple[str, ...]:
     """The table's commands for a Worker class, in their order."""
     names = [n for n in worker_cls.commands() if n not in (FUNCTION, UNKNOWN)]  # type: ignore[attr-defined]
@@ -85,7 +91,7 @@ def hold_page(name: str, worker_cls: type, size: int, max_overflow: int) -> tupl
     page, ``(os_pid, fd, size)``, the same one for a restarted server."""
     commands = len(command_names(worker_cls))
     return hold(("otpy_pool.metrics", name), page_bytes(commands, slot_count(size, max_overflow)),
-                LABEL + name)
+                memfd_name(name))
 
 
 class WorkerMeter:

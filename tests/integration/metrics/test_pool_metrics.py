@@ -273,3 +273,13 @@ def test_the_pools_figures_through_opentelemetry():
         pool.stop()
         instruments.close()
         provider.shutdown()
+
+
+def test_a_pool_with_a_long_name_is_scraped(server):
+    """A memfd's name is at most 249 bytes: the page's is cut, the label is not."""
+    name = "pool-é" + "x" * 300
+    pool = start(size=1, name=name)
+    pool.execute("ping")
+    figures = agrees(server, pool)
+    assert commands(figures, name)[("ping", "ok")] == 1
+    pool.stop()
