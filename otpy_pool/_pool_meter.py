@@ -68,7 +68,8 @@ def memfd_name(pool: str) -> str:
 
 def command_names(worker_cls: type) -> tuple[str, ...]:
     """The table's commands for a Worker class, in their order."""
-    names = [n for n in worker_cls.commands() if n not in (FUNCTION, UNKNOWN)]  # type: ignore[attr-defined]
+    commands = worker_cls.commands()  # type: ignore[attr-defined]
+    names = [n for n in commands if n not in (FUNCTION, UNKNOWN)]
     return (*names, FUNCTION, UNKNOWN)
 
 

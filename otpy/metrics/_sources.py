@@ -9,9 +9,10 @@ every exporter, Prometheus or OpenTelemetry, picks them up without a change
 here. A package's sources are also found by the entry point group
 ``otpy.metrics_sources`` (each entry: a callable returning a Source),
 loaded at the first reading: how otpy_pool's figures reach ``python -m
-otpy.observer --prometheus`` too, with otpy importing nothing of it. A source reads what the node already publishes (the page, the status
-table, a process's shared memory through ``open_memfd``): never a call into
-a process.
+otpy.observer --prometheus`` too, with otpy importing nothing of it. A
+source reads what the node already publishes (the page, the status table, a
+process's shared memory through ``open_memfd``): never a call into a
+process.
 """
 
 from __future__ import annotations
