@@ -100,7 +100,10 @@ class PoolSource:
             meta = row["meta"]
             for key, reader in readers.items():
                 if key in meta:
-                    reader(view, meta, out)
+                    try:
+                        reader(view, meta, out)
+                    except (OSError, ValueError):  # a part starting or stopping as it is read
+                        continue  # (each reads before it adds a sample): left out this once
         return out
 
     def __repr__(self) -> str:
