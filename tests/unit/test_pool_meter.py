@@ -120,3 +120,36 @@ def test_a_page_of_another_layout_is_refused(meter):
     server, names = meter
     with pytest.raises(ValueError, match="layout"):
         read(server.words, names[:-1])
+
+
+class FakeView:
+    """What the pool source reads of a NodeView: rows, and memfds by name."""
+
+    def __init__(self, rows, fds):
+        self.rows = rows
+        self.fds = fds
+
+    def open_memfd(self, os_pid, name):
+        if name not in self.fds:
+            raise FileNotFoundError(name)
+        return os.dup(self.fds[name])
+
+
+def test_a_pool_whose_page_cannot_be_read_is_left_out_and_the_others_go_out(meter):
+    from otpy_pool._metrics import PoolSource
+    from otpy_pool._pool_meter import memfd_name
+
+    server, names = meter
+    server.publish([1, 0, 1, 0, 0, 0, 0, 0, 0], {"worker_restarts": 0, "timeouts": 0,
+                                                  "sessions_recovered": 0, "sessions_lost": 0})
+    bad_fd, bad = create("bad", 4096)  # zeros: not a page of this layout
+    try:
+        commands = ",".join(names)
+        rows = [{"meta": {"otpy_pool": p, "otpy_pool_page": os.getpid(),
+                          "otpy_pool_commands": commands}} for p in ("bad", "gone", "good")]
+        view = FakeView(rows, {memfd_name("bad"): bad_fd, memfd_name("good"): server.ref[1]})
+        samples = PoolSource().collect(view)
+        assert [s.labels for s in samples["otpy_pool_size"]] == [("good",)]
+    finally:
+        bad.close()
+        os.close(bad_fd)
