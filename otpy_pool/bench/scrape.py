@@ -1,8 +1,8 @@
 """What a Prometheus scrape costs the pool's hot path: a session's no-op
 command's p50 with the program's metrics endpoint scraped every 100 ms,
 beside the same without (``python -m otpy_pool.bench``:
-``pool_execute_scraped_us``, ``pool_execute_unscraped_us`` and their ratio;
-the goal: within 3%).
+``pool_execute_scraped_us``, ``pool_execute_unscraped_us`` and their ratio
+``execute_scraped_over_unscraped_p50``; the goal: within 3%).
 
 The endpoint is ``otpy.metrics.serve`` in this program, as an application
 would run it; the scraper is another process (as Prometheus is), which
