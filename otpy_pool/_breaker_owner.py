@@ -40,6 +40,7 @@ class BreakerEvent(NamedTuple):
 # W_GATE is what the closed path reads: 0 means "closed, no injected
 # faults: just run it"; anything else sends the caller down the slow path.
 W_GATE, W_STATE, W_FAULT, W_HALF_OPEN_AT, W_SNAPSHOT = 1, 2, 3, 4, 5
+W_TRIPS = 6  # times it opened, for otpy.metrics (which reads the page, never the owner)
 CODES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2, DISABLED: 3}
 RETIRED = 4  # the owner stopped: handles must reconnect
 NAMES = {code: state for state, code in CODES.items()}
@@ -48,8 +49,10 @@ assert W_GATE == 1  # CircuitBreaker.call reads words[1] as a constant
 
 # Counter slots, one per process that uses the breaker: successes, rejected,
 # "neither" (an ignored or unlisted exception). One writer each (that
-# process), read by the owner for stats(). Calls are their sum plus the
-# failures reported, so the closed path bumps a single counter.
+# process), read by the owner for stats() and by otpy.metrics. Calls are
+# their sum plus the failures reported, so the closed path bumps a single
+# counter. A slot freed when its process exits keeps its counts, and the
+# next process given it adds to them: the sum over every slot only grows.
 SLOT_BASE = 16
 SLOTS = 4096
 SLOT_WIDTH = 3
@@ -90,7 +93,6 @@ class BreakerOwner(Owner):
                                       options["reset_after"], options["half_open_calls"],
                                       options["success_threshold"])
         self.slots: dict[Pid, int] = {}
-        self.retired = [0, 0, 0]  # counters of processes gone: successes, rejected, neither
         self.melts = 0
         self.subscribers: set[Pid] = set()
         self.watched: set[Pid] = set()
@@ -100,13 +102,13 @@ class BreakerOwner(Owner):
         if snapshot is not None:
             self.machine.restore(snapshot["machine"])
             self.slots = snapshot["slots"]
-            self.retired = snapshot["retired"]
             self.melts = snapshot["melts"]
             self.subscribers = set(snapshot["subscribers"])
             for pid in [*self.slots, *self.subscribers, *(t[0] for t in self.machine.trials)]:
                 self._watch(pid)  # a dead one gives a Down at once: handled as usual
             self.log.info("circuit breaker owner resumed", state=self.machine.state)
         self.words[W_FAULT] = round(options["fault_rate"] * FAULT_SCALE)
+        lowlevel.annotate(self.me, otpy_breaker=name, otpy_breaker_page=page_ref[0])
         self._publish()
         self._arm_timer()
 
@@ -188,10 +190,9 @@ class BreakerOwner(Owner):
         return self.machine.state
 
     def _op_stats(self) -> dict[str, Any]:
-        totals = list(self.retired)
-        for slot in self.slots.values():
-            for i, word in enumerate(slot_words(slot)):
-                totals[i] += self.words[word]
+        end = SLOT_BASE + SLOT_WIDTH * SLOTS  # every slot: freed ones keep their counts
+        totals = [sum(self.words[SLOT_BASE + i:end:SLOT_WIDTH])
+                  for i in range(SLOT_WIDTH)]
         m = self.machine
         successes, rejected, neither = totals
         calls = successes + rejected + neither + m.failures - self.melts
@@ -214,14 +215,10 @@ class BreakerOwner(Owner):
             otpy.monitor(pid)
 
     def _gone(self, pid: Pid) -> None:
-        """A process that used the breaker exited: keep its counts, free its slot,
-        give back its trial slots, forget its subscription."""
+        """A process that used the breaker exited: free its slot (its counts
+        stay in it), give back its trial slots, forget its subscription."""
         self.watched.discard(pid)
-        slot = self.slots.pop(pid, None)
-        if slot is not None:
-            for i, word in enumerate(slot_words(slot)):
-                self.retired[i] += self.words[word]
-                self.words[word] = 0
+        self.slots.pop(pid, None)
         for trial in [t for t in self.machine.trials if t[0] == pid]:
             self.machine.release(trial)
         self.subscribers.discard(pid)
@@ -233,6 +230,7 @@ class BreakerOwner(Owner):
         self.words[W_HALF_OPEN_AT] = (round(m.half_open_at * 1e9)
                                       if m.half_open_at is not None else 0)
         self.words[W_STATE] = CODES[m.state]
+        self.words[W_TRIPS] = m.opened
         self.words[W_GATE] = 0 if m.state == CLOSED and not self.words[W_FAULT] else 1
         events, m.events = m.events, []
         for state, previous, at in events:
@@ -255,7 +253,7 @@ class BreakerOwner(Owner):
 
     def _save(self) -> None:
         data = pickle.dumps({"machine": self.machine.snapshot(), "slots": self.slots,
-                             "retired": self.retired, "melts": self.melts,
+                             "melts": self.melts,
                              "subscribers": list(self.subscribers)})
         if _LENGTH.size + len(data) > SNAPSHOT_BYTES:
             self.log.warning("circuit breaker snapshot too large to keep", size=len(data))

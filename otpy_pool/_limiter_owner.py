@@ -4,6 +4,7 @@ under its name, under a supervisor of its own that holds its control page:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -12,7 +13,9 @@ from otpy import Pid
 from otpy import lowlevel
 
 from ._limiter_algorithms import Buckets
-from ._limiter_shared import C_GEN, C_RETIRED, CONTROL_BYTES, Control, Retired, TableOwner
+from ._limiter_shared import (C_ALLOWED, C_GEN, C_RETIRED, CONTROL_BYTES, Control, Retired,
+                              TableOwner)
+from ._shared_memory import create
 from ._limiter_storage.redis import check_reachable
 from ._shared_owner import Owner
 
@@ -57,10 +60,27 @@ class LimiterOwner(Owner):
                 self.tables.rebuild(time.time_ns())
         elif options["storage"] is None:
             self.buckets = Buckets(options["algorithm"])
+            # its own counts page (a replacement counts afresh, as its buckets start afresh)
+            self.counts_fd, self.counts = create(f"otpy-limiter-counts:{name}", 16)
         else:
             check_reachable(name, options)
+            lowlevel.annotate(otpy.self(), otpy_limiter=name)
             return
+        self._annotate_counts()
         self._arm_sweep()
+
+    def _annotate_counts(self) -> None:
+        """Where otpy.metrics finds the hits counted (allowed, denied): the
+        control page's words, or the owner's own counts page."""
+        if self.control_ref is not None:
+            where: dict[str, Any] = dict(otpy_limiter_holder=self.control_ref[0],
+                                         otpy_limiter_memfd=f"otpy-limiter:{self.name}",
+                                         otpy_limiter_at=C_ALLOWED)
+        else:
+            where = dict(otpy_limiter_holder=os.getpid(),
+                         otpy_limiter_memfd=f"otpy-limiter-counts:{self.name}",
+                         otpy_limiter_at=0)
+        lowlevel.annotate(otpy.self(), otpy_limiter=self.name, **where)
 
     # ---- operations (lowlevel.dispatch) ----------------------------------------------------
 
@@ -82,7 +102,10 @@ class LimiterOwner(Owner):
     def _op_hit(self, key: Any, limit: int, window_ns: int, cost: int, count: bool) -> tuple:
         if self.buckets is None:
             raise Retired()  # a new limiter of that name, not in this mode: attach again
-        return tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
+        decision = tuple(self.buckets.hit(key, limit, window_ns, cost, time.time_ns(), count))
+        if count:
+            self.counts.words[0 if decision[0] else 1] += 1
+        return decision
 
     def _op_reset(self, key: Any) -> int:
         if self.buckets is None:

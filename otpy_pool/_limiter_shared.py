@@ -46,6 +46,8 @@ from ._shared_memory import Page, create, free
 
 # control page words (word 0: page id)
 C_GEN, C_PID, C_FD, C_CAPACITY, C_RETIRED = 1, 2, 3, 4, 5
+# hits counted (inspect() counts none), bumped under the lock; otpy.metrics reads them
+C_ALLOWED, C_DENIED = 6, 7
 CONTROL_BYTES = 4096
 
 # table

@@ -24,6 +24,7 @@ from ._calls import NotRun, check_batch, check_command, check_session
 from ._errors import PoolError
 from ._io import arun, run
 from ._pipeline import run_batch
+from ._pool_meter import hold_page
 from ._pool_options import DEFAULTS, PoolStatus, Settings, make_options
 from ._pool_server import PoolServer
 from ._protocol import (CHECKIN, END_SESSION, FIRST_START, FUNCTION, OK, STATUS, SUBSCRIBE,
@@ -53,8 +54,7 @@ def _start_subtree(opts: Any) -> otpy.Pid:
         sup = otpy.Supervisor.start_link([
             otpy.DynamicSupervisor.child_spec(id="workers", name=workers, max_restarts=10,
                                               max_seconds=5.0),
-            PoolServer.child_spec(opts, workers, id="server", name=opts.name, shutdown=5.0,
-                                  timeout=wait),
+            otpy.ChildSpec("server", _start_server, args=(opts, workers, wait), shutdown=5.0),
         ], strategy="rest_for_one", max_restarts=5, max_seconds=5.0, timeout=wait + 10.0,
             name=f"{opts.name}.sup")  # named after the pool, for the observer and its users
     except otpy.AlreadyStarted as exc:  # another pool of that name (or one starting)
@@ -68,6 +68,14 @@ def _start_subtree(opts: Any) -> otpy.Pid:
         raise otpy.StartError(failure, f"pool {opts.name!r}: a worker could not start: "
                                        f"{type(failure).__name__}: {failure}") from failure
     return sup
+
+
+def _start_server(opts: Any, workers: str, wait: float) -> otpy.Pid | None:
+    """The server's start function, run by the pool's supervisor, which
+    therefore holds the pool's metrics page (_pool_meter): a restarted server
+    gets the same one, and its counts go on."""
+    page = hold_page(opts.name, opts.worker, opts.size, opts.max_overflow)
+    return PoolServer.start_link(opts, workers, page, name=opts.name, timeout=wait)
 
 
 class Pool:

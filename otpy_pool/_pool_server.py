@@ -25,6 +25,7 @@ from ._counters import CountsReader
 from ._errors import CommandTimeout, WorkerCrashed, duration, start_error
 from ._pool_book import (AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading, Reply,
                          Start, Timer, Watch)
+from ._pool_meter import PoolMeter, command_names
 from ._pool_options import PoolEvent, PoolStatus, Settings
 from ._protocol import (ADOPT, COUNTS_FD, DEAD, ERROR, HEALTH_TICK, NOT_RUN, OK, REPLACE, RETIRED,
                         LABEL, RUN_DEADLINE, RUN_HANDED, UNKNOWN)
@@ -60,8 +61,12 @@ class Handed:
 class PoolServer(otpy.GenServer):
     """One pool's server; its state is ``self.book``."""
 
-    def init(self, opts: Any, workers_sup: str) -> None:
+    def init(self, opts: Any, workers_sup: str,
+             page: tuple[int, int, int] | None = None) -> None:
         self.opts = opts
+        # the pool's metrics table (_pool_meter), held by the pool's supervisor
+        self.meter = None if page is None else PoolMeter(page, opts.worker, opts.size,
+                                                         opts.max_overflow)
         self.workers_sup = workers_sup
         self.me = otpy.self()
         info = otpy.process_info(self.me)
@@ -94,6 +99,10 @@ class PoolServer(otpy.GenServer):
         self.labelled_at = 0.0
         self.label_armed = False
         self.book = self._adopt()
+        if self.meter is not None:
+            self.meter.adopt([pid.os_pid for pid in self.book.workers])
+            lowlevel.annotate(self.me, otpy_pool=opts.name, otpy_pool_page=page[0],
+                              otpy_pool_commands=",".join(command_names(opts.worker)))
         self._do(self.book.begin())
         # what start_link reports: the first workers of a new pool must start
         self.first_failure = self.book.last_start_error
@@ -329,10 +338,13 @@ class PoolServer(otpy.GenServer):
 
     def _do_start(self, effect: Start) -> None:
         """Start one worker (the server waits for its init)."""
-        spec = worker_spec(("worker", effect.key), self.opts, self.me)
+        slot = None if self.meter is None else self.meter.claim()
+        spec = worker_spec(("worker", effect.key), self.opts, self.me, slot)
         try:
             pid = otpy.DynamicSupervisor.start_child(self.workers_sup, spec)
         except Exception as exc:
+            if self.meter is not None:
+                self.meter.started(slot, None)
             error = start_error(exc)
             lowlevel.keep_traceback(error)  # it travels to callers and subscribers
             effects = self.book.start_failed(effect.key, error)
@@ -344,6 +356,8 @@ class PoolServer(otpy.GenServer):
             self._do(effects)
             return
         assert pid is not None  # a WorkerProcess's init never returns IGNORE
+        if self.meter is not None:
+            self.meter.started(slot, pid.os_pid)
         self._track(pid)
         self._do(self.book.worker_up(effect.key, pid))
 
@@ -373,6 +387,8 @@ class PoolServer(otpy.GenServer):
         page = self.pages.pop(pid, None)
         if page is not None:
             page.close()
+        if self.meter is not None:
+            self.meter.gone(pid.os_pid)
         if self.handed or self.answering:
             self._handed_lost(pid, reason, final)
         self._do(self.book.worker_down(pid, reason, final))
@@ -470,7 +486,15 @@ class PoolServer(otpy.GenServer):
     def _annotate(self) -> None:
         """The observer's label (in use n/m, queued q), written at most every
         LABEL_EVERY: each write is a message to the zygote, which a busy
-        pool would otherwise send twice per command."""
+        pool would otherwise send twice per command. First, after each
+        message, the metrics table's figures (shared memory: no message)."""
+        if self.meter is not None:
+            book = self.book
+            idle, busy = len(book.idle), len(book.checkouts)
+            self.meter.publish((self.opts.size, book.overflow_count(), idle, busy,
+                                max(0, len(book.workers) - idle - busy), len(book.queue),
+                                len(book.sessions), book.owed,
+                                int(book.owed > 0 and book.start_failures > 0)), book.counts)
         label = self.book.label()
         if label == self.label:
             return

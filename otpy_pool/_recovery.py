@@ -27,6 +27,7 @@ The state machine of one protected call::
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import threading
 import time
@@ -149,7 +150,7 @@ class _RecoveryServer(otpy.GenServer):
         self.blob = blob  # policies and classifier, as dill bytes for the handles
         self.stats: dict[str, ClassStats] = {}
         self.recent: deque[dict] = deque(maxlen=RECENT)
-        lowlevel.annotate(otpy.self(), behaviour="Recovery")
+        lowlevel.annotate(otpy.self(), behaviour="Recovery", otpy_recovery=name)
 
     def handle_call(self, request: Any, caller: Any) -> Any:
         return lowlevel.dispatch(self, request)
@@ -184,10 +185,19 @@ class _RecoveryServer(otpy.GenServer):
         elif event["outcome"] == "gave_up":
             last.gave_up += 1
         self.recent.append(event)
+        self._publish()
         lowlevel.logger(recovery=self.name).info(
             "recovery", command=event["command"], session=event["session"],
             classes=seen, attempts=event["attempts"], outcome=event["outcome"],
             error=event["error"])
+
+
+    def _publish(self) -> None:
+        """The counts, in the observer's page for otpy.metrics (one note to the
+        node per call that saw an error: never on a call's own path)."""
+        counts = {name: [getattr(s, f.name) for f in dataclasses.fields(s)]
+                  for name, s in self.stats.items()}
+        lowlevel.annotate(otpy.self(), otpy_recovery_counts=json.dumps(counts))
 
 
 class Recovery:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import time
 from typing import Any, Callable, ClassVar, TypeVar
 
 import otpy
@@ -22,6 +23,7 @@ from otpy import lowlevel
 
 from ._counters import COMMANDS, ERRORS, RUN_COUNTED, RUN_N, RUN_ORIGIN, WorkerCounts
 from ._errors import UnknownCommand
+from ._pool_meter import WorkerMeter
 from ._protocol import (CHECKIN, ERROR, FUNCTION, HEALTHY, LOGGED, LOST, MOVED, OK, REPLAYED,
                         RETIRED, RETURN, RUN, UNBOUND, WORN)
 
@@ -129,7 +131,8 @@ class WorkerProcess(otpy.GenServer):
     messages are in _protocol's table, each handled by one method."""
 
     def init(self, worker_cls: type[Worker], args: tuple, kwargs: dict, server: otpy.Pid,
-             limits: tuple[int | None, int | None]) -> None:
+             limits: tuple[int | None, int | None],
+             meter: tuple[int, int, int, int] | None = None) -> None:
         # A planned stop (the supervisor's exit signal "shutdown") then reaches
         # the loop as a message, after the running command: terminate runs.
         otpy.trap_exit(True)
@@ -140,6 +143,8 @@ class WorkerProcess(otpy.GenServer):
         self.counts = WorkerCounts()
         self.count = self.counts.view
         self.table = worker_cls.commands()
+        # its slot in the pool's metrics table (_pool_meter); None: not counted there
+        self.meter = None if meter is None else WorkerMeter(meter, worker_cls)
         self.sessions: dict[Any, Session] = {}
         self.replay_logs: dict[Any, list] = {}
         self.lost: dict[Any, BaseException] = {}  # sessions whose replay failed: why
@@ -183,9 +188,11 @@ class WorkerProcess(otpy.GenServer):
     def _op_run(self, sid: Any, name: str, args: tuple, kwargs: dict,
                 handed: Any = None) -> Any:
         caller = self.caller
-        session = self._session(caller, sid)
+        session = self._session(caller, sid, name)
         if session is None:
             return otpy.NOREPLY
+        meter = self.meter
+        started = None if meter is None else meter.start(name)
         count = self.count
         # Running it, until its reply is sent: after a death, the pool tells
         # this command (WorkerCrashed) from those that never started.
@@ -199,6 +206,7 @@ class WorkerProcess(otpy.GenServer):
         except _CAUGHT[name == FUNCTION] as exc:
             outcome = (ERROR, lowlevel.sendable_exception(exc))
             count[ERRORS] += 1
+        ended = time.perf_counter_ns()
         count[COMMANDS] += 1  # before the reply: status() after it returned is exact
         count[RUN_COUNTED] = 1
         if self.check_wear and self._worn_out():
@@ -206,8 +214,10 @@ class WorkerProcess(otpy.GenServer):
             otpy.cast(self.server, (WORN, self.me))
         if handed is not None:  # checked in before the answer: the caller's next
             otpy.cast(self.server, (CHECKIN, handed, RETURN))  # call finds it idle
-        self._reply(caller, name, outcome)
+        sent = self._reply(caller, name, outcome)
         count[RUN_N] = 0  # replied: no longer running
+        if started is not None:
+            meter.done(started, ended, sent and outcome[0] == OK)  # type: ignore[union-attr]
         return otpy.NOREPLY
 
     def _op_run_handed(self, token: Any, name: str, args: tuple, kwargs: dict) -> Any:
@@ -217,7 +227,7 @@ class WorkerProcess(otpy.GenServer):
         gives it this worker again)."""
         return self._op_run(None, name, args, kwargs, handed=token)
 
-    def _session(self, caller: otpy.From, sid: Any) -> Session | None:
+    def _session(self, caller: otpy.From, sid: Any, name: str) -> Session | None:
         """The command's Session; None if the caller was answered instead
         (the session is not held here, or its replay failed)."""
         if sid is None:
@@ -227,6 +237,8 @@ class WorkerProcess(otpy.GenServer):
             count = self.count
             count[COMMANDS] += 1
             count[ERRORS] += 1
+            if self.meter is not None:
+                self.meter.failed(name)
             otpy.reply(caller, (LOST, self.lost.pop(sid)))
             return None
         if session is None:
@@ -239,14 +251,17 @@ class WorkerProcess(otpy.GenServer):
         self.replay_logs.setdefault(sid, []).append(entry)
         otpy.cast(self.server, (LOGGED, self.me, sid, entry))
 
-    def _reply(self, caller: otpy.From, name: str, outcome: tuple) -> None:
+    def _reply(self, caller: otpy.From, name: str, outcome: tuple) -> bool:
+        """Answer the command; False if its value could not be sent (an error went)."""
         try:
             otpy.reply(caller, outcome)
+            return True
         except otpy.SerializationError as exc:
             if outcome[0] == OK:
                 self.count[ERRORS] += 1  # it ended in an error after all: its caller gets one
             otpy.reply(caller, (ERROR, otpy.SerializationError(
                 f"command {name!r} returned a value that cannot be sent: {exc}")))
+            return False
 
     def _worn_out(self) -> bool:
         if self.max_commands is not None and self.count[COMMANDS] >= self.max_commands:
@@ -325,14 +340,16 @@ def _queued_run(message: Any) -> bool:
             and type(message[2]) is tuple and message[2][:1] == (RUN,))
 
 
-def worker_spec(key: Any, opts: Any, server: otpy.Pid) -> otpy.ChildSpec:
+def worker_spec(key: Any, opts: Any, server: otpy.Pid,
+                meter: tuple[int, int, int, int] | None = None) -> otpy.ChildSpec:
     """How the workers' DynamicSupervisor starts one worker (``opts``: the
-    pool's Options): temporary, since the pool's server decides about
-    replacements (and counts them)."""
+    pool's Options; ``meter``: its slot in the pool's metrics table):
+    temporary, since the pool's server decides about replacements (and
+    counts them)."""
     init_timeout = math.inf if opts.init_timeout is None else opts.init_timeout
     shutdown = "infinity" if opts.shutdown_timeout is None else opts.shutdown_timeout
     return otpy.ChildSpec(key, WorkerProcess.start_link,
                           args=(opts.worker, opts.args, opts.kwargs, server,
-                                (opts.max_commands, opts.max_memory)),
+                                (opts.max_commands, opts.max_memory), meter),
                           kwargs={"timeout": init_timeout},
                           restart="temporary", shutdown=shutdown)

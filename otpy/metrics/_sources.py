@@ -6,16 +6,22 @@ from them) and, per reading, turns a ``NodeView`` into samples. The node's
 own figures are one source (``_node.NodeSource``); otpy_pool registers its
 own (pool, breaker, limiter, recovery) with :func:`register_source`, and
 every exporter, Prometheus or OpenTelemetry, picks them up without a change
-here. A source reads what the node already publishes (the page, the status
-table, a process's shared memory through ``open_memfd``): never a call into
-a process.
+here. A package's sources are also found by the entry point group
+``otpy.metrics_sources`` (each entry: a callable returning a Source),
+loaded at the first reading: how otpy_pool's figures reach ``python -m
+otpy.observer --prometheus`` too, with otpy importing nothing of it. A
+source reads what the node already publishes (the page, the status table, a
+process's shared memory through ``open_memfd``): never a call into a
+process.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from ..lowlevel import logger
 from ..lowlevel.observation import PageRow, process_label
 from ..observer import NodeReader
 from ._model import Metric, Sample
@@ -64,7 +70,11 @@ class Source(Protocol):
     def collect(self, view: NodeView) -> Mapping[str, Iterable[Sample]]: ...
 
 
+ENTRY_POINTS = "otpy.metrics_sources"
+
 _lock = threading.Lock()
+_plugins_lock = threading.RLock()  # a listener may ask for sources() while they load
+_plugins_loaded = False
 _sources: list[Source] = []
 _listeners: list[Callable[[Source], None]] = []  # exporters that instrument new sources
 
@@ -105,7 +115,9 @@ def unregister_source(source: Source) -> None:
 
 
 def sources() -> list[Source]:
-    """The registered sources, in registration order (the node's first)."""
+    """The registered sources, in registration order (the node's first), the
+    entry points' loaded first if they were not yet."""
+    load_entry_points()
     with _lock:
         return list(_sources)
 
@@ -119,3 +131,21 @@ def remove_listener(listener: Callable[[Source], None]) -> None:
     with _lock:
         if listener in _listeners:
             _listeners.remove(listener)
+
+
+def load_entry_points() -> None:
+    """Register the sources of the ``otpy.metrics_sources`` entry points, once.
+    One that fails to load is logged and left out."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+            try:
+                register_source(entry.load()())
+            except Exception as exc:
+                logger().warning("metrics source entry point failed", entry=entry.value,
+                                 error=f"{type(exc).__name__}: {exc}")

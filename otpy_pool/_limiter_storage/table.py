@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from .._errors import LimiterBusy, LimiterNotRunning
-from .._limiter_shared import GROW, Control, LockTimeout, TableGone, decide, digest, reset_key
+from .._limiter_shared import (C_ALLOWED, C_DENIED, GROW, Control, LockTimeout, TableGone,
+                               decide, digest, reset_key)
 from .._shared_owner import OwnerLink
 from . import Decision, decision_of
 
@@ -36,6 +37,8 @@ class SharedTable:
                 with self.control as control:
                     outcome = decide(control.current(), self.algorithm, hi, lo, limit,
                                      window_ns, cost, time.time_ns(), count)
+                    if count and outcome is not GROW:
+                        control.words[C_ALLOWED if outcome[0] else C_DENIED] += 1
             except LockTimeout as exc:
                 raise LimiterBusy(str(exc)) from None
             except TableGone:

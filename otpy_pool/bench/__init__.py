@@ -36,6 +36,7 @@ from . import executor as _executor
 from . import peers as _peers
 from .aio import async_calls
 from .ray import ray_calls
+from .scrape import scraped_execute
 from .chaos import chaos_kill, wait_whole
 
 _ns = time.perf_counter_ns
@@ -56,6 +57,8 @@ RATIOS = {
     "aexecute_over_execute_p50": ("pool_aexecute_us", "pool_execute_alt_us"),
     "executor_submit_result_over_ppe_p50": ("executor_submit_result_us",
                                             "process_pool_executor_apply_us"),
+    "execute_scraped_over_unscraped_p50": ("pool_execute_scraped_us",
+                                           "pool_execute_unscraped_us"),
 }
 # Rate ratios: higher is better, so --compare reads them the other way round.
 RATES = {
@@ -325,6 +328,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
         ("call_rtt_us", lambda: call_rtt(rtt_n, rtt_w)),
         ("pool_execute_us", lambda: pool_execute(rtt_n, rtt_w, "bench")),
         ("pool_execute_stateless_us", lambda: pool_execute(rtt_n, rtt_w, None)),
+        ("scrape", lambda: scraped_execute(2 if quick else 10, rtt_w, BenchWorker)),
     ]
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_apply_us", _peer_case(peer, _peers.round_trip_us, rtt_n,
@@ -375,7 +379,7 @@ def _result_keys(key: str, value: Any) -> dict[str, Any]:
     """The cases that measure several figures give each its own result key."""
     if key == "worker_crash":
         return {"worker_crash_error_ms": value["error"], "worker_replaced_ms": value["replaced"]}
-    if key in ("protection", "ray", "asyncio"):
+    if key in ("protection", "ray", "asyncio", "scrape"):
         return value
     return {key: value}
 

@@ -126,7 +126,18 @@ def test_the_metrics_example_serves_its_restarts_until_ctrl_c():
             f, "otpy_supervisor_restarts_total", 0.0, supervisor="app", child="flaky") >= 2
             and f, timeout=DEADLINE)
         assert value(figures, "otpy_exits_total", reason="error") >= 2
-        assert value(figures, "otpy_processes") == 4  # the program, app, steady, flaky
+        # the program, app, steady, flaky; the pool's supervisor, server, workers'
+        # supervisor and two workers
+        assert value(figures, "otpy_processes") == 9
+        figures = wait_for(lambda: (f := scrape(url)) and value(
+            f, "otpy_pool_commands_total", 0.0, pool="lookup", command="find",
+            outcome="error") >= 1 and f, timeout=DEADLINE)
+        ok = value(figures, "otpy_pool_commands_total", pool="lookup", command="find",
+                   outcome="ok")
+        assert ok >= 4 and value(figures, "otpy_pool_command_duration_seconds_count",
+                                 pool="lookup", command="find") >= ok
+        assert sum(value(figures, "otpy_pool_workers", pool="lookup", state=state)
+                   for state in ("idle", "busy", "leaving")) == 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=DEADLINE) == 0
         assert_stopped_cleanly(proc.stdout.read())

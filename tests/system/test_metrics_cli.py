@@ -159,3 +159,49 @@ def test_without_the_extra_the_exporter_names_the_install_command():
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip() == ("otpy.observer: otpy.metrics.serve needs prometheus_client, "
                                   "which is not installed: pip install 'otpy[metrics]'")
+
+
+POOL_PROGRAM = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import otpy
+    from otpy_pool import Pool
+    from pool_workers import Notes
+
+    pool = Pool.start_link(Notes, size=2, name="outside")
+    for note in ("a", "b", "c"):
+        pool.execute("add", note, session="s")
+    try:
+        pool.execute("fail", "k")
+    except KeyError:
+        pass
+    status = pool.status()
+    print(json.dumps({"node": otpy.self().node, "total": status.total_commands,
+                      "errors": status.errors, "sessions": status.sessions}), flush=True)
+    sys.stdin.read()  # until the test closes it
+""")
+
+
+def test_another_programs_pool_is_served_with_no_change_to_it():
+    """The exporter outside the program finds otpy_pool's figures through
+    otpy.metrics' entry points: the program imports nothing for it."""
+    proc = subprocess.Popen([sys.executable, "-c", POOL_PROGRAM, str(helpers.TESTS)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        status = json.loads(proc.stdout.readline())
+        with exporter(status["node"], "--prometheus", "127.0.0.1:0") as (_cli, url):
+            figures = scrape(url)
+        counted = {"ok": 0.0, "error": 0.0, "crashed": 0.0}
+        for (name, labels), n in figures.items():
+            if name == "otpy_pool_commands_total" and dict(labels)["pool"] == "outside":
+                counted[dict(labels)["outcome"]] += n
+        assert sum(counted.values()) == status["total"] == 4
+        assert counted["error"] + counted["crashed"] == status["errors"] == 1
+        assert value(figures, "otpy_pool_command_duration_seconds_count", pool="outside",
+                     command="add") == 3
+        assert value(figures, "otpy_pool_sessions", pool="outside") == status["sessions"]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=DEADLINE)
+        proc.stdout.close()
