@@ -82,22 +82,12 @@ class PoolServer(otpy.GenServer):
         self.timers: dict[Any, otpy.Ref] = {}  # the book's cancellable timers, by key
         self.todo: collections.deque = collections.deque()  # effects not yet done
         self.doing = False
-        self.label = ""
         self.perform: dict[type, Callable[[Any], None]] = {
             Start: self._do_start, Kill: self._do_kill, Reply: self._do_reply, Cast: self._do_cast,
             Timer: self._do_timer, CancelTimer: self._do_cancel_timer, Watch: self._do_watch,
             Emit: self._do_emit, AwaitDown: self._do_await_down}
         self.caller: otpy.From | None = None  # the call being handled
-        self.handed: dict[otpy.Ref, Handed] = {}  # RUN_ANYs by their call's ref (the token)
-        # A worker checks in before it answers: its last handed command, until
-        # the worker runs another or dies (then, if it died before answering,
-        # its caller is told).
-        self.answering: dict[otpy.Pid, Handed] = {}
-        # One timer at a time for all handed commands' deadlines (timers are
-        # messages to the zygote: one per command would cost as much as it).
-        self.deadline_due: float | None = None
-        self.labelled_at = 0.0
-        self.label_armed = False
+        self._init_handing()
         self.book = self._adopt()
         if self.meter is not None:
             self.meter.adopt([pid.os_pid for pid in self.book.workers])
@@ -109,6 +99,20 @@ class PoolServer(otpy.GenServer):
         if opts.health_interval is not None:
             otpy.send_after(self.me, (HEALTH_TICK,), opts.health_interval)
         self._annotate()
+
+    def _init_handing(self) -> None:
+        """RUN_ANY's state, and the throttle of the observer's label."""
+        self.handed: dict[otpy.Ref, Handed] = {}  # RUN_ANYs by their call's ref (the token)
+        # A worker checks in before it answers: its last handed command, until
+        # the worker runs another or dies (then, if it died before answering,
+        # its caller is told).
+        self.answering: dict[otpy.Pid, Handed] = {}
+        # One timer at a time for all handed commands' deadlines (timers are
+        # messages to the zygote: one per command would cost as much as it).
+        self.deadline_due: float | None = None
+        self.label = ""
+        self.labelled_at = 0.0
+        self.label_armed = False
 
     def _adopt(self) -> PoolBook:
         """A replaced server takes over the workers (and their sessions) alive.

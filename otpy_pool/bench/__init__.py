@@ -333,14 +333,13 @@ def plan(quick: bool, peers: bool) -> list[Case]:
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_apply_us", _peer_case(peer, _peers.round_trip_us, rtt_n,
                                                           rtt_w)))
-    # ProcessPoolExecutor's: beside the standard library's, loky's and pebble's (above)
-    cases += [
+    cases += [  # ProcessPoolExecutor's: beside the standard library's, loky's, pebble's
         ("executor_submit_result_us", lambda: _executor.submit_result_us(rtt_n, rtt_w)),
         ("executor_map_chunked_per_s", _executor.ours_map_chunked_per_s),
         ("process_pool_executor_map_chunked_per_s", _executor.ppe_map_chunked_per_s),
     ]
-    cases.append(("pool_burst_per_s", lambda: pool_burst(burst)))
-    cases.append(("pool_burst_sync_per_s", lambda: pool_burst(burst, pipelined=False)))
+    cases += [("pool_burst_per_s", lambda: pool_burst(burst)),
+              ("pool_burst_sync_per_s", lambda: pool_burst(burst, pipelined=False))]
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_burst_per_s", _peer_case(peer, _peers.burst_per_s, burst)))
     cases += [
