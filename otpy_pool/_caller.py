@@ -37,6 +37,9 @@ UNSET: Any = object()  # "the pool's default" (None means no limit)
 RETRIES = 8  # workers one command (or batch) may move to: deaths, moved sessions
 MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
 SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
+# An async worker answers a command it cancelled at its deadline once the
+# command ended, within its grace; the caller waits that long, and this, more.
+REPLY_MARGIN = 0.1
 
 # Per pool, for this OS process: session -> worker (stale entries are
 # harmless: a worker answers UNBOUND for a session it does not hold, and the
@@ -169,8 +172,9 @@ async def session_run(pool: "Pool", worker: otpy.Pid, sid: Any, command: str, ar
     the worker died before it started (dead before it got it included:
     NoProc, whose reason is "noproc")."""
     ref = otpy.make_ref()
+    message, wait = await run_message(pool, ref, sid, command, args, kwargs, left)
     try:
-        return await Request(worker, run_call(ref, sid, command, args, kwargs), ref, left)
+        return await Request(worker, message, ref, wait)
     except otpy.Exited as exc:
         if await never_started(pool, worker, ref, exc.reason):
             raise NotRun() from None
@@ -181,6 +185,19 @@ async def session_run(pool: "Pool", worker: otpy.Pid, sid: Any, command: str, ar
         await deadline(pool, worker, None)
         raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
                              f"{duration(timeout)}; its worker was replaced") from None
+
+
+async def run_message(pool: "Pool", ref: otpy.Ref, sid: Any, command: str, args: tuple,
+                      kwargs: dict, left: float | None) -> tuple[tuple, float | None]:
+    """The RUN for a command with ``left`` s to run, and how long to wait
+    for its answer. An async worker gets the deadline: it cancels the
+    command then and answers CommandTimeout if it ends within the worker's
+    grace, which the caller waits for too, before it has the worker killed."""
+    grace = (await settings(pool)).cancel_grace
+    if grace is None or left is None:
+        return run_call(ref, sid, command, args, kwargs), left
+    deadline = time.monotonic() + left
+    return run_call(ref, sid, command, args, kwargs, deadline), left + grace + REPLY_MARGIN
 
 
 # ---- a worker's death, a deadline -----------------------------------------------------------
@@ -200,7 +217,7 @@ async def never_started(pool: "Pool", worker: otpy.Pid, ref: otpy.Ref, reason: A
         running = await ask(pool, RAN, worker)
     except PoolError:  # no server: nobody can tell
         return False
-    return running != UNKNOWN and running != (ref.origin[1], ref.n)
+    return running != UNKNOWN and (ref.origin[1], ref.n) not in running
 
 
 async def deadline(pool: "Pool", worker: otpy.Pid, token: Any) -> None:
@@ -234,8 +251,9 @@ async def run_on(pool: "Pool", worker: otpy.Pid, token: Any, command: str, args:
     """A command on a checked-out worker; NotRun if the worker died before
     the command started (the caller runs it on another one)."""
     ref = otpy.make_ref()
+    message, wait = await run_message(pool, ref, None, command, args, kwargs, timeout)
     try:
-        outcome = await Request(worker, run_call(ref, None, command, args, kwargs), ref, timeout)
+        outcome = await Request(worker, message, ref, wait)
     except otpy.NoProc:
         try:
             await ask(pool, RAN, worker)  # the server takes its Down first
