@@ -219,6 +219,9 @@ class AsyncWorkerProcess(WorkerProcess):
         self._pump()
 
     def _forget(self, job: Job) -> None:
+        """A job that will never start (a running one is answered as it ends)."""
+        if job.state == RUNNING:
+            return
         if job.timer is not None:
             job.timer.cancel()
         job.state = ANSWERED
@@ -332,7 +335,8 @@ class AsyncWorkerProcess(WorkerProcess):
         """Retired and idle: the jobs not started are answered MOVED (they
         run on the session's new worker), the running ones end, then it stops."""
         for job in list(self.ready) + [j for q in self.queues.values() for j in q]:
-            if job.kind == RUN and job.state == WAITING:
+            if job.kind == RUN and job.state == WAITING:  # (a session's first is in both)
+                job.state = ANSWERED
                 otpy.reply(job.caller, (MOVED,))
         self._stop(RETIRED)
 

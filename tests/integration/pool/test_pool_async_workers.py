@@ -288,6 +288,33 @@ def test_a_sigkill_fails_the_commands_running_and_the_queued_ones_run_on_the_new
     pool.stop()
 
 
+def test_a_retired_worker_moves_its_queued_commands_and_finishes_the_running_ones():
+    """Worn out (max_commands) while a gate runs and a command of its
+    session waits behind it: the waiting one is answered "moved" and runs
+    on the new worker; the gate ends on the old one, which then stops
+    (its terminate sees the retirement)."""
+    me = otpy.self()
+    pool = Pool.start_link(AsyncNotes, kwargs={"report_to": me}, size=1, max_commands=1)
+    (old,) = pool.workers()
+
+    async def scenario():
+        a = asyncio.create_task(pool.aexecute("gate", me, "A", session="s1"))
+        b = asyncio.create_task(pool.aexecute("gate", me, "B", session="s2"))
+        await reports(("started",), 2)
+        c = asyncio.create_task(pool.aexecute("ran", me, "s1", session="s1"))  # behind A
+        await asyncio.create_task(otpy.acall(old, ("after the queued one",)))
+        go(old, "B")  # its end wears the worker out
+        assert await c == "s1" and await b == "B"
+        go(old, "A")
+        return await a
+
+    assert run(scenario()) == "A"
+    assert runs() == ["s1"] and pool.worker_of("s1") != old
+    assert expect(lambda m: m[:1] == ("terminated",))[1] == ("shutdown", "otpy_pool.retired")
+    lowlevel.flush(lambda m: type(m) is tuple and m[:1] == ("init",))
+    pool.stop()
+
+
 def test_a_batch_on_an_async_worker_runs_concurrently_and_answers_in_order():
     pool = Pool.start_link(AsyncNotes, size=1)
     assert pool.execute_many("add", [(n,) for n in range(10)], session="b") == list(range(1, 11))
