@@ -33,6 +33,7 @@ from otpy.bench import Case, Skipped, call_rtt, cli, run_cases, summarize
 from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
 
 from . import peers as _peers
+from .async_worker import async_worker_concurrency
 from .ray import ray_calls
 from .chaos import chaos_kill, wait_whole
 
@@ -334,6 +335,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
         ("growth_sessions", lambda: sessions_growth(
             (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
         ("idle_worker_memory", idle_worker_memory),
+        ("async_worker_concurrency", lambda: async_worker_concurrency(3 if quick else 9)),
         ("ray", lambda: ray_calls(rtt_n, rtt_w)),
     ]
     if peers:

@@ -38,6 +38,7 @@ def test_quick_json_is_well_formed():
     assert chaos["callers_lost"] == 0 and chaos["charges_run_twice"] == 0
     assert set(results["growth_throughput_per_s"]) == {"workers_1", "workers_2"}
     assert results["idle_worker_memory"]["otpy_pool_kib"] > 0
+    assert results["async_worker_concurrency"] > 0  # 200 naps on one async worker, seconds
     assert report["ratios"]["execute_over_call_p50"] > 0
     if "ray" in skipped:  # measured beside a bare actor call, or skipped with the hint
         assert "pip install 'otpy[ray]'" in skipped["ray"]
