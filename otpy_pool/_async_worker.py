@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import time
 from typing import Any
 
 import otpy
@@ -169,7 +170,8 @@ class AsyncWorkerProcess(WorkerProcess):
                  deadline: float | None = None) -> None:
         job = Job(RUN, caller, sid, name, args, kwargs, deadline)
         if deadline is not None:
-            job.timer = self.loop.call_later(max(0.0, deadline - self.loop.time()),
+            # the caller's clock: time.monotonic() (whatever clock the loop keeps)
+            job.timer = self.loop.call_later(max(0.0, deadline - time.monotonic()),
                                              self._deadline, job)
         self._queue(job)
 

@@ -140,6 +140,7 @@ def _concurrency(worker: type[Worker], value: int | None) -> int:
     if value is None:
         value = _checks.count(worker.max_concurrency, f"{worker.__qualname__}.max_concurrency",
                               minimum=1)
+    _checks.finite_seconds(worker.cancel_grace, f"{worker.__qualname__}.cancel_grace", zero=True)
     if value > 1 and not worker.is_async():
         raise ValueError(f"max_concurrency={value}: {worker.__qualname__} has no async def "
                          "command, so it runs one command at a time")

@@ -338,6 +338,8 @@ def test_max_concurrency_is_checked_before_anything_starts():
         Pool.start_link(AsyncNotes, size=1, max_concurrency=0)
     with pytest.raises(TypeError, match="max_concurrency"):
         Pool.start_link(AsyncNotes, size=1, max_concurrency="2")
+    with pytest.raises(ValueError, match="cancel_grace"):
+        Pool.start_link(type("NoGrace", (AsyncNotes,), {"cancel_grace": -1.0}), size=1)
 
 
 def test_a_sync_worker_runs_one_command_at_a_time_and_counts_it_in_flight():
