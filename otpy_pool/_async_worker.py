@@ -39,8 +39,8 @@ from otpy import lowlevel
 
 from ._counters import COMMANDS, ERRORS, RUN_COUNTED, RUN_N, RUN_ORIGIN, SLOT
 from ._errors import CommandTimeout
-from ._protocol import (BIND_SESSION, END, ERROR, HEALTHY, MOVED, OK, REPLAYED, RETIRED, RUN,
-                        TIMED_OUT, WORN)
+from ._protocol import (BIND_SESSION, END, ERROR, HEALTHY, MOVED, OK, RETIRED, RUN, TIMED_OUT,
+                        WORN)
 from ._worker import Session, Worker, WorkerProcess, _move_queued
 
 WAITING, RUNNING, ANSWERED = "waiting", "running", "answered"
@@ -307,22 +307,16 @@ class AsyncWorkerProcess(WorkerProcess):
 
     async def _replay(self, sid: Any, log: list | None) -> None:
         """As WorkerProcess._cast_bind_session, each entry awaited."""
-        session = self.sessions[sid] = Session(sid)
-        self.lost.pop(sid, None)
-        if not log:
-            self.replay_logs.pop(sid, None)
+        session = self._bound(sid, log)
+        if session is None:
             return
+        error = None
         try:
-            for name, args, kwargs in log:
+            for name, args, kwargs in log or ():
                 await _value(self._invoke(session, name, args, kwargs))
         except Exception as exc:
-            self.sessions[sid] = Session(sid)
-            self.replay_logs.pop(sid, None)
-            self.lost[sid] = lowlevel.sendable_exception(exc)
-            otpy.cast(self.server, (REPLAYED, self.me, sid, repr(exc)))
-            return
-        self.replay_logs[sid] = list(log)
-        otpy.cast(self.server, (REPLAYED, self.me, sid, None))
+            error = exc
+        self._replayed(sid, log or [], error)
 
     def _acast_release(self) -> None:
         """Its sessions are re-bound elsewhere: their queued commands will be

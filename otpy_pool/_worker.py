@@ -271,19 +271,34 @@ class WorkerProcess(otpy.GenServer):
         return {sid: list(self.replay_logs.get(sid, ())) for sid in self.sessions}
 
     def _cast_bind_session(self, sid: Any, log: list | None) -> None:
+        session = self._bound(sid, log)
+        if session is None:
+            return
+        error = None
+        try:
+            for name, args, kwargs in log or ():
+                self._invoke(session, name, args, kwargs)
+        except Exception as exc:
+            error = exc
+        self._replayed(sid, log or [], error)
+
+    def _bound(self, sid: Any, log: list | None) -> Session | None:
+        """The session is held here anew: its Session, to replay ``log``
+        into; None if there is nothing to replay."""
         session = self.sessions[sid] = Session(sid)
         self.lost.pop(sid, None)
         if not log:
             self.replay_logs.pop(sid, None)
-            return
-        try:
-            for name, args, kwargs in log:
-                self._invoke(session, name, args, kwargs)
-        except Exception as exc:
+            return None
+        return session
+
+    def _replayed(self, sid: Any, log: list, error: Exception | None) -> None:
+        """The replay ended (``error``: why it failed): the server is told."""
+        if error is not None:
             self.sessions[sid] = Session(sid)  # starts empty next time
             self.replay_logs.pop(sid, None)
-            self.lost[sid] = lowlevel.sendable_exception(exc)
-            otpy.cast(self.server, (REPLAYED, self.me, sid, repr(exc)))
+            self.lost[sid] = lowlevel.sendable_exception(error)
+            otpy.cast(self.server, (REPLAYED, self.me, sid, repr(error)))
             return
         self.replay_logs[sid] = list(log)
         otpy.cast(self.server, (REPLAYED, self.me, sid, None))

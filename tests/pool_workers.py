@@ -244,6 +244,13 @@ class AsyncNotes(Worker):
     async def notes(self, session):
         return list(session.state.get("notes", []))
 
+    @command(replay=True)
+    async def load(self, session, path):
+        """Reads a file: replaying it fails once the file is gone."""
+        await asyncio.sleep(0)
+        session.state["loaded"] = pathlib.Path(path).read_text()
+        return session.state["loaded"]
+
     @command
     async def whoami(self, session):
         return otpy.self()

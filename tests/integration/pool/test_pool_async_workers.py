@@ -14,7 +14,7 @@ import otpy
 import pytest
 from otpy import lowlevel
 from otpy.testing import wait_for
-from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
+from otpy_pool import CommandTimeout, Pool, SessionLost, Worker, WorkerCrashed, command
 
 from helpers import DEADLINE, expect, expect_down
 from pool_workers import AsyncNotes, Notes, StubbornGrace
@@ -198,6 +198,22 @@ def test_replay_runs_before_the_sessions_next_command():
     assert pool.worker_of("s") != first
     lowlevel.flush(lambda m: type(m) is tuple and m[:1] in (("added",), ("init",)))
     assert pool.status().sessions_recovered == 1
+    pool.stop()
+
+
+def test_a_failed_replay_is_session_lost_and_the_session_starts_empty(otpy_tree):
+    path = os.path.join(otpy_tree.tmp_path, "program.txt")
+    with open(path, "w") as f:
+        f.write("v1")
+    pool = Pool.start_link(AsyncNotes, size=1)
+    assert pool.execute("load", path, session="s") == "v1"
+    os.remove(path)
+    worker = pool.worker_of("s")
+    expect_down_of(worker, lambda: os.kill(worker.os_pid, signal.SIGKILL))
+    with pytest.raises(SessionLost, match="FileNotFoundError|No such file"):
+        pool.execute("notes", session="s")
+    assert pool.execute("notes", session="s") == []  # empty next time
+    assert pool.status().sessions_lost == 1
     pool.stop()
 
 
