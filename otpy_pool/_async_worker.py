@@ -70,7 +70,6 @@ class AsyncWorkerProcess(WorkerProcess):
              limits: tuple) -> None:
         *wear, slots = limits
         self._setup(worker_cls, server, tuple(wear), slots)
-        self.grace = worker_cls.cancel_grace
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.free = collections.deque(range(0, slots * SLOT, SLOT))  # the page's free slots
@@ -197,7 +196,7 @@ class AsyncWorkerProcess(WorkerProcess):
             slot = self.free.popleft()
             job.state = RUNNING
             self.running.add(job)
-            job.task = self.loop.create_task(self._run(job, slot))
+            self.loop.create_task(self._run(job, slot))
 
     def _next(self, job: Job) -> None:
         """``job`` is done (or will never run): its session's next job is ready."""
@@ -263,9 +262,12 @@ class AsyncWorkerProcess(WorkerProcess):
     async def _outcome(self, job: Job, session: Session) -> tuple:
         """The command's outcome: its value, its error, or CommandTimeout if
         its deadline cancelled it (whatever it did then)."""
-        outcome: tuple
+        outcome: tuple = (ERROR, None)
+        job.task = asyncio.current_task()  # what its deadline cancels, from now on
         try:
-            outcome = (OK, await _value(self._invoke(session, job.name, job.args, job.kwargs)))
+            if not job.cancelled:  # (its deadline came before its task's first step)
+                outcome = (OK, await _value(self._invoke(session, job.name, job.args,
+                                                         job.kwargs)))
         except asyncio.CancelledError:
             if not job.cancelled:
                 raise  # not ours: the loop is going away
@@ -284,9 +286,10 @@ class AsyncWorkerProcess(WorkerProcess):
     def _deadline(self, job: Job) -> None:
         """A job's deadline: cancel it if it runs; answer it if it waits."""
         job.timer = None
-        if job.state == RUNNING and job.task is not None:
+        if job.state == RUNNING:
             job.cancelled = True
-            job.task.cancel()
+            if job.task is not None:
+                job.task.cancel()
         elif job.state == WAITING:
             job.state = ANSWERED
             otpy.cast(self.server, (TIMED_OUT, self.me))
