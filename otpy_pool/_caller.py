@@ -38,6 +38,9 @@ UNSET: Any = object()  # "the pool's default" (None means no limit)
 RETRIES = 8  # workers one command (or batch) may move to: deaths, moved sessions
 MARGIN = 5.0  # a checkout's own timer fires first; this only guards against a stuck server
 SERVER_WAIT = 1.0  # how long a caller waits for a replaced server's successor
+# An async worker answers a command it cancelled at its deadline once the
+# command ended, within its grace; the caller waits that long, and this, more.
+REPLY_MARGIN = 0.1
 
 # Per pool, for this OS process: session -> worker (stale entries are
 # harmless: a worker answers UNBOUND for a session it does not hold, and the
@@ -170,8 +173,9 @@ async def session_run(pool: "Pool", worker: otpy.Pid, sid: Any, command: str, ar
     the worker died before it started (dead before it got it included:
     NoProc, whose reason is "noproc")."""
     ref = otpy.make_ref()
+    message, wait = await run_message(pool, ref, sid, command, args, kwargs, left)
     try:
-        return await Request(worker, run_call(ref, sid, command, args, kwargs), ref, left)
+        return await Request(worker, message, ref, wait)
     except otpy.Exited as exc:
         if await never_started(pool, worker, ref, exc.reason):
             raise NotRun() from None
@@ -182,6 +186,19 @@ async def session_run(pool: "Pool", worker: otpy.Pid, sid: Any, command: str, ar
         await deadline(pool, worker, None)
         raise CommandTimeout(f"command {command!r} of session {sid!r} ran past "
                              f"{duration(timeout)}; its worker was replaced") from None
+
+
+async def run_message(pool: "Pool", ref: otpy.Ref, sid: Any, command: str, args: tuple,
+                      kwargs: dict, left: float | None) -> tuple[tuple, float | None]:
+    """The RUN for a command with ``left`` s to run, and how long to wait
+    for its answer. An async worker gets the deadline: it cancels the
+    command then and answers CommandTimeout if it ends within the worker's
+    grace, which the caller waits for too, before it has the worker killed."""
+    grace = (await settings(pool)).cancel_grace
+    if grace is None or left is None:
+        return run_call(ref, sid, command, args, kwargs), left
+    deadline = time.monotonic() + left
+    return run_call(ref, sid, command, args, kwargs, deadline), left + grace + REPLY_MARGIN
 
 
 # ---- a worker's death, a deadline -----------------------------------------------------------
@@ -201,7 +218,7 @@ async def never_started(pool: "Pool", worker: otpy.Pid, ref: otpy.Ref, reason: A
         running = await ask(pool, RAN, worker)
     except PoolError:  # no server: nobody can tell
         return False
-    return running != UNKNOWN and running != (ref.origin[1], ref.n)
+    return running != UNKNOWN and (ref.origin[1], ref.n) not in running
 
 
 async def deadline(pool: "Pool", worker: otpy.Pid, token: Any) -> None:
@@ -228,11 +245,27 @@ async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session
     wait = await wait_for_worker(pool, checkout_timeout)
     if session is not None:
         return await run_in_session(pool, session, command, args, kwargs, timeout)
+    if (await settings(pool)).cancel_grace is not None:  # async workers: several at once
+        return await run_checked_out(pool, command, args, kwargs, timeout, wait)
     for _ in range(RETRIES):
         outcome = await run_anywhere(pool, command, args, kwargs, timeout, wait)
         if outcome[0] != NOT_RUN:
             return result(outcome)
         # its worker died before it started it: it runs on another one
+    raise PoolError(f"pool {pool.name!r}: no live worker to run {command!r} on")
+
+
+async def run_checked_out(pool: "Pool", command: str, args: tuple, kwargs: dict,
+                          timeout: float | None, wait: float | None) -> Any:
+    """A session-less command on a worker checked out for it: an async
+    worker's, whose deadline the worker keeps (a handed command's deadline
+    is the server's, which would kill every command the worker runs)."""
+    for _ in range(RETRIES):
+        async with checked_out(pool, wait) as (worker, token):
+            try:
+                return await run_on(pool, worker, token, command, args, kwargs, timeout)
+            except NotRun:
+                continue  # it died before our command started: another one
     raise PoolError(f"pool {pool.name!r}: no live worker to run {command!r} on")
 
 
@@ -265,8 +298,9 @@ async def run_on(pool: "Pool", worker: otpy.Pid, token: Any, command: str, args:
     """A command on a checked-out worker; NotRun if the worker died before
     the command started (the caller runs it on another one)."""
     ref = otpy.make_ref()
+    message, wait = await run_message(pool, ref, None, command, args, kwargs, timeout)
     try:
-        outcome = await Request(worker, run_call(ref, None, command, args, kwargs), ref, timeout)
+        outcome = await Request(worker, message, ref, wait)
     except otpy.NoProc:
         try:
             await ask(pool, RAN, worker)  # the server takes its Down first

@@ -17,10 +17,14 @@ class NotRun(Exception):
     """The worker was dead before the command reached it: run it elsewhere."""
 
 
-def run_call(ref: otpy.Ref, sid: Any, command: str, args: tuple, kwargs: dict) -> tuple:
+def run_call(ref: otpy.Ref, sid: Any, command: str, args: tuple, kwargs: dict,
+             deadline: float | None = None) -> tuple:
     """A RUN for a worker, in otpy's call convention, with our own ``ref``
-    (after a death, the worker's counts page says whether it was running it)."""
-    return (lowlevel.CALL, (otpy.self(), ref), (RUN, sid, command, args, kwargs))
+    (after a death, the worker's counts page says whether it was running it);
+    ``deadline``: for an async worker, when it cancels the command."""
+    if deadline is None:
+        return (lowlevel.CALL, (otpy.self(), ref), (RUN, sid, command, args, kwargs))
+    return (lowlevel.CALL, (otpy.self(), ref), (RUN, sid, command, args, kwargs, deadline))
 
 
 def result(outcome: tuple) -> Any:

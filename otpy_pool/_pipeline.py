@@ -5,9 +5,10 @@ caller's mailbox by ref while more are sent.
 ``Pipeline`` is one worker's share of a batch; ``run_batch`` runs a batch
 on the session's worker (or a checked-out one), again on the next worker
 for the entries that never ran (the worker died, or moved the session).
-Commands are calls in otpy's call convention, each with its own ref; the
-worker runs them in order, so only the oldest unanswered one can have been
-running when it died.
+Commands are calls in otpy's call convention, each with its own ref; a
+sync worker runs them in order, so only the oldest unanswered one can have
+been running when it died; an async worker may have been running several
+(its counts page says which).
 """
 
 from __future__ import annotations
@@ -114,32 +115,48 @@ class Pipeline:
             self.out[i] = outcome
 
     async def worker_down(self, reason: Any) -> list:
-        """The worker died: WorkerCrashed for the oldest unanswered command,
-        unless the worker says it had not started it. The rest never ran."""
+        """The worker died: WorkerCrashed for the unanswered commands it was
+        running, unless the worker says it had not started them. The rest
+        never ran."""
         if not self.pending:
             return self.retry + self.todo[self.sent:]
-        ref, first = next(iter(self.pending.items()))
-        if await _caller.never_started(self.pool, self.worker, ref, reason):
-            return sorted(self.retry + list(self.pending.values())) + self.todo[self.sent:]
-        self.out[first] = (ERROR, WorkerCrashed(reason))
-        return self.unanswered(first)
+        crashed = await self.ran_there(reason, list(self.pending.items()))
+        for i in crashed:
+            self.out[i] = (ERROR, WorkerCrashed(reason))
+        return self.unanswered(crashed)
+
+    async def ran_there(self, reason: Any, refs: list) -> list[int]:
+        """Of ``refs`` (ref, index), in the order sent, the indexes the dead
+        worker may have been running: a sync worker only the oldest."""
+        if not await self.concurrent():
+            refs = refs[:1]
+        return [i for ref, i in refs
+                if not await _caller.never_started(self.pool, self.worker, ref, reason)]
+
+    async def concurrent(self) -> bool:
+        """Whether the pool's workers are async (run several commands at once)."""
+        return (await _caller.settings(self.pool)).cancel_grace is not None
 
     async def timed_out(self) -> list:
         """The oldest command ran past its timeout: CommandTimeout for it, its
-        worker killed and replaced (its Down awaited); the rest never ran."""
-        first = next(iter(self.pending.values()))
+        worker killed and replaced (its Down awaited); WorkerCrashed for the
+        others it was running (an async worker's); the rest never ran."""
+        (ref, first), *others = self.pending.items()
         self.out[first] = (ERROR, CommandTimeout(
             f"command {self.command!r} ran past {duration(self.timeout)}; "
             "its worker was replaced"))
         await _caller.deadline(self.pool, self.worker, self.token)
         mref = self.mref
-        await Receive(lambda m: type(m) is otpy.Down and m.ref == mref, MARGIN + DOWN_WAIT)
+        down = await Receive(lambda m: type(m) is otpy.Down and m.ref == mref, MARGIN + DOWN_WAIT)
         self.mref = None
-        return self.unanswered(first)
+        crashed = await self.ran_there(down.reason, others) if await self.concurrent() else []
+        for i in crashed:
+            self.out[i] = (ERROR, WorkerCrashed(down.reason))
+        return self.unanswered([first, *crashed])
 
-    def unanswered(self, first: int) -> list:
-        """Every entry but ``first`` that has no outcome: in order."""
-        return sorted(self.retry + [i for i in self.pending.values() if i != first]) + \
+    def unanswered(self, answered: list[int]) -> list:
+        """Every entry not in ``answered`` that has no outcome: in order."""
+        return sorted(self.retry + [i for i in self.pending.values() if i not in answered]) + \
             self.todo[self.sent:]
 
     def close(self) -> None:

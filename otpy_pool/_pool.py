@@ -119,13 +119,15 @@ class Pool:
                    health_interval: float | None = None, health_timeout: float | None = 5.0,
                    max_commands: int | None = None, max_memory: int | None = None,
                    restart_backoff: tuple[float, float] = (0.1, 30.0),
-                   placement: Any = None) -> "Pool":
+                   placement: Any = None, max_concurrency: int | None = None) -> "Pool":
         """Start the pool's subtree linked to the caller; returns its handle
         once the first workers are up (StartError if they cannot start).
         Unnamed pools get a generated name (``handle.name``). The options are
         _pool_options.OPTIONS (this signature is held to it by a test);
         ``placement``: where workers run (None: local processes; a
-        ``RayPlacement``: Ray actors, see docs/distributed.md)."""
+        ``RayPlacement``: Ray actors, see docs/distributed.md);
+        ``max_concurrency``: commands one async worker runs at once (None:
+        the Worker class's, see docs/pool.md's "Async workers")."""
         options = {key: value for key, value in locals().items() if key in DEFAULTS}
         opts = cls._options(worker, args, kwargs, name, options)
         _start_subtree(opts)

@@ -24,22 +24,29 @@ A worker's life, as the book sees it (``WorkerRecord.state``)::
                                                 HELD
       IDLE, HELD --retire (recycled, health, worn, idle overflow)--> RETIRING_HELD if held,
                                                                      else RETIRING (told LEAVE)
-      RETIRING_HELD --checkin--> RETIRING (told LEAVE; killed if its state is unknown)
+      RETIRING_HELD --last checkin--> RETIRING (told LEAVE; killed if its state is unknown)
       IDLE, HELD, RETIRING* --command deadline--> KILLED
       IDLE, HELD --health check hangs, checkout replaced--> RETIRING (killed)
       any state --Down--> gone (IDLE/HELD: a crash, counted and replaced)
 
 "In service" is IDLE or HELD: only those hold sessions, are bound to, are
-checked out or checked. A worker running a bound session's command is IDLE
+checked out or checked. A worker has ``opts.max_concurrency`` *slots* (1
+unless its class runs ``async def`` commands): it may be checked out that
+many times at once, each checkout one holder; it is HELD while it has a
+holder, and in the *free order* (``idle``, which LIFO/FIFO picks from)
+while it is in service with a slot free. With one slot, the free order is
+exactly the IDLE workers. A worker running a bound session's command is IDLE
 here: those commands bypass the server (its counts page says whether it is
 running one). Retiring and killed workers are *leaving*: their Down is
 planned, their replacement (if owed) was decided when they left service.
 
 Invariants (``invariants()``):
 
-- one state per worker: IDLE workers are exactly those in the idle order,
-  once each; a worker has a holder iff it is HELD or RETIRING_HELD, and the
-  checkouts are exactly the held workers' holders;
+- one state per worker: the free order holds exactly the workers in service
+  with a slot free, once each; a worker has holders iff it is HELD or
+  RETIRING_HELD, never more than its slots, and the checkouts are exactly
+  the holders of the workers; only a RETIRING_HELD worker waits to be
+  killed at its last checkin;
 - a session is bound to a worker in service that lists it, or to none;
   leaving workers hold no session;
 - no lost waiter: a queued caller is never left while a worker is idle; a
@@ -142,8 +149,8 @@ class Reading(NamedTuple):
     """A worker's counts page, read by the server (see _counters)."""
     ran: int
     failed: int
-    running: tuple[int, int] | None  # the running command's ref, or None
-    uncounted: bool  # a command is running and not counted yet
+    running: tuple  # the running commands' refs, each (origin serial, number)
+    uncounted: int  # commands running and not counted yet
 
 
 class Waiter(NamedTuple):
@@ -164,18 +171,19 @@ class Starting(NamedTuple):
 class WorkerRecord:
     """The book's record of one worker."""
 
-    __slots__ = ("pid", "overflow", "state", "sessions", "holder", "idle_stamp", "health_token",
-                 "health_mark")
+    __slots__ = ("pid", "overflow", "state", "sessions", "holders", "idle_stamp", "health_token",
+                 "health_mark", "kill_when_free")
 
     def __init__(self, pid: Any, overflow: bool) -> None:
         self.pid = pid
         self.overflow = overflow
         self.state = IDLE
         self.sessions: set = set()
-        self.holder: Any = None  # the checkout token while HELD or RETIRING_HELD
+        self.holders: set = set()  # the checkout tokens while HELD or RETIRING_HELD
         self.idle_stamp = 0  # an overflow worker's last return: its idle timer's stamp
         self.health_token: Any = None  # the health check awaiting an answer
         self.health_mark = 0  # its command count when that check was sent
+        self.kill_when_free: str | None = None  # RETIRING_HELD: killed (why) at its last checkin
 
     def __repr__(self) -> str:
         return f"<worker {self.pid!r} {self.state}{' overflow' if self.overflow else ''}>"
@@ -210,7 +218,8 @@ class PoolBook:
         self.keys = itertools.count(first_key)
         self.stamps = itertools.count(1)
         self.workers: dict[Any, WorkerRecord] = {}  # in start order
-        self.idle: collections.deque = collections.deque()
+        self.slots: int = opts.max_concurrency  # checkouts one worker takes at once
+        self.idle: collections.deque = collections.deque()  # the free order
         self.queue: collections.deque[Waiter] = collections.deque()
         self.checkouts: dict[Any, tuple[Any, Any]] = {}  # token -> (worker, holder's pid)
         self.sessions: dict[Any, Any] = {}  # session -> its worker (None: re-bind)
@@ -218,8 +227,9 @@ class PoolBook:
         self.starting: Starting | None = None
         self.binds_waiting: list[tuple] = []  # (caller, session, stale): for the start
         self.at_down: dict[Any, list[tuple]] = {}  # worker -> what to do at its Down
-        # dead worker -> the ref of the command it was running, None, or UNKNOWN
+        # dead worker -> the refs of the commands it was running, or UNKNOWN
         self.died_running: dict[Any, Any] = {}
+        self.in_flight: dict[Any, int] = {}  # worker -> commands running, at the last bind
         self.adopted = 0  # regular workers a replaced server left (may exceed size)
         # Degraded, never dead: regular workers owed (a death, a retirement, a
         # start that failed) are started again and again, with backoff.
@@ -242,17 +252,20 @@ class PoolBook:
         return sum(1 for w in self.workers.values() if w.overflow) + starting
 
     def status(self, readings: list[Reading | None]) -> PoolStatus:
-        """``readings``: the live workers' counts pages, read now."""
+        """``readings``: the live workers' counts pages, read now, in the
+        order of ``workers``."""
         counts = dict(self.counts)
         for reading in readings:
             if reading is not None:
                 counts["total_commands"] += reading.ran
                 counts["errors"] += reading.failed
+        in_flight = {pid: _in_flight(reading) for pid, reading in zip(self.workers, readings)}
         return PoolStatus(size=self.opts.size, overflow=self.overflow_count(),
                           idle=len(self.idle), busy=len(self.checkouts), queued=len(self.queue),
                           sessions=len(self.sessions), workers=len(self.workers),
                           starting=self.owed,
-                          degraded=self.owed > 0 and self.start_failures > 0, **counts)
+                          degraded=self.owed > 0 and self.start_failures > 0,
+                          in_flight=in_flight, **counts)
 
     def label(self) -> str:
         """The server's BEHAVIOUR column in the observer."""
@@ -407,9 +420,14 @@ class PoolBook:
     # ---- sessions ----------------------------------------------------------------------------
 
     @_event
-    def bind(self, caller: Any, sid: Any, stale: Any, stale_dead: bool) -> None:
+    def bind(self, caller: Any, sid: Any, stale: Any, stale_dead: bool,
+             in_flight: dict[Any, int] | None = None) -> None:
         """The session's worker for ``caller``; ``stale``: a worker that did
-        not hold it (``stale_dead``: the caller saw it die: its Down first)."""
+        not hold it (``stale_dead``: the caller saw it die: its Down first).
+        ``in_flight``: each worker's commands running now (its counts page),
+        which a new session's least-loaded worker is chosen by."""
+        if in_flight is not None:
+            self.in_flight = in_flight
         if stale_dead and stale in self.workers:
             self._after_down(stale, ("bind", caller, sid, stale))
             return
@@ -473,6 +491,13 @@ class PoolBook:
             w.state = KILLED
             self.out.append(Kill(pid, "command_timeout"))
         self._after_down(pid, ("deadline", caller))
+
+    @_event
+    def timed_out(self, pid: Any) -> None:
+        """A worker cancelled a command past its deadline, which ended in
+        time: counted as a timeout; the worker serves on."""
+        self.counts["timeouts"] += 1
+        self._emit("timeout", pid, detail="command")
 
     # ---- retiring --------------------------------------------------------------------------------
 
@@ -594,22 +619,32 @@ class PoolBook:
         return None
 
     def _take_idle(self) -> WorkerRecord | None:
+        """The next worker with a slot free, out of the free order (``_give``
+        puts it back if it has another)."""
         if not self.idle:
             return None
         pid = self.idle.pop() if self.opts.strategy == "lifo" else self.idle.popleft()
         return self.workers[pid]
 
     def _make_idle(self, w: WorkerRecord) -> None:
+        """``w`` has a slot free again: in the free order; IDLE (with an
+        overflow worker's idle timer) once it has no holder."""
+        if w.pid not in self.idle:
+            self.idle.append(w.pid)
+        if w.holders:
+            return
         w.state = IDLE
-        self.idle.append(w.pid)
         if w.overflow and self.opts.overflow_idle is not None:
             w.idle_stamp = next(self.stamps)
             self.out.append(Timer((OVERFLOW_IDLE, w.pid, w.idle_stamp), self.opts.overflow_idle))
 
     def _give(self, w: WorkerRecord, waiter: Waiter) -> None:
-        """Check ``w`` out to ``waiter`` (``w`` is out of the idle order)."""
+        """Check ``w`` out to ``waiter`` (``w`` is out of the free order: back
+        in at the end the strategy takes from next, if a slot is still free)."""
         w.state = HELD
-        w.holder = waiter.token
+        w.holders.add(waiter.token)
+        if len(w.holders) < self.slots:
+            self.idle.append(w.pid)
         self.out.append(Watch(waiter.caller.pid))
         self.checkouts[waiter.token] = (w.pid, waiter.caller.pid)
         self._emit("checkout", w.pid)
@@ -694,29 +729,42 @@ class PoolBook:
             self.out.append(AwaitDown(w.pid))
             return
         del self.checkouts[token]
-        w.holder = None
+        w.holders.discard(token)
         self._emit("checkin", w.pid, detail=None if how == RETURN else how)
-        if how == REPLACE:  # a planned replacement, not counted as a restart
+        if how == REPLACE and w.holders:  # others still use it: killed once they are done
+            self._retire(w)
+            w.kill_when_free = "checkout_replaced"
+        elif how == REPLACE:  # a planned replacement, not counted as a restart
             if w.state == RETIRING_HELD:
                 w.state = RETIRING
                 self.out.append(Kill(w.pid, "checkout_replaced"))
             else:
                 self._retire(w, kill="checkout_replaced")
         elif w.state == RETIRING_HELD:
-            w.state = RETIRING
-            self._cast(w.pid, LEAVE)
+            self._leave_when_free(w)
         else:
             self._make_idle(w)
             self._serve_queue()
 
+    def _leave_when_free(self, w: WorkerRecord) -> None:
+        """A retiring worker's checkin: at its last, it leaves (or is killed,
+        if a holder's state was unknown)."""
+        if w.holders:
+            return
+        w.state = RETIRING
+        if w.kill_when_free is not None:
+            self.out.append(Kill(w.pid, w.kill_when_free))
+        else:
+            self._cast(w.pid, LEAVE)
+
     def _take_out_of_service(self, w: WorkerRecord) -> None:
         """Out of the idle order, its checkout (if any) ended, its sessions
         released."""
-        if w.state == IDLE:
+        if w.pid in self.idle:
             self.idle.remove(w.pid)
-        if w.holder is not None:
-            del self.checkouts[w.holder]
-            w.holder = None
+        for token in w.holders:
+            del self.checkouts[token]
+        w.holders.clear()
         self._release_sessions(w)
 
     def _release_sessions(self, w: WorkerRecord) -> None:
@@ -735,8 +783,10 @@ class PoolBook:
         if w.state not in IN_SERVICE:
             return
         held = w.state == HELD and kill is None
-        if held:  # it stays checked out until its checkin
+        if held:  # it stays checked out until its last checkin
             self._release_sessions(w)
+            if w.pid in self.idle:  # no new checkout: a slot was free
+                self.idle.remove(w.pid)
         else:
             self._take_out_of_service(w)
         self._cast(w.pid, RELEASE)  # from now on it answers UNBOUND for them
@@ -778,8 +828,9 @@ class PoolBook:
         self._reply(caller, OK, w.pid)
 
     def _bind_target(self, may_start: bool) -> WorkerRecord | None:
-        """The least loaded worker in service: fewest sessions, then not
-        checked out; regular ones first. A lazy pool whose regular workers
+        """The least loaded worker in service: fewest sessions, then fewest
+        commands running (at the last bind), then fewest checkouts; regular
+        ones first. A lazy pool whose regular workers
         all hold sessions starts one more (up to size); a pool with none
         alive starts what it owes now. None: none (a start may be under way)."""
         candidates = [w for w in self.workers.values() if w.state in IN_SERVICE]
@@ -791,7 +842,8 @@ class PoolBook:
             return None
         pool = regular or candidates
         if pool:
-            return min(pool, key=lambda w: (len(w.sessions), w.state == HELD))
+            loads = self.in_flight
+            return min(pool, key=lambda w: (len(w.sessions), loads.get(w.pid, 0), len(w.holders)))
         if may_start and self.owed > 0:  # none alive: its replacement starts now
             self._fill()
         return None
@@ -821,7 +873,7 @@ class PoolBook:
         counted, as a command that ended in an error."""
         running: Any = UNKNOWN
         if final is not None:
-            running = final.running
+            running = tuple(final.running)
             self.counts["total_commands"] += final.ran + final.uncounted
             self.counts["errors"] += final.failed + final.uncounted
         self.died_running[pid] = running
@@ -843,16 +895,19 @@ class PoolBook:
 
 
 def _check_states(book: PoolBook) -> None:
-    idle = {pid for pid, w in book.workers.items() if w.state == IDLE}
-    assert len(book.idle) == len(set(book.idle)) and set(book.idle) == idle, \
-        f"idle order {list(book.idle)} is not the idle workers {idle}"
+    free = {pid for pid, w in book.workers.items()
+            if w.state in IN_SERVICE and len(w.holders) < book.slots}
+    assert len(book.idle) == len(set(book.idle)) and set(book.idle) == free, \
+        f"free order {list(book.idle)} is not the workers with a slot free {free}"
     held = {}
     for pid, w in book.workers.items():
         assert w.state in STATES, f"{w}: unknown state"
-        assert (w.holder is not None) == (w.state in (HELD, RETIRING_HELD)), \
-            f"{w}: holder {w.holder!r} does not match its state"
-        if w.holder is not None:
-            held[w.holder] = pid
+        assert bool(w.holders) == (w.state in (HELD, RETIRING_HELD)), \
+            f"{w}: holders {w.holders!r} do not match its state"
+        assert len(w.holders) <= book.slots, f"{w}: {len(w.holders)} holders, {book.slots} slots"
+        assert w.kill_when_free is None or w.state in (RETIRING_HELD, RETIRING, KILLED), \
+            f"{w}: to be killed when free, yet in service"
+        held.update(dict.fromkeys(w.holders, pid))
     assert {t: e[0] for t, e in book.checkouts.items()} == held, \
         f"checkouts {book.checkouts} are not the held workers' {held}"
 
@@ -899,7 +954,12 @@ def _check_counts(book: PoolBook) -> None:
 
 def _busy(reading: Reading | None) -> bool:
     """Whether the worker is running a command now (from its counts page)."""
-    return reading is not None and reading.running is not None
+    return reading is not None and bool(reading.running)
+
+
+def _in_flight(reading: Reading | None) -> int:
+    """How many commands the worker is running now (from its counts page)."""
+    return 0 if reading is None else len(reading.running)
 
 
 def _ran(reading: Reading | None) -> int:

@@ -93,6 +93,9 @@ OPTIONS: tuple[Option, ...] = (
            "(first delay, cap) of the retries of a worker that fails to start"),
     Option("placement", None, Any, _placement,
            "where workers run: None, local processes; RayPlacement(...), Ray actors"),
+    Option("max_concurrency", None, Optional[int], _count(1, none_ok=True),
+           "commands one async worker runs at once, and checkouts it takes "
+           "(None: the Worker class's max_concurrency)"),
 )
 DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
 
@@ -126,8 +129,22 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
     if not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
     checked = {o.name: o.check(options.get(o.name, o.default), o.name) for o in OPTIONS}
+    checked["max_concurrency"] = _concurrency(worker, checked["max_concurrency"])
     return Options(worker, tuple(args), dict(kwargs), name, **checked,
                    init_timeout=init_timeout, shutdown_timeout=shutdown_timeout)
+
+
+def _concurrency(worker: type[Worker], value: int | None) -> int:
+    """The pool's max_concurrency, else the class's; above 1 only for a
+    class that runs an event loop (``async def`` commands)."""
+    if value is None:
+        value = _checks.count(worker.max_concurrency, f"{worker.__qualname__}.max_concurrency",
+                              minimum=1)
+    _checks.finite_seconds(worker.cancel_grace, f"{worker.__qualname__}.cancel_grace", zero=True)
+    if value > 1 and not worker.is_async():
+        raise ValueError(f"max_concurrency={value}: {worker.__qualname__} has no async def "
+                         "command, so it runs one command at a time")
+    return value
 
 
 class Settings(NamedTuple):
@@ -137,6 +154,10 @@ class Settings(NamedTuple):
     checkout_timeout: float | None
     supervisor: Any  # the pool's supervisor: what stop() stops
     capacity: int  # size + max_overflow: the workers that can serve at once
+    #: an async worker's grace for a command it cancelled at its deadline (a
+    #: caller waits that much longer for its answer); None: a sync worker,
+    #: killed at the deadline
+    cancel_grace: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +179,10 @@ class PoolStatus:
     workers: int  # workers alive now (overflow included)
     starting: int = 0  # regular workers owed: a start failed or is about to be retried
     degraded: bool = False  # below size because starting workers fails (retried, with backoff)
+    #: each live worker's commands running now (a sync worker's 0 or 1; an
+    #: async worker's up to its max_concurrency), by pid; live detail, so
+    #: not compared when two statuses are
+    in_flight: dict = dataclasses.field(default_factory=dict, compare=False)
 
 
 class PoolEvent(NamedTuple):

@@ -199,7 +199,8 @@ class PoolServer(otpy.GenServer):
     def _op_bind(self, sid: Any, stale: otpy.Pid | None) -> Any:
         stale_dead = stale is not None and stale in self.book.workers and \
             not otpy.is_alive(stale)
-        self._do(self.book.bind(self.caller, sid, stale, stale_dead))
+        in_flight = {pid: len(page.running()) for pid, page in self.pages.items()}
+        self._do(self.book.bind(self.caller, sid, stale, stale_dead, in_flight))
         return otpy.NOREPLY
 
     def _op_ran(self, pid: otpy.Pid) -> Any:
@@ -235,8 +236,10 @@ class PoolServer(otpy.GenServer):
             otpy.demonitor(mref, flush=True)
 
     def _op_settings(self) -> Settings:
+        worker = self.opts.worker
         return Settings(self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
-                        self.opts.size + self.opts.max_overflow)
+                        self.opts.size + self.opts.max_overflow,
+                        worker.cancel_grace if worker.is_async() else None)
 
     def _op_first_start(self) -> BaseException | None:
         """Why the first workers of this server could not start (None: they did)."""
@@ -270,6 +273,9 @@ class PoolServer(otpy.GenServer):
 
     def _cast_replayed(self, pid: otpy.Pid, sid: Any, cause: Any) -> None:
         self._do(self.book.replayed(pid, sid, cause))
+
+    def _cast_timed_out(self, pid: otpy.Pid) -> None:
+        self._do(self.book.timed_out(pid))
 
     def _cast_healthy(self, pid: otpy.Pid, token: Any, healthy: bool, detail: Any) -> None:
         self._do(self.book.healthy(pid, token, healthy, detail))
@@ -371,7 +377,8 @@ class PoolServer(otpy.GenServer):
         self.monitors[mref] = ("worker", pid)
         try:
             self.pages[pid] = CountsReader(pid.os_pid,
-                                           lowlevel.ask(pid, (COUNTS_FD,), timeout=DOWN_WAIT))
+                                           lowlevel.ask(pid, (COUNTS_FD,), timeout=DOWN_WAIT),
+                                           self.opts.max_concurrency)
         except (otpy.Exited, otpy.Timeout, OSError):
             # dead (its Down follows; OSError: it died between answering and
             # our opening its fd) or stuck: it has run nothing we could count
@@ -404,13 +411,13 @@ class PoolServer(otpy.GenServer):
         had answered already gets a second answer its caller drops."""
         running = UNKNOWN if final is None else final.running
         answering = self.answering.pop(pid, None)
-        if answering is not None and running == _ran(answering):  # checked in, not answered
+        if answering is not None and running != UNKNOWN and _ran(answering) in running:
             otpy.reply(answering.caller, (ERROR, WorkerCrashed(reason)))
         for token in [t for t, job in self.handed.items()
                       if job.worker == pid and not job.timed_out]:
             job = self.handed.pop(token)
             never = reason in ("noproc", "shutdown") or reason == RETIRED or (
-                running != UNKNOWN and running != _ran(job))
+                running != UNKNOWN and _ran(job) not in running)
             otpy.reply(job.caller, (NOT_RUN,) if never else (ERROR, WorkerCrashed(reason)))
 
     def _do_await_down(self, effect: AwaitDown) -> None:

@@ -74,6 +74,7 @@ LOGGED = "logged"
 WORN = "worn"
 REPLAYED = "replayed"
 HEALTHY = "healthy"
+TIMED_OUT = "timed_out"
 
 # ---- the server's timers (to itself) ------------------------------------------------------------
 EXPIRE = "expire"
@@ -131,10 +132,11 @@ TABLE: tuple[Message, ...] = (
             "RUN_HANDED sends it too: RETURN)"),
     Message(CANCEL, "caller", "server", "cast", "token",
             "a caller gave up waiting for CHECKOUT's answer (its own timer)"),
-    Message(RUN, "caller", "worker", "call", "session, command, args, kwargs",
+    Message(RUN, "caller", "worker", "call", "session, command, args, kwargs[, deadline]",
             "every command, with the caller's own ref (the worker's counts page names the "
-            "one running): answered (OK, value), (ERROR, exc), (UNBOUND,), (MOVED,) or "
-            "(LOST, cause)"),
+            "ones running): answered (OK, value), (ERROR, exc), (UNBOUND,), (MOVED,) or "
+            "(LOST, cause); to an async worker with its deadline (time.monotonic(), or "
+            "None), past which it is cancelled (answered CommandTimeout)"),
     Message(RUN_HANDED, "server", "worker", "call", "token, command, args, kwargs",
             "RUN_ANY's command, sent in the caller's call (its From): run as a session-less "
             "RUN, answered to the caller, then CHECKIN (token, RETURN) cast to the server"),
@@ -161,6 +163,9 @@ TABLE: tuple[Message, ...] = (
             "after BIND_SESSION's replay: cause None (recovered) or the failure's text"),
     Message(HEALTHY, "worker", "server", "cast", "worker, token, healthy, detail",
             "HEALTH's answer"),
+    Message(TIMED_OUT, "worker", "server", "cast", "worker",
+            "an async worker cancelled a command past its deadline, and it ended within "
+            "the grace: a timeout counted, the worker serves on"),
     Message(EXPIRE, "timer", "server", "info", "token", "a queued CHECKOUT's wait is over"),
     Message(RETRY_START, "timer", "server", "info", "",
             "the backoff after a failed start is over: start what is owed"),

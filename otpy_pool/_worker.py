@@ -69,7 +69,10 @@ def command(fn: F | None = None, *, replay: bool = False) -> Any:
 
 class Worker:
     """Subclass with ``init`` and ``@command`` methods; the pool runs one
-    instance per worker process. ``health_check`` and ``terminate`` are optional."""
+    instance per worker process. ``health_check`` and ``terminate`` are optional.
+
+    Any of them may be an ``async def``: the worker then runs an event loop
+    (see _async_worker), up to ``max_concurrency`` commands at once."""
 
     #: seconds ``init`` may take (a model load, say) before the start fails
     #: (None or ``math.inf``: no limit)
@@ -77,6 +80,12 @@ class Worker:
     #: seconds a planned stop waits for the running command and ``terminate``
     #: before the worker is killed (None or ``math.inf``: no limit)
     shutdown_timeout: ClassVar[float | None] = 5.0
+    #: commands an async worker runs at once (a session's still one at a
+    #: time, in order); the pool's ``max_concurrency`` option overrides it
+    max_concurrency: ClassVar[int] = 1
+    #: seconds an async worker's command, cancelled at its deadline, has to
+    #: end before its worker is killed
+    cancel_grace: ClassVar[float] = 1.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -97,6 +106,13 @@ class Worker:
         ``("shutdown", "otpy_pool.retired")`` when the pool replaces it. The
         running command finishes first; both together get the class's
         ``shutdown_timeout``, then the worker is killed. Never after a kill."""
+
+    @classmethod
+    def is_async(cls) -> bool:
+        """Whether a command, ``init``, ``health_check`` or ``terminate`` is an
+        ``async def``: such a worker runs an event loop."""
+        names = [*cls.commands(), "init", "health_check", "terminate"]
+        return any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in names)
 
     @classmethod
     def commands(cls) -> dict[str, bool]:
@@ -133,6 +149,14 @@ class WorkerProcess(otpy.GenServer):
     def init(self, worker_cls: type[Worker], args: tuple, kwargs: dict, server: otpy.Pid,
              limits: tuple[int | None, int | None],
              meter: tuple[int, int, int, int] | None = None) -> None:
+        self._setup(worker_cls, server, limits, slots=1, meter=meter)
+        self.user.init(*args, **kwargs)
+
+    def _setup(self, worker_cls: type[Worker], server: otpy.Pid,
+               limits: tuple[int | None, int | None], slots: int,
+               meter: tuple[int, int, int, int] | None = None) -> None:
+        """Everything but the user's ``init``: ``slots`` commands may run at
+        once; ``meter``: its slot in the pool's metrics table."""
         # A planned stop (the supervisor's exit signal "shutdown") then reaches
         # the loop as a message, after the running command: terminate runs.
         otpy.trap_exit(True)
@@ -140,7 +164,7 @@ class WorkerProcess(otpy.GenServer):
         self.server = server
         self.max_commands, self.max_memory = limits
         self.check_wear = self.max_commands is not None or self.max_memory is not None
-        self.counts = WorkerCounts()
+        self.counts = WorkerCounts(slots)
         self.count = self.counts.view
         self.table = worker_cls.commands()
         # its slot in the pool's metrics table (_pool_meter); None: not counted there
@@ -156,7 +180,6 @@ class WorkerProcess(otpy.GenServer):
             self.process = psutil.Process()
         lowlevel.annotate(self.me, behaviour=f"otpy_pool.Worker:{worker_cls.__qualname__}")
         self.user = worker_cls.__new__(worker_cls)
-        self.user.init(*args, **kwargs)
 
     # Calls go to _op_<tag> through lowlevel.dispatch, casts to _cast_<tag>
     # (see _protocol); an unknown call is answered with an error, never a
@@ -280,19 +303,34 @@ class WorkerProcess(otpy.GenServer):
         return {sid: list(self.replay_logs.get(sid, ())) for sid in self.sessions}
 
     def _cast_bind_session(self, sid: Any, log: list | None) -> None:
+        session = self._bound(sid, log)
+        if session is None:
+            return
+        error = None
+        try:
+            for name, args, kwargs in log or ():
+                self._invoke(session, name, args, kwargs)
+        except Exception as exc:
+            error = exc
+        self._replayed(sid, log or [], error)
+
+    def _bound(self, sid: Any, log: list | None) -> Session | None:
+        """The session is held here anew: its Session, to replay ``log``
+        into; None if there is nothing to replay."""
         session = self.sessions[sid] = Session(sid)
         self.lost.pop(sid, None)
         if not log:
             self.replay_logs.pop(sid, None)
-            return
-        try:
-            for name, args, kwargs in log:
-                self._invoke(session, name, args, kwargs)
-        except Exception as exc:
+            return None
+        return session
+
+    def _replayed(self, sid: Any, log: list, error: Exception | None) -> None:
+        """The replay ended (``error``: why it failed): the server is told."""
+        if error is not None:
             self.sessions[sid] = Session(sid)  # starts empty next time
             self.replay_logs.pop(sid, None)
-            self.lost[sid] = lowlevel.sendable_exception(exc)
-            otpy.cast(self.server, (REPLAYED, self.me, sid, repr(exc)))
+            self.lost[sid] = lowlevel.sendable_exception(error)
+            otpy.cast(self.server, (REPLAYED, self.me, sid, repr(error)))
             return
         self.replay_logs[sid] = list(log)
         otpy.cast(self.server, (REPLAYED, self.me, sid, None))
@@ -318,12 +356,7 @@ class WorkerProcess(otpy.GenServer):
         """Retired and idle: answer every command already queued with MOVED
         (they never ran: their callers go to the session's new worker), then
         stop."""
-        while True:
-            try:
-                message = otpy.receive(timeout=0, match=_queued_run)
-            except otpy.Timeout:
-                break
-            otpy.reply(otpy.From(*message[1]), (MOVED,))
+        _move_queued()
         return otpy.Stop(RETIRED)
 
     def terminate(self, reason: Any) -> None:
@@ -332,6 +365,16 @@ class WorkerProcess(otpy.GenServer):
         except Exception as exc:  # the stop goes on, with its own reason
             lowlevel.logger().warning("worker terminate raised", reason=repr(reason),
                                       error=repr(exc), exception=lowlevel.traceback_text(exc))
+
+
+def _move_queued() -> None:
+    """Answer every RUN already in the mailbox with MOVED: it never ran."""
+    while True:
+        try:
+            message = otpy.receive(timeout=0, match=_queued_run)
+        except otpy.Timeout:
+            return
+        otpy.reply(otpy.From(*message[1]), (MOVED,))
 
 
 def _queued_run(message: Any) -> bool:
@@ -348,8 +391,14 @@ def worker_spec(key: Any, opts: Any, server: otpy.Pid,
     counts them)."""
     init_timeout = math.inf if opts.init_timeout is None else opts.init_timeout
     shutdown = "infinity" if opts.shutdown_timeout is None else opts.shutdown_timeout
-    return otpy.ChildSpec(key, WorkerProcess.start_link,
-                          args=(opts.worker, opts.args, opts.kwargs, server,
-                                (opts.max_commands, opts.max_memory), meter),
+    process: Any = WorkerProcess
+    limits: tuple = (opts.max_commands, opts.max_memory)
+    if opts.worker.is_async():
+        from ._async_worker import AsyncWorkerProcess
+
+        process = AsyncWorkerProcess
+        limits += (opts.max_concurrency,)
+    return otpy.ChildSpec(key, process.start_link,
+                          args=(opts.worker, opts.args, opts.kwargs, server, limits, meter),
                           kwargs={"timeout": init_timeout},
                           restart="temporary", shutdown=shutdown)

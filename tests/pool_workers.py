@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 
@@ -204,3 +205,100 @@ def make_undecodable(kind):
         module.Ghost = ghost
         return ghost("boo")
     return ExplodesOnLoad("exit" if kind == "reduce_exits" else "value")
+
+
+# ---- async workers (issue 26, workers) ------------------------------------------------------------
+
+class AsyncNotes(Worker):
+    """``async def`` commands, up to 4 at once; ``init``, ``health_check`` and
+    ``terminate`` are async too and report to ``report_to``."""
+
+    max_concurrency = 4
+
+    async def init(self, report_to=None):
+        await asyncio.sleep(0)
+        self.report_to = report_to
+        self.tell("init", otpy.self())
+
+    def tell(self, *message):
+        if self.report_to is not None:
+            otpy.send(self.report_to, message)
+
+    async def health_check(self):
+        await asyncio.sleep(0)
+        self.tell("health_checked", otpy.self())
+        return True
+
+    async def terminate(self, reason):
+        await asyncio.sleep(0)
+        self.tell("terminated", reason)
+
+    @command(replay=True)
+    async def add(self, session, note):
+        await asyncio.sleep(0)
+        session.state.setdefault("notes", []).append(note)
+        self.tell("added", session.id, note)
+        return len(session.state["notes"])
+
+    @command
+    async def notes(self, session):
+        return list(session.state.get("notes", []))
+
+    @command(replay=True)
+    async def load(self, session, path):
+        """Reads a file: replaying it fails once the file is gone."""
+        await asyncio.sleep(0)
+        session.state["loaded"] = pathlib.Path(path).read_text()
+        return session.state["loaded"]
+
+    @command
+    async def whoami(self, session):
+        return otpy.self()
+
+    @command
+    async def gate(self, session, report_to, tag):
+        """Tells ``report_to`` it started, waits for ("go", tag), tells it ended."""
+        otpy.send(report_to, ("started", tag, otpy.self()))
+        await otpy.areceive(match=lambda m: m == ("go", tag))
+        otpy.send(report_to, ("ended", tag))
+        return tag
+
+    @command
+    async def ran(self, session, report_to, tag):
+        otpy.send(report_to, ("ran", tag))
+        return tag
+
+    @command
+    async def patient(self, session, report_to, tag):
+        """Waits forever; tells ``report_to`` when it is cancelled."""
+        otpy.send(report_to, ("started", tag, otpy.self()))
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            otpy.send(report_to, ("cancelled", tag))
+            raise
+
+    @command
+    async def stubborn(self, session, report_to, tag):
+        """Ignores its cancellation: waits on."""
+        otpy.send(report_to, ("started", tag, otpy.self()))
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                otpy.send(report_to, ("ignored", tag))
+
+    @command
+    async def fail(self, session, text):
+        raise KeyError(text)
+
+    @command
+    def sync_ping(self, session):
+        """A sync command on an async worker: runs in the loop's thread."""
+        return ("pong", session.id)
+
+
+class StubbornGrace(AsyncNotes):
+    """A short grace: a command that ignores its cancellation is killed soon."""
+
+    cancel_grace = 0.2

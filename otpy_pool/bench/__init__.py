@@ -35,6 +35,7 @@ from otpy_pool import CommandTimeout, Pool, Worker, WorkerCrashed, command
 from . import executor as _executor
 from . import peers as _peers
 from .aio import async_calls
+from .async_worker import async_worker_concurrency
 from .ray import ray_calls
 from .scrape import scraped_execute
 from .chaos import chaos_kill, wait_whole
@@ -353,6 +354,7 @@ def plan(quick: bool, peers: bool) -> list[Case]:
         ("growth_sessions", lambda: sessions_growth(
             (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
         ("idle_worker_memory", idle_worker_memory),
+        ("async_worker_concurrency", lambda: async_worker_concurrency(3 if quick else 9)),
         ("ray", lambda: ray_calls(rtt_n, rtt_w)),
         ("asyncio", lambda: async_calls(rtt_n, rtt_w, burst)),
     ]

@@ -43,6 +43,7 @@ def test_quick_json_is_well_formed():
     assert chaos["callers_lost"] == 0 and chaos["charges_run_twice"] == 0
     assert set(results["growth_throughput_per_s"]) == {"workers_1", "workers_2"}
     assert results["idle_worker_memory"]["otpy_pool_kib"] > 0
+    assert results["async_worker_concurrency"] > 0  # 200 naps on one async worker, seconds
     assert report["ratios"]["execute_over_call_p50"] > 0
     assert results["aexecute_concurrent_per_s"] > 0  # asyncio: 1,000 in flight from one loop
     assert report["ratios"]["aexecute_over_execute_p50"] > 0

@@ -33,6 +33,13 @@ class Plain(Worker):
     pass
 
 
+class AsyncPlain(Worker):
+    """An async worker: more than one slot is allowed."""
+
+    async def init(self):
+        pass
+
+
 class From(NamedTuple):  # as otpy.From: the caller's pid and the call's ref
     pid: str
     ref: int
@@ -54,7 +61,7 @@ class BookWorld(RuleBasedStateMachine):
         self.timers: list[Timer] = []
         self.health: list[tuple[str, Any]] = []  # checks sent, not answered
         self.busy: dict[str, int] = {}  # worker -> commands run (for its counts page)
-        self.running: set[str] = set()  # workers running a command now
+        self.running: dict[str, int] = {}  # worker -> commands it runs now
         self.asked: dict[int, tuple] = {}  # ref -> (kind, args, caller): not answered yet
         self.answers: dict[int, tuple] = {}
         self.dropped: set[int] = set()  # checkouts of callers that died: never answered
@@ -66,17 +73,18 @@ class BookWorld(RuleBasedStateMachine):
 
     @initialize(size=st.integers(1, 3), max_overflow=st.integers(0, 2), lazy=st.booleans(),
           max_queue=st.sampled_from([None, 0, 2]), strategy=st.sampled_from(["lifo", "fifo"]),
-          health=st.booleans(), adopted=st.integers(0, 4))
-    def start_pool(self, size, max_overflow, lazy, max_queue, strategy, health, adopted):
-        opts = make_options(Plain, (), None, "book", size=size, max_overflow=max_overflow,
-                            lazy=lazy, max_queue=max_queue, strategy=strategy,
-                            overflow_idle=1.0, health_interval=1.0 if health else None)
+          health=st.booleans(), adopted=st.integers(0, 4), slots=st.sampled_from([1, 1, 2, 3]))
+    def start_pool(self, size, max_overflow, lazy, max_queue, strategy, health, adopted, slots):
+        opts = make_options(Plain if slots == 1 else AsyncPlain, (), None, "book", size=size,
+                            max_overflow=max_overflow, lazy=lazy, max_queue=max_queue,
+                            strategy=strategy, overflow_idle=1.0,
+                            health_interval=1.0 if health else None, max_concurrency=slots)
         self.book = PoolBook(opts, first_key=adopted + 1, rng=random.Random(0))
         for n in range(adopted):  # a replaced server's workers, one holding a session
             pid = f"w{next(self.numbers)}"
             self.alive.add(pid)
             sessions = {SESSIONS[n]: [("add", (n,), {})]} if n < 2 else {}
-            self.book.adopt(pid, sessions, Reading(3, 1, None, False))
+            self.book.adopt(pid, sessions, Reading(3, 1, (), 0))
         self.do(self.book.begin())
         if health:
             self.timers.append(Timer((HEALTH_TICK,), 1.0))
@@ -134,14 +142,12 @@ class BookWorld(RuleBasedStateMachine):
 
     def deliver(self, pid: str) -> None:
         reason = self.dead.pop(pid)
-        final = Reading(self.busy.get(pid, 0), 0, ("c", 1) if pid in self.running else None,
-                        pid in self.running)
-        self.running.discard(pid)
+        running = self.running.pop(pid, 0)
+        final = Reading(self.busy.get(pid, 0), 0, refs(running), running)
         self.do(self.book.worker_down(pid, reason, final))
 
     def reading(self, pid: str) -> Reading:
-        return Reading(self.busy.get(pid, 0), 0, ("c", 1) if pid in self.running else None,
-                       False)
+        return Reading(self.busy.get(pid, 0), 0, refs(self.running.get(pid, 0)), 0)
 
     def call(self, kind: str, caller_index: int, *args: Any) -> From:
         """A new request from one of the live callers."""
@@ -181,7 +187,8 @@ class BookWorld(RuleBasedStateMachine):
     def bind(self, who, sid, data):
         stale = data.draw(st.sampled_from([None, *sorted(self.book.workers)]))
         stale_dead = stale is not None and stale in self.book.workers and stale not in self.alive
-        self.do(self.book.bind(self.call("bind", who, sid), sid, stale, stale_dead))
+        in_flight = {pid: self.running.get(pid, 0) for pid in self.alive}
+        self.do(self.book.bind(self.call("bind", who, sid), sid, stale, stale_dead, in_flight))
 
     @rule(who=st.integers(0, 2), sid=st.sampled_from(SESSIONS))
     def end_session(self, who, sid):
@@ -244,13 +251,20 @@ class BookWorld(RuleBasedStateMachine):
     @rule(data=st.data())
     def command_runs(self, data):
         """A bound session's command starts or ends on a worker (the server
-        does not hear of it; the worker's counts page says)."""
+        does not hear of it; the worker's counts page says), up to its slots."""
         pid = data.draw(st.sampled_from(sorted(self.alive)))
-        if pid in self.running:
-            self.running.discard(pid)
+        running = self.running.get(pid, 0)
+        if running and (running == self.book.slots or data.draw(st.booleans())):
+            self.running[pid] = running - 1
         else:
-            self.running.add(pid)
+            self.running[pid] = running + 1
             self.busy[pid] = self.busy.get(pid, 0) + 1
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def command_cancelled(self, data):
+        """An async worker cancelled a command at its deadline, in time."""
+        self.do(self.book.timed_out(data.draw(st.sampled_from(sorted(self.alive)))))
 
     @precondition(lambda self: self.alive)
     @rule(data=st.data(), what=st.sampled_from(["worn", "logged", "replayed", "lost"]))
@@ -324,7 +338,7 @@ class BookWorld(RuleBasedStateMachine):
             assert w.state not in (RETIRING, KILLED) or pid in self.leaving \
                 or pid in self.dead, f"{w} never leaves"
         for running in self.book.died_running.values():  # as its counts page said, or unknown
-            assert running in (None, UNKNOWN, ("c", 1)), running
+            assert running == UNKNOWN or running == refs(len(running)), running
 
     def teardown(self):
         """Let the world settle (Downs taken, starts done, every timer that
@@ -348,6 +362,11 @@ class BookWorld(RuleBasedStateMachine):
         unlimited = {w.caller.ref for w in self.book.queue if w.wait is None}
         for ref, (kind, args, _) in self.asked.items():
             assert ref in unlimited, f"{kind} {args} never answered"
+
+
+def refs(n: int) -> tuple:
+    """The refs of ``n`` commands running on a worker, as its counts page says."""
+    return tuple(("c", k) for k in range(1, n + 1))
 
 
 BookWorld.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None,
@@ -389,3 +408,52 @@ def test_a_caller_waiting_on_a_failed_start_gets_a_worker_checked_in_meanwhile()
     assert Reply(From("c", 2), (OK, "w1")) in effects
     book.invariants()
     assert book.workers["w1"].state == HELD and not book.queue
+
+
+def async_book(**options) -> PoolBook:
+    """A book of async workers w1, w2, ..., all up."""
+    book = PoolBook(make_options(AsyncPlain, (), None, "p", **options))
+    effects, n = book.begin(), 0
+    while any(type(e) is Start for e in effects):
+        (start,) = [e for e in effects if type(e) is Start]
+        n += 1
+        effects = book.worker_up(start.key, f"w{n}")
+    return book
+
+
+def test_a_worker_with_two_slots_serves_two_checkouts_then_queues_the_third():
+    book = async_book(size=1, max_concurrency=2)
+    assert Reply(From("c", 1), (OK, "w1")) in book.checkout(From("c", 1), "t1", None)
+    assert Reply(From("c", 2), (OK, "w1")) in book.checkout(From("c", 2), "t2", None)
+    book.checkout(From("c", 3), "t3", None)
+    assert [w.token for w in book.queue] == ["t3"] and not book.idle
+    book.invariants()
+    assert Reply(From("c", 3), (OK, "w1")) in book.checkin("t1", RETURN)
+    book.invariants()
+    book.checkin("t2", RETURN)
+    book.checkin("t3", RETURN)
+    assert book.workers["w1"].state == IDLE and list(book.idle) == ["w1"]
+    book.invariants()
+
+
+def test_a_replaced_checkout_of_a_shared_worker_kills_it_once_the_others_are_done():
+    """Its state is unknown (the holder died, say), but other holders run
+    commands on it: it leaves service now and is killed at its last checkin."""
+    book = async_book(size=1, max_concurrency=3)
+    book.checkout(From("c", 1), "t1", None)
+    book.checkout(From("c", 2), "t2", None)
+    effects = book.checkin("t1", REPLACE)
+    assert not any(type(e) is Kill for e in effects)
+    assert book.workers["w1"].state == "retiring_held" and "w1" not in book.idle
+    book.invariants()
+    assert Kill("w1", "checkout_replaced") in book.checkin("t2", RETURN)
+    book.invariants()
+
+
+def test_a_new_session_goes_to_the_worker_with_fewer_commands_in_flight():
+    book = async_book(size=2, max_concurrency=4)
+    for busy, quiet in (("w1", "w2"), ("w2", "w1")):
+        book.end_session(From("c", 0), "s")  # unbound again (answered either way)
+        effects = book.bind(From("c", 1), "s", None, False, {busy: 3, quiet: 1})
+        assert Reply(From("c", 1), (OK, quiet)) in effects
+    book.invariants()

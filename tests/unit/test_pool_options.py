@@ -31,6 +31,7 @@ def test_start_links_keywords_are_the_options_with_their_defaults():
 def test_child_spec_takes_the_same_options_with_the_same_defaults():
     spec = Pool.child_spec(Plain, name="defaults")
     checked = {option.name: option.check(option.default, option.name) for option in OPTIONS}
+    checked["max_concurrency"] = Plain.max_concurrency  # None: the class's
     assert {name: getattr(spec.args[0], name) for name in DEFAULTS} == checked
     with pytest.raises(TypeError, match="unknown pool option"):
         Pool.child_spec(Plain, name="x", colour="red")

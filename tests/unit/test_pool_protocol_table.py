@@ -36,3 +36,13 @@ def test_the_server_handles_what_the_table_says_it_receives():
 
 def test_the_worker_handles_what_the_table_says_it_receives():
     assert handlers(WorkerProcess) == protocol.handlers("worker")
+
+
+def test_the_async_worker_handles_every_cast_in_its_loop():
+    """Its loop hands a cast to ``_acast_<tag>`` (calls go through dispatch,
+    as the sync worker's: the same ``_op_`` methods)."""
+    from otpy_pool._async_worker import AsyncWorkerProcess
+
+    casts = {name.replace("_cast_", "_acast_") for name in protocol.handlers("worker")
+             if name.startswith("_cast_")}
+    assert {name for name in dir(AsyncWorkerProcess) if name.startswith("_acast_")} == casts
