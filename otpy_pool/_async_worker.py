@@ -235,13 +235,17 @@ class AsyncWorkerProcess(WorkerProcess):
                 await self._replay(job.sid, job.args)
             else:
                 self._end(job.sid)
+        except Exception as exc:  # this module's defect (a command's own error is caught):
+            # never a caller left waiting: the worker dies, its callers see it
+            lowlevel.logger().error("pool worker: a job failed", error=repr(exc))
+            lowlevel.kill(self.me, ("error", f"async worker: {exc!r}"))
         finally:
             self._finished(job, slot)
 
     # ---- a command's run -------------------------------------------------------------------------
 
     async def _command(self, job: Job, slot: int) -> None:
-        session = self._session(job.caller, job.sid)
+        session = self._session(job.caller, job.sid, job.name)
         if session is None:
             return
         count, ref = self.count, job.caller.ref

@@ -353,9 +353,8 @@ def plan(quick: bool, peers: bool) -> list[Case]:
             (1, 2) if quick else (1, 2, 4, 8), burst)),
         ("growth_sessions", lambda: sessions_growth(
             (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
-        ("idle_worker_memory", idle_worker_memory),
+        ("idle_worker_memory", idle_worker_memory), ("ray", lambda: ray_calls(rtt_n, rtt_w)),
         ("async_worker_concurrency", lambda: async_worker_concurrency(3 if quick else 9)),
-        ("ray", lambda: ray_calls(rtt_n, rtt_w)),
         ("asyncio", lambda: async_calls(rtt_n, rtt_w, burst)),
     ]
     if peers:
