@@ -96,7 +96,10 @@ def end_session(request: Request) -> JSONResponse:
 
 
 def status(request: Request) -> JSONResponse:
-    return JSONResponse(dataclasses.asdict(request.state.pool.status()))
+    figures = dataclasses.asdict(request.state.pool.status())
+    # in_flight is keyed by worker pid: by OS pid here, for JSON
+    figures["in_flight"] = {pid.os_pid: n for pid, n in figures["in_flight"].items()}
+    return JSONResponse(figures)
 
 
 # ---- the pool's errors, as HTTP answers -------------------------------------------------------

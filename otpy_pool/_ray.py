@@ -109,6 +109,10 @@ class RayPlacement:
         with the same commands (and replay flags), each forwarded to the actor."""
         if not (isinstance(worker, type) and issubclass(worker, Worker)):
             raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
+        if worker.is_async():
+            raise TypeError(f"RayPlacement cannot place {worker.__qualname__} yet: a Worker "
+                            "with async def methods needs an async Ray actor, not built; "
+                            "place a Worker with plain def methods, or run it locally")
         options: dict[str, Any] = {"num_cpus": 0, "resources": {}}
         for key, amount in self.resources.items():
             if key in _SPECIAL:

@@ -93,3 +93,15 @@ def test_the_actor_keeps_each_session_by_generation_and_drops_it_when_told():
     assert set(host.sessions) == {"b"}
     kind, *_ = run(("b", 2, False, "missing", (), {}))
     assert kind == "error"
+
+
+def test_an_async_worker_is_refused_naming_it():
+    pytest.importorskip("ray")
+
+    class Fetcher(Worker):
+        @command
+        async def fetch(self, session, url):
+            return url
+
+    with pytest.raises(TypeError, match="cannot place .*Fetcher yet"):
+        RayPlacement().worker_class(Fetcher)
