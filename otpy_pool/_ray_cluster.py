@@ -70,20 +70,24 @@ class LocalCluster:
 def _ray_temp_dir() -> Iterator[str]:
     """A directory for the cluster's files, Ray's default temp dir for this
     program meanwhile (so the address file Ray's "auto" reads goes there
-    too, not into /tmp/ray); removed at exit."""
+    too, not into /tmp/ray), and the temp dir of the processes the cluster
+    starts (the dashboard's multiprocessing forkserver leaves its socket
+    directory behind when the cluster kills it); removed at exit."""
     # short: Ray's socket paths live under it and must stay under 108 bytes
     top = tempfile.mkdtemp(prefix="otpy-ray-", dir="/tmp")
     directory = os.path.join(top, "ray")
     os.mkdir(directory)
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = top
+    tempfile.gettempdir()  # this program's own stays what it was (it is cached)
+    saved = {name: os.environ.get(name) for name in ("RAY_TMPDIR", "TMPDIR")}
+    os.environ["RAY_TMPDIR"] = os.environ["TMPDIR"] = top
     try:
         yield directory
     finally:
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -286,8 +286,13 @@ def test_shutdown_cancelling_futures_still_runs_work_a_dead_worker_never_started
     then cannot cancel them, and they still run."""
     ex = ProcessPoolExecutor(1)
     try:
+        # the one worker held, so that the four below queue up and go to it together
+        gate = ex.submit(hold, otpy.self(), "gate")
+        worker = holding("gate")
         doomed = ex.submit(id, KillsOnArrival())
         behind = [ex.submit(os.getpid) for _ in range(3)]
+        release(worker, "gate")
+        assert gate.result(DEADLINE) == "gate"
         wait_for(lambda: ex.pool.status().worker_restarts >= 1)
         ex.shutdown(wait=False, cancel_futures=True)
         assert isinstance(doomed.exception(DEADLINE * 3), BrokenWorker)

@@ -13,6 +13,8 @@ is free.
 
 from __future__ import annotations
 
+import glob
+
 import json
 import os
 import signal
@@ -46,8 +48,12 @@ DIED = RayPlacement.ACTOR_DIED
 
 @pytest.fixture(scope="module")
 def cluster():
+    before = set(glob.glob("/tmp/pymp-*")) | set(glob.glob("/tmp/otpy-ray-*"))
     with ray_cluster(nodes=2, cpus=1, dashboard=True) as local:
         yield local
+    # nothing left in /tmp: the cluster's dir, and the dashboard's forkserver's
+    # socket dir (it is killed, so its own cleanup never runs) inside it
+    assert set(glob.glob("/tmp/pymp-*")) | set(glob.glob("/tmp/otpy-ray-*")) <= before
 
 
 def start(cluster, size: int = 2, **options) -> Pool:
