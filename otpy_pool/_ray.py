@@ -109,6 +109,9 @@ class RayPlacement:
         with the same commands (and replay flags), each forwarded to the actor."""
         if not (isinstance(worker, type) and issubclass(worker, Worker)):
             raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized() and not lowlevel.node_running():
+            raise RuntimeError(RAY_FIRST)  # said here, before any worker is forked
         if worker.is_async():
             raise TypeError(f"RayPlacement cannot place {worker.__qualname__} yet: a Worker "
                             "with async def methods needs an async Ray actor, not built; "
@@ -129,6 +132,11 @@ class RayPlacement:
         for name, replay in worker.commands().items():
             attrs[name] = command(_forwarder(name), replay=replay)
         return type(f"{worker.__name__}@ray", (_StandIn,), attrs)
+
+
+RAY_FIRST = ("Ray was initialized in this program before otpy's node started, so "
+             "its worker processes would inherit a copy of it: call "
+             "otpy.lowlevel.start() before ray.init()")
 
 
 def _plus(seconds: float | None, margin: float) -> float | None:
@@ -191,9 +199,7 @@ class _Link:
                  deadline: float | None) -> None:
         ray = self.ray = _ray()
         if ray.is_initialized():  # copied into this fork from a program that ran ray.init
-            raise RuntimeError("Ray was initialized in this program before otpy's node "
-                               "started, so its worker processes inherited a copy of it: "
-                               "call otpy.lowlevel.start() before ray.init()")
+            raise RuntimeError(RAY_FIRST)
         self.worker = worker
         self.stopping = False
         self.actor_id = self.node_id = "?"
