@@ -103,9 +103,10 @@ class PoolServer(otpy.GenServer):
     def _init_handing(self) -> None:
         """RUN_ANY's state, and the throttle of the observer's label."""
         self.handed: dict[otpy.Ref, Handed] = {}  # RUN_ANYs by their call's ref (the token)
-        # A worker checks in before it answers: its last handed command, until
-        # the worker runs another or dies (then, if it died before answering,
-        # its caller is told).
+        # A worker checks in before it answers: its last checked-in command,
+        # until it checks in the next one (it answered this one before it
+        # started that) or dies (then, if it had not answered, its caller is
+        # told: even with another command handed to it meanwhile).
         self.answering: dict[otpy.Pid, Handed] = {}
         # One timer at a time for all handed commands' deadlines (timers are
         # messages to the zygote: one per command would cost as much as it).
@@ -458,7 +459,6 @@ class PoolServer(otpy.GenServer):
         """The book gave RUN_ANY a worker: the command goes to it in the
         caller's call, so the worker answers the caller directly."""
         job.worker = worker
-        self.answering.pop(worker, None)  # it answers that one before it runs this one
         otpy.send(worker, (lowlevel.CALL, job.caller, job.request))
         if job.timeout is not None:
             job.ends = time.monotonic() + job.timeout

@@ -74,6 +74,13 @@ class Notes(Worker):
         return tag
 
     @command
+    def hold_then_die_answering(self, session, report_to, tag):
+        """``hold``, then a result whose pickling SIGKILLs the worker: it dies
+        after it checked itself in, before its answer is sent."""
+        self.hold(session, report_to, tag)
+        return KillsWhenSent()
+
+    @command
     def ran(self, session, report_to, tag):
         otpy.send(report_to, ("ran", tag))
         return tag
@@ -140,6 +147,17 @@ class Notes(Worker):
 
     def not_a_command(self, session):
         return "must not run"
+
+
+def _sigkill_self():
+    os.kill(os.getpid(), 9)
+
+
+class KillsWhenSent:
+    """A value whose pickling SIGKILLs the process sending it."""
+
+    def __reduce__(self):
+        _sigkill_self()
 
 
 def lambda_holder():

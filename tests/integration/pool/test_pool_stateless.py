@@ -88,3 +88,22 @@ def test_a_callers_next_command_finds_the_worker_that_served_it_checked_in():
     served = {pool.execute("whoami") for _ in range(50)}
     assert len(served) == 1
     assert pool.status().busy == 0
+
+
+def test_a_worker_that_dies_between_its_check_in_and_its_answer_fails_that_command():
+    """The worker checks in, the server hands it the next command at once,
+    and the worker dies before it sends its first answer: the first caller
+    gets WorkerCrashed (it never hangs), the second's command, never
+    started, runs on the replacement."""
+    from otpy_pool import WorkerCrashed
+
+    pool = start(size=1)
+    me = otpy.self()
+    first = in_thread(pool.execute, "hold_then_die_answering", me, "a")
+    _, _, worker = expect(lambda m: m[:2] == ("holding", "a"))
+    second = in_thread(pool.execute, "echo", "b")
+    wait_for(lambda: pool.status().queued == 1)  # waits for the one worker
+    otpy.send(worker, ("release", "a"))
+    with pytest.raises(WorkerCrashed):
+        first()
+    assert second() == (("b",), {})
