@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from unittest import mock
 from typing import Any, Iterator
 
 import psutil
@@ -78,16 +79,10 @@ def _ray_temp_dir() -> Iterator[str]:
     directory = os.path.join(top, "ray")
     os.mkdir(directory)
     tempfile.gettempdir()  # this program's own stays what it was (it is cached)
-    saved = {name: os.environ.get(name) for name in ("RAY_TMPDIR", "TMPDIR")}
-    os.environ["RAY_TMPDIR"] = os.environ["TMPDIR"] = top
     try:
-        yield directory
+        with mock.patch.dict(os.environ, {"RAY_TMPDIR": top, "TMPDIR": top}):
+            yield directory
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -119,7 +119,8 @@ class Handle:
         return conn
 
     def _connect(self, owner: OwnerLink) -> Connection:
-        raise NotImplementedError
+        """This process's connection to the owner: each kind of handle says how."""
+        raise NotImplementedError(f"{type(self).__name__} must define _connect")
 
     def _forget(self) -> None:
         """Drop this process's connection: the next use connects again."""
