@@ -117,9 +117,10 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
         raise TypeError(f"unknown pool option(s): {', '.join(sorted(unknown))}")
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
-    placement = _placement(options.get("placement"), "placement")
-    if placement is not None:  # the pool runs the placement's stand-in for the class
-        worker = placement.worker_class(worker)
+    checked = {o.name: o.check(options.get(o.name, o.default), o.name) for o in OPTIONS}
+    checked["max_concurrency"] = _concurrency(worker, checked["max_concurrency"])
+    if checked["placement"] is not None:  # the pool runs the placement's stand-in
+        worker = checked["placement"].worker_class(worker, checked["max_concurrency"])
     init_timeout = seconds(worker.init_timeout, f"{worker.__qualname__}.init_timeout")
     shutdown_timeout = seconds(  # 0: killed at once, as "brutal_kill"
         worker.shutdown_timeout, f"{worker.__qualname__}.shutdown_timeout", zero=True)
@@ -128,8 +129,6 @@ def make_options(worker: Any, args: Any, kwargs: Any, name: str, **options: Any)
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
-    checked = {o.name: o.check(options.get(o.name, o.default), o.name) for o in OPTIONS}
-    checked["max_concurrency"] = _concurrency(worker, checked["max_concurrency"])
     return Options(worker, tuple(args), dict(kwargs), name, **checked,
                    init_timeout=init_timeout, shutdown_timeout=shutdown_timeout)
 

@@ -20,12 +20,21 @@ handling (WorkerCrashed, replacement, replay) do the rest:
   disconnects. So the driver must be the stand-in, never the program or a
   detached actor (measured in docs/distributed.md).
 
+A Worker with ``async def`` methods is placed as an *async* actor: its
+stand-in is an async Worker too (each of its up to ``max_concurrency``
+commands awaits its actor call), the actor runs the commands as tasks of
+its event loop, and a command cancelled at its deadline is cancelled on
+the actor as well (``ray.cancel``: the command sees CancelledError).
+
 Ray is imported by ``RayPlacement()`` (so a missing Ray is said at once;
 the import starts nothing) and by the stand-ins, never by ``import otpy_pool``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import itertools
 import logging
 import os
@@ -104,18 +113,17 @@ class RayPlacement:
         return (f"RayPlacement(address={self.address!r}, resources={self.resources!r}, "
                 f"runtime_env={self.runtime_env!r})")
 
-    def worker_class(self, worker: type[Worker]) -> type[Worker]:
+    def worker_class(self, worker: type[Worker],
+                     max_concurrency: int | None = None) -> type[Worker]:
         """The Worker class the pool runs in place of ``worker``: a stand-in
-        with the same commands (and replay flags), each forwarded to the actor."""
+        with the same commands (and replay flags), each forwarded to the actor.
+        An async ``worker`` gets an async stand-in and an async actor, each
+        running ``max_concurrency`` commands at once (None: the class's)."""
         if not (isinstance(worker, type) and issubclass(worker, Worker)):
             raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized() and not lowlevel.node_running():
             raise RuntimeError(RAY_FIRST)  # said here, before any worker is forked
-        if worker.is_async():
-            raise TypeError(f"RayPlacement cannot place {worker.__qualname__} yet: a Worker "
-                            "with async def methods needs an async Ray actor, not built; "
-                            "place a Worker with plain def methods, or run it locally")
         options: dict[str, Any] = {"num_cpus": 0, "resources": {}}
         for key, amount in self.resources.items():
             if key in _SPECIAL:
@@ -126,12 +134,19 @@ class RayPlacement:
             "__module__": __name__, "__qualname__": f"{worker.__qualname__}@ray",
             "init_timeout": _plus(worker.init_timeout, CONNECT_MARGIN),
             "shutdown_timeout": _plus(worker.shutdown_timeout, STOP_MARGIN),
-            "_ray_target": (worker, _resolve(self.address), options, self.runtime_env),
-            FUNCTION: command(_forwarder(FUNCTION)),  # the executor's functions run there too
         }
+        asynchronous = worker.is_async()
+        if asynchronous:
+            slots = worker.max_concurrency if max_concurrency is None else max_concurrency
+            attrs.update(max_concurrency=slots, cancel_grace=worker.cancel_grace)
+            # its commands, and room for a health check beside them
+            options["max_concurrency"] = slots + 1
+        base, forwarder = (_AsyncStandIn, _aforwarder) if asynchronous else (_StandIn, _forwarder)
+        attrs["_ray_target"] = (worker, _resolve(self.address), options, self.runtime_env)
+        attrs[FUNCTION] = command(forwarder(FUNCTION))  # the executor's functions run there too
         for name, replay in worker.commands().items():
-            attrs[name] = command(_forwarder(name), replay=replay)
-        return type(f"{worker.__name__}@ray", (_StandIn,), attrs)
+            attrs[name] = command(forwarder(name), replay=replay)
+        return type(f"{worker.__name__}@ray", (base,), attrs)
 
 
 RAY_FIRST = ("Ray was initialized in this program before otpy's node started, so "
@@ -158,7 +173,17 @@ def _resolve(address: str | None) -> str:
 
 def _forwarder(name: str) -> Any:
     def forward(self: _StandIn, session: Session, *args: Any, **kwargs: Any) -> Any:
-        return self._ray_link.forward(session, name, args, kwargs)
+        link = self._ray_link
+        return link.outcome(link.send(session, name, args, kwargs))
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
+
+
+def _aforwarder(name: str) -> Any:
+    async def forward(self: _StandIn, session: Session, *args: Any, **kwargs: Any) -> Any:
+        link = self._ray_link
+        return await link.aoutcome(link.send(session, name, args, kwargs))
 
     forward.__name__ = forward.__qualname__ = name
     return forward
@@ -184,6 +209,15 @@ class _StandIn(Worker):
         self._ray_link.stop(reason)
 
 
+class _AsyncStandIn(_StandIn):
+    """The local half of a placed async worker: an async Worker whose
+    commands each await their actor call (init and terminate, which the
+    worker runs outside its loop, stay blocking)."""
+
+    async def health_check(self) -> Any:  # type: ignore[override]
+        return await self._ray_link.aoutcome(self._ray_link.actor.health.remote())
+
+
 def _end(actor: Any, sid: Any, generation: int) -> None:
     try:
         actor.end.remote(sid, generation)
@@ -205,7 +239,8 @@ class _Link:
         self.actor_id = self.node_id = "?"
         self.generations = itertools.count(1)
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
-        host = ray.remote(concurrency_groups={WATCH: 1})(_Host)
+        host = ray.remote(concurrency_groups={WATCH: 1})(
+            _AsyncHost if worker.is_async() else _Host)
         self.actor = host.options(max_restarts=0, max_task_retries=0,
                                   scheduling_strategy="SPREAD", **options).remote()
         try:
@@ -234,10 +269,34 @@ class _Link:
         """The value of an actor call; the user's exception raised as itself;
         the stand-in exits if the actor is gone."""
         try:
-            kind, *value = self.ray.get(ref)
+            answer = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError
             self.stopping = True  # the watch need not say it too
             raise otpy.ProcessExit(self.reason(exc)) from None
+        return self.decode(answer)
+
+    async def aoutcome(self, ref: Any) -> Any:
+        """As ``outcome``, awaited in an async worker's loop. Cancelled (the
+        command's deadline), it cancels the actor's task too and waits for it
+        to end, as the worker's ``cancel_grace`` allows (after which the
+        caller has this process killed, and the actor goes with it)."""
+        try:
+            answer = await ref
+        except asyncio.CancelledError:
+            self.ray.cancel(ref)
+            with contextlib.suppress(Exception):  # TaskCancelledError, or its own end
+                await ref
+            raise
+        except self.ray.exceptions.RayActorError as exc:
+            self.stopping = True
+            # a task cannot end its process with a reason (ProcessExit would
+            # stay in the task): the zygote kills it, this task waits for that
+            lowlevel.kill(otpy.self(), self.reason(exc))
+            await asyncio.get_running_loop().create_future()
+        return self.decode(answer)
+
+    def decode(self, answer: tuple) -> Any:
+        kind, *value = answer
         if kind == "ok":
             return value[0]
         if kind == "error":
@@ -253,13 +312,14 @@ class _Link:
     def call(self, method: str, *args: Any) -> Any:
         return self.outcome(getattr(self.actor, method).remote(*args))
 
-    def forward(self, session: Session, name: str, args: tuple, kwargs: dict) -> Any:
-        """A command on the actor, in the session's state there. A new local
-        Session (a new binding: first use, replay, or after a lost replay)
-        starts a new generation, so the actor starts that session afresh;
-        when the worker drops it, the actor drops its state too."""
+    def send(self, session: Session, name: str, args: tuple, kwargs: dict) -> Any:
+        """A command's call on the actor (its ObjectRef), in the session's
+        state there. A new local Session (a new binding: first use, replay,
+        or after a lost replay) starts a new generation, so the actor starts
+        that session afresh; when the worker drops it, the actor drops its
+        state too."""
         if name == FUNCTION:  # Pool.executor(): (fn, args, kwargs)
-            return self.call("function", *args)
+            return self.actor.function.remote(*args)
         sid = session.id
         generation = getattr(session, "_otpy_ray_generation", 0)
         fresh = sid is not None and generation == 0
@@ -267,7 +327,7 @@ class _Link:
             generation = session._otpy_ray_generation = next(self.generations)  # type: ignore
             weakref.finalize(session, _end, self.actor, sid, generation).atexit = False
         # one argument: Ray serializes each argument of a call on its own (~70 us for 6)
-        return self.outcome(self.run.remote((sid, generation, fresh, name, args, kwargs)))
+        return self.run.remote((sid, generation, fresh, name, args, kwargs))
 
     def stop(self, reason: Any) -> None:
         """A planned stop: the user's terminate on the actor, then the actor
@@ -325,6 +385,14 @@ class _Host:
         return ("ok", (context.get_actor_id(), context.get_node_id(), os.getpid()))
 
     def run(self, request: tuple) -> tuple:
+        try:
+            method, session, args, kwargs = self.command(request)
+        except AttributeError as exc:  # the stand-in forwards the class's commands only
+            return self.failed(exc)
+        return self.call(method, (session, *args), kwargs)
+
+    def command(self, request: tuple) -> tuple:
+        """(the user's method, its Session, args, kwargs) for a run's request."""
         sid, generation, fresh, name, args, kwargs = request
         if sid is None:
             session = Session(None)
@@ -333,11 +401,7 @@ class _Host:
             if fresh or held is None or held[0] != generation:
                 held = self.sessions[sid] = (generation, Session(sid))
             session = held[1]
-        try:
-            method = getattr(self.user, name)
-        except AttributeError as exc:  # the stand-in forwards the class's commands only
-            return self.failed(exc)
-        return self.call(method, (session, *args), kwargs)
+        return getattr(self.user, name), session, args, kwargs
 
     def function(self, fn: Any, args: tuple, kwargs: dict) -> tuple:
         return self.call(fn, args, kwargs)
@@ -369,3 +433,50 @@ class _Host:
         except Exception:
             return ("remote", f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
                     "".join(traceback.format_exception(exc)))
+
+
+class _AsyncHost(_Host):
+    """The async actor of an async Worker: each call is a task of the
+    actor's event loop, up to the actor's ``max_concurrency`` at once (a
+    session's commands come one at a time: its stand-in orders them). A call
+    ``ray.cancel`` cancels sees CancelledError where it awaits."""
+
+    async def start(self, cls: type[Worker], args: tuple, kwargs: dict) -> tuple:
+        import ray
+
+        self.user = cls.__new__(cls)
+        outcome = await self.acall(self.user.init, args, kwargs)
+        if outcome[0] != "ok":
+            return outcome
+        context = ray.get_runtime_context()
+        return ("ok", (context.get_actor_id(), context.get_node_id(), os.getpid()))
+
+    async def run(self, request: tuple) -> tuple:  # type: ignore[override]
+        try:
+            method, session, args, kwargs = self.command(request)
+        except AttributeError as exc:
+            return self.failed(exc)
+        return await self.acall(method, (session, *args), kwargs)
+
+    async def function(self, fn: Any, args: tuple, kwargs: dict) -> tuple:  # type: ignore
+        return await self.acall(fn, args, kwargs)
+
+    async def health(self) -> tuple:  # type: ignore[override]
+        return await self.acall(self.user.health_check, (), {})
+
+    async def terminate(self, reason: Any) -> tuple:  # type: ignore[override]
+        return await self.acall(self.user.terminate, (reason,), {})
+
+    async def end(self, sid: Any, generation: int) -> None:  # type: ignore[override]
+        _Host.end(self, sid, generation)
+
+    async def watch(self) -> None:  # type: ignore[override]
+        await asyncio.get_running_loop().create_future()  # never set: ends with the actor
+
+    @classmethod
+    async def acall(cls, fn: Any, args: tuple, kwargs: dict) -> tuple:
+        try:
+            value = fn(*args, **kwargs)
+            return ("ok", await value if inspect.isawaitable(value) else value)
+        except Exception as exc:  # not CancelledError: a cancelled call ends cancelled
+            return cls.failed(exc)

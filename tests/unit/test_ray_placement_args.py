@@ -4,13 +4,15 @@ session bookkeeping (``_Host``, run here without Ray)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import subprocess
 import sys
 
 import pytest
 
 from otpy_pool import Pool, RayPlacement, Session, Worker, command
-from otpy_pool._ray import CONNECT_MARGIN, _Host
+from otpy_pool._ray import CONNECT_MARGIN, _AsyncHost, _Host
 
 from helpers import ROOT
 
@@ -95,13 +97,58 @@ def test_the_actor_keeps_each_session_by_generation_and_drops_it_when_told():
     assert kind == "error"
 
 
-def test_an_async_worker_is_refused_naming_it():
+def test_an_async_worker_gets_an_async_stand_in_and_actor_with_its_concurrency():
     pytest.importorskip("ray")
 
     class Fetcher(Worker):
+        max_concurrency = 4
+        cancel_grace = 0.25
+
         @command
         async def fetch(self, session, url):
             return url
 
-    with pytest.raises(TypeError, match="cannot place .*Fetcher yet"):
-        RayPlacement().worker_class(Fetcher)
+    for given, slots in ((None, 4), (7, 7)):  # the class's, or the pool's option
+        stand_in = RayPlacement().worker_class(Fetcher, given)
+        assert stand_in.is_async() and inspect.iscoroutinefunction(stand_in.fetch)
+        assert (stand_in.max_concurrency, stand_in.cancel_grace) == (slots, 0.25)
+        assert stand_in._ray_target[2]["max_concurrency"] == slots + 1  # and a health check
+    assert not RayPlacement().worker_class(Shop).is_async()
+
+
+def test_the_async_actor_awaits_commands_keeps_sessions_and_is_cancellable():
+    class Pages(Worker):
+        async def init(self):
+            self.started = asyncio.Event()
+
+        @command(replay=True)
+        async def add(self, session, item):
+            session.state.setdefault("items", []).append(item)
+            return len(session.state["items"])
+
+        @command
+        def items(self, session):
+            return session.state.get("items", [])
+
+        @command
+        async def wait(self, session):
+            self.started.set()
+            await asyncio.sleep(3600)
+
+    async def scenario():
+        host = _AsyncHost()
+        host.user = Pages()
+        await host.user.init()
+        assert await host.run(("a", 1, True, "add", ("x",), {})) == ("ok", 1)
+        assert await host.run(("a", 1, False, "add", ("y",), {})) == ("ok", 2)
+        assert await host.run(("a", 1, False, "items", (), {})) == ("ok", ["x", "y"])
+        assert (await host.run(("a", 1, False, "missing", (), {})))[0] == "error"
+        waiting = asyncio.ensure_future(host.run(("b", 2, True, "wait", (), {})))
+        await host.user.started.wait()
+        waiting.cancel()  # as ray.cancel does to an async actor's task
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await host.end("a", 1)
+        assert set(host.sessions) == {"b"}
+
+    asyncio.run(scenario())

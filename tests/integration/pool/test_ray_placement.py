@@ -13,8 +13,8 @@ is free.
 
 from __future__ import annotations
 
+import asyncio
 import glob
-
 import json
 import os
 import signal
@@ -32,12 +32,12 @@ from ray.util.state import get_actor  # noqa: E402  (ray[default]: the state API
 import otpy  # noqa: E402
 from otpy.observer import snapshot  # noqa: E402
 from otpy.testing import wait_down, wait_event, wait_for  # noqa: E402
-from otpy_pool import Pool, RayPlacement, WorkerCrashed  # noqa: E402
+from otpy_pool import CommandTimeout, Pool, RayPlacement, WorkerCrashed  # noqa: E402
 from otpy_pool.bench import chaos_kill  # noqa: E402
 from otpy_pool.testing import ray_cluster  # noqa: E402
 
 from helpers import TESTS, expect  # noqa: E402
-from ray_workers import Where  # noqa: E402
+from ray_workers import Napper, Where  # noqa: E402
 
 pytestmark = [pytest.mark.distributed, pytest.mark.layer("full")]
 
@@ -56,10 +56,10 @@ def cluster():
     assert set(glob.glob("/tmp/pymp-*")) | set(glob.glob("/tmp/otpy-ray-*")) <= before
 
 
-def start(cluster, size: int = 2, **options) -> Pool:
+def start(cluster, size: int = 2, worker: type = Where, **options) -> Pool:
     placement = RayPlacement(address=cluster.address, runtime_env=RUNTIME_ENV,
                              resources=options.pop("resources", None))
-    return Pool.start_link(Where, size=size, placement=placement, **options)
+    return Pool.start_link(worker, size=size, placement=placement, **options)
 
 
 def actor_state(cluster, actor_id: str) -> str:
@@ -246,6 +246,85 @@ def test_an_init_that_fails_on_the_actor_fails_the_start_with_its_error(cluster)
     with pytest.raises(otpy.StartError, match="init refused"):
         Pool.start_link(Where, args=("refuse",), size=1, placement=RayPlacement(
             address=cluster.address, runtime_env=RUNTIME_ENV))
+
+
+# ---- an async Worker: an async actor --------------------------------------------------------
+
+def test_an_async_worker_runs_its_max_concurrency_at_once_on_its_async_actor(cluster):
+    # the class says one at a time; the pool's option, three: the actor must run three
+    pool = start(cluster, size=1, worker=Napper, max_concurrency=3)
+
+    async def three() -> list:
+        return await asyncio.gather(*(pool.aexecute("meet", "r", 3, session=f"s{i}")
+                                      for i in range(3)))
+
+    pids = asyncio.run(three())  # each returns only once all three are in
+    assert len(set(pids)) == 1 and pids[0] != pool.workers()[0].os_pid  # on the actor
+    assert pool.execute("get", "k", session="s0") is None  # a plain def command too
+    pool.stop()
+
+
+def test_an_async_command_past_its_deadline_is_cancelled_on_its_actor(cluster):
+    pool = start(cluster, size=1, worker=Napper)
+    actor = pool.execute("actor", session="s")
+
+    async def late() -> None:
+        with pytest.raises(CommandTimeout):
+            await pool.aexecute("wait_to_be_cancelled", session="s", timeout=0.5)
+
+    asyncio.run(late())
+    assert pool.execute("cancelled_count", session="s") == 1  # it saw CancelledError there
+    assert pool.execute("actor", session="s") == actor  # ended in its grace: not replaced
+    assert pool.status().worker_restarts == 0
+    pool.stop()
+
+
+def test_an_async_command_that_ignores_its_cancel_has_its_worker_and_actor_killed(
+        cluster, tmp_path):
+    pool = start(cluster, size=1, worker=Napper)
+    ready = tmp_path / "stubborn"
+    actor = pool.execute("actor", session="s")
+    pool.subscribe()
+
+    async def late() -> None:
+        with pytest.raises(CommandTimeout):
+            await pool.aexecute("ignore_cancel", str(ready), session="s", timeout=0.5)
+
+    asyncio.run(late())  # after its timeout and the class's cancel_grace
+    assert ready.exists()
+    wait_event(pool, "worker_started", DEADLINE)
+    wait_for(lambda: actor_state(cluster, actor) == "DEAD", DEADLINE)  # gone with its stand-in
+    assert pool.execute("actor", session="s") != actor
+    assert pool.status().worker_restarts == 1
+    pool.stop()
+
+
+def test_sigkill_of_an_async_actor_fails_each_command_in_flight_and_sessions_replay(
+        cluster, tmp_path):
+    pool = start(cluster, size=1, worker=Napper, max_concurrency=3)
+    pool.execute("put", "k", 42, session="a")
+    actor = pool.execute("actor", session="a")
+    ready = [tmp_path / f"hanging{i}" for i in range(3)]
+    pool.subscribe()
+
+    def actor_pid() -> int:
+        pids = {int(wait_for(lambda: f.exists() and f.read_text(), DEADLINE)) for f in ready}
+        assert len(pids) == 1, pids
+        return pids.pop()
+
+    async def killed_in_flight() -> list:
+        hanging = [asyncio.ensure_future(pool.aexecute("hang", str(f), session=f"s{i}"))
+                   for i, f in enumerate(ready)]
+        os.kill(await asyncio.to_thread(actor_pid), signal.SIGKILL)
+        return await asyncio.gather(*hanging, return_exceptions=True)
+
+    outcomes = asyncio.run(killed_in_flight())
+    assert all(isinstance(o, WorkerCrashed) and o.reason[0] == DIED for o in outcomes), outcomes
+    wait_event(pool, "worker_started", DEADLINE)
+    assert pool.execute("get", "k", session="a") == 42  # replayed on the new actor
+    assert pool.execute("actor", session="a") != actor
+    assert pool.status().worker_restarts == 1
+    pool.stop()
 
 
 @pytest.mark.chaos
