@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import otpy
 from otpy import lowlevel
 
+from . import _claims
 from ._calls import NotRun, check_command, check_session, result, run_call
 from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, SessionLost,
                       WorkerCrashed, duration)
 from ._io import Call, Request, Sleep
 from ._pool_options import Settings, seconds
-from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, DEAD, DEADLINE, ERROR, LOST, MOVED,
+from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, CLAIMS, DEAD, DEADLINE, ERROR, LOST, MOVED,
                         NOT_RUN, RAN, REPLACE, RETIRED, RETURN, RUN_ANY, SETTINGS, UNBOUND,
                         UNKNOWN)
 
@@ -248,11 +249,64 @@ async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session
     if (await settings(pool)).cancel_grace is not None:  # async workers: several at once
         return await run_checked_out(pool, command, args, kwargs, timeout, wait)
     for _ in range(RETRIES):
-        outcome = await run_anywhere(pool, command, args, kwargs, timeout, wait)
+        outcome = await run_claimed(pool, command, args, kwargs, timeout)
+        if outcome is None:  # no worker free for a claim: the server finds one, or queues it
+            outcome = await run_anywhere(pool, command, args, kwargs, timeout, wait)
         if outcome[0] != NOT_RUN:
             return result(outcome)
         # its worker died before it started it: it runs on another one
     raise PoolError(f"pool {pool.name!r}: no live worker to run {command!r} on")
+
+
+async def claims_on(pool: "Pool") -> _claims.Claims | None:
+    """This process's claims on the pool's server (None: it has none)."""
+    key = pool._key()
+    claims = _claims.recent(key)
+    if claims is _claims.UNKNOWN:
+        server = await await_server(pool)
+        claims = _claims.claims_of(key, server)
+        if claims is _claims.UNKNOWN:
+            claims = _claims.make(key, server, await ask(pool, CLAIMS))
+    return claims
+
+
+async def run_claimed(pool: "Pool", command: str, args: tuple, kwargs: dict,
+                      timeout: float | None) -> tuple | None:
+    """One round trip, the server not asked: the command on a free worker
+    this process claims (see _claims), released once answered. None if no
+    worker is free for a claim now (or callers are queued: they come
+    first); (NOT_RUN,) if the worker died, or was retiring, before it
+    started it. A death while it ran is WorkerCrashed; past ``timeout`` the
+    server kills the worker (CommandTimeout), as for a session's command."""
+    claims = await claims_on(pool)
+    claim = None if claims is None else claims.take()
+    if claim is None:
+        return None
+    worker, ref = claim.worker, otpy.make_ref()
+    try:
+        outcome = await Request(worker, run_call(ref, None, command, args, kwargs), ref,
+                                timeout)
+    except otpy.NoProc:
+        claims.release(claim)
+        await ask(pool, RAN, worker)  # the server takes its Down (and its slot) first
+        return (NOT_RUN,)
+    except otpy.Exited as exc:
+        claims.release(claim)
+        if await never_started(pool, worker, ref, exc.reason):
+            return (NOT_RUN,)
+        raise WorkerCrashed(exc.reason) from None
+    except otpy.Timeout:
+        try:  # killed before the claim ends: nobody else's command can reach it
+            await deadline(pool, worker, None)
+        finally:
+            claims.release(claim)
+        raise CommandTimeout(f"command {command!r} ran past {duration(timeout)}; "
+                             "its worker was replaced") from None
+    except BaseException:  # cancelled, interrupted: it runs on, its answer is dropped
+        claims.release(claim)
+        raise
+    claims.release(claim)
+    return (NOT_RUN,) if outcome[0] == MOVED else outcome
 
 
 async def run_checked_out(pool: "Pool", command: str, args: tuple, kwargs: dict,

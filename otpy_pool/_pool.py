@@ -18,7 +18,7 @@ import otpy
 from otpy import lowlevel
 from otpy.lowlevel import Restart
 
-from . import _caller
+from . import _caller, _claims
 from ._caller import RETRIES, UNSET
 from ._calls import NotRun, check_batch, check_command, check_session
 from ._errors import PoolError
@@ -346,6 +346,7 @@ class Pool:
         with _caller.lock:
             _caller.bindings.pop(self._key(), None)
             _caller.settings_cache.pop(self._key(), None)
+        _claims.forget(self._key())
         otpy.unlink(supervisor)
         otpy.Supervisor.stop(supervisor, "shutdown", timeout=timeout)
 

@@ -208,6 +208,11 @@ def _event(method: Callable) -> Callable:
     return run
 
 
+def claim_token(pid: Any) -> tuple:
+    """The holder token of a worker a caller claimed (see ``PoolBook.claimed``)."""
+    return ("claim", pid)
+
+
 class PoolBook:
     """The pool's state and its rules; see the module's docstring."""
 
@@ -251,9 +256,10 @@ class PoolBook:
         starting = self.starting is not None and self.starting.overflow
         return sum(1 for w in self.workers.values() if w.overflow) + starting
 
-    def status(self, readings: list[Reading | None]) -> PoolStatus:
+    def status(self, readings: list[Reading | None], claimed: int = 0) -> PoolStatus:
         """``readings``: the live workers' counts pages, read now, in the
-        order of ``workers``."""
+        order of ``workers``; ``claimed``: the free workers callers hold by
+        a claim now (busy, though the book has them idle)."""
         counts = dict(self.counts)
         for reading in readings:
             if reading is not None:
@@ -261,7 +267,8 @@ class PoolBook:
                 counts["errors"] += reading.failed
         in_flight = {pid: _in_flight(reading) for pid, reading in zip(self.workers, readings)}
         return PoolStatus(size=self.opts.size, overflow=self.overflow_count(),
-                          idle=len(self.idle), busy=len(self.checkouts), queued=len(self.queue),
+                          idle=len(self.idle) - claimed, busy=len(self.checkouts) + claimed,
+                          queued=len(self.queue),
                           sessions=len(self.sessions), workers=len(self.workers),
                           starting=self.owed,
                           degraded=self.owed > 0 and self.start_failures > 0,
@@ -388,6 +395,24 @@ class PoolBook:
     @_event
     def checkin(self, token: Any, how: str) -> None:
         self._checkin(token, how)
+
+    @_event
+    def claimed(self, pids: list) -> None:
+        """Free workers a caller holds by a claim (see _claims: the server
+        could not take their slots back): held under ``claim_token(pid)``
+        until ``released``, as a checkout without a caller to answer."""
+        for pid in pids:
+            w = self.workers.get(pid)
+            if w is not None and w.state == IDLE and pid in self.idle:
+                self.idle.remove(pid)
+                w.state = HELD
+                w.holders.add(claim_token(pid))
+                self.checkouts[claim_token(pid)] = (pid, None)
+
+    @_event
+    def released(self, pid: Any) -> None:
+        """The claim on ``pid`` is over (its caller released it, or died)."""
+        self._checkin(claim_token(pid), RETURN)
 
     @_event
     def cancel(self, token: Any) -> None:
@@ -730,7 +755,8 @@ class PoolBook:
             return
         del self.checkouts[token]
         w.holders.discard(token)
-        self._emit("checkin", w.pid, detail=None if how == RETURN else how)
+        if token != claim_token(w.pid):  # a claim ending is no checkin
+            self._emit("checkin", w.pid, detail=None if how == RETURN else how)
         if how == REPLACE and w.holders:  # others still use it: killed once they are done
             self._retire(w)
             w.kill_when_free = "checkout_replaced"

@@ -21,14 +21,15 @@ from typing import Any, Callable
 import otpy
 from otpy import lowlevel
 
+from ._claims import ClaimsAddress, ClaimsPage
 from ._counters import CountsReader
 from ._errors import CommandTimeout, WorkerCrashed, duration, start_error
 from ._pool_book import (AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading, Reply,
-                         Start, Timer, Watch)
+                         Start, Timer, Watch, claim_token)
 from ._pool_meter import PoolMeter, command_names
 from ._pool_options import PoolEvent, PoolStatus, Settings
-from ._protocol import (ADOPT, COUNTS_FD, DEAD, ERROR, HEALTH_TICK, NOT_RUN, OK, REPLACE, RETIRED,
-                        LABEL, RUN_DEADLINE, RUN_HANDED, UNKNOWN)
+from ._protocol import (ADOPT, CLAIM_HELD, COUNTS_FD, DEAD, ERROR, HEALTH_TICK, NOT_RUN, OK,
+                        REPLACE, RETIRED, LABEL, RUN_DEADLINE, RUN_HANDED, UNKNOWN)
 from ._worker import worker_spec
 
 DOWN_WAIT = 5.0  # how long the server waits for the Down of a worker a caller saw die
@@ -88,12 +89,14 @@ class PoolServer(otpy.GenServer):
             Emit: self._do_emit, AwaitDown: self._do_await_down}
         self.caller: otpy.From | None = None  # the call being handled
         self._init_handing()
+        self._init_claims()
         self.book = self._adopt()
         if self.meter is not None:
             self.meter.adopt([pid.os_pid for pid in self.book.workers])
             lowlevel.annotate(self.me, otpy_pool=opts.name, otpy_pool_page=page[0],
                               otpy_pool_commands=",".join(command_names(opts.worker)))
         self._do(self.book.begin())
+        self._settle_claims()
         # what start_link reports: the first workers of a new pool must start
         self.first_failure = self.book.last_start_error
         if opts.health_interval is not None:
@@ -114,6 +117,17 @@ class PoolServer(otpy.GenServer):
         self.label = ""
         self.labelled_at = 0.0
         self.label_armed = False
+
+    def _init_claims(self) -> None:
+        """The claims page (see _claims): a sync pool's free regular workers
+        are open to callers' claims; an async pool's are not (their commands
+        share a worker: the server's checkouts count its slots)."""
+        self.claims = None if self.opts.worker.is_async() else \
+            ClaimsPage(self.me, self.opts.size, self.opts.strategy == "lifo")
+        self.slot_of: dict[otpy.Pid, int] = {}  # regular worker -> its slot
+        self.slot_pid: list[otpy.Pid | None] = [None] * self.opts.size
+        self.opened: set[int] = set()  # slots open to claims (the server does not hold them)
+        self.contested: set[int] = set()  # slots a thread waits for (a caller held them)
 
     def _adopt(self) -> PoolBook:
         """A replaced server takes over the workers (and their sessions) alive.
@@ -149,7 +163,7 @@ class PoolServer(otpy.GenServer):
         try:
             outcome = lowlevel.dispatch(self, request)
         finally:
-            self._annotate()
+            self._after()
         return otpy.NOREPLY if outcome[1] is otpy.NOREPLY else outcome
 
     def handle_cast(self, request: Any) -> Any:
@@ -158,7 +172,7 @@ class PoolServer(otpy.GenServer):
     def handle_info(self, message: Any) -> Any:
         if type(message) is otpy.Down:
             self._down(message)
-            self._annotate()
+            self._after()
         else:
             self._handle("_info_", message)
 
@@ -169,7 +183,7 @@ class PoolServer(otpy.GenServer):
             self.logger.warning("pool server: unknown message dropped", message=repr(message))
             return
         handler(*message[1:])
-        self._annotate()
+        self._after()
 
     def _down(self, message: otpy.Down) -> None:
         kind, pid = self.monitors.pop(message.ref, ("", None))
@@ -184,6 +198,7 @@ class PoolServer(otpy.GenServer):
     # ---- calls ------------------------------------------------------------------------------
 
     def _op_checkout(self, token: Any, wait: float | None) -> Any:
+        self._take_back_claims()
         self._do(self.book.checkout(self.caller, token, wait))
         return otpy.NOREPLY
 
@@ -194,6 +209,7 @@ class PoolServer(otpy.GenServer):
         token = self.caller.ref
         self.handed[token] = Handed(self.caller, (RUN_HANDED, token, command, args, kwargs),
                                     timeout)
+        self._take_back_claims()
         self._do(self.book.checkout(self.caller, token, wait))
         return otpy.NOREPLY
 
@@ -217,7 +233,9 @@ class PoolServer(otpy.GenServer):
         return otpy.NOREPLY
 
     def _op_status(self) -> PoolStatus:
-        return self.book.status([self._reading(pid) for pid in self.book.workers])
+        claimed = 0 if self.claims is None else \
+            sum(1 for slot in self.opened if self.claims.claimed(slot))
+        return self.book.status([self._reading(pid) for pid in self.book.workers], claimed)
 
     def _op_workers(self) -> list[otpy.Pid]:
         return list(self.book.workers)
@@ -241,6 +259,9 @@ class PoolServer(otpy.GenServer):
         return Settings(self.opts.command_timeout, self.opts.checkout_timeout, self.supervisor,
                         self.opts.size + self.opts.max_overflow,
                         worker.cancel_grace if worker.is_async() else None)
+
+    def _op_claims(self) -> ClaimsAddress | None:
+        return None if self.claims is None else self.claims.address
 
     def _op_first_start(self) -> BaseException | None:
         """Why the first workers of this server could not start (None: they did)."""
@@ -323,6 +344,14 @@ class PoolServer(otpy.GenServer):
             otpy.send_after(self.me, (RUN_DEADLINE,), max(0.0, self.deadline_due -
                                                           time.monotonic()))
 
+    def _info_claim_held(self, slot: int) -> None:
+        """A slot a caller held is the server's now: if its worker was held
+        by that claim in the book, it is free again (for the queue first)."""
+        self.contested.discard(slot)
+        pid = self.slot_pid[slot]
+        if pid is not None and claim_token(pid) in self.book.checkouts:
+            self._do(self.book.released(pid))
+
     def _info_label(self) -> None:
         self.label_armed = False
         self._annotate()
@@ -403,6 +432,10 @@ class PoolServer(otpy.GenServer):
             self.meter.gone(pid.os_pid)
         if self.handed or self.answering:
             self._handed_lost(pid, reason, final)
+        slot = self.slot_of.pop(pid, None)
+        if slot is not None:
+            self.slot_pid[slot] = None
+            self._hold(slot)
         self._do(self.book.worker_down(pid, reason, final))
 
     def _handed_lost(self, pid: otpy.Pid, reason: Any, final: Reading | None) -> None:
@@ -493,6 +526,58 @@ class PoolServer(otpy.GenServer):
                               time.time())
             for pid in list(self.subscribers):
                 otpy.send(pid, event)
+
+    # ---- claims (see _claims) --------------------------------------------------------------
+
+    def _after(self) -> None:
+        """After each message: the claims page agrees with the book, and the
+        observer's label and the metrics table are updated."""
+        self._settle_claims()
+        self._annotate()
+
+    def _settle_claims(self) -> None:
+        """Each regular worker has a slot; a slot is open exactly while its
+        worker is free in the book and no caller is queued (queued callers
+        come first: a worker that comes free is theirs)."""
+        page = self.claims
+        if page is None:
+            return
+        book = self.book
+        if len(self.slot_of) < self.opts.size:
+            for pid, w in book.workers.items():
+                if not w.overflow and pid not in self.slot_of and None in self.slot_pid:
+                    slot = self.slot_pid.index(None)
+                    self.slot_pid[slot], self.slot_of[pid] = pid, slot
+        free = () if book.queue else book.idle
+        for slot in [s for s in self.opened if self.slot_pid[s] not in free]:
+            self._hold(slot)
+        for pid in free:
+            slot = self.slot_of.get(pid)
+            if slot is not None and slot not in self.opened and slot not in self.contested:
+                page.open(slot, pid)
+                self.opened.add(slot)
+
+    def _take_back_claims(self) -> None:
+        """Before the book gives out a free worker: every open slot is the
+        server's again, and a worker a caller holds by a claim meanwhile is
+        held in the book too until the claim ends (CLAIM_HELD)."""
+        claimed = [self.slot_pid[slot] for slot in list(self.opened) if not self._hold(slot)]
+        if claimed:
+            self._do(self.book.claimed(claimed))
+
+    def _hold(self, slot: int) -> bool:
+        """Take an open slot back: False if a caller holds it (a thread then
+        waits for it, and CLAIM_HELD says when it is ours)."""
+        if slot not in self.opened:
+            return True
+        self.opened.discard(slot)
+        assert self.claims is not None
+        if self.claims.close(slot):
+            return True
+        self.contested.add(slot)
+        me = self.me
+        self.claims.wait_for(slot, lambda held: otpy.send(me, (CLAIM_HELD, held)))
+        return False
 
     def _annotate(self) -> None:
         """The observer's label (in use n/m, queued q), written at most every

@@ -50,6 +50,7 @@ SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 SETTINGS = "settings"
 FIRST_START = "first_start"
+CLAIMS = "claims"
 CHECKIN = "checkin"
 CANCEL = "cancel"
 # CHECKIN's ``how``: the holder returns the worker, wants it replaced (its
@@ -85,6 +86,7 @@ HEALTH_TICK = "health_tick"
 HEALTH_LATE = "health_late"
 RUN_DEADLINE = "run_deadline"
 LABEL = "label"
+CLAIM_HELD = "claim_held"
 
 # The built-in command the executor runs plain functions with.
 FUNCTION = "otpy_pool.function"
@@ -125,6 +127,9 @@ TABLE: tuple[Message, ...] = (
     Message(UNSUBSCRIBE, "caller", "server", "call", "pid", "unsubscribe()"),
     Message(SETTINGS, "caller", "server", "call", "",
             "once per process and pool: the defaults a handle needs (a Settings)"),
+    Message(CLAIMS, "caller", "server", "call", "",
+            "once per process and server: where its claims page is (a ClaimsAddress), or "
+            "None (a pool of async workers has none); see _claims"),
     Message(FIRST_START, "caller", "server", "call", "",
             "start_link, once: why the first workers could not start (None: they did)"),
     Message(CHECKIN, "caller", "server", "cast", "token, how",
@@ -179,6 +184,9 @@ TABLE: tuple[Message, ...] = (
     Message(RUN_DEADLINE, "timer", "server", "info", "",
             "the earliest deadline of the handed commands (one timer for all): kill the "
             "workers still running one past its timeout"),
+    Message(CLAIM_HELD, "timer", "server", "info", "slot",
+            "from a thread of the server's own: the lock of a slot a caller held (claimed) "
+            "is the server's now: its caller released it, or died"),
     Message(LABEL, "timer", "server", "info", "",
             "the observer's label changed less than LABEL_EVERY after the last write: "
             "written now"),

@@ -226,8 +226,9 @@ def test_run_load_with_sessions_recovers_them_after_a_crash(otpy_tree):
 def test_pool_monitor_collects_the_pools_events(otpy_tree):
     pool = start_pool(otpy_tree, size=2)
     with chaos.pool_monitor(pool) as mon:
-        for _ in range(10):
-            pool.execute("ping")
+        for _ in range(11):  # checkouts (a session-less execute claims: no event)
+            with pool.checkout() as worker:
+                worker.execute("ping")
         with pytest.raises(KeyError):
             pool.execute("fail", "x")
         victim = pool.workers()[0]

@@ -66,6 +66,7 @@ class BookWorld(RuleBasedStateMachine):
         self.answers: dict[int, tuple] = {}
         self.dropped: set[int] = set()  # checkouts of callers that died: never answered
         self.held: dict[Any, str] = {}  # token -> worker, as the holder knows it
+        self.claimed: set[str] = set()  # workers a caller holds by a claim
         self.callers = list(CALLERS)
         self.numbers = iter(range(1, 10**9))
 
@@ -307,6 +308,27 @@ class BookWorld(RuleBasedStateMachine):
             assert tag == HEALTH_LATE, timer
             self.do(book.health_late(args[0], args[1], self.reading(args[0])))
 
+    # ---- claims (see _claims): callers holding free workers without the server ----------------
+
+    @precondition(lambda self: self.book.slots == 1 and any(
+        not self.book.workers[pid].overflow for pid in self.book.idle))
+    @rule(data=st.data())
+    def claims_met_when_slots_are_taken_back(self, data):
+        """The server takes the open slots back (before a checkout) and finds
+        these free workers claimed by callers."""
+        free = sorted(pid for pid in self.book.idle if not self.book.workers[pid].overflow)
+        pids = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True))
+        self.claimed |= set(pids)
+        self.do(self.book.claimed(pids))
+
+    @precondition(lambda self: self.claimed)
+    @rule(data=st.data())
+    def a_claim_ends(self, data):
+        """Its caller released it, or died: the server's thread has the slot."""
+        pid = data.draw(st.sampled_from(sorted(self.claimed)))
+        self.claimed.discard(pid)
+        self.do(self.book.released(pid))
+
     # ---- what must hold after every step ------------------------------------------------------
 
     @invariant()
@@ -352,6 +374,8 @@ class BookWorld(RuleBasedStateMachine):
                 self.die(sorted(self.leaving)[0], RETIRED)
             elif self.start is not None:
                 self.start_ends(ok=True)
+            elif self.claimed:
+                self.do(self.book.released(self.claimed.pop()))
             elif any(t.message[0] in ends_a_wait for t in self.timers):
                 timer = next(t for t in self.timers if t.message[0] in ends_a_wait)
                 self.timers.remove(timer)
@@ -408,6 +432,26 @@ def test_a_caller_waiting_on_a_failed_start_gets_a_worker_checked_in_meanwhile()
     assert Reply(From("c", 2), (OK, "w1")) in effects
     book.invariants()
     assert book.workers["w1"].state == HELD and not book.queue
+
+
+def test_a_worker_claimed_meanwhile_is_held_until_its_claim_ends_then_serves_the_queue():
+    """The server found w1 claimed by a caller when it took the slots back
+    for a checkout: w1 is busy until the claim ends, then the queued caller
+    gets it (and a claim's end is no checkin event)."""
+    book = PoolBook(make_options(Plain, (), None, "p", size=1))
+    (start,) = [e for e in book.begin() if type(e) is Start]
+    book.worker_up(start.key, "w1")
+    book.claimed(["w1"])
+    book.invariants()
+    assert (book.status([None]).idle, book.status([None]).busy) == (0, 1)
+    book.checkout(From("c", 1), "t1", None)
+    assert len(book.queue) == 1
+    effects = book.released("w1")
+    assert Reply(From("c", 1), (OK, "w1")) in effects
+    assert [e.kind for e in effects if type(e) is Emit] == ["checkout"]
+    book.invariants()
+    book.checkin("t1", RETURN)
+    assert list(book.idle) == ["w1"] and book.released("w1") == []  # a late end: nothing
 
 
 def async_book(**options) -> PoolBook:

@@ -1,0 +1,76 @@
+"""Claims (issue 24): a session-less command reaches a free worker without
+the pool's server, in one round trip; a claim is one process's alone, the
+kernel ends it when that process dies, and the server takes a claimed
+worker back for its queue once the claim ends (see otpy_pool/_claims.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import otpy
+import pytest
+from otpy.testing import wait_for
+
+from helpers import DEADLINE, expect, in_thread
+from pool_helpers import start
+
+pytestmark = pytest.mark.layer("full")
+
+
+def test_a_session_less_command_does_not_ask_the_server():
+    """With the server SIGSTOPped, session-less commands still run: the
+    caller claims a free worker itself (the server was asked once, before,
+    where its claims page is)."""
+    pool = start(size=2)
+    pool.execute("echo", 0)
+    server = otpy.whereis(pool.name)
+    os.kill(server.os_pid, signal.SIGSTOP)
+    try:
+        ran = in_thread(lambda: [pool.execute("echo", i) for i in range(20)])
+        results = ran()
+    finally:
+        os.kill(server.os_pid, signal.SIGCONT)
+    assert results == [((i,), {}) for i in range(20)]
+    assert pool.status().total_commands == 21
+
+
+def test_fifo_spreads_claims_over_the_workers_lifo_keeps_the_warm_one():
+    fifo = start(size=3, strategy="fifo")
+    assert len({fifo.execute("whoami") for _ in range(6)}) == 3
+    lifo = start(size=3, strategy="lifo")
+    assert len({lifo.execute("whoami") for _ in range(6)}) == 1
+
+
+def hold_in_pool(pool, parent, tag):
+    """A caller in a process of its own: claims the worker for ``hold``."""
+    pool.execute("hold", parent, tag)
+
+
+def test_a_caller_sigkilled_while_it_holds_a_claim_frees_its_worker_for_the_queue():
+    pool = start(size=1)
+    me = otpy.self()
+    holder = otpy.spawn(hold_in_pool, pool, me, "c")
+    _, _, worker = expect(lambda m: type(m) is tuple and m[:2] == ("holding", "c"))
+    assert pool.status().busy == 1  # claimed: busy, though the server never handed it out
+    queued = in_thread(pool.execute, "echo", 1)  # no worker to claim: the server queues it
+    wait_for(lambda: pool.status().queued == 1, DEADLINE)
+    os.kill(holder.os_pid, signal.SIGKILL)  # its claim ends with it (the kernel's locks)
+    otpy.send(worker, ("release", "c"))  # the held command ends; its answer goes nowhere
+    assert queued() == ((1,), {})  # the server took the worker back for its queue
+    wait_for(lambda: (pool.status().idle, pool.status().busy) == (1, 0), DEADLINE)
+    assert pool.execute("echo", 2) == ((2,), {})  # and it is open to claims again
+
+
+def test_two_tasks_of_one_process_never_share_a_claimed_worker():
+    """Claims are the OS process's (POSIX locks): its tasks and threads keep
+    apart by a set of their own."""
+    pool = start(size=3)
+    me = otpy.self()
+    threads = [in_thread(pool.execute, "hold", me, t) for t in "abc"]
+    holders = {expect(lambda m: type(m) is tuple and m[:2] == ("holding", t))[2]: t
+               for t in "abc"}
+    assert len(holders) == 3  # three workers, one each
+    for worker, tag in holders.items():
+        otpy.send(worker, ("release", tag))
+    assert sorted(join() for join in threads) == ["a", "b", "c"]
