@@ -28,9 +28,9 @@ from ._errors import (CommandTimeout, PoolError, PoolNotRunning, PoolTimeout, Se
                       WorkerCrashed, duration)
 from ._io import Call, Request, Sleep
 from ._pool_options import Settings, seconds
-from ._protocol import (BIND, CANCEL, CHECKIN, CHECKOUT, CLAIMS, DEAD, DEADLINE, ERROR, LOST, MOVED,
-                        NOT_RUN, RAN, REPLACE, RETIRED, RETURN, RUN_ANY, SETTINGS, UNBOUND,
-                        UNKNOWN)
+from ._protocol import (AFTER_RUNNING, BIND, CANCEL, CHECKIN, CHECKOUT, CLAIMS, DEAD, DEADLINE,
+                        ERROR, LOST, MOVED, NOT_RUN, RAN, REPLACE, RETIRED, RETURN, RUN_ANY,
+                        SETTINGS, UNBOUND, UNKNOWN)
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -258,6 +258,21 @@ async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session
     raise PoolError(f"pool {pool.name!r}: no live worker to run {command!r} on")
 
 
+def release_after_running(claims: _claims.Claims, claim: _claims.Claim) -> None:
+    """End ``claim`` once its worker has ended the command its caller gave
+    up on (or died), from a thread of its own: until then nobody else's
+    command can reach the worker, whose timeout would run behind it."""
+    def wait() -> None:
+        try:
+            lowlevel.ask(claim.worker, (AFTER_RUNNING,), timeout=None)
+        except Exception:  # Exited: the worker is gone; its slot is the server's
+            pass
+        finally:
+            claims.release(claim)
+
+    threading.Thread(target=wait, name="otpy-pool-claim-end", daemon=True).start()
+
+
 async def claims_on(pool: "Pool") -> _claims.Claims | None:
     """This process's claims on the pool's server (None: it has none)."""
     key = pool._key()
@@ -288,7 +303,8 @@ async def run_claimed(pool: "Pool", command: str, args: tuple, kwargs: dict,
                                 timeout)
     except otpy.NoProc:
         claims.release(claim)
-        await ask(pool, RAN, worker)  # the server takes its Down (and its slot) first
+        with contextlib.suppress(PoolError):  # the server takes its Down (and its slot) first
+            await ask(pool, RAN, worker)
         return (NOT_RUN,)
     except otpy.Exited as exc:
         claims.release(claim)
@@ -302,8 +318,8 @@ async def run_claimed(pool: "Pool", command: str, args: tuple, kwargs: dict,
             claims.release(claim)
         raise CommandTimeout(f"command {command!r} ran past {duration(timeout)}; "
                              "its worker was replaced") from None
-    except BaseException:  # cancelled, interrupted: it runs on, its answer is dropped
-        claims.release(claim)
+    except BaseException:  # cancelled, interrupted: it runs on, its answer is dropped,
+        release_after_running(claims, claim)  # and the worker is claimed until it ends
         raise
     claims.release(claim)
     return (NOT_RUN,) if outcome[0] == MOVED else outcome

@@ -8,8 +8,8 @@ itself, sends it the command, and releases the claim once answered.
 
 How: the server makes one memfd, the *claims page*, with a word per
 *slot* (a regular worker's place: the worker's serial and OS pid, or 0
-while the server holds the slot or wants it back). Each slot has a one-byte POSIX record
-lock (``fcntl.lockf``) on that file, past its end. The server holds a
+while the server holds the slot or wants it back). Each slot has a
+one-byte POSIX record lock (``fcntl.lockf``) on that file, past its end. The server holds a
 slot's lock while its worker is not free for claims (starting, checked
 out, handed a command, leaving, gone, or callers are queued: they come
 first, and the book has no free worker while they wait); it lets go
@@ -23,9 +23,16 @@ so a caller SIGKILLed while it holds a claim frees it (a token or a word
 in shared memory would be lost with it). They belong to the OS process,
 not the thread, so threads of one process share a per-process set of the
 slots they hold (``Claims.mine``). And a process's locks on a file go
-when it closes *any* descriptor of that file: each process keeps exactly
-one, open as long as it uses the pool (closing it releases nothing it
-still needs).
+when it closes *any* descriptor of that file: each process keeps one
+mapping of the page, open as long as it uses that server, and closes it
+when the server is replaced or the pool stops (that page's locks mean
+nothing then).
+
+A caller that gives up on its command (cancelled, interrupted) keeps its
+claim until the worker has ended that command (``_caller.release_after_running``).
+A caller SIGKILLed while its command runs loses its claim at once: the
+command runs on, and a command that claims that worker meanwhile waits
+behind it (its timeout counts from its send).
 
 When the server needs a worker back while a caller holds it (callers are
 queued, or the worker's slot must change hands), a thread of the server
@@ -33,12 +40,13 @@ waits on the lock (``wait_for``) and tells the server when it has it:
 when the caller releases the claim, or dies.
 
 The server's side is ``ClaimsPage``; a caller's, ``Claims`` (one per pool
-per OS process: ``claims_for``), used by ``_caller.run_claimed``.
+per OS process: ``claims_of`` and ``make``), used by ``_caller.run_claimed``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 import threading
@@ -50,7 +58,9 @@ import otpy
 from ._shared_memory import Page, create
 
 LOCKS_AT = 1 << 30  # slot i's lock is the byte at LOCKS_AT + i (past the page's end)
-_F_GETLK_ARGS = "hhqqi4x"  # struct flock (Linux, 64-bit): type, whence, start, len, pid
+# struct flock as Linux on 64-bit machines lays it out (x86-64, aarch64): type,
+# whence, start, len, pid, padded to 32 bytes; otpy runs on Linux only
+_F_GETLK_ARGS = "hhqqi4x"
 _monotonic = time.monotonic
 _CONFLICTS = (11, 13)  # EAGAIN, EACCES: another process holds the lock
 _TRY = fcntl.LOCK_EX | fcntl.LOCK_NB
@@ -91,8 +101,12 @@ class ClaimsPage:
     def __init__(self, server: otpy.Pid, slots: int, lifo: bool) -> None:
         self.fd, self.page = create("otpy_pool.claims", 8 * max(slots, 1), "Q")
         self.address = ClaimsAddress(server, os.getpid(), self.fd, slots, lifo)
-        for slot in range(slots):
-            _lock(self.fd, slot, wait=False)
+        try:
+            for slot in range(slots):
+                _lock(self.fd, slot, wait=False)
+        except BaseException:
+            self.close()
+            raise
 
     def open(self, slot: int, worker: otpy.Pid) -> None:
         """``worker`` is free for one claim at a time, in ``slot`` (which the
@@ -100,7 +114,7 @@ class ClaimsPage:
         self.page.words[slot] = worker.serial << 32 | worker.os_pid
         _unlock(self.fd, slot)
 
-    def close(self, slot: int) -> bool:
+    def hold(self, slot: int) -> bool:
         """Take ``slot`` back: False if a caller holds it now (``wait_for``)."""
         if not _lock(self.fd, slot, wait=False):
             return False
@@ -115,7 +129,14 @@ class ClaimsPage:
         self.page.words[slot] = 0
 
         def wait() -> None:
-            _lock(self.fd, slot, wait=True)
+            while True:
+                try:
+                    _lock(self.fd, slot, wait=True)
+                    break
+                except OSError as exc:  # EDEADLK, ENOLCK: the kernel's, rare; tried again
+                    logging.getLogger(__name__).warning(
+                        "otpy_pool: waiting for a claimed slot failed, trying again: %r", exc)
+                    time.sleep(0.01)
             then(slot)
 
         threading.Thread(target=wait, name=f"otpy-pool-claim-{slot}", daemon=True).start()
@@ -126,7 +147,8 @@ class ClaimsPage:
         kind = struct.unpack(_F_GETLK_ARGS, fcntl.fcntl(self.fd, fcntl.F_GETLK, probe))[0]
         return kind != fcntl.F_UNLCK
 
-    def close_all(self) -> None:
+    def close(self) -> None:
+        """Unmapped and closed (its locks go with the descriptor)."""
         self.page.close()
         os.close(self.fd)
 
@@ -238,22 +260,25 @@ def claims_of(key: Any, server: otpy.Pid) -> Any:
 
 def make(key: Any, server: otpy.Pid, address: ClaimsAddress | None) -> Claims | None:
     """This process's Claims on ``server``'s page at ``address`` (its answer
-    to CLAIMS; None: it has none). Making one closes this process's claims
-    on servers that are gone (and on ``key``'s previous server)."""
+    to CLAIMS; None: it has none), or None if the page cannot be opened here
+    (remembered: the commands go through the server). Making one closes this
+    process's claims on ``key``'s previous server, and on servers gone."""
+    gone = [k for k, (s, _, _) in list(_claims.items()) if k != key and not otpy.is_alive(s)]
     with _claims_lock:
         found = _claims.get(key)
         if found is not None and found[0] == server:  # made meanwhile (another thread or
             return found[1]  # task): closing it would drop the claims made on it
-        for old in [k for k, (s, _, _) in _claims.items() if k == key or not otpy.is_alive(s)]:
-            claims = _claims.pop(old)[1]
+        for old in [key, *gone]:
+            claims = _claims.pop(old, (None, None, 0.0))[1]
             if claims is not None:
                 claims.close()
         made = None
         if address is not None and address.server == server:
             try:
                 made = Claims(address)
-            except OSError:  # the server died meanwhile: asked again next time
-                return None
+            except OSError as exc:  # no descriptor left, /proc closed to us, a dead server
+                logging.getLogger(__name__).warning(
+                    "otpy_pool: the pool's claims page cannot be opened here: %r", exc)
         _claims[key] = (server, made, _monotonic())
         return made
 

@@ -37,7 +37,10 @@ holder, and in the *free order* (``idle``, which LIFO/FIFO picks from)
 while it is in service with a slot free. With one slot, the free order is
 exactly the IDLE workers. A worker running a bound session's command is IDLE
 here: those commands bypass the server (its counts page says whether it is
-running one). Retiring and killed workers are *leaving*: their Down is
+running one); so is one a caller claimed for a session-less command (see
+_claims), until the server, taking the claims back before a checkout, finds
+it claimed: then it is HELD under ``claim_token(pid)`` until the claim ends
+(``claimed``, ``released``). Retiring and killed workers are *leaving*: their Down is
 planned, their replacement (if owed) was decided when they left service.
 
 Invariants (``invariants()``):

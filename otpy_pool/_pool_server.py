@@ -24,8 +24,8 @@ from otpy import lowlevel
 from ._claims import ClaimsAddress, ClaimsPage
 from ._counters import CountsReader
 from ._errors import CommandTimeout, WorkerCrashed, duration, start_error
-from ._pool_book import (AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading, Reply,
-                         Start, Timer, Watch, claim_token)
+from ._pool_book import (IN_SERVICE, AwaitDown, CancelTimer, Cast, Emit, Kill, PoolBook, Reading,
+                         Reply, Start, Timer, Watch, claim_token)
 from ._pool_meter import PoolMeter, command_names
 from ._pool_options import PoolEvent, PoolStatus, Settings
 from ._protocol import (ADOPT, CLAIM_HELD, COUNTS_FD, DEAD, ERROR, HEALTH_TICK, NOT_RUN, OK,
@@ -432,10 +432,6 @@ class PoolServer(otpy.GenServer):
             self.meter.gone(pid.os_pid)
         if self.handed or self.answering:
             self._handed_lost(pid, reason, final)
-        slot = self.slot_of.pop(pid, None)
-        if slot is not None:
-            self.slot_pid[slot] = None
-            self._hold(slot)
         self._do(self.book.worker_down(pid, reason, final))
 
     def _handed_lost(self, pid: otpy.Pid, reason: Any, final: Reading | None) -> None:
@@ -536,25 +532,33 @@ class PoolServer(otpy.GenServer):
         self._annotate()
 
     def _settle_claims(self) -> None:
-        """Each regular worker has a slot; a slot is open exactly while its
-        worker is free in the book and no caller is queued (queued callers
-        come first: a worker that comes free is theirs)."""
-        page = self.claims
-        if page is None:
+        """Each regular worker in service has a slot (one leaving service
+        gives it up); a slot is open exactly while its worker is free in the
+        book and no caller is queued (queued callers come first: a worker
+        that comes free is theirs)."""
+        if self.claims is None:
             return
         book = self.book
-        if len(self.slot_of) < self.opts.size:
+        for slot, pid in enumerate(self.slot_pid):
+            w = None if pid is None else book.workers.get(pid)
+            if pid is not None and (w is None or w.state not in IN_SERVICE):
+                self._hold(slot)
+                self.slot_pid[slot] = None
+                del self.slot_of[pid]
+        if None in self.slot_pid:
             for pid, w in book.workers.items():
-                if not w.overflow and pid not in self.slot_of and None in self.slot_pid:
+                if not w.overflow and w.state in IN_SERVICE and pid not in self.slot_of:
                     slot = self.slot_pid.index(None)
                     self.slot_pid[slot], self.slot_of[pid] = pid, slot
-        free = () if book.queue else book.idle
+                    if None not in self.slot_pid:
+                        break
+        free = set() if book.queue else set(book.idle)
         for slot in [s for s in self.opened if self.slot_pid[s] not in free]:
             self._hold(slot)
         for pid in free:
             slot = self.slot_of.get(pid)
             if slot is not None and slot not in self.opened and slot not in self.contested:
-                page.open(slot, pid)
+                self.claims.open(slot, pid)
                 self.opened.add(slot)
 
     def _take_back_claims(self) -> None:
@@ -572,7 +576,7 @@ class PoolServer(otpy.GenServer):
             return True
         self.opened.discard(slot)
         assert self.claims is not None
-        if self.claims.close(slot):
+        if self.claims.hold(slot):
             return True
         self.contested.add(slot)
         me = self.me

@@ -59,6 +59,7 @@ RETURN, REPLACE, DEAD = "return", "replace", "dead"
 
 # ---- caller -> worker --------------------------------------------------------------------------
 RUN = "run"
+AFTER_RUNNING = "after_running"
 
 # ---- server -> worker ---------------------------------------------------------------------------
 RUN_HANDED = "run_handed"
@@ -142,6 +143,9 @@ TABLE: tuple[Message, ...] = (
             "ones running): answered (OK, value), (ERROR, exc), (UNBOUND,), (MOVED,) or "
             "(LOST, cause); to an async worker with its deadline (time.monotonic(), or "
             "None), past which it is cancelled (answered CommandTimeout)"),
+    Message(AFTER_RUNNING, "caller", "worker", "call", "",
+            "a caller gave up waiting for a command on a worker it claimed: answered once "
+            "the worker has ended the commands before it, when the claim ends (see _claims)"),
     Message(RUN_HANDED, "server", "worker", "call", "token, command, args, kwargs",
             "RUN_ANY's command, sent in the caller's call (its From): run as a session-less "
             "RUN, answered to the caller, then CHECKIN (token, RETURN) cast to the server"),

@@ -291,6 +291,9 @@ class WorkerProcess(otpy.GenServer):
             return True
         return self.process is not None and self.process.memory_info().rss > self.max_memory
 
+    def _op_after_running(self) -> None:
+        """Answered in turn: once the commands that came before it ended."""
+
     # ---- from the pool's server ---------------------------------------------------------
 
     def _op_counts_fd(self) -> int:

@@ -57,7 +57,7 @@ def test_a_claim_is_one_process_s_until_it_ends_and_the_kernel_ends_it_at_its_de
         page.open(0, otpy.Pid(otpy.self().node, 77, 1234))  # slot 1 stays the server's
         first = claimer(page)
         assert claimed_by(first) == [0, 77]
-        assert page.claimed(0) and not page.close(0)
+        assert page.claimed(0) and not page.hold(0)
         second = claimer(page)
         assert claimed_by(second) is None  # slot 0 is the first's, slot 1 the server's
         end(second)
@@ -71,4 +71,4 @@ def test_a_claim_is_one_process_s_until_it_ends_and_the_kernel_ends_it_at_its_de
         assert claimed_by(third) == [0, 78]
         end(third)
     finally:
-        page.close_all()
+        page.close()

@@ -5,6 +5,7 @@ worker back for its queue once the claim ends (see otpy_pool/_claims.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -74,3 +75,53 @@ def test_two_tasks_of_one_process_never_share_a_claimed_worker():
     for worker, tag in holders.items():
         otpy.send(worker, ("release", tag))
     assert sorted(join() for join in threads) == ["a", "b", "c"]
+
+
+def test_a_caller_that_gives_up_keeps_its_claim_until_the_worker_has_ended_the_command():
+    """Cancelled, the caller's command runs on: its worker stays claimed (busy)
+    until it ends, so the next command waits for a free worker instead of
+    behind it in the worker's mailbox (where its timeout would run)."""
+    pool = start(size=1)
+    me = otpy.self()
+
+    async def give_up() -> otpy.Pid:
+        task = asyncio.ensure_future(pool.aexecute("hold", me, "g"))
+        _, _, worker = await otpy.areceive(
+            timeout=DEADLINE, match=lambda m: type(m) is tuple and m[:2] == ("holding", "g"))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return worker
+
+    worker = asyncio.run(give_up())
+    assert pool.status().busy == 1  # still claimed: its command runs
+    echo = in_thread(pool.execute, "echo", 1)
+    wait_for(lambda: pool.status().queued == 1, DEADLINE)  # waits for a worker, at the server
+    otpy.send(worker, ("release", "g"))  # the command ends: the claim with it
+    assert echo() == ((1,), {})
+
+
+def test_a_retiring_workers_slot_goes_to_its_replacement_at_once():
+    """A worn worker still checked out leaves service: its replacement is
+    claimable while it is held (both free workers run commands with the
+    server SIGSTOPped)."""
+    pool = start(size=2, max_commands=2)
+    me = otpy.self()
+    pool.execute("echo", 0)  # (this process asks where the claims page is, once)
+    with pool.checkout() as held:
+        held.execute("echo", 1)
+        held.execute("echo", 2)  # worn: it leaves at its checkin; its replacement starts
+        wait_for(lambda: pool.status().idle == 2, DEADLINE)
+        server = otpy.whereis(pool.name)
+        os.kill(server.os_pid, signal.SIGSTOP)
+        try:
+            holds = [in_thread(pool.execute, "hold", me, tag) for tag in "xy"]
+            workers = {expect(lambda m: type(m) is tuple and m[:2] == ("holding", tag))[2]
+                       for tag in "xy"}
+            for worker in workers:  # each runs one of them: both tags to each
+                otpy.send(worker, ("release", "x"))
+                otpy.send(worker, ("release", "y"))
+            assert sorted(join() for join in holds) == ["x", "y"]
+        finally:
+            os.kill(server.os_pid, signal.SIGCONT)
+        assert held.pid not in workers and len(workers) == 2
