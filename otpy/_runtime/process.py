@@ -108,9 +108,11 @@ class ProcessContext:
         # nothing more came) or leaves: woken at once, each would only wait
         # for the GIL the reader still holds
         self.to_wake: list[_Sleeper] = []
-        # asyncio tasks waiting here (aio.py) -> what wakes them, as for sleepers;
-        # woken as soon as what they wait for is filed, by whoever reads
-        self.tasks: dict[Any, Any] = {}
+        # asyncio tasks waiting here (aio.py), woken as soon as what they wait
+        # for is filed, by whoever reads: those a key ends (a call's ref) by
+        # key, the others (receives: anything filed) in ``tasks``. A keyed
+        # task is in keyed_tasks only: a call's wait costs one dict entry.
+        self.tasks: dict[Any, None] = {}
         self.keyed_tasks: dict[Any, Any] = {}
         self.reader = wire.FrameReader()
         self.reading = False
@@ -318,7 +320,7 @@ class ProcessContext:
                 if t is Exit and self.is_main and item.reason not in ("normal", "shutdown") \
                         and on_trapped_exit is not None:
                     on_trapped_exit(self, item)
-        if self.tasks:
+        if self.keyed_tasks or self.tasks:
             self._wake_tasks(keys, mail, everyone)
         sleepers = self.sleepers
         if sleepers:
@@ -335,18 +337,19 @@ class ProcessContext:
     def _wake_tasks(self, keys: list, mail: bool, everyone: bool) -> None:
         """Wake the asyncio tasks whose wait what was filed can end (lock held)."""
         tasks = self.tasks
+        keyed = self.keyed_tasks
         if everyone:
-            for task in list(tasks):
+            for task in (*tasks, *keyed.values()):
                 task.wake()
             return
-        for key in keys:
-            task = self.keyed_tasks.get(key)
-            if task is not None:
-                task.wake()
-        if (mail or keys) and len(self.keyed_tasks) < len(tasks):
-            for task, key in list(tasks.items()):
-                if key is None:
+        if keyed:
+            for key in keys:
+                task = keyed.get(key)
+                if task is not None:
                     task.wake()
+        if tasks and (mail or keys):
+            for task in tasks:  # (a wake only schedules: the dict cannot change meanwhile)
+                task.wake()
 
     def read_available(self) -> bool:
         """Read and file what has arrived, without blocking, unless another
