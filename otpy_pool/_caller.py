@@ -94,11 +94,14 @@ async def settings(pool: "Pool") -> Settings:
     return found
 
 
+# A command's hot path reads the settings through these: when cached (all
+# but a process's first command), no coroutine is made to await them.
+
 async def run_timeout(pool: "Pool", timeout: Any) -> float | None:
     """A command's bound on its run: the pool's ``command_timeout`` unless
     given; None (or ``math.inf``) is no bound, returned as None."""
     if timeout is UNSET:
-        return (await settings(pool)).command_timeout
+        return (settings_cache.get(pool._key()) or await settings(pool)).command_timeout
     return seconds(timeout, "timeout")
 
 
@@ -106,7 +109,7 @@ async def wait_for_worker(pool: "Pool", checkout_timeout: Any) -> float | None:
     """A wait for a free worker: the pool's ``checkout_timeout`` for None,
     else the value checked (``math.inf``: no limit, returned as None)."""
     if checkout_timeout is None:
-        return (await settings(pool)).checkout_timeout
+        return (settings_cache.get(pool._key()) or await settings(pool)).checkout_timeout
     return seconds(checkout_timeout, "checkout_timeout")
 
 
@@ -194,7 +197,7 @@ async def run_message(pool: "Pool", ref: otpy.Ref, sid: Any, command: str, args:
     for its answer. An async worker gets the deadline: it cancels the
     command then and answers CommandTimeout if it ends within the worker's
     grace, which the caller waits for too, before it has the worker killed."""
-    grace = (await settings(pool)).cancel_grace
+    grace = (settings_cache.get(pool._key()) or await settings(pool)).cancel_grace
     if grace is None or left is None:
         return run_call(ref, sid, command, args, kwargs), left
     deadline = time.monotonic() + left
@@ -245,7 +248,8 @@ async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session
     wait = await wait_for_worker(pool, checkout_timeout)
     if session is not None:
         return await run_in_session(pool, session, command, args, kwargs, timeout)
-    if (await settings(pool)).cancel_grace is not None:  # async workers: several at once
+    if (settings_cache.get(pool._key()) or await settings(pool)).cancel_grace is not None:
+        # async workers: several commands at once
         return await run_checked_out(pool, command, args, kwargs, timeout, wait)
     for _ in range(RETRIES):
         outcome = await run_anywhere(pool, command, args, kwargs, timeout, wait)
