@@ -717,25 +717,14 @@ class ProcessContext:
             raise NoProc(pid)
         kind, body = wire.encode(message)
         deadline = None if timeout is None else _monotonic() + timeout
-        serial = pid.serial
         awaiting = self.awaiting
-        dead_table = self.dead
         # Registered before the send: the reply can only come after it, and
         # is then filed under ``ref`` (the receive marker of OTP, in effect).
         if ref in awaiting:  # two waits on one ref: one would take the other's reply
             raise ValueError(f"{ref!r} is already awaited by another call of this "
                              f"process: each request needs a ref of its own (Ref.make)")
         awaiting[ref] = _WAITING
-
-        def check():
-            value = awaiting[ref]
-            if value is not _WAITING:
-                return (value,)
-            if serial in dead_table:
-                raise Exited(dead_table[serial], pid)
-            return None
-
-        return kind, body, deadline, check
+        return kind, body, deadline, _ReplyCheck(self, ref, pid)
 
     def finish_call(self, found: Any, pid: Pid, ref: Ref, timeout: float | None) -> Any:
         """A call's second half: the reply, or the error it stands for."""
@@ -772,6 +761,30 @@ class ProcessContext:
         self.reader.close()
         self.inbound.close()
         self.ctrl.close()
+
+
+class _ReplyCheck:
+    """A call's wait check: ``(reply,)`` once it is filed, Exited if the
+    callee died first, else None. One object, where a closure over the same
+    took five cells besides: 1,000 calls waiting in a loop are that many
+    fewer objects for the garbage collector to track and traverse."""
+
+    __slots__ = ("ctx", "ref", "pid")
+
+    def __init__(self, ctx: ProcessContext, ref: Ref, pid: Pid) -> None:
+        self.ctx = ctx
+        self.ref = ref
+        self.pid = pid
+
+    def __call__(self) -> tuple[Any] | None:
+        ctx = self.ctx
+        value = ctx.awaiting[self.ref]
+        if value is not _WAITING:
+            return (value,)
+        serial = self.pid.serial
+        if serial in ctx.dead:
+            raise Exited(ctx.dead[serial], self.pid)
+        return None
 
 
 class _Sleeper:
