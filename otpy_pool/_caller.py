@@ -150,7 +150,7 @@ async def run_in_session(pool: "Pool", sid: Any, command: str, args: tuple, kwar
     stale = None
     end = None if timeout is None else time.monotonic() + timeout
     for _ in range(RETRIES):
-        worker = await bound(pool, cache, sid, stale)
+        worker = cache.get(sid) or await bound(pool, cache, sid, stale)  # (a hit: no coroutine)
         left = None if end is None else end - time.monotonic()
         if left is not None and left <= 0:  # a retry with no time left: nothing ran
             raise CommandTimeout(f"command {command!r} of session {sid!r} did not start "
@@ -244,8 +244,13 @@ def check_input(command: Any, session: Any) -> None:
 async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session: Any,
                   timeout: Any, checkout_timeout: Any) -> Any:
     """``Pool.execute``'s and ``aexecute``'s work, its input checked by them."""
-    timeout = await run_timeout(pool, timeout)
-    wait = await wait_for_worker(pool, checkout_timeout)
+    found = settings_cache.get(pool._key())
+    if found is not None and timeout is UNSET and checkout_timeout is None:
+        # the common case, the pool's defaults (cached): no coroutines to await them
+        timeout, wait = found.command_timeout, found.checkout_timeout
+    else:
+        timeout = await run_timeout(pool, timeout)
+        wait = await wait_for_worker(pool, checkout_timeout)
     if session is not None:
         return await run_in_session(pool, session, command, args, kwargs, timeout)
     if (settings_cache.get(pool._key()) or await settings(pool)).cancel_grace is not None:
