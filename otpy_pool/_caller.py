@@ -95,11 +95,14 @@ async def settings(pool: "Pool") -> Settings:
     return found
 
 
+# A command's hot path reads the settings through these: when cached (all
+# but a process's first command), no coroutine is made to await them.
+
 async def run_timeout(pool: "Pool", timeout: Any) -> float | None:
     """A command's bound on its run: the pool's ``command_timeout`` unless
     given; None (or ``math.inf``) is no bound, returned as None."""
     if timeout is UNSET:
-        return (await settings(pool)).command_timeout
+        return (settings_cache.get(pool._key()) or await settings(pool)).command_timeout
     return seconds(timeout, "timeout")
 
 
@@ -107,7 +110,7 @@ async def wait_for_worker(pool: "Pool", checkout_timeout: Any) -> float | None:
     """A wait for a free worker: the pool's ``checkout_timeout`` for None,
     else the value checked (``math.inf``: no limit, returned as None)."""
     if checkout_timeout is None:
-        return (await settings(pool)).checkout_timeout
+        return (settings_cache.get(pool._key()) or await settings(pool)).checkout_timeout
     return seconds(checkout_timeout, "checkout_timeout")
 
 
@@ -148,7 +151,7 @@ async def run_in_session(pool: "Pool", sid: Any, command: str, args: tuple, kwar
     stale = None
     end = None if timeout is None else time.monotonic() + timeout
     for _ in range(RETRIES):
-        worker = await bound(pool, cache, sid, stale)
+        worker = cache.get(sid) or await bound(pool, cache, sid, stale)  # (a hit: no coroutine)
         left = None if end is None else end - time.monotonic()
         if left is not None and left <= 0:  # a retry with no time left: nothing ran
             raise CommandTimeout(f"command {command!r} of session {sid!r} did not start "
@@ -195,7 +198,7 @@ async def run_message(pool: "Pool", ref: otpy.Ref, sid: Any, command: str, args:
     for its answer. An async worker gets the deadline: it cancels the
     command then and answers CommandTimeout if it ends within the worker's
     grace, which the caller waits for too, before it has the worker killed."""
-    grace = (await settings(pool)).cancel_grace
+    grace = (settings_cache.get(pool._key()) or await settings(pool)).cancel_grace
     if grace is None or left is None:
         return run_call(ref, sid, command, args, kwargs), left
     deadline = time.monotonic() + left
@@ -242,11 +245,17 @@ def check_input(command: Any, session: Any) -> None:
 async def execute(pool: "Pool", command: str, args: tuple, kwargs: dict, session: Any,
                   timeout: Any, checkout_timeout: Any) -> Any:
     """``Pool.execute``'s and ``aexecute``'s work, its input checked by them."""
-    timeout = await run_timeout(pool, timeout)
-    wait = await wait_for_worker(pool, checkout_timeout)
+    found = settings_cache.get(pool._key())
+    if found is not None and timeout is UNSET and checkout_timeout is None:
+        # the common case, the pool's defaults (cached): no coroutines to await them
+        timeout, wait = found.command_timeout, found.checkout_timeout
+    else:
+        timeout = await run_timeout(pool, timeout)
+        wait = await wait_for_worker(pool, checkout_timeout)
     if session is not None:
         return await run_in_session(pool, session, command, args, kwargs, timeout)
-    if (await settings(pool)).cancel_grace is not None:  # async workers: several at once
+    if (settings_cache.get(pool._key()) or await settings(pool)).cancel_grace is not None:
+        # async workers: several commands at once
         return await run_checked_out(pool, command, args, kwargs, timeout, wait)
     for _ in range(RETRIES):
         outcome = await run_claimed(pool, command, args, kwargs, timeout)

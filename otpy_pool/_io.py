@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 import otpy
 from otpy import lowlevel
@@ -151,35 +151,39 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
         coroutine.close()
 
 
-async def _acall(op: Call) -> Any:
-    return await otpy.acall(op.server, op.request, timeout=op.timeout)
+# Each returns the awaitable that does the operation (no coroutine of its
+# own around it: one fewer per operation, and a pool command is several).
+# Its argument errors are raised in arun's try, as an await's would be.
+
+def _acall(op: Call) -> Awaitable[Any]:
+    return otpy.acall(op.server, op.request, timeout=op.timeout)
 
 
-async def _arequest(op: Request) -> Any:
-    return await lowlevel.arequest(op.pid, op.message, op.ref, op.timeout)
+def _arequest(op: Request) -> Awaitable[Any]:
+    return lowlevel.arequest(op.pid, op.message, op.ref, op.timeout)
 
 
-async def _areceive(op: Receive) -> Any:
-    return await otpy.areceive(timeout=op.timeout, match=op.match)
+def _areceive(op: Receive) -> Awaitable[Any]:
+    return otpy.areceive(timeout=op.timeout, match=op.match)
 
 
-async def _asend(op: Send) -> Any:
-    return await lowlevel.asend(op.pid, op.message, timeout=op.timeout)
+def _asend(op: Send) -> Awaitable[Any]:
+    return lowlevel.asend(op.pid, op.message, timeout=op.timeout)
 
 
-async def _asleep(op: Sleep) -> Any:
-    await asyncio.sleep(op.seconds)
+def _asleep(op: Sleep) -> Awaitable[Any]:
+    return asyncio.sleep(op.seconds)
 
 
-async def _aask(op: Ask) -> Any:
-    return await lowlevel.aask(op.server, op.request, op.timeout)
+def _aask(op: Ask) -> Awaitable[Any]:
+    return lowlevel.aask(op.server, op.request, op.timeout)
 
 
-async def _ablocking(op: Blocking) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, op.fn, *op.args)
+def _ablocking(op: Blocking) -> Awaitable[Any]:
+    return asyncio.get_running_loop().run_in_executor(None, op.fn, *op.args)
 
 
-_ASYNC: dict[type, Callable[[Any], Any]] = {
+_ASYNC: dict[type, Callable[[Any], Awaitable[Any]]] = {
     Call: _acall, Request: _arequest, Receive: _areceive, Send: _asend, Sleep: _asleep,
     Ask: _aask, Blocking: _ablocking}
 

@@ -52,6 +52,10 @@ class _Task:
         else:
             self.loop.call_soon_threadsafe(_resolve, self.future)
 
+    def expire(self) -> None:
+        """The wait's deadline (a timer of the loop): ends the current round."""
+        _resolve(self.future)
+
 
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
@@ -67,10 +71,14 @@ class _LoopReader:
         self.loop = loop
         self.waiting = 0
 
-    def enter(self) -> None:
-        if not self.waiting:
-            self.loop.add_reader(self.ctx.inbound.fileno(), self.ctx.read_available)
-        self.waiting += 1
+    def enter(self) -> bool:
+        """One more task waits; True if the loop starts watching the stream now."""
+        if self.waiting:
+            self.waiting += 1
+            return False
+        self.loop.add_reader(self.ctx.inbound.fileno(), self.ctx.read_available)
+        self.waiting = 1
+        return True
 
     def leave(self) -> None:
         self.waiting -= 1
@@ -100,46 +108,66 @@ async def wait_for(ctx: ProcessContext, check: Callable[[], Any], deadline: floa
     ``deadline`` passes. ``key`` says what can end the wait (a call's ref,
     or None: any message)."""
     loop = asyncio.get_running_loop()
-    found = _check(ctx, check)
-    if found is not None:
-        return found
-    if _idle(loop):
-        found = _spin(ctx, check, deadline)
+    if _idle(loop):  # a lone waiter: poll briefly before the loop sleeps (see SPIN_NS)
+        found = _check(ctx, check)
+        if found is None:
+            found = _spin(ctx, check, deadline)
         if found is not None:
             return found
-    reader = _reader(ctx, loop)
-    reader.enter()
+    lock = ctx.lock
+    task = None
     timer = None
+    lock.acquire()
     try:
-        while True:
-            task = _Task(loop)
-            with ctx.lock:
+        found = _check_locked(ctx, check)
+        if found is not None:
+            return found
+        # A loop that was not watching the stream yet reads what came before
+        # it did, once, below; one already watching hears of anything new from
+        # its reader's callback (each waiter reading again measured slower
+        # with many waiting: many small reads instead of a few big ones).
+        # (add_reader never calls back at once: fine with the lock held.)
+        reader = _reader(ctx, loop)
+        unread = reader.enter()
+        try:
+            # Each round registers the task and, once woken, unregisters it
+            # and checks, in one hold of the lock (what is filed meanwhile
+            # wakes it). A wake-up that does not end the wait (a message a
+            # receive does not match) goes round again.
+            while True:
+                if deadline is not None and _monotonic() >= deadline:
+                    return None
+                if task is None:
+                    task = _Task(loop)
+                else:
+                    task.future = loop.create_future()
+                if key is None:
+                    ctx.tasks[task] = None
+                else:
+                    ctx.keyed_tasks[key] = task
+                try:
+                    lock.release()
+                    if unread:
+                        unread = False
+                        ctx.read_available()
+                    if deadline is not None and timer is None:
+                        timer = loop.call_later(max(0.0, deadline - _monotonic()), task.expire)
+                    await task.future
+                finally:
+                    lock.acquire()
+                    if key is None:
+                        del ctx.tasks[task]
+                    elif ctx.keyed_tasks.get(key) is task:
+                        del ctx.keyed_tasks[key]
                 found = _check_locked(ctx, check)
                 if found is not None:
                     return found
-                ctx.tasks[task] = key
-                if key is not None:
-                    ctx.keyed_tasks[key] = task
-            try:
-                ctx.read_available()  # what came before the loop watched the stream
-                if deadline is not None:
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        return _check(ctx, check)
-                    timer = loop.call_later(remaining, _resolve, task.future)
-                await task.future
-            finally:
-                with ctx.lock:
-                    del ctx.tasks[task]
-                    if key is not None and ctx.keyed_tasks.get(key) is task:
-                        del ctx.keyed_tasks[key]
-                if timer is not None:
-                    timer.cancel()
-                    timer = None
-            if deadline is not None and _monotonic() >= deadline:
-                return _check(ctx, check)
+        finally:
+            reader.leave()
     finally:
-        reader.leave()
+        lock.release()
+        if timer is not None:
+            timer.cancel()
 
 
 def _check(ctx: ProcessContext, check: Callable[[], Any]) -> Any:
@@ -230,10 +258,13 @@ async def call(ctx: ProcessContext, pid: Pid, message: Any, ref: Ref,
     A task cancelled while waiting gives up the call: a late reply is dropped."""
     kind, body, deadline, check = ctx.start_call(pid, message, ref, timeout)
     try:
-        try:
-            await send_encoded(ctx, pid, kind, body, deadline)
-        except Timeout:
-            raise _send_timeout(pid, timeout) from None
+        # (start_call refuses a call to ourselves.) A frame that fits is sent
+        # here; only a full receiver costs send_encoded's coroutine.
+        if _full(ctx, pid, kind, body):
+            try:
+                await send_encoded(ctx, pid, kind, body, deadline)
+            except Timeout:
+                raise _send_timeout(pid, timeout) from None
         found = await wait_for(ctx, check, deadline, ref)
     except BaseException:  # CancelledError included: a late reply is dropped
         ctx._abandon(ref)

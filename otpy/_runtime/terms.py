@@ -42,7 +42,7 @@ class Pid:
 class Ref:
     """A unique reference (monitor, timer, call tag)."""
 
-    __slots__ = ("origin", "n")
+    __slots__ = ("origin", "n", "_hash")
 
     # next() on itertools.count is atomic under the GIL; no lock, so nothing
     # can be left locked in a forked child.
@@ -51,6 +51,9 @@ class Ref:
     def __init__(self, origin: tuple[str, int], n: int) -> None:
         self.origin = origin
         self.n = n
+        # A call's ref is hashed about ten times (the awaited replies, the
+        # waiting task, the filing of its reply): computed once, here.
+        self._hash = hash((origin, n))
 
     @classmethod
     def make(cls, pid: Pid) -> "Ref":
@@ -60,7 +63,7 @@ class Ref:
         return isinstance(other, Ref) and self.n == other.n and self.origin == other.origin
 
     def __hash__(self) -> int:
-        return hash((self.origin, self.n))
+        return self._hash
 
     def __repr__(self) -> str:
         return f"<Ref {self.origin[1]}.{self.n}>"

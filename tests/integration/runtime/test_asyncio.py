@@ -101,6 +101,79 @@ def test_a_cancelled_acall_gives_up_and_drops_the_reply():
     assert not ctx.awaiting
 
 
+def _take_all(match):
+    """Every queued message ``match`` accepts, taken out of the mailbox."""
+    taken = []
+    while True:
+        try:
+            taken.append(otpy.receive(timeout=0, match=match))
+        except otpy.Timeout:
+            return taken
+
+
+def _holding(m):
+    return type(m) is tuple and m[:1] == ("holding",)
+
+
+def test_cancelled_acalls_among_many_waiting_leave_nothing_behind():
+    pid = serve(Echo, otpy.self())
+
+    async def cancel_half():
+        calls = [asyncio.ensure_future(otpy.acall(pid, "hold")) for _ in range(200)]
+        await otpy.areceive(timeout=DEADLINE, match=lambda m: m == ("holding", 200))
+        for task in calls[::2]:
+            task.cancel()
+        assert await otpy.acall(pid, "release") == "ok"
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = run(cancel_half())
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+    assert results[1::2] == ["released"] * 100
+    ctx = context()
+    assert not ctx.tasks and not ctx.keyed_tasks and not ctx.awaiting
+    assert len(_take_all(_holding)) == 199  # (the 200th was taken by the areceive)
+    assert otpy.call(pid, "after") == "after"  # the cancelled calls' replies were dropped:
+    assert not _take_all(lambda m: type(m) is tuple and m[0] == "$reply")
+
+
+def test_an_areceive_and_acalls_waiting_in_one_loop_are_each_woken():
+    """A message wakes a waiting receive while calls wait in the same loop
+    (a call's task is woken by its reply only)."""
+    me = otpy.self()
+    pid = serve(Echo, me)
+
+    async def both():
+        calls = [asyncio.ensure_future(otpy.acall(pid, "hold")) for _ in range(50)]
+        await otpy.areceive(timeout=DEADLINE, match=lambda m: m == ("holding", 50))
+        otpy.send_after(me, "ping", 0.01)
+        assert await otpy.areceive(timeout=DEADLINE, match=lambda m: m == "ping") == "ping"
+        assert not any(task.done() for task in calls)
+        assert await otpy.acall(pid, "release") == "ok"
+        return await asyncio.gather(*calls)
+
+    assert run(both()) == ["released"] * 50
+    _take_all(_holding)
+    ctx = context()
+    assert not ctx.tasks and not ctx.keyed_tasks and not ctx.awaiting
+
+
+def test_an_areceive_woken_by_messages_it_does_not_match_still_times_out():
+    """Each message that comes wakes a waiting receive; one it does not match
+    sends it round again, and its deadline still ends it, whatever round."""
+    me = otpy.self()
+
+    async def noisy():
+        for i in range(5):
+            otpy.send_after(me, ("noise", i), 0.02 * (i + 1))
+        with pytest.raises(otpy.Timeout):
+            await otpy.areceive(timeout=0.3, match=lambda m: m == "never")
+
+    run(noisy())
+    noise = _take_all(lambda m: type(m) is tuple and m[:1] == ("noise",))
+    assert sorted(noise) == [("noise", i) for i in range(5)]
+    assert not context().tasks
+
+
 def test_bad_timeouts_are_refused_before_sending():
     pid = serve()
     for bad, error in ((math.nan, ValueError), (-1, ValueError), (True, TypeError)):
