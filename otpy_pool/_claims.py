@@ -45,8 +45,8 @@ per OS process: ``claims_of`` and ``make``), used by ``_caller.run_claimed``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
-import logging
 import os
 import struct
 import threading
@@ -54,6 +54,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import otpy
+from otpy import lowlevel
 
 from ._shared_memory import Page, create
 
@@ -62,7 +63,7 @@ LOCKS_AT = 1 << 30  # slot i's lock is the byte at LOCKS_AT + i (past the page's
 # whence, start, len, pid, padded to 32 bytes; otpy runs on Linux only
 _F_GETLK_ARGS = "hhqqi4x"
 _monotonic = time.monotonic
-_CONFLICTS = (11, 13)  # EAGAIN, EACCES: another process holds the lock
+_CONFLICTS = (errno.EAGAIN, errno.EACCES)  # another process holds the lock
 _TRY = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
@@ -134,8 +135,8 @@ class ClaimsPage:
                     _lock(self.fd, slot, wait=True)
                     break
                 except OSError as exc:  # EDEADLK, ENOLCK: the kernel's, rare; tried again
-                    logging.getLogger(__name__).warning(
-                        "otpy_pool: waiting for a claimed slot failed, trying again: %r", exc)
+                    lowlevel.logger().warning("pool claims: the wait for a slot failed, "
+                                              "trying again", slot=slot, error=repr(exc))
                     time.sleep(0.01)
             then(slot)
 
@@ -187,7 +188,7 @@ class Claims:
                 slot = (self.next + i) % slots
                 if slot in self.mine or not words[slot]:
                     continue
-                try:
+                try:  # _lock's, written out: this is every session-less command's path
                     fcntl.lockf(fd, _TRY, 1, LOCKS_AT + slot)
                 except OSError as exc:
                     if exc.errno in _CONFLICTS:
@@ -277,8 +278,8 @@ def make(key: Any, server: otpy.Pid, address: ClaimsAddress | None) -> Claims | 
             try:
                 made = Claims(address)
             except OSError as exc:  # no descriptor left, /proc closed to us, a dead server
-                logging.getLogger(__name__).warning(
-                    "otpy_pool: the pool's claims page cannot be opened here: %r", exc)
+                lowlevel.logger().warning("pool claims: the page cannot be opened here; "
+                                          "commands go through the server", error=repr(exc))
         _claims[key] = (server, made, _monotonic())
         return made
 
