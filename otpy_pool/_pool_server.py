@@ -4,9 +4,10 @@ It turns messages into the book's events and the book's effects into
 messages, and does what the book cannot: processes (starting workers
 through the workers' DynamicSupervisor, monitors, kills, taking a Down),
 timers, shared memory (each worker's counts page, read for status(), a
-health tick and a death), logs, subscribers and the observer's label. It
-is *not* on the path of a bound session's commands: callers call their
-worker directly. The workers count their commands in shared memory this
+health tick and a death), logs, subscribers and the observer's label, and
+the claims page (see _claims). It is *not* on the path of a bound
+session's commands, nor of a session-less one that claims a free worker:
+callers call the worker directly. The workers count their commands in shared memory this
 server reads (see _counters); a worker casts to it only what changes its
 bookkeeping: a replay log entry, being worn out, a replay's outcome, a
 health answer. Every message is in _protocol's table. See docs/pool.md.

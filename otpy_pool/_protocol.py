@@ -105,7 +105,8 @@ TABLE: tuple[Message, ...] = (
             "answered with one (held under token), or once one is free (at most wait s), "
             "or PoolTimeout / PoolOverloaded / PoolUnavailable"),
     Message(RUN_ANY, "caller", "server", "call", "wait, timeout, command, args, kwargs",
-            "a session-less command (execute without a session): the server takes a free "
+            "a session-less command (execute without a session) that found no worker free "
+            "to claim (see _claims): the server takes a free "
             "worker for it as CHECKOUT would (under the call's ref) and hands it the command "
             "(RUN_HANDED), which answers the caller itself; or the server answers PoolTimeout "
             "/ PoolOverloaded / PoolUnavailable, CommandTimeout past timeout, WorkerCrashed "
