@@ -7,9 +7,11 @@ bind a session, run a command on its worker, and, when that worker dies
 with the command unanswered, find out whether it ever started: a command
 that never ran runs again on the session's new worker (or another free
 one) within what is left of its deadline; only the one that was running
-gets WorkerCrashed. A session-less command checks a worker out for its
-run. Per OS process, a handle caches each session's worker and the pool's
-settings, so a bound session's command is one round trip.
+gets WorkerCrashed. A session-less command claims a free worker (see
+_claims), else the server hands it to one (``run_any``); an async pool's
+checks a worker out. Per OS process, a handle caches each session's
+worker, the pool's settings and its claims page, so a bound session's
+command is one round trip, and so is a session-less one that claims.
 """
 
 from __future__ import annotations
