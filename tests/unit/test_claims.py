@@ -1,6 +1,7 @@
-"""The claims page (otpy_pool/_claims.py) across OS processes: a claim is
+"""The claims page (otpy_pool/_claims.py): across OS processes, a claim is
 one process's alone until it ends, and the kernel ends it when that process
-dies (POSIX record locks), which a server's waiting thread then sees."""
+dies (POSIX record locks), which a server's waiting thread then sees; and
+only regular workers have a slot."""
 
 from __future__ import annotations
 
@@ -72,3 +73,31 @@ def test_a_claim_is_one_process_s_until_it_ends_and_the_kernel_ends_it_at_its_de
         end(third)
     finally:
         page.close()
+
+
+def test_overflow_workers_are_never_open_to_claims():
+    """The server hands overflow workers out itself (so that they go idle and
+    retire when load falls): a regular worker's slot freed by its death goes
+    to its replacement, never to the overflow worker alive meanwhile."""
+    import os
+    import signal
+
+    from otpy.testing import wait_for
+    from otpy_pool import Pool, _caller
+    from otpy_pool._io import run
+
+    from pool_workers import Notes
+
+    pool = Pool.start_link(Notes, size=1, max_overflow=1, overflow_idle=60.0)
+    try:
+        with pool.checkout() as held:  # the regular worker held: the next needs an overflow
+            overflow = pool.execute("whoami")
+            os.kill(held.pid.os_pid, signal.SIGKILL)
+            wait_for(lambda: held.pid not in pool.workers(), DEADLINE)
+        wait_for(lambda: (pool.status().workers, pool.status().idle) == (2, 2), DEADLINE)
+        (replacement,) = [w for w in pool.workers() if w != overflow]
+        claims = run(_caller.claims_on(pool))
+        assert {word for word in claims.page.words if word} == \
+            {replacement.serial << 32 | replacement.os_pid}
+    finally:
+        pool.stop()

@@ -22,7 +22,7 @@ INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_observer.py
                   # the pool's bookkeeping without processes, its options' and protocol's tables
                   "test_pool_book.py", "test_pool_options.py", "test_pool_protocol_table.py",
                   "test_pool_meter.py",  # the pool's metrics table, without processes
-                  "test_claims.py",  # the pool's claims page and its locks, across processes
+                  "test_claims.py",  # the pool's claims page, its locks across processes, its slots
                   # otpy_pool's one checks module
                   "test_checks.py",
                   # the handle and owner the breaker and limiter share
