@@ -29,8 +29,10 @@ _P = ("pool",)
 POOL_METRICS = (
     Metric("otpy_pool_size", "gauge", "Regular workers the pool keeps (its size option).", _P),
     Metric("otpy_pool_workers", "gauge",
-           "Workers alive, by state: idle (not checked out), busy (checked out: a "
-           "stateless execute or checkout()), leaving (retiring or killed, not yet gone).",
+           "Workers alive, by state: idle (not checked out; a session's command or a "
+           "claimed session-less one does not check out), busy (checked out: checkout(), "
+           "or a session-less execute the server handed out), leaving (retiring or "
+           "killed, not yet gone).",
            ("pool", "state")),
     Metric("otpy_pool_overflow_workers", "gauge", "Overflow workers alive.", _P),
     Metric("otpy_pool_shortfall", "gauge",

@@ -41,6 +41,9 @@ def test_events_reach_subscribers_until_they_unsubscribe():
     bound = event("session_bound")
     assert bound.session == "s" and bound.worker == pool.workers()[0]
     pool.execute("ping")  # claimed (one round trip, the server not asked): no event
+    pool.workers()  # (the server handled whatever that command sent it before this answer)
+    assert lowlevel.flush(lambda m: isinstance(m, PoolEvent) and
+                          m.kind in ("checkout", "checkin")) == 0
     with pool.checkout():
         pass
     assert event("checkout").worker == event("checkin").worker == bound.worker
