@@ -312,8 +312,10 @@ async def run_claimed(pool: "Pool", command: str, args: tuple, kwargs: dict,
     try:
         outcome = await Request(worker, run_call(ref, None, command, args, kwargs), ref,
                                 timeout)
-    except otpy.NoProc:
+    except (otpy.NoProc, otpy.SerializationError) as exc:  # the worker runs nothing of ours
         claims.release(claim)
+        if isinstance(exc, otpy.SerializationError):  # not sent, or its answer undecodable
+            raise
         with contextlib.suppress(PoolError):  # the server takes its Down (and its slot) first
             await ask(pool, RAN, worker)
         return (NOT_RUN,)

@@ -56,6 +56,7 @@ class Backlog:
     def __init__(self) -> None:
         self.items: collections.deque = collections.deque()
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.handed: set = set()  # handed to a waiter that has not resumed yet
         self.closed = False
 
     def put(self, item: Any) -> None:
@@ -69,9 +70,12 @@ class Backlog:
 
     def close(self, drop: Callable[[Any], bool]) -> None:
         """No more work will come: pending items for which ``drop`` is true
-        are removed, the rest still run; runners left without work get None."""
+        are removed (and ``drop`` is applied to those handed out but not yet
+        taken up), the rest still run; runners left without work get None."""
         self.closed = True
         self.items = collections.deque(item for item in self.items if not drop(item))
+        for item in self.handed:
+            drop(item)
         self._hand_out()
         while self.waiters:
             _resolve(self.waiters.popleft(), None)
@@ -84,13 +88,17 @@ class Backlog:
             return None
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        return await waiter
+        item = await waiter
+        self.handed.discard(item)
+        return item
 
     def _hand_out(self) -> None:
         while self.items and self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(self.items.popleft())
+                item = self.items.popleft()
+                self.handed.add(item)
+                waiter.set_result(item)
 
 
 def _resolve(waiter: asyncio.Future, value: Any) -> None:

@@ -132,10 +132,10 @@ _BLOCKING: dict[type, Callable[[Any], Any]] = {
     Blocking: _blocking}
 
 
-def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Drive ``coroutine`` in this thread, each operation done blocking."""
-    send: Callable[[Any], Any] = coroutine.send
-    value: Any = None
+def run(coroutine: Coroutine[Any, Any, Any], value: Any = None, thrown: bool = False) -> Any:
+    """Drive ``coroutine`` in this thread, each operation done blocking;
+    ``value``: what its pending ``await`` gets (raised there if ``thrown``)."""
+    send: Callable[[Any], Any] = coroutine.throw if thrown else coroutine.send
     try:
         while True:
             operation = send(value)
@@ -149,6 +149,59 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
         return stop.value
     finally:
         coroutine.close()
+
+
+# ---- a coroutine whose first request is sent by one thread and answered in another ----
+# (the executor's submit sends a task to a claimed worker; its reply is
+# taken by whichever comes first: result() in any thread, or the executor's loop)
+
+def start(coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Drive ``coroutine`` in this thread until its first ``Request`` is sent:
+    ``(True, PendingReply)`` with the coroutine left suspended where it awaits
+    that reply (``resume`` or ``aresume`` it), or ``(False, its value)`` if it
+    ended without one."""
+    send: Callable[[Any], Any] = coroutine.send
+    value: Any = None
+    try:
+        while True:
+            operation = send(value)
+            try:
+                if type(operation) is Request:
+                    return True, lowlevel.send_request(operation.pid, operation.message,
+                                                       operation.ref, operation.timeout)
+                value = _BLOCKING[type(operation)](operation)
+                send = coroutine.send
+            except BaseException as exc:
+                value = exc
+                send = coroutine.throw
+    except StopIteration as stop:
+        return False, stop.value
+    except BaseException:
+        coroutine.close()
+        raise
+
+
+def resume(coroutine: Coroutine[Any, Any, Any], pending: lowlevel.PendingReply,
+           limit: float | None = None) -> Any:
+    """Take ``pending``'s reply in this thread and drive the coroutine that
+    awaits it to its end: its value. With ``limit``: NOT_YET if no reply
+    came within ``limit`` seconds (the coroutine stays suspended)."""
+    try:
+        reply = pending.wait(limit)
+    except BaseException as exc:
+        return run(coroutine, exc, True)
+    if reply is lowlevel.NOT_YET:
+        return reply
+    return run(coroutine, reply)
+
+
+async def aresume(coroutine: Coroutine[Any, Any, Any], pending: lowlevel.PendingReply) -> Any:
+    """``resume`` in an asyncio task: the task waits for the reply."""
+    try:
+        reply = await lowlevel.areply(pending)
+    except BaseException as exc:
+        return await arun(coroutine, exc, True)
+    return await arun(coroutine, reply)
 
 
 # Each returns the awaitable that does the operation (no coroutine of its
@@ -188,10 +241,11 @@ _ASYNC: dict[type, Callable[[Any], Awaitable[Any]]] = {
     Ask: _aask, Blocking: _ablocking}
 
 
-async def arun(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Drive ``coroutine`` in the calling task, each operation awaited."""
-    send: Callable[[Any], Any] = coroutine.send
-    value: Any = None
+async def arun(coroutine: Coroutine[Any, Any, Any], value: Any = None,
+               thrown: bool = False) -> Any:
+    """Drive ``coroutine`` in the calling task, each operation awaited;
+    ``value`` as in ``run``."""
+    send: Callable[[Any], Any] = coroutine.throw if thrown else coroutine.send
     try:
         while True:
             operation = send(value)

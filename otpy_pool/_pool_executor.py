@@ -2,16 +2,25 @@
 pool you have, and the base of ``otpy_pool.ProcessPoolExecutor``.
 
 Each submitted function runs as the workers' built-in command
-(``otpy_pool.function``). No thread per task: ``max_workers`` runners, in
-one asyncio loop of the executor's own thread (``_executor_loop``), take
-pending work in turn, check a worker out (waiting as long as it takes: no
-PoolTimeout) and run it there through the pool's caller coroutines. When
-work is queued behind every runner, a runner sends ``WINDOW`` tasks to its
-worker at once, pipelined as ``execute_many`` does. A worker's death fails
-only the task it was running (``BrokenWorker``); tasks it never started
-run on another worker. The runner of an executor that owns its pool keeps
-its worker between tasks (one round trip per task); over a shared pool it
-returns the worker when no work is pending.
+(``otpy_pool.function``). In the steady state a task is one round trip
+with no other thread on its path: ``submit`` claims a free worker (see
+_claims) and sends it the task from the submitting thread, and the reply
+is taken by whoever needs it first: ``result()`` in its own thread, else
+the executor's loop (at once for ``wait``, ``as_completed`` and done
+callbacks; within two SWEEPs for a task nobody asks about, so that its
+claim never keeps the worker from others for long).
+
+When no worker is free to claim, or work is queued already, no thread per
+task either: ``max_workers`` runners, in one asyncio loop of the
+executor's own thread (``_executor_loop``), take pending work in turn,
+check a worker out (waiting as long as it takes: no PoolTimeout) and run
+it there through the pool's caller coroutines; a task stays cancellable
+until its runner has a worker. When work is queued behind every runner, a
+runner sends ``WINDOW`` tasks to its worker at once, pipelined as
+``execute_many`` does, and returns its worker when no work is pending (so
+that it is free for claims again). A worker's death fails only the task it
+was running (``BrokenWorker``); tasks it never started run on another
+worker.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import functools
 import itertools
 import pickle
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
@@ -35,15 +45,20 @@ from ._calls import NotRun
 from ._errors import (BrokenWorker, CommandTimeout, InitializerFailed, PoolUnavailable,
                       TaskNotPicklable, WorkerCrashed)
 from ._executor_loop import Backlog, LoopThread
-from ._io import arun
+from ._io import aresume, arun, resume, run, start
 from ._pipeline import Pipeline
-from ._protocol import CHECKIN, DEAD, ERROR, FUNCTION, OK, REPLACE, RETURN
+from ._protocol import CHECKIN, DEAD, ERROR, FUNCTION, NOT_RUN, OK, REPLACE, RETURN
 
 if TYPE_CHECKING:
     from ._pool import Pool
 
 E = TypeVar("E", bound=BaseException)
 WINDOW = 4  # tasks sent to one worker at once when work is queued behind every runner
+# How often the loop takes up the replies of claimed tasks nobody asked
+# about yet, while there are any (and for IDLE_SWEEPS after): each such
+# task holds its worker's claim until its reply is taken.
+SWEEP = 0.005
+IDLE_SWEEPS = 100
 
 
 class _Task:
@@ -67,6 +82,59 @@ class _Task:
         self.future = self.call = None
 
 
+class _Future(concurrent.futures.Future):
+    """A task's Future. While ``parked`` (sent by ``submit`` to a worker it
+    claimed: the task, the coroutine awaiting its reply, that reply), its
+    reply is taken by the first who needs it: ``result()`` or
+    ``exception()`` in the calling thread; else the executor's loop, asked
+    at once by ``add_done_callback``, ``wait`` and ``as_completed`` (which
+    install their waiters in ``_waiters``), and by the sweep otherwise."""
+
+    def __init__(self, executor: "PoolExecutor") -> None:
+        super().__init__()
+        self._executor = executor
+        self._waiters = _Waiters(self)
+        self.parked: tuple | None = None
+        self.parked_at = 0  # the executor's sweep count when parked
+        self.driving = False  # a thread or the loop is taking its reply
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._reply_here(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._reply_here(timeout))
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future], object]) -> None:
+        super().add_done_callback(fn)
+        self.wanted()
+
+    def wanted(self) -> None:
+        """Someone waits for this task without taking its reply: the loop does."""
+        if self.parked is not None:
+            self._executor._want(self)
+
+    def _reply_here(self, timeout: float | None) -> float | None:
+        """Take a parked task's reply in this thread (for at most ``timeout``):
+        what is left of ``timeout``."""
+        if self.parked is None:
+            return timeout
+        started = time.monotonic()
+        self._executor._reply_here(self, timeout)
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
+
+class _Waiters(list):
+    """A Future's waiters: ``wait`` and ``as_completed`` append theirs here."""
+
+    def __init__(self, future: _Future) -> None:
+        super().__init__()
+        self.future = future
+
+    def append(self, waiter: Any) -> None:
+        super().append(waiter)
+        self.future.wanted()
+
+
 class PoolExecutor(concurrent.futures.Executor):
     """submit / map / shutdown, as ``concurrent.futures``' executors, over a
     Pool's workers. ``max_workers``: tasks running at once (default: the
@@ -83,6 +151,13 @@ class PoolExecutor(concurrent.futures.Executor):
         self._broken: BaseException | bool = broken or False  # the stdlib's name and sense
         self._backlog = Backlog()
         self._incoming: list[_Task] = []  # submitted, not yet in the backlog (under _lock)
+        self._claiming = True  # submit may send to a worker it claims (a subclass may not)
+        self._parked: dict[_Future, None] = {}  # tasks sent to claimed workers (under _lock)
+        self._sweeps = 0
+        self._idle_sweeps = 0
+        self._sweeping = False
+        self._adopted: set[asyncio.Task] = set()  # the loop's tasks taking parked replies
+        self._waiting: set[_Task] = set()  # taken by runners waiting for a worker (pending)
         self._loop: LoopThread | None = None
         if broken is None:
             self._loop = LoopThread(f"otpy_pool.executor:{pool.name}", self._main, self._after)
@@ -95,14 +170,134 @@ class PoolExecutor(concurrent.futures.Executor):
         """Run ``fn(*args, **kwargs)`` on a worker; its Future."""
         if not callable(fn):
             raise TypeError(f"submit needs a callable, not {fn!r}")
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future = _Future(self)
+        task = _Task(future, (fn, args, kwargs))
         with self._lock:
             self._check_open()
-            self._incoming.append(_Task(future, (fn, args, kwargs)))
-            if len(self._incoming) == 1:  # the loop is told once per batch of submits
-                assert self._loop is not None
-                self._loop.call(self._take_incoming)
+            # work queued already comes first: it is not overtaken by a claim
+            if not (self._claiming and not self._incoming and not self._backlog.items
+                    and self._send_claimed(task)):
+                self._enqueue(task)
         return future
+
+    def _enqueue(self, task: _Task) -> None:
+        """To the backlog, for the runners (lock held)."""
+        self._incoming.append(task)
+        if len(self._incoming) == 1:  # the loop is told once per batch of submits
+            assert self._loop is not None
+            self._loop.call(self._take_incoming)
+
+    # ---- tasks sent to claimed workers ----------------------------------------------------
+
+    def _send_claimed(self, task: _Task) -> bool:
+        """``task`` sent to a worker this process claims, from this thread
+        (lock held): False if none is free now (or it died before it could
+        start the task): the runners' way then."""
+        timeout = run(_caller.run_timeout(self.pool, UNSET))
+        coroutine = _caller.run_claimed(self.pool, FUNCTION, task.call, {}, timeout)
+        future = task.future
+        try:
+            parked, value = start(coroutine)
+        except Exception as exc:  # it could not be sent (TaskNotPicklable), no pool
+            future.set_running_or_notify_cancel()
+            task.settle((ERROR, self._as_stdlib(exc)))
+            return True
+        if not parked:
+            return False  # None: no free worker; (NOT_RUN,): it died first
+        future.set_running_or_notify_cancel()
+        future.parked, future.parked_at = (task, coroutine, value), self._sweeps
+        self._parked[future] = None
+        if not self._sweeping:
+            self._sweeping = True
+            assert self._loop is not None
+            self._loop.call(self._sweep)
+        return True
+
+    def _reply_here(self, future: _Future, timeout: float | None) -> None:
+        """``future``'s reply taken in this thread, waiting at most ``timeout``
+        (unless a thread or the loop is taking it already)."""
+        with self._lock:
+            if future.parked is None or future.driving:
+                return
+            future.driving = True
+            _, coroutine, pending = future.parked
+        try:
+            outcome = resume(coroutine, pending, timeout)
+        except BaseException as exc:  # KeyboardInterrupt too: the task fails, nothing hangs
+            self._settle_parked(future, None, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if outcome is lowlevel.NOT_YET:
+            with self._lock:
+                future.driving = False
+            return
+        self._settle_parked(future, outcome, None)
+
+    def _want(self, future: _Future) -> None:
+        """From any thread: the loop takes ``future``'s reply, soon."""
+        try:
+            assert self._loop is not None
+            self._loop.call(self._adopt, future)
+        except RuntimeError:  # the loop has ended: no task is parked any more
+            pass
+
+    def _adopt(self, future: _Future) -> None:
+        """In the loop: ``future``'s reply taken by a task of the loop."""
+        with self._lock:
+            if future.parked is None or future.driving:
+                return
+            future.driving = True
+            _, coroutine, pending = future.parked
+        assert self._loop is not None
+        adopted = self._loop.loop.create_task(self._reply_in_loop(future, coroutine, pending))
+        self._adopted.add(adopted)
+        adopted.add_done_callback(self._adopted.discard)
+
+    async def _reply_in_loop(self, future: _Future, coroutine: Any, pending: Any) -> None:
+        try:
+            outcome = await aresume(coroutine, pending)
+        except BaseException as exc:
+            self._settle_parked(future, None, exc)
+            return
+        self._settle_parked(future, outcome, None)
+
+    def _settle_parked(self, future: _Future, outcome: tuple | None,
+                       error: BaseException | None) -> None:
+        """A parked task's end: its Future settled, or, if its worker died or
+        retired before it started, the task to the runners (after shutdown
+        too: the loop runs them before it ends)."""
+        assert future.parked is not None
+        task = future.parked[0]
+        if error is None and outcome is not None and outcome[0] == NOT_RUN:
+            with self._lock:
+                for again in _retried([task]):
+                    self._enqueue(again)
+        elif error is not None:
+            task.settle((ERROR, self._as_stdlib(error)))
+        else:
+            assert outcome is not None
+            task.settle(outcome if outcome[0] == OK else (ERROR, self._as_stdlib(outcome[1])))
+        with self._lock:
+            future.parked = None
+            future.driving = False
+            del self._parked[future]
+
+    def _sweep(self) -> None:
+        """In the loop, every SWEEP while tasks are parked: the replies of
+        those parked since before the last sweep are taken up here."""
+        with self._lock:
+            self._sweeps += 1
+            stale = [future for future in self._parked if future.parked_at < self._sweeps - 1]
+            self._idle_sweeps = 0 if self._parked else self._idle_sweeps + 1
+            if self._idle_sweeps >= IDLE_SWEEPS:
+                self._sweeping = False
+            going_on = self._sweeping
+        for future in stale:
+            self._adopt(future)
+        if going_on:
+            assert self._loop is not None
+            self._loop.loop.call_later(SWEEP, self._sweep)
 
     def _take_incoming(self) -> None:
         """In the loop's thread: what was submitted joins the backlog."""
@@ -154,10 +349,26 @@ class PoolExecutor(concurrent.futures.Executor):
         # cancel() refuses a running task (put back after its worker died
         # before starting it): that one stays, to run
         self._backlog.close(lambda task: cancel_futures and task.future.cancel())
+        if cancel_futures:  # and those a runner holds while it waits for a worker
+            for task in self._waiting:
+                task.future.cancel()
         closed.set()
 
     async def _main(self) -> None:
-        await asyncio.gather(*(self._runner() for _ in range(self._max_workers)))
+        while True:
+            await asyncio.gather(*(self._runner() for _ in range(self._max_workers)))
+            # shut down: the tasks sent to claimed workers end first; one that
+            # came back (its worker died before it started) is run, then
+            while True:
+                with self._lock:
+                    parked = list(self._parked)
+                if not parked:
+                    break
+                for future in parked:
+                    self._adopt(future)
+                await asyncio.sleep(SWEEP)
+            if not self._backlog.items:
+                return
 
     def _after(self) -> None:
         """After the last runner: what the executor owns is released (a subclass's pool)."""
@@ -178,7 +389,9 @@ class PoolExecutor(concurrent.futures.Executor):
 
     async def _take(self) -> list | None:
         """Pending work that was not cancelled: one task, or up to WINDOW when
-        more is queued than the runners can take one by one; None: shut down."""
+        more is queued than the runners can take one by one; None: shut down.
+        It stays pending (cancellable) until ``_started``: the runner may
+        wait for a worker first."""
         batch: list = []
         while not batch:
             item = await self._backlog.take()
@@ -187,10 +400,18 @@ class PoolExecutor(concurrent.futures.Executor):
             queued = len(self._backlog.items)
             more = min(WINDOW - 1, queued) if queued >= self._max_workers else 0
             for task in [item] + [self._backlog.items.popleft() for _ in range(more)]:
-                # a task put back (its worker died first) is running already
-                if task.future.running() or task.future.set_running_or_notify_cancel():
+                if not task.future.cancelled():
                     batch.append(task)
+        self._waiting.update(batch)
         return batch
+
+    def _started(self, batch: list) -> list:
+        """The tasks of ``batch`` that start now, a worker in hand: running,
+        unless cancelled meanwhile (a task put back, its worker dead before
+        it started, is running already)."""
+        self._waiting.difference_update(batch)
+        return [task for task in batch
+                if task.future.running() or task.future.set_running_or_notify_cancel()]
 
     async def _serve(self, batch: list) -> list | None:
         """Check a worker out, run work on it, check it back in; returns the
@@ -199,8 +420,12 @@ class PoolExecutor(concurrent.futures.Executor):
         try:
             worker = await self._checkout(token)
         except Exception as exc:  # no worker can come (PoolUnavailable), no pool
-            for task in batch:
+            for task in self._started(batch):
                 task.settle((ERROR, self._as_stdlib(exc)))
+            return await self._take()
+        batch = self._started(batch)
+        if not batch:  # all cancelled while it waited
+            self.pool._cast((CHECKIN, token, RETURN))
             return await self._take()
         how, left = REPLACE, batch
         try:
@@ -232,15 +457,15 @@ class PoolExecutor(concurrent.futures.Executor):
             next_batch = await self._take()
             if next_batch is None:
                 return RETURN, []
-            batch = next_batch
+            batch = self._started(next_batch)
 
     async def _checkout(self, token: Any) -> otpy.Pid:
         """A worker, held under ``token``, waiting as long as it takes."""
         return await arun(_caller.checkout(self.pool, token, None))
 
     def _keeps_workers(self) -> bool:
-        """Whether a runner keeps its worker while it waits for work: only an
-        executor that owns its pool (nobody else waits for its workers)."""
+        """Whether a runner keeps its worker while it waits for work (a
+        subclass counting each worker's tasks)."""
         return False
 
     def _within_recycle(self, batch: list, ran: int) -> list:
@@ -255,6 +480,8 @@ class PoolExecutor(concurrent.futures.Executor):
                          timeout: float | None) -> tuple[list, bool]:
         """Run ``batch`` on ``worker``, settling each future: the work that
         never ran (to run elsewhere), and whether the worker is gone."""
+        if not batch:  # cancelled between its take and its start
+            return [], False
         if len(batch) == 1:
             return await self._run_one(worker, token, batch[0], timeout)
         settle = _Settle(self, batch)

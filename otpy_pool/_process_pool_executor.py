@@ -60,6 +60,8 @@ class ProcessPoolExecutor(PoolExecutor):
         pool, broken = _start_pool(size, initializer, tuple(initargs), self._max_tasks)
         self._owns_pool = broken is None
         super().__init__(pool, size, broken=broken)
+        # claimed workers count their own tasks: exact recycling is the runners'
+        self._claiming = self._max_tasks is None
 
     def _after(self) -> None:
         """The last runner ended: the pool stops (its workers first)."""
@@ -71,7 +73,9 @@ class ProcessPoolExecutor(PoolExecutor):
                 pass
 
     def _keeps_workers(self) -> bool:
-        return True  # the pool is the executor's alone: one round trip per task
+        # recycling: a runner keeps its worker, counting its tasks; else a
+        # worker returned is free for submit's claims (one round trip per task)
+        return self._max_tasks is not None
 
     def _within_recycle(self, batch: list, ran: int) -> list:
         if self._max_tasks is None or len(batch) <= self._max_tasks - ran:

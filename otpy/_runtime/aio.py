@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from . import wire
 from .errors import RuntimeGone, Timeout
-from .process import _DEFAULT, SEND_TIMEOUT, ProcessContext, _send_timeout
+from .process import _DEFAULT, SEND_TIMEOUT, PendingReply, ProcessContext, _send_timeout
 from .terms import Pid, Ref
 
 _monotonic = time.monotonic
@@ -270,6 +270,17 @@ async def call(ctx: ProcessContext, pid: Pid, message: Any, ref: Ref,
         ctx._abandon(ref)
         raise
     return ctx.finish_call(found, pid, ref, timeout)
+
+
+async def reply(pending: PendingReply) -> Any:
+    """``PendingReply.wait`` for asyncio (no limit but the request's own)."""
+    ctx = pending.ctx
+    try:
+        found = await wait_for(ctx, pending.check, pending.deadline, pending.ref)
+    except BaseException:  # CancelledError included: a late reply is dropped
+        ctx._abandon(pending.ref)
+        raise
+    return ctx.finish_call(found, pending.pid, pending.ref, pending.timeout)
 
 
 async def receive(ctx: ProcessContext, timeout: float | None,

@@ -569,14 +569,7 @@ class ProcessContext:
         """Write one frame to ``pid``. While its buffer is full, wait for room
         until ``deadline`` (monotonic; None: as long as it takes; by default
         SEND_TIMEOUT from now), then raise Timeout having written nothing."""
-        if pid == self.pid:
-            try:
-                message = wire.decode(kind, body)  # a copy, as any other receiver gets
-            except BaseException as exc:
-                message = undecodable(body, exc)
-            with self.lock:
-                self._apply([message])
-                self._wake()
+        if pid == self.pid and self._send_to_self(kind, body):
             return
         sock = self.out.get(pid.serial)
         if sock is None:
@@ -588,6 +581,22 @@ class ProcessContext:
                 self._send_blocked(pid, sock, kind, body, deadline)
         except (BrokenPipeError, ConnectionResetError):
             self._forget(pid.serial, sock)
+
+    def _send_to_self(self, kind: int, body: bytes) -> bool:
+        """A message to our own mailbox, filed at once: False if a thread is
+        blocked reading our stream (a server's loop, sent to by a thread of
+        its own): that one wakes only for a frame, so the message goes
+        through the stream as any other sender's."""
+        try:
+            message = wire.decode(kind, body)  # a copy, as any other receiver gets
+        except BaseException as exc:
+            message = undecodable(body, exc)
+        with self.lock:
+            if self.reading:
+                return False
+            self._apply([message])
+            self._wake()
+        return True
 
     def _send_blocked(self, pid: Pid, sock: socket.socket, kind: int, body: bytes,
                       deadline: Any) -> None:
@@ -706,6 +715,20 @@ class ProcessContext:
             raise
         return self.finish_call(found, pid, ref, timeout)
 
+    def send_request(self, pid: Pid, message: Any, ref: Ref,
+                     timeout: float | None) -> "PendingReply":
+        """A call's send, its wait left to ``PendingReply`` (any thread may take it)."""
+        kind, body, deadline, check = self.start_call(pid, message, ref, timeout)
+        try:
+            self.send_encoded(pid, kind, body, deadline)
+        except Timeout:
+            self._abandon(ref)
+            raise _send_timeout(pid, timeout) from None
+        except BaseException:
+            self._abandon(ref)
+            raise
+        return PendingReply(self, pid, ref, timeout, deadline, check)
+
     def start_call(self, pid: Pid, message: Any, ref: Ref, timeout: float | None) -> tuple:
         """A call's first half (aio.py has its own wait): the encoded request,
         its deadline, and the wait's check, with ``ref`` registered as awaited."""
@@ -785,6 +808,40 @@ class _ReplyCheck:
         if serial in ctx.dead:
             raise Exited(ctx.dead[serial], self.pid)
         return None
+
+
+NOT_YET: Any = type("NotYet", (), {"__repr__": lambda self: "NOT_YET"})()
+
+
+class PendingReply:
+    """A request sent whose reply is not taken yet (``send_request``). It is
+    taken once, by ``wait`` in any thread of the process or ``areply`` in any
+    thread's event loop: the request's sender need not be its taker."""
+
+    __slots__ = ("ctx", "pid", "ref", "timeout", "deadline", "check")
+
+    def __init__(self, ctx: ProcessContext, pid: Pid, ref: Ref, timeout: float | None,
+                 deadline: float | None, check: "_ReplyCheck") -> None:
+        self.ctx, self.pid, self.ref, self.timeout = ctx, pid, ref, timeout
+        self.deadline, self.check = deadline, check
+
+    def wait(self, limit: float | None = None) -> Any:
+        """The reply, or the request's error (as ``call`` raises it). With
+        ``limit``: NOT_YET if neither came within ``limit`` seconds, before
+        the request's own deadline; the reply can still be taken later."""
+        ctx, until, early = self.ctx, self.deadline, False
+        if limit is not None:
+            at = _monotonic() + limit
+            if until is None or at < until:
+                until, early = at, True
+        try:
+            found = ctx.wait_for(self.check, until, self.ref)
+        except BaseException:
+            ctx._abandon(self.ref)
+            raise
+        if found is None and early:
+            return NOT_YET
+        return ctx.finish_call(found, self.pid, self.ref, self.timeout)
 
 
 class _Sleeper:

@@ -13,7 +13,9 @@ docs/lowlevel.md.
 - calls: :func:`call` / :func:`reply` / :class:`From` (the call convention),
   :func:`request` (wait for a reply or the callee's death, with your own
   message format; :func:`drop_late_reply` after it if another process may
-  answer too), :func:`ask` / :func:`dispatch` (an operation whose
+  answer too), :func:`send_request` (a request's send, its reply taken
+  later by ``PendingReply.wait`` in any thread or :func:`areply` in any
+  loop), :func:`ask` / :func:`dispatch` (an operation whose
   server-side error is raised in the caller), :func:`resolve`; for asyncio
   :func:`acall`, :func:`aask`, :func:`arequest`, :func:`asend` (a task waits, not a thread).
 - stopping: :func:`await_down`, :func:`stop_process` (exit signal, bounded
@@ -44,8 +46,9 @@ docs/lowlevel.md.
 from .._runtime.api import annotate, asend, spawn_opt, tally
 from .._runtime.timeouts import check_timeout
 from ._bad_messages import Undecodable, failed_reply, reply_error, salvage
-from ._calls import (CALL, DEFAULT_TIMEOUT, From, aask, acall, arequest, ask, call, dispatch,
-                     drop_late_reply, reply, request, resolve)
+from ._calls import (CALL, DEFAULT_TIMEOUT, NOT_YET, From, PendingReply, aask, acall, areply,
+                     arequest, ask, call, dispatch, drop_late_reply, reply, request, resolve,
+                     send_request)
 from ._child_spec import RESTARTS, TYPES, ChildSpec, Restart, Shutdown, is_clean, restart_needed
 from ._intensity import RestartIntensity
 from ._node import (LOG_LEVELS, current_namespace, describe_reason, enter_namespace,
@@ -62,7 +65,8 @@ from ._faults import FAULT_KINDS, FaultError, heal_fault, inject_fault
 __all__ = [
     "check_timeout",
     "CALL", "DEFAULT_TIMEOUT", "From", "aask", "acall", "arequest", "ask", "call", "dispatch",
-    "drop_late_reply", "reply", "request", "resolve",
+    "drop_late_reply", "reply", "request", "resolve", "NOT_YET", "PendingReply", "areply",
+    "send_request",
     "RESTARTS", "TYPES", "ChildSpec", "Restart", "Shutdown", "is_clean", "restart_needed",
     "RestartIntensity",
     "annotate", "asend", "spawn_opt", "tally", "current_namespace", "describe_reason",

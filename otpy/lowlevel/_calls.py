@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from .._runtime import api
 from .._runtime.errors import Timeout
 from .._runtime.node import context
-from .._runtime.process import REPLY
+from .._runtime.process import NOT_YET, REPLY, PendingReply
 from .._runtime.terms import Pid, Ref
 from .._runtime.timeouts import check_timeout
 
@@ -60,6 +60,19 @@ def request(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> Any:
     ValueError at once if another call of this process already awaits ``ref``.
     """
     return context().call(pid, message, ref, check_timeout(timeout, "request timeout"))
+
+
+def send_request(pid: Pid, message: Any, ref: Ref, timeout: float | None) -> PendingReply:
+    """The first half of :func:`request`: ``message`` sent, its reply left
+    for ``PendingReply.wait`` (in any thread of this process; with a
+    ``limit``, NOT_YET if it has not come yet) or :func:`areply` (in any
+    event loop), taken once. NoProc at once if ``pid`` is dead."""
+    return context().send_request(pid, message, ref, check_timeout(timeout, "request timeout"))
+
+
+async def areply(pending: PendingReply) -> Any:
+    """``pending.wait()`` for asyncio: the task waits, not the thread."""
+    return await _aio().reply(pending)
 
 
 def drop_late_reply(ref: Ref) -> None:
@@ -148,6 +161,6 @@ def dispatch(server: Any, request_term: tuple) -> tuple[str, Any]:
         return ("error", exc)
 
 
-__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "Timeout", "aask", "acall", "arequest", "ask",
-           "drop_late_reply", "call",
+__all__ = ["CALL", "DEFAULT_TIMEOUT", "From", "NOT_YET", "PendingReply", "Timeout", "aask",
+           "acall", "areply", "arequest", "ask", "drop_late_reply", "call", "send_request",
            "dispatch", "reply", "request", "resolve"]

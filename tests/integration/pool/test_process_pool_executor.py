@@ -162,6 +162,53 @@ def test_a_sigkilled_worker_fails_only_its_own_task_and_the_executor_serves_on(e
     assert not executor._broken
 
 
+def test_a_task_is_one_round_trip_the_pools_server_not_asked(executor):
+    """submit sends a task to a free worker it claims, and result() takes its
+    reply in the calling thread: with the pool's server SIGSTOPped, tasks
+    still run, one after the other."""
+    executor.submit(abs, 0).result(DEADLINE)  # (this process asks where the claims are, once)
+    server = otpy.whereis(executor.pool.name)
+    os.kill(server.os_pid, signal.SIGSTOP)
+    try:
+        results = [executor.submit(abs, -i).result(DEADLINE) for i in range(20)]
+    finally:
+        os.kill(server.os_pid, signal.SIGCONT)
+    assert results == list(range(20))
+
+
+def test_a_task_nobody_asks_about_does_not_keep_its_worker():
+    """A task holds its claimed worker until its reply is taken: with nobody
+    asking, the executor's loop takes it, so the work queued behind it runs."""
+    with ProcessPoolExecutor(1) as ex:
+        ex.submit(abs, 0).result(DEADLINE)
+        first = ex.submit(abs, -1)  # claims the only worker; nobody asks for it
+        second = ex.submit(abs, -2)  # to the executor's runners: waits for that worker
+        assert second.result(DEADLINE) == 2
+        assert first.result(DEADLINE) == 1
+
+
+def test_callbacks_wait_and_as_completed_see_tasks_whose_result_nobody_asks_for(executor):
+    called = threading.Event()
+    executor.submit(abs, -3).add_done_callback(lambda _: called.set())
+    assert called.wait(DEADLINE)
+    waited = executor.submit(abs, -4)
+    assert concurrent.futures.wait([waited], timeout=DEADLINE).done == {waited}
+    completed = executor.submit(abs, -5)
+    assert list(concurrent.futures.as_completed([completed], timeout=DEADLINE)) == [completed]
+    assert (waited.result(0), completed.result(0)) == (4, 5)
+
+
+def test_a_result_that_times_out_leaves_the_task_running_to_be_asked_again(executor):
+    me = otpy.self()
+    task = executor.submit(hold, me, "t")
+    worker = holding("t")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        task.result(timeout=0.01)
+    assert task.running() and not task.cancel()
+    release(worker, "t")
+    assert task.result(DEADLINE) == "t"
+
+
 def test_a_worker_killed_with_a_pipelined_task_queued_runs_that_task_elsewhere():
     """One runner: while its worker holds "a", three tasks queue; then it sends
     two at once. Its worker, SIGKILLed while running the first, never
@@ -225,9 +272,10 @@ def test_thousands_of_pending_futures_cost_no_thread():
 
 
 def test_work_waits_for_a_worker_without_limit_and_a_shared_pool_gets_it_back():
-    """Over a pool of one worker whose checkout_timeout is 50 ms, three runners:
-    two wait in the pool's queue as long as the first task holds the
-    worker, never failing with PoolTimeout; idle, the executor holds no worker."""
+    """Over a pool of one worker whose checkout_timeout is 50 ms: the first
+    task claims the worker, and the executor's three runners wait in the
+    pool's queue as long as it holds it, never failing with PoolTimeout;
+    idle, the executor holds no worker."""
     me = otpy.self()
     pool = Pool.start_link(Notes, size=1, checkout_timeout=0.05)
     ex = pool.executor(max_workers=3)
@@ -235,7 +283,7 @@ def test_work_waits_for_a_worker_without_limit_and_a_shared_pool_gets_it_back():
         first = ex.submit(hold, me, "a")
         worker = holding("a")
         others = [ex.submit(abs, -i) for i in range(5)]
-        wait_for(lambda: pool.status().queued == 2)
+        wait_for(lambda: pool.status().queued == 3)
         done, _ = concurrent.futures.wait(others, timeout=0.5)  # 10x checkout_timeout
         assert not done
         release(worker, "a")

@@ -309,3 +309,42 @@ def test_a_second_answer_after_drop_late_reply_never_reaches_the_mailbox():
     expect(lambda m: m == "replied again")  # sent after the second answer: that came first
     with pytest.raises(otpy.Timeout):
         otpy.receive(timeout=0, match=lambda m: type(m) is tuple and m[:1] == ("$reply",))
+
+
+def _answer_when_told(parent: otpy.Pid) -> None:
+    """Tell the parent a call came, answer it once told "go"."""
+    kind, (caller, ref), request = otpy.receive()
+    otpy.send(parent, "called")
+    otpy.receive(match=lambda m: m == "go")
+    lowlevel.reply(lowlevel.From(caller, ref), ("answer", request))
+
+
+def test_a_request_sent_in_one_thread_is_answered_in_another():
+    pid = otpy.spawn(_answer_when_told, otpy.self())
+    ref = otpy.make_ref()
+    pending = lowlevel.send_request(pid, (lowlevel.CALL, (otpy.self(), ref), "q"), ref,
+                                    timeout=DEADLINE)
+    expect(lambda m: m == "called")
+    assert pending.wait(limit=0.01) is lowlevel.NOT_YET  # not answered yet: still pending
+    taken = helpers.in_thread(pending.wait)
+    otpy.send(pid, "go")
+    assert taken() == ("answer", "q")
+
+
+def test_a_pending_reply_is_taken_in_an_event_loop_and_a_death_answers_it():
+    import asyncio
+
+    pid = otpy.spawn(_answer_when_told, otpy.self())
+    ref = otpy.make_ref()
+    pending = lowlevel.send_request(pid, (lowlevel.CALL, (otpy.self(), ref), "q"), ref, None)
+    expect(lambda m: m == "called")
+    otpy.send(pid, "go")
+    assert asyncio.run(lowlevel.areply(pending)) == ("answer", "q")
+    doomed = otpy.spawn(otpy.receive)
+    ref = otpy.make_ref()
+    pending = lowlevel.send_request(doomed, (lowlevel.CALL, (otpy.self(), ref), "q"), ref, None)
+    helpers.sigkill(doomed)
+    with pytest.raises(otpy.Exited):
+        pending.wait()
+    with pytest.raises(otpy.NoProc):
+        lowlevel.send_request(doomed, "late", otpy.make_ref(), None)
