@@ -135,20 +135,7 @@ _BLOCKING: dict[type, Callable[[Any], Any]] = {
 def run(coroutine: Coroutine[Any, Any, Any], value: Any = None, thrown: bool = False) -> Any:
     """Drive ``coroutine`` in this thread, each operation done blocking;
     ``value``: what its pending ``await`` gets (raised there if ``thrown``)."""
-    send: Callable[[Any], Any] = coroutine.throw if thrown else coroutine.send
-    try:
-        while True:
-            operation = send(value)
-            try:
-                value = _BLOCKING[type(operation)](operation)
-                send = coroutine.send
-            except BaseException as exc:  # raised where the coroutine awaited it
-                value = exc
-                send = coroutine.throw
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        coroutine.close()
+    return _drive(coroutine, value, thrown, None)[1]
 
 
 # ---- a coroutine whose first request is sent by one thread and answered in another ----
@@ -160,18 +147,22 @@ def start(coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     ``(True, PendingReply)`` with the coroutine left suspended where it awaits
     that reply (``resume`` or ``aresume`` it), or ``(False, its value)`` if it
     ended without one."""
-    send: Callable[[Any], Any] = coroutine.send
-    value: Any = None
+    return _drive(coroutine, None, False, Request)
+
+
+def _drive(coroutine: Coroutine[Any, Any, Any], value: Any, thrown: bool,
+           park: type | None) -> tuple[bool, Any]:
+    send: Callable[[Any], Any] = coroutine.throw if thrown else coroutine.send
     try:
         while True:
             operation = send(value)
             try:
-                if type(operation) is Request:
+                if type(operation) is park:
                     return True, lowlevel.send_request(operation.pid, operation.message,
                                                        operation.ref, operation.timeout)
                 value = _BLOCKING[type(operation)](operation)
                 send = coroutine.send
-            except BaseException as exc:
+            except BaseException as exc:  # raised where the coroutine awaited it
                 value = exc
                 send = coroutine.throw
     except StopIteration as stop:
@@ -185,9 +176,12 @@ def resume(coroutine: Coroutine[Any, Any, Any], pending: lowlevel.PendingReply,
            limit: float | None = None) -> Any:
     """Take ``pending``'s reply in this thread and drive the coroutine that
     awaits it to its end: its value. With ``limit``: NOT_YET if no reply
-    came within ``limit`` seconds (the coroutine stays suspended)."""
+    came within ``limit`` seconds. A KeyboardInterrupt while it waits is
+    raised here with the coroutine still suspended (resume it again)."""
     try:
         reply = pending.wait(limit)
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:
         return run(coroutine, exc, True)
     if reply is lowlevel.NOT_YET:

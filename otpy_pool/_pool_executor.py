@@ -153,6 +153,7 @@ class PoolExecutor(concurrent.futures.Executor):
         self._incoming: list[_Task] = []  # submitted, not yet in the backlog (under _lock)
         self._claiming = True  # submit may send to a worker it claims (a subclass may not)
         self._parked: dict[_Future, None] = {}  # tasks sent to claimed workers (under _lock)
+        self._sending = 0  # submits claiming and sending now (under _lock)
         self._sweeps = 0
         self._idle_sweeps = 0
         self._sweeping = False
@@ -175,9 +176,19 @@ class PoolExecutor(concurrent.futures.Executor):
         with self._lock:
             self._check_open()
             # work queued already comes first: it is not overtaken by a claim
-            if not (self._claiming and not self._incoming and not self._backlog.items
-                    and self._send_claimed(task)):
+            # (the backlog's length read here is a snapshot: a hint)
+            if not self._claiming or self._incoming or self._backlog.items:
                 self._enqueue(task)
+                return future
+            self._sending += 1  # the loop does not end meanwhile (_main)
+        sent = False
+        try:
+            sent = self._send_claimed(task)
+        finally:
+            with self._lock:
+                self._sending -= 1
+                if not sent:
+                    self._enqueue(task)
         return future
 
     def _enqueue(self, task: _Task) -> None:
@@ -190,13 +201,13 @@ class PoolExecutor(concurrent.futures.Executor):
     # ---- tasks sent to claimed workers ----------------------------------------------------
 
     def _send_claimed(self, task: _Task) -> bool:
-        """``task`` sent to a worker this process claims, from this thread
-        (lock held): False if none is free now (or it died before it could
-        start the task): the runners' way then."""
-        timeout = run(_caller.run_timeout(self.pool, UNSET))
-        coroutine = _caller.run_claimed(self.pool, FUNCTION, task.call, {}, timeout)
+        """``task`` sent to a worker this process claims, from this thread:
+        False if none is free now (or it died before it could start the
+        task): the runners' way then."""
         future = task.future
         try:
+            timeout = run(_caller.run_timeout(self.pool, UNSET))
+            coroutine = _caller.run_claimed(self.pool, FUNCTION, task.call, {}, timeout)
             parked, value = start(coroutine)
         except Exception as exc:  # it could not be sent (TaskNotPicklable), no pool
             future.set_running_or_notify_cancel()
@@ -205,34 +216,47 @@ class PoolExecutor(concurrent.futures.Executor):
         if not parked:
             return False  # None: no free worker; (NOT_RUN,): it died first
         future.set_running_or_notify_cancel()
-        future.parked, future.parked_at = (task, coroutine, value), self._sweeps
-        self._parked[future] = None
-        if not self._sweeping:
-            self._sweeping = True
-            assert self._loop is not None
-            self._loop.call(self._sweep)
+        with self._lock:
+            future.parked, future.parked_at = (task, coroutine, value), self._sweeps
+            self._parked[future] = None
+            if not self._sweeping:
+                self._sweeping = True
+                assert self._loop is not None
+                self._loop.call(self._sweep)
         return True
+
+    def _drive(self, future: _Future) -> tuple | None:
+        """The parked task's (task, coroutine, pending reply), for the one
+        caller that takes its reply now; None if another does, or did."""
+        with self._lock:
+            if future.parked is None or future.driving:
+                return None
+            future.driving = True
+            return future.parked
 
     def _reply_here(self, future: _Future, timeout: float | None) -> None:
         """``future``'s reply taken in this thread, waiting at most ``timeout``
         (unless a thread or the loop is taking it already)."""
-        with self._lock:
-            if future.parked is None or future.driving:
-                return
-            future.driving = True
-            _, coroutine, pending = future.parked
+        parked = self._drive(future)
+        if parked is None:
+            return
+        _, coroutine, pending = parked
+        outcome: Any = lowlevel.NOT_YET
         try:
             outcome = resume(coroutine, pending, timeout)
-        except BaseException as exc:  # KeyboardInterrupt too: the task fails, nothing hangs
-            self._settle_parked(future, None, exc)
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException as exc:
+            if coroutine.cr_frame is None:  # it ended with that: the task's outcome
+                self._settle_parked(future, None, exc)
+            if not isinstance(exc, Exception):  # (a KeyboardInterrupt while it waited
+                raise  # leaves it parked, for the loop: below)
             return
-        if outcome is lowlevel.NOT_YET:
-            with self._lock:
-                future.driving = False
-            return
-        self._settle_parked(future, outcome, None)
+        finally:
+            if outcome is lowlevel.NOT_YET and future.parked is not None:
+                with self._lock:
+                    future.driving = False
+                future.wanted()  # given up on: the loop takes it if someone waits
+        if outcome is not lowlevel.NOT_YET:
+            self._settle_parked(future, outcome, None)
 
     def _want(self, future: _Future) -> None:
         """From any thread: the loop takes ``future``'s reply, soon."""
@@ -244,11 +268,10 @@ class PoolExecutor(concurrent.futures.Executor):
 
     def _adopt(self, future: _Future) -> None:
         """In the loop: ``future``'s reply taken by a task of the loop."""
-        with self._lock:
-            if future.parked is None or future.driving:
-                return
-            future.driving = True
-            _, coroutine, pending = future.parked
+        parked = self._drive(future)
+        if parked is None:
+            return
+        _, coroutine, pending = parked
         assert self._loop is not None
         adopted = self._loop.loop.create_task(self._reply_in_loop(future, coroutine, pending))
         self._adopted.add(adopted)
@@ -266,22 +289,26 @@ class PoolExecutor(concurrent.futures.Executor):
                        error: BaseException | None) -> None:
         """A parked task's end: its Future settled, or, if its worker died or
         retired before it started, the task to the runners (after shutdown
-        too: the loop runs them before it ends)."""
+        too: the loop runs them before it ends). Unparked whatever happens."""
         assert future.parked is not None
         task = future.parked[0]
-        if error is None and outcome is not None and outcome[0] == NOT_RUN:
-            with self._lock:
-                for again in _retried([task]):
-                    self._enqueue(again)
-        elif error is not None:
-            task.settle((ERROR, self._as_stdlib(error)))
-        else:
-            assert outcome is not None
-            task.settle(outcome if outcome[0] == OK else (ERROR, self._as_stdlib(outcome[1])))
-        with self._lock:
-            future.parked = None
-            future.driving = False
-            del self._parked[future]
+        again: list = []
+        try:
+            if error is not None:
+                task.settle((ERROR, self._as_stdlib(error)))
+            elif outcome is not None and outcome[0] == NOT_RUN:
+                again = _retried([task])
+            else:
+                assert outcome is not None
+                task.settle(outcome if outcome[0] == OK else
+                            (ERROR, self._as_stdlib(outcome[1])))
+        finally:
+            with self._lock:  # in one hold: the loop sees it parked or queued (_main)
+                for queued in again:
+                    self._enqueue(queued)
+                future.parked = None
+                future.driving = False
+                del self._parked[future]
 
     def _sweep(self) -> None:
         """In the loop, every SWEEP while tasks are parked: the replies of
@@ -346,23 +373,24 @@ class PoolExecutor(concurrent.futures.Executor):
     # ---- the runners (the executor's loop thread) ---------------------------------------
 
     def _close(self, cancel_futures: bool, closed: threading.Event) -> None:
-        # cancel() refuses a running task (put back after its worker died
-        # before starting it): that one stays, to run
-        self._backlog.close(lambda task: cancel_futures and task.future.cancel())
+        self._backlog.close(lambda task: cancel_futures and _cancel(task))
         if cancel_futures:  # and those a runner holds while it waits for a worker
             for task in self._waiting:
-                task.future.cancel()
+                _cancel(task)
         closed.set()
 
     async def _main(self) -> None:
         while True:
             await asyncio.gather(*(self._runner() for _ in range(self._max_workers)))
-            # shut down: the tasks sent to claimed workers end first; one that
-            # came back (its worker died before it started) is run, then
+            # shut down: the tasks sent to claimed workers (and being sent) end
+            # first; one that came back (its worker died before it started)
+            # is run, then
             while True:
+                self._take_incoming()
                 with self._lock:
                     parked = list(self._parked)
-                if not parked:
+                    busy = parked or self._sending or self._incoming
+                if not busy:
                     break
                 for future in parked:
                     self._adopt(future)
@@ -382,6 +410,7 @@ class PoolExecutor(concurrent.futures.Executor):
             except Exception as exc:  # a bug of ours: its tasks fail with it, no future hangs
                 lowlevel.logger().error("executor runner failed", error=repr(exc),
                                         exception=lowlevel.traceback_text(exc))
+                self._waiting.difference_update(current)
                 for task in current:
                     if task.future is not None and not task.future.done():
                         task.settle((ERROR, exc))
@@ -400,7 +429,7 @@ class PoolExecutor(concurrent.futures.Executor):
             queued = len(self._backlog.items)
             more = min(WINDOW - 1, queued) if queued >= self._max_workers else 0
             for task in [item] + [self._backlog.items.popleft() for _ in range(more)]:
-                if not task.future.cancelled():
+                if not _dropped(task):
                     batch.append(task)
         self._waiting.update(batch)
         return batch
@@ -410,8 +439,8 @@ class PoolExecutor(concurrent.futures.Executor):
         unless cancelled meanwhile (a task put back, its worker dead before
         it started, is running already)."""
         self._waiting.difference_update(batch)
-        return [task for task in batch
-                if task.future.running() or task.future.set_running_or_notify_cancel()]
+        return [task for task in batch if not _dropped(task) and
+                (task.future.running() or task.future.set_running_or_notify_cancel())]
 
     async def _serve(self, batch: list) -> list | None:
         """Check a worker out, run work on it, check it back in; returns the
@@ -536,6 +565,27 @@ class _Settle:
             if i not in self.settled:
                 self[i] = (ERROR, exc)
         return []
+
+
+def _dropped(task: _Task) -> bool:
+    """Whether a pending task is dropped: shut down with cancel_futures, or
+    cancelled by its caller (its waiters are told now, as the standard
+    library's executors tell them when they reach a cancelled task)."""
+    future = task.future
+    if future is None:
+        return True
+    if future.running() or not future.cancelled():
+        return False
+    future.set_running_or_notify_cancel()
+    task.future = task.call = None
+    return True
+
+
+def _cancel(task: _Task) -> bool:
+    """shutdown(cancel_futures=True): a task no worker took is cancelled and
+    dropped (its waiters told); one running already (put back after its
+    worker died before starting it) stays, to run."""
+    return task.future is not None and task.future.cancel() and _dropped(task)
 
 
 def _retried(tasks: list) -> list:

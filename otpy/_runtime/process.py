@@ -200,7 +200,9 @@ class ProcessContext:
         items = []
         for kind, body in self.reader.frames():
             if kind == wire.CTRL:
-                items.append(self._decode_ctrl(body))
+                item = self._decode_ctrl(body)
+                if item is not _WAKE:
+                    items.append(item)
             elif kind == wire.CTRL_FD:
                 fd, body = body
                 reply = self._decode_ctrl(body)
@@ -275,6 +277,8 @@ class ProcessContext:
         if tag == "dead":
             _, pid, rbody = term
             return _Dead(pid, reasons.unpack(rbody))
+        if tag == "wake":  # see _wake_reader
+            return _WAKE
         if tag == "fault":  # failure injection (otpy.testing); see faults.py
             from . import faults
 
@@ -569,7 +573,8 @@ class ProcessContext:
         """Write one frame to ``pid``. While its buffer is full, wait for room
         until ``deadline`` (monotonic; None: as long as it takes; by default
         SEND_TIMEOUT from now), then raise Timeout having written nothing."""
-        if pid == self.pid and self._send_to_self(kind, body):
+        if pid == self.pid:
+            self._send_to_self(kind, body)
             return
         sock = self.out.get(pid.serial)
         if sock is None:
@@ -582,21 +587,32 @@ class ProcessContext:
         except (BrokenPipeError, ConnectionResetError):
             self._forget(pid.serial, sock)
 
-    def _send_to_self(self, kind: int, body: bytes) -> bool:
-        """A message to our own mailbox, filed at once: False if a thread is
-        blocked reading our stream (a server's loop, sent to by a thread of
-        its own): that one wakes only for a frame, so the message goes
-        through the stream as any other sender's."""
+    def _send_to_self(self, kind: int, body: bytes) -> None:
+        """A message to our own mailbox, filed at once (in send order). If
+        another thread is blocked reading our stream (a server's loop, sent
+        to by a thread of its own), a wake-up frame follows: that thread
+        wakes only for a frame, then finds the message filed."""
         try:
             message = wire.decode(kind, body)  # a copy, as any other receiver gets
         except BaseException as exc:
             message = undecodable(body, exc)
         with self.lock:
-            if self.reading:
-                return False
             self._apply([message])
             self._wake()
-        return True
+            reading = self.reading
+        if reading:
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """A frame that files nothing, to our own stream, never waiting: a
+        full stream has frames for its reader already."""
+        sock = self.out.get(self.pid.serial) or self._open(self.pid)
+        if sock is None:
+            return
+        try:
+            wire.try_send_frame(sock, wire.CTRL, _WAKE_BODY, self.keep_gil)
+        except (BrokenPipeError, ConnectionResetError):
+            self._forget(self.pid.serial, sock)
 
     def _send_blocked(self, pid: Pid, sock: socket.socket, kind: int, body: bytes,
                       deadline: Any) -> None:
@@ -721,11 +737,10 @@ class ProcessContext:
         kind, body, deadline, check = self.start_call(pid, message, ref, timeout)
         try:
             self.send_encoded(pid, kind, body, deadline)
-        except Timeout:
+        except BaseException as exc:
             self._abandon(ref)
-            raise _send_timeout(pid, timeout) from None
-        except BaseException:
-            self._abandon(ref)
+            if isinstance(exc, Timeout):
+                raise _send_timeout(pid, timeout) from None
             raise
         return PendingReply(self, pid, ref, timeout, deadline, check)
 
@@ -811,6 +826,8 @@ class _ReplyCheck:
 
 
 NOT_YET: Any = type("NotYet", (), {"__repr__": lambda self: "NOT_YET"})()
+_WAKE: Any = object()  # a wake-up frame, decoded: nothing to file (see _wake_reader)
+_WAKE_BODY = wire.encode(("wake",))[1]
 
 
 class PendingReply:
@@ -828,7 +845,8 @@ class PendingReply:
     def wait(self, limit: float | None = None) -> Any:
         """The reply, or the request's error (as ``call`` raises it). With
         ``limit``: NOT_YET if neither came within ``limit`` seconds, before
-        the request's own deadline; the reply can still be taken later."""
+        the request's own deadline; the reply can still be taken later, as
+        it can after a KeyboardInterrupt here."""
         ctx, until, early = self.ctx, self.deadline, False
         if limit is not None:
             at = _monotonic() + limit
@@ -836,6 +854,8 @@ class PendingReply:
                 until, early = at, True
         try:
             found = ctx.wait_for(self.check, until, self.ref)
+        except KeyboardInterrupt:
+            raise
         except BaseException:
             ctx._abandon(self.ref)
             raise

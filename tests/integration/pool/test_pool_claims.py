@@ -13,7 +13,9 @@ import otpy
 import pytest
 from otpy.testing import wait_for
 
-from helpers import DEADLINE, expect, in_thread
+from otpy_pool import PoolError, WorkerCrashed
+
+from helpers import DEADLINE, expect, in_thread, sigkill
 from pool_helpers import start
 
 pytestmark = pytest.mark.layer("full")
@@ -125,3 +127,30 @@ def test_a_retiring_workers_slot_goes_to_its_replacement_at_once():
         finally:
             os.kill(server.os_pid, signal.SIGCONT)
         assert held.pid not in workers and len(workers) == 2
+
+
+def test_a_claim_held_while_the_pools_server_is_killed_ends_cleanly_and_claims_resume():
+    """The server SIGKILLed while a caller's claimed command runs: that caller
+    gets its answer or a clear error, never a hang; the replacement server
+    opens a claims page of its own, which callers use from then on (with it
+    SIGSTOPped, session-less commands still run)."""
+    pool = start(size=1)
+    me = otpy.self()
+    pool.execute("echo", 0)
+    held = in_thread(pool.execute, "hold", me, "k")
+    _, _, worker = expect(lambda m: type(m) is tuple and m[:2] == ("holding", "k"))
+    sigkill(otpy.whereis(pool.name))
+    otpy.send(worker, ("release", "k"))
+    try:
+        assert held() == "k"
+    except (WorkerCrashed, PoolError):  # the worker went with its server's subtree
+        pass
+    wait_for(lambda: len(pool.workers()) == 1 and pool.status().idle == 1, DEADLINE)
+    assert pool.execute("echo", 1) == ((1,), {})  # (this process finds the new page)
+    server = otpy.whereis(pool.name)
+    os.kill(server.os_pid, signal.SIGSTOP)
+    try:
+        results = [pool.execute("echo", i) for i in range(5)]
+    finally:
+        os.kill(server.os_pid, signal.SIGCONT)
+    assert results == [((i,), {}) for i in range(5)]

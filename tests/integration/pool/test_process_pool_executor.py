@@ -24,7 +24,7 @@ from otpy.testing import wait_for
 from otpy_pool import (BrokenWorker, InitializerFailed, Pool, PoolNotRunning, PoolUnavailable,
                        ProcessPoolExecutor, TaskNotPicklable, WorkerCrashed)
 
-from helpers import DEADLINE, expect, sigkill
+from helpers import DEADLINE, expect, in_thread, sigkill
 from pool_helpers import no_stale_events  # noqa: F401 (a fixture, by name)
 from pool_workers import Notes, event
 
@@ -209,6 +209,47 @@ def test_a_result_that_times_out_leaves_the_task_running_to_be_asked_again(execu
     assert task.result(DEADLINE) == "t"
 
 
+def test_a_cancelled_task_is_seen_done_by_wait_and_as_completed():
+    """A queued task cancelled by its caller: wait() and as_completed() are
+    told once a runner reaches it (as the standard library's executors do)."""
+    me = otpy.self()
+    with ProcessPoolExecutor(1) as ex:
+        first = ex.submit(hold, me, "c")
+        worker = holding("c")
+        second = ex.submit(abs, -2)  # a runner takes it and waits for the worker
+        cancelled = ex.submit(abs, -3)
+        assert cancelled.cancel()
+        release(worker, "c")
+        assert concurrent.futures.wait([cancelled], timeout=DEADLINE).done == {cancelled}
+        assert list(concurrent.futures.as_completed([cancelled], timeout=DEADLINE)) == \
+            [cancelled]
+        assert (first.result(DEADLINE), second.result(DEADLINE)) == ("c", 2)
+
+
+class SlowToPickle:
+    """An argument whose pickling waits for the test's go (in the submitting thread)."""
+
+    def __init__(self, go: threading.Event) -> None:
+        self.go = go
+
+    def __reduce__(self):
+        assert self.go.wait(DEADLINE)
+        return (str, ("pickled",))
+
+
+def test_a_submit_busy_sending_holds_up_no_other_thread(executor):
+    """submit claims and sends outside the executor's lock: while one
+    thread's submit is busy pickling its argument, another thread's task
+    is submitted and its result taken."""
+    go = threading.Event()
+    slow = in_thread(lambda: executor.submit(str, SlowToPickle(go)).result(DEADLINE))
+    try:
+        assert executor.submit(abs, -7).result(DEADLINE) == 7
+    finally:
+        go.set()
+    assert slow() == "pickled"
+
+
 def test_a_worker_killed_with_a_pipelined_task_queued_runs_that_task_elsewhere():
     """One runner: while its worker holds "a", three tasks queue; then it sends
     two at once. Its worker, SIGKILLed while running the first, never
@@ -386,3 +427,50 @@ def test_at_the_interpreters_exit_pending_work_runs_then_everything_stops(tmp_pa
     node = re.search(r"node (\w+)", out.stdout).group(1)
     wait_for(lambda: not [p for p in psutil.process_iter(["name"])
                           if p.info["name"] == f"otpy-{node}"])
+
+
+def test_ctrl_c_in_result_leaves_the_task_running_for_a_later_result():
+    """A KeyboardInterrupt while result() waits is raised there; the task
+    runs on, and a later result() gets its value (as the standard library's)."""
+    program = textwrap.dedent("""
+        import os
+        import signal
+        import threading
+
+        import otpy
+        from otpy_pool import ProcessPoolExecutor
+
+
+        def hold(parent):
+            otpy.send(parent, ("holding", otpy.self()))
+            otpy.receive(timeout=30, match=lambda m: m == "go")
+            return "done"
+
+
+        def interrupt(main):  # once the main thread reads, in result()
+            from otpy._runtime.node import context  # (the runtime's reader role)
+
+            while not context().reading:
+                os.sched_yield()
+            signal.pthread_kill(main, signal.SIGINT)
+
+
+        if __name__ == "__main__":
+            me = otpy.self()
+            with ProcessPoolExecutor(1) as ex:
+                task = ex.submit(hold, me)
+                _, worker = otpy.receive(timeout=30, match=lambda m: m[0] == "holding")
+                threading.Thread(target=interrupt, args=(threading.get_ident(),),
+                                 daemon=True).start()
+                try:
+                    task.result(timeout=30)
+                    print("not interrupted", flush=True)
+                except KeyboardInterrupt:
+                    print("interrupted; running:", task.running(), flush=True)
+                otpy.send(worker, "go")
+                print("then:", task.result(timeout=30), task.exception(timeout=0), flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["interrupted; running: True", "then: done None"]

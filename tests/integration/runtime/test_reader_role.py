@@ -5,6 +5,7 @@ of the runtime's internals."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import otpy
@@ -34,5 +35,50 @@ def test_a_message_a_thread_sends_its_own_process_wakes_the_thread_reading():
     pid = otpy.spawn(_sent_to_itself_by_its_thread, otpy.self())
     try:
         assert expect(lambda m: m[0] == "got") == ("got", "from my thread")
+    finally:
+        helpers.kill_and_wait([pid])
+
+
+def _sends_to_itself_in_order(parent: otpy.Pid, count: int) -> None:
+    """A thread sends 0..count-1 to its own process while the main thread
+    receives them (thread switches forced often): they arrive in order."""
+    sys.setswitchinterval(1e-6)
+    me = otpy.self()
+    threading.Thread(target=lambda: [otpy.send(me, i) for i in range(count)],
+                     daemon=True).start()
+    got = [otpy.receive() for _ in range(count)]
+    otpy.send(parent, ("got", got == list(range(count))))
+
+
+def test_messages_a_process_sends_itself_from_a_thread_keep_their_order():
+    pid = otpy.spawn(_sends_to_itself_in_order, otpy.self(), 20000)
+    try:
+        assert expect(lambda m: m[0] == "got", timeout=3 * helpers.DEADLINE) == ("got", True)
+    finally:
+        helpers.kill_and_wait([pid])
+
+
+def _sends_itself_while_another_thread_reads(parent: otpy.Pid) -> None:
+    ctx = context()
+    me = otpy.self()
+    reader = threading.Thread(target=otpy.receive, kwargs={"match": lambda m: m == "end"})
+    reader.start()
+    while not ctx.reading:
+        os.sched_yield()
+    otpy.send(me, "x")
+    try:
+        got = otpy.receive(timeout=0, match=lambda m: m == "x")
+    except otpy.Timeout:
+        got = "nothing"
+    otpy.send(me, "end")
+    reader.join()
+    otpy.send(parent, ("got", got))
+
+
+def test_a_message_a_process_sends_itself_is_in_its_mailbox_at_once():
+    """Even while another of its threads is blocked reading its stream."""
+    pid = otpy.spawn(_sends_itself_while_another_thread_reads, otpy.self())
+    try:
+        assert expect(lambda m: m[0] == "got") == ("got", "x")
     finally:
         helpers.kill_and_wait([pid])
