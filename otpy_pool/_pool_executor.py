@@ -181,13 +181,13 @@ class PoolExecutor(concurrent.futures.Executor):
                 self._enqueue(task)
                 return future
             self._sending += 1  # the loop does not end meanwhile (_main)
-        sent = False
+        sent = None
         try:
             sent = self._send_claimed(task)
-        finally:
+        finally:  # (interrupted, it is neither sent nor queued: submit raised)
             with self._lock:
                 self._sending -= 1
-                if not sent:
+                if sent is False:
                     self._enqueue(task)
         return future
 
@@ -215,8 +215,8 @@ class PoolExecutor(concurrent.futures.Executor):
             return True
         if not parked:
             return False  # None: no free worker; (NOT_RUN,): it died first
-        future.set_running_or_notify_cancel()
-        with self._lock:
+        with self._lock:  # (sent: parked at once, so that its claim is given back)
+            future.set_running_or_notify_cancel()
             future.parked, future.parked_at = (task, coroutine, value), self._sweeps
             self._parked[future] = None
             if not self._sweeping:

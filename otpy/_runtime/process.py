@@ -44,6 +44,7 @@ from .status import RUNNING, WAITING, StatusTable
 from .terms import BadMessage, Down, Exit, Pid, Ref
 
 _monotonic = time.monotonic
+_thread_id = threading.get_ident
 _perf_ns = time.perf_counter_ns
 _TIMEVAL = struct.Struct("ll")
 # Before blocking, a reader polls its socket for a while. Waking a process
@@ -116,6 +117,7 @@ class ProcessContext:
         self.keyed_tasks: dict[Any, Any] = {}
         self.reader = wire.FrameReader()
         self.reading = False
+        self.reading_thread = 0  # the thread holding the reader role, while one does
         self.spin_ns = SPIN_NS  # adapts: see SPIN_NS
         # Set once a second thread waits here: from then on, socket calls that
         # cannot block keep the GIL (nowait.py). A single-threaded process
@@ -363,6 +365,7 @@ class ProcessContext:
             if self.reading:
                 return False
             self.reading = True
+            self.reading_thread = _thread_id()
             items: list = []
             try:
                 self.lock.release()
@@ -430,6 +433,7 @@ class ProcessContext:
                 self._sleep(key, remaining)
                 continue
             self.reading = True
+            self.reading_thread = _thread_id()
             if self.to_wake:
                 self._wake()
             lock.release()
@@ -599,20 +603,28 @@ class ProcessContext:
         with self.lock:
             self._apply([message])
             self._wake()
-            reading = self.reading
-        if reading:
+            # A signal handler in the reading thread itself wakes nobody: the
+            # stream to ourselves may not be open, and the zygote's answer to
+            # opening it would come to this very thread. Its read sees the
+            # message when it next returns (a frame, or its deadline).
+            another_reads = self.reading and self.reading_thread != _thread_id()
+        if another_reads:
             self._wake_reader()
 
     def _wake_reader(self) -> None:
         """A frame that files nothing, to our own stream, never waiting: a
-        full stream has frames for its reader already."""
-        sock = self.out.get(self.pid.serial) or self._open(self.pid)
-        if sock is None:
-            return
+        full stream has frames for its reader already. (The message is
+        filed: a failure here costs the reader's promptness only.)"""
+        sock = None
         try:
-            wire.try_send_frame(sock, wire.CTRL, _WAKE_BODY, self.keep_gil)
+            sock = self.out.get(self.pid.serial) or self._open(self.pid)
+            if sock is not None:
+                wire.try_send_frame(sock, wire.CTRL, _WAKE_BODY, self.keep_gil)
         except (BrokenPipeError, ConnectionResetError):
-            self._forget(self.pid.serial, sock)
+            if sock is not None:
+                self._forget(self.pid.serial, sock)
+        except (OtpyError, OSError):  # the node going away: its reader wakes for that
+            pass
 
     def _send_blocked(self, pid: Pid, sock: socket.socket, kind: int, body: bytes,
                       deadline: Any) -> None:

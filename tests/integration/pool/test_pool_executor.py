@@ -40,3 +40,30 @@ def test_the_executor_runs_functions_on_the_workers_and_a_death_fails_only_its_f
     with pytest.raises(ValueError, match="max_workers"):
         pool.executor(max_workers=0)
     pool.stop()
+
+
+class InterruptsItsPickling:
+    """Ctrl-C while submit pickles it (the first time)."""
+
+    pickled = 0
+
+    def __reduce__(self):
+        InterruptsItsPickling.pickled += 1
+        if InterruptsItsPickling.pickled == 1:
+            raise KeyboardInterrupt
+        return (str, ("pickled",))
+
+
+def test_a_submit_interrupted_while_it_sends_raises_and_its_task_never_runs():
+    pool = start(size=1)
+    ex = pool.executor()
+    try:
+        assert ex.submit(abs, -1).result(DEADLINE) == 1  # a worker free to claim
+        commands = pool.status().total_commands
+        with pytest.raises(KeyboardInterrupt):
+            ex.submit(str, InterruptsItsPickling())
+        assert ex.submit(abs, -2).result(DEADLINE) == 2
+    finally:
+        ex.shutdown(wait=True)
+    assert pool.status().total_commands == commands + 1  # the interrupted one never ran
+    pool.stop()

@@ -251,9 +251,9 @@ def test_a_submit_busy_sending_holds_up_no_other_thread(executor):
 
 
 def test_a_worker_killed_with_a_pipelined_task_queued_runs_that_task_elsewhere():
-    """One runner: while its worker holds "a", three tasks queue; then it sends
-    two at once. Its worker, SIGKILLed while running the first, never
-    started the second: that one runs on the replacement."""
+    """While "a" holds the only worker, three tasks queue for the runner; its
+    worker, SIGKILLed while running "b", never started the others (sent
+    with it or still queued): they run on the replacement."""
     me = otpy.self()
     with ProcessPoolExecutor(1) as ex:
         first = ex.submit(hold, me, "a")
@@ -373,15 +373,21 @@ def test_shutdown_cancelling_futures_still_runs_work_a_dead_worker_never_started
     """Tasks pipelined behind one whose input kills its worker never started:
     they wait, running, while it is retried; a shutdown(cancel_futures=True)
     then cannot cancel them, and they still run."""
+    me = otpy.self()
     ex = ProcessPoolExecutor(1)
     try:
-        # the one worker held, so that the four below queue up and go to it together
-        gate = ex.submit(hold, otpy.self(), "gate")
+        # the one worker claimed by the first task; the second is the runner's,
+        # which waits for that worker and then holds it, so that the four below
+        # queue up and go to it together
+        gate = ex.submit(hold, me, "gate")
         worker = holding("gate")
+        second = ex.submit(hold, me, "second")
+        wait_for(lambda: ex.pool.status().queued == 1)  # the runner waits in the pool's queue
         doomed = ex.submit(id, KillsOnArrival())
         behind = [ex.submit(os.getpid) for _ in range(3)]
         release(worker, "gate")
-        assert gate.result(DEADLINE) == "gate"
+        release(holding("second"), "second")
+        assert (gate.result(DEADLINE), second.result(DEADLINE)) == ("gate", "second")
         wait_for(lambda: ex.pool.status().worker_restarts >= 1)
         ex.shutdown(wait=False, cancel_futures=True)
         assert isinstance(doomed.exception(DEADLINE * 3), BrokenWorker)

@@ -331,6 +331,10 @@ def test_a_request_sent_in_one_thread_is_answered_in_another():
     assert taken() == ("answer", "q")
 
 
+def _never_answer() -> None:
+    otpy.receive(match=lambda m: False)
+
+
 def test_a_pending_reply_is_taken_in_an_event_loop_and_a_death_answers_it():
     import asyncio
 
@@ -340,7 +344,7 @@ def test_a_pending_reply_is_taken_in_an_event_loop_and_a_death_answers_it():
     expect(lambda m: m == "called")
     otpy.send(pid, "go")
     assert asyncio.run(lowlevel.areply(pending)) == ("answer", "q")
-    doomed = otpy.spawn(otpy.receive)
+    doomed = otpy.spawn(_never_answer)
     ref = otpy.make_ref()
     pending = lowlevel.send_request(doomed, (lowlevel.CALL, (otpy.self(), ref), "q"), ref, None)
     helpers.sigkill(doomed)

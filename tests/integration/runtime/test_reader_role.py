@@ -5,6 +5,7 @@ of the runtime's internals."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 
@@ -80,5 +81,28 @@ def test_a_message_a_process_sends_itself_is_in_its_mailbox_at_once():
     pid = otpy.spawn(_sends_itself_while_another_thread_reads, otpy.self())
     try:
         assert expect(lambda m: m[0] == "got") == ("got", "x")
+    finally:
+        helpers.kill_and_wait([pid])
+
+
+def _sends_itself_from_a_signal_handler(parent: otpy.Pid) -> None:
+    me = otpy.self()
+    sent = []
+    signal.signal(signal.SIGALRM, lambda *_: sent.append(otpy.send(me, "from the handler")))
+    signal.setitimer(signal.ITIMER_REAL, 0.01)  # fires during the receive, or before it
+    try:
+        got = otpy.receive(timeout=0.5)  # the handler's message, by this deadline at the latest
+    except otpy.Timeout:
+        got = "nothing"
+    otpy.send(parent, ("got", got, sent))
+
+
+def test_a_signal_handler_of_the_reading_thread_sends_its_process_a_message():
+    """The handler runs in the thread blocked reading: its send files the
+    message and returns (it must not ask the zygote for a stream to itself,
+    whose answer that very thread would have to read)."""
+    pid = otpy.spawn(_sends_itself_from_a_signal_handler, otpy.self())
+    try:
+        assert expect(lambda m: m[0] == "got") == ("got", "from the handler", [None])
     finally:
         helpers.kill_and_wait([pid])
