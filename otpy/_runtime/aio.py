@@ -38,12 +38,13 @@ SPIN_NS = 50_000
 class _Task:
     """One waiting task's wake-up: a future of its loop, set from any thread."""
 
-    __slots__ = ("loop", "thread", "future")
+    __slots__ = ("loop", "thread", "future", "expired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.thread = threading.get_ident()
         self.future: asyncio.Future = loop.create_future()
+        self.expired = False
 
     def wake(self) -> None:
         """Called with the process's lock held, from any thread."""
@@ -54,6 +55,7 @@ class _Task:
 
     def expire(self) -> None:
         """The wait's deadline (a timer of the loop): ends the current round."""
+        self.expired = True
         _resolve(self.future)
 
 
@@ -150,7 +152,10 @@ async def wait_for(ctx: ProcessContext, check: Callable[[], Any], deadline: floa
                     if unread:
                         unread = False
                         ctx.read_available()
-                    if deadline is not None and timer is None:
+                    # (again if the timer fired before the deadline: a loop's clock
+                    # may be coarser than ours, as uvloop's milliseconds are)
+                    if deadline is not None and (timer is None or task.expired):
+                        task.expired = False
                         timer = loop.call_later(max(0.0, deadline - _monotonic()), task.expire)
                     await task.future
                 finally:

@@ -263,3 +263,34 @@ def test_asend_delivers_and_refuses_a_bad_timeout_before_sending():
         run(lowlevel.asend(me, ("asent", 2), timeout=-1))
     with pytest.raises(otpy.Timeout):
         otpy.receive(timeout=0, match=lambda m: m[:1] == ("asent",))
+
+
+class _EarlyTimers(asyncio.SelectorEventLoop):
+    """A loop whose timers fire early, as uvloop's can (its clock counts
+    milliseconds, cached per iteration)."""
+
+    def call_later(self, delay, callback, *args, context=None):
+        return super().call_later(delay / 2, callback, *args, context=context)
+
+
+def _never_answer() -> None:
+    otpy.receive(match=lambda m: False)
+
+
+def test_a_call_times_out_even_when_its_loop_fires_the_timer_early():
+    """The wait goes round until the deadline has passed by our clock: an
+    early timer that ended only a round is set again, not lost."""
+    pid = otpy.spawn(_never_answer)
+    ref = otpy.make_ref()
+    loop = _EarlyTimers()
+
+    async def request():
+        with pytest.raises(otpy.Timeout):
+            await lowlevel.arequest(pid, (lowlevel.CALL, (otpy.self(), ref), "q"), ref, 0.2)
+
+    try:
+        # (the bound: this loop's timers fire at half time, so DEADLINE * 2)
+        loop.run_until_complete(asyncio.wait_for(request(), 2 * DEADLINE))
+    finally:
+        loop.close()
+        helpers.kill_and_wait([pid])
