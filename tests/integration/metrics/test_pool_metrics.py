@@ -158,6 +158,26 @@ def test_a_running_command_and_a_queued_caller_are_scraped(server):
     pool.stop()
 
 
+def test_a_claimed_command_is_idle_in_the_gauge_and_busy_in_status(server):
+    """As docs/metrics.md says: the gauge counts checkouts (it is written when
+    the server handles a message, and a claim sends none); status() asks the
+    claims page's locks."""
+    me = otpy.self()
+    pool = start(size=1, name="claimed")
+    pool.execute("ping")  # (this process asks where the claims page is, once)
+    held = in_thread(pool.execute, "hold", me, "c")
+    worker = expect(lambda m: m[:2] == ("holding", "c"))[2]
+    try:
+        assert (pool.status().busy, pool.status().idle) == (1, 0)
+        figures = scrape(server.url)
+        assert value(figures, "otpy_pool_workers", pool="claimed", state="busy") == 0
+        assert value(figures, "otpy_pool_workers", pool="claimed", state="idle") == 1
+    finally:
+        otpy.send(worker, ("release", "c"))
+    assert held() == "c"
+    pool.stop()
+
+
 def test_counts_go_on_across_a_killed_pool_server(server):
     pool = start(size=2, name="resilient")
     for i in range(3):
