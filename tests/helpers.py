@@ -82,6 +82,30 @@ def wait_gone(os_pids: Iterable[int], timeout: float = DEADLINE) -> list[int]:
             os.close(fd)
 
 
+def spare_os_pid(timeout: float = DEADLINE) -> int:
+    """The OS pid of the zygote's spare (the process the next spawn is handed
+    to: the zygote's one child that is no otpy process), once it is forked."""
+    import psutil
+
+    from otpy import lowlevel
+
+    zygote = psutil.Process(lowlevel.zygote_os_pid())
+
+    def spare() -> int | None:
+        known = {p.os_pid for p in otpy.processes()}
+        found = []
+        for child in zygote.children():
+            try:
+                if child.pid not in known and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return found[0] if len(found) == 1 else None
+
+    from otpy.testing import wait_for
+    return wait_for(spare, timeout=timeout)
+
+
 # ---- process bodies ---------------------------------------------------------
 
 def idle() -> None:

@@ -46,7 +46,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
-from . import log, process, reasons, tables, wire
+from . import log, process, reasons, spare, tables, wire
 from .keeper import children
 from .observe import REQUEST_SIGNAL, Page
 from .rows import P, PageRow, ProcessRow, process_label
@@ -159,6 +159,11 @@ class Zygote:
         self.os_pids: set[int] = set()  # of the processes in procs: the rest of our children
         # are leftovers of dead processes (see sweep)
         self.sweep_at: float | None = None
+        # The process the next spawn is handed to (spare.py), forked when the
+        # zygote is idle after a spawn took the last one.
+        self.spare: spare.Spare | None = None
+        self.spare_wanted = False
+        self.dill_loaded = False  # dill loaded here: children inherit it
         self.running = True
         self.main_pid = main_pid
         self.started_at = time.time()
@@ -291,6 +296,9 @@ class Zygote:
                 until_sweep = max(0.0, self.sweep_at - time.monotonic())
                 timeout = until_sweep if timeout < 0 else min(timeout, until_sweep)
             try:
+                if self.spare_wanted and timeout != 0 and not self.ep.poll(0):
+                    self._new_spare()  # nothing to do: fork the next spawn's process now
+                    continue
                 events = self.ep.poll(timeout)
             except InterruptedError:
                 continue
@@ -429,6 +437,14 @@ class Zygote:
         process with its group and reap them. What they left behind is the
         keeper's to sweep once the zygote has exited (keeper.py)."""
         self.running = False
+        if self.spare is not None:
+            waiting = self.spare.os_pid
+            self._retire_spare()
+            _kill_group(waiting)
+            try:
+                os.waitpid(waiting, 0)
+            except ChildProcessError:
+                pass
         for e in list(self.procs.values()):
             if not e.is_main:
                 _kill_group(e.pid.os_pid)
@@ -449,8 +465,9 @@ class Zygote:
         True if any leftover remains."""
         self.sweep_at = None
         killed = kept = False
+        waiting = self.spare.os_pid if self.spare is not None else None
         for os_pid in children():
-            if os_pid in self.os_pids:
+            if os_pid in self.os_pids or os_pid == waiting:
                 continue
             try:
                 if os.waitpid(os_pid, os.WNOHANG)[0]:
@@ -478,57 +495,24 @@ class Zygote:
             owner = self.names.get((ns, name))
             if owner is not None and self.live(owner) is not None:
                 return ("taken", self.procs[owner].pid)
-        serial = self._alloc_serial()
-        made: list[socket.socket] = []
-        fds: list[int] = []
-        try:
-            made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            # The pidfd's slot, taken now: once the child runs, nothing may fail.
-            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-            # The spawner's inbound stream, for the child to keep (not in held):
-            # most children's first message goes to their spawner (a GenServer's
-            # start ack, a result), and this spares them asking for it ("open").
-            fds.append(os.dup(e.write.fileno()))
-        except OSError as exc:
-            for sock in made:
-                sock.close()
-            for fd in fds:
-                os.close(fd)
-            return ("error", limit_message(exc, len(self.procs)))
-        inbound_r, inbound_w, ctrl_child, ctrl_zyg = made
-        spare, to_parent = fds
-        inbound_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
-        self.held.add(spare)  # the child closes it with the rest
-        if kind == wire.MSG_DILL:
+        if kind == wire.MSG_DILL and not self.dill_loaded:
             wire.load_by_value()  # once, here: every later child inherits dill
-        # Claimed before the fork: a child that reached its first receive
+            self.dill_loaded = True
+            self._retire_spare()  # forked without it
+        self.spare_wanted = True
+        serial = self._alloc_serial()
+        # Claimed before the child runs: one that reached its first receive
         # before the zygote's bookkeeping would have its "waiting" overwritten.
         self.status.claim(serial)
-        # Frozen objects are never scanned by the child's collector, so the
-        # child does not copy the pages of the zygote's tables it inherits.
-        gc.freeze()
-        try:
-            os_pid = os.fork()
-        except OSError as exc:
-            gc.unfreeze()
+        made = self._hand_to_spare(serial, ns, name, e, kind, payload)
+        if made is None:
+            made = self._fork_child(serial, ns, name, e, kind, payload)
+        if made[0] == "error":
             self.status.release(serial)
-            os.close(to_parent)
-            self._drop(spare)
-            for sock in made:
-                sock.close()
-            return ("error", limit_message(exc, len(self.procs)))
-        if os_pid == 0:
-            self._child(serial, ns, name, e.pid, inbound_r, ctrl_child, to_parent, kind,
-                        payload)  # never returns
-        gc.unfreeze()
-        _own_group(os_pid)  # here too, so that no kill can come before the child's own
-        os.close(to_parent)
-        inbound_r.close()
-        ctrl_child.close()
-        self._drop(spare)
+            return made
+        os_pid, pidfd, inbound_w, ctrl_zyg = made
         pid = Pid(self.node, serial, os_pid)
-        child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, os.pidfd_open(os_pid), False, False)
+        child = Entry(pid, ns, e.pid, inbound_w, ctrl_zyg, pidfd, False, False)
         self._add(child)
         self.spawns += 1
         if name is not None:
@@ -543,34 +527,192 @@ class Zygote:
             tables.monitor(e, child, mref)
         return pid
 
-    def _child(self, serial: int, ns: str, name: str | None, parent: Pid,
-               inbound: socket.socket, ctrl: socket.socket, to_parent: int, kind: int,
-               payload: bytes) -> None:
-        # As little as possible runs here: every page it writes is a copy the
-        # child makes of the zygote's. Its name (otpy-<node>), SIGINT ignored
-        # and SIGCHLD's default action are inherited from the zygote.
+    def _streams(self) -> tuple[socket.socket, ...] | tuple[str, str]:
+        """A new process's streams: (inbound read end, inbound write end,
+        control child end, control zygote end), or an error naming the limit."""
+        made: list[socket.socket] = []
+        try:
+            made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            for sock in made:
+                sock.close()
+            return ("error", limit_message(exc, len(self.procs)))
+        made[1].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
+        return tuple(made)
+
+    def _hand_to_spare(self, serial: int, ns: str, name: str | None, e: Entry, kind: int,
+                       payload: bytes) -> tuple[int, int, socket.socket, socket.socket] | None:
+        """The spawn handed to the spare: (os pid, pidfd, inbound write end,
+        control socket); None if there is no spare, the body is too big for
+        it, or it is gone (then retired)."""
+        waiting = self.spare
+        if waiting is None:
+            return None
+        order = spare.order(Pid(self.node, serial, waiting.os_pid), ns, name, e.pid, kind,
+                            payload)
+        if order is None:
+            return None
+        try:
+            # The spawner's inbound stream, for the child to keep (see _fork_child).
+            to_parent = os.dup(e.write.fileno())
+        except OSError:
+            return None
+        try:
+            handed = waiting.hand(order, to_parent)
+        finally:
+            os.close(to_parent)
+        if not handed:
+            self._retire_spare()
+            return None
+        self.spare = None
+        self.held.discard(waiting.sock.fileno())
+        waiting.sock.close()
+        return waiting.os_pid, waiting.pidfd, waiting.inbound, waiting.ctrl
+
+    def _fork_child(self, serial: int, ns: str, name: str | None, e: Entry, kind: int,
+                    payload: bytes) -> tuple[int, int, socket.socket, socket.socket] \
+            | tuple[str, str]:
+        """The spawn forked: (os pid, pidfd, inbound write end, control
+        socket), or an error naming the limit that stopped it."""
+        streams = self._streams()
+        if streams[0] == "error":
+            return streams  # type: ignore[return-value]
+        inbound_r, inbound_w, ctrl_child, ctrl_zyg = streams  # type: ignore[misc]
+        fds: list[int] = []
+        try:
+            # The pidfd's slot, taken now: once the child runs, nothing may fail.
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            # The spawner's inbound stream, for the child to keep (not in held):
+            # most children's first message goes to their spawner (a GenServer's
+            # start ack, a result), and this spares them asking for it ("open").
+            fds.append(os.dup(e.write.fileno()))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            for sock in streams:
+                sock.close()  # type: ignore[union-attr]
+            return ("error", limit_message(exc, len(self.procs)))
+        slot, to_parent = fds
+        self.held.add(slot)  # the child closes it with the rest
+        # Frozen objects are never scanned by the child's collector, so the
+        # child does not copy the pages of the zygote's tables it inherits.
+        gc.freeze()
+        try:
+            os_pid = os.fork()
+        except OSError as exc:
+            gc.unfreeze()
+            os.close(to_parent)
+            self._drop(slot)
+            for sock in streams:
+                sock.close()  # type: ignore[union-attr]
+            return ("error", limit_message(exc, len(self.procs)))
+        if os_pid == 0:
+            # The child keeps the zygote's ends of its streams too (they are not
+            # in held yet): so the zygote's exit wakes none of its processes
+            # with an end of file. They die of their parent-death signal
+            # instead; 1,000 woken to read EOF kept the exit busy for 1 s.
+            self._child(Pid(self.node, serial, os.getpid()), ns, name, e.pid, kind, payload,
+                        [inbound_r.fileno(), ctrl_child.fileno(), to_parent])
+        gc.unfreeze()
+        _own_group(os_pid)  # here too, so that no kill can come before the child's own
+        os.close(to_parent)
+        inbound_r.close()
+        ctrl_child.close()
+        self._drop(slot)
+        return os_pid, os.pidfd_open(os_pid), inbound_w, ctrl_zyg
+
+    def _prepare_child(self) -> None:
+        """In a new child (or spare), before anything else runs. As little as
+        possible runs here: every page it writes is a copy the child makes of
+        the zygote's. Its name (otpy-<node>), SIGINT ignored and SIGCHLD's
+        default action are inherited from the zygote."""
+        die_with_parent(self.os_pid)
+        _own_group(0)  # before any line of the body: all it starts is in the group
+        signal.set_wakeup_fd(-1)
+        signal.signal(REQUEST_SIGNAL, signal.SIG_DFL)
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        self.page.close()
+        self.ep.close()
+        # The other processes' descriptors, closed by number: going through
+        # the entries would cost a copy of every page they live on, in
+        # every child (3-9 ms per spawn at 1,000 live processes). Their
+        # socket objects keep stale numbers but are never freed here: this
+        # frame holds the zygote until os._exit.
+        self.held.close_all()
+        self.status.close_fd()
+
+    def _child(self, pid: Pid, ns: str, name: str | None, parent: Pid, kind: int,
+               payload: bytes, fds: list[int]) -> None:
+        """A child forked for a spawn: never returns."""
         code = 1
         try:
-            die_with_parent(self.os_pid)
-            _own_group(0)  # before any line of the body: all it starts is in the group
-            signal.set_wakeup_fd(-1)
-            signal.signal(REQUEST_SIGNAL, signal.SIG_DFL)
-            for fd in (self.wake_r, self.wake_w):
-                os.close(fd)
-            self.page.close()
-            self.ep.close()
-            # The other processes' descriptors, closed by number: going through
-            # the entries would cost a copy of every page they live on, in
-            # every child (3-9 ms per spawn at 1,000 live processes). Their
-            # socket objects keep stale numbers but are never freed here: this
-            # frame holds the zygote until os._exit.
-            self.held.close_all()
-            self.status.close_fd()
-            pid = Pid(self.node, serial, os.getpid())
-            code = process.run_child(pid, ns, name, parent, inbound, ctrl, to_parent,
-                                     self.status, self.os_pid, kind, payload)
+            self._prepare_child()
+            code = self._run_child((pid, ns, name, parent, kind, payload), fds)
         finally:
             os._exit(code)
+
+    def _run_child(self, order: tuple, fds: list[int]) -> int:
+        """Run a spawned process's body (``fds``: its inbound stream, its
+        control socket, its spawner's inbound stream): its exit code."""
+        pid, ns, name, parent, kind, payload = order
+        inbound_fd, ctrl_fd, to_parent = fds
+        inbound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, inbound_fd)
+        ctrl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, ctrl_fd)
+        return process.run_child(pid, ns, name, parent, inbound, ctrl, to_parent,
+                                 self.status, self.os_pid, kind, payload)
+
+    def _set_up_spare(self) -> None:
+        """In a spare, as it is forked: set up as any child, named apart
+        (``otpy+<node>``: the observer counts a node's ``otpy-`` processes),
+        then what a child does first is done once on throwaway objects, so
+        that the pages it writes (reference counts, the allocator's) are
+        copied now rather than while a spawner waits."""
+        self._prepare_child()
+        prctl_name(f"otpy+{self.node}")
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        order = pickle.loads(pickle.dumps((self.main_pid, "", None, self.main_pid), 5))
+        ctx = process.ProcessContext(order[0], "", order[3], a, b, self.status, self.os_pid,
+                                     trap=False, is_main=False)
+        kind, body = wire.encode_body((process.ProcessContext, (), {}))
+        wire.decode(kind, body)
+        del ctx
+        a.close()
+        b.close()
+
+    def _run_spare(self, order: tuple, fds: list[int]) -> int:
+        prctl_name(f"otpy-{self.node}")
+        return self._run_child(order, fds)
+
+    def _new_spare(self) -> None:
+        """Fork the process the next spawn is handed to (the zygote is idle)."""
+        self.spare_wanted = False
+        if self.spare is not None:
+            return  # the last spawn did not take it (its body was too big)
+        streams = self._streams()
+        if streams[0] == "error":
+            return
+        made = spare.fork(streams, self._set_up_spare, self._run_spare)  # type: ignore[arg-type]
+        if made is not None:
+            for fd in (made.sock.fileno(), made.pidfd, made.inbound.fileno(),
+                       made.ctrl.fileno()):
+                self.held.add(fd)
+            self.spare = made
+
+    def _retire_spare(self) -> None:
+        """The spare no longer matches what a child must inherit (or the node
+        ends): let it go; the sweep reaps it."""
+        if self.spare is None:
+            return
+        for fd in (self.spare.sock.fileno(), self.spare.pidfd, self.spare.inbound.fileno(),
+                   self.spare.ctrl.fileno()):
+            self.held.discard(fd)
+        spare.retire(self.spare)
+        self.spare = None
+        self.spare_wanted = True
+        if self.sweep_at is None:
+            self.sweep_at = time.monotonic()
 
     # ---- requests -----------------------------------------------------------
 
@@ -767,6 +909,7 @@ class Zygote:
 
     def op_log_config(self, e: Entry, json_lines: bool, level: int, path: str | None) -> None:
         log.apply(json_lines, level, path)
+        self._retire_spare()  # children inherit the configuration
 
     # ---- observation ----------------------------------------------------------
 

@@ -169,10 +169,11 @@ def test_a_spawn_that_cannot_copy_the_spawners_stream_closes_what_it_made():
     from otpy._runtime import wire
     from otpy._runtime.zygote import Zygote
 
-    zygote = types.SimpleNamespace(_alloc_serial=lambda: 7, procs={})
+    zygote = types.SimpleNamespace(procs={})
+    zygote._streams = lambda: Zygote._streams(zygote)
     # the spawner's stream as a number no descriptor has: its copy fails
     spawner = types.SimpleNamespace(write=types.SimpleNamespace(fileno=lambda: -1))
     before = _open_fds()
-    result = Zygote.op_spawn(zygote, spawner, wire.MSG, b"", False, None, "")
+    result = Zygote._fork_child(zygote, 7, "", None, spawner, wire.MSG, b"")
     assert result[0] == "error" and "Bad file descriptor" in result[1], result
     assert _open_fds() == before  # the socket pairs and the pidfd's slot are closed

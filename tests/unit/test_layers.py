@@ -15,6 +15,7 @@ from helpers import ROOT
 LAYERS = ["otpy/behaviours", "otpy/testing", "otpy/observer", "otpy/metrics", "otpy_pool"]
 # tests that check the runtime's internals on purpose
 INTERNAL_TESTS = {"test_zygote_send.py", "test_call_watch.py", "test_reader_role.py",
+                  "test_spare.py",  # which OS process a spawn became
                   "test_observer.py",
                   # the breaker's and limiter's pure state machines, against models
                   "test_breaker_machine.py", "test_limiter_algorithms.py",

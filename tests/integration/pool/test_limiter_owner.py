@@ -58,8 +58,10 @@ def test_sigkill_of_the_owner_callers_never_hang_and_the_replacement_starts_empt
     expect_down(ref)
     done = [expect(lambda m: m[:1] == ("done",), timeout=DEADLINE * 3)[1] for _ in pids]
     assert done == [300, 300]  # every hit answered, by the old owner or the replacement
-    # the replacement registers its name as it starts: wait for it, with a deadline
+    # the replacement registers its name as it is spawned and publishes its table
+    # in its init: wait for the name, then for an answer (given after its init)
     wait_for(lambda: otpy.whereis("api") not in (None, owner), timeout=DEADLINE)
+    api.stats()
     fresh = api.hit("k", limit=3, window=LONG)
     assert fresh.allowed and fresh.count == 1  # the replacement starts with no buckets
 

@@ -1,0 +1,183 @@
+"""The zygote's spare (issue 25): a process forked ahead of need, which the
+next spawn is handed instead of forking while the spawner waits. Tests of
+the runtime's internals: which OS process a spawn became."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+import otpy
+from otpy import lowlevel
+from otpy._runtime import spare
+
+from helpers import TESTS, expect, expect_down, sigkill, spare_os_pid, wait_gone
+
+
+def _spawn_and_greet() -> otpy.Pid:
+    """A process that says hello and ends; returns once it is gone."""
+    pid, ref = otpy.spawn_monitor(otpy.send, otpy.self(), "hello")
+    expect(lambda m: m == "hello")
+    expect_down(ref)
+    return pid
+
+
+def test_a_spawn_is_handed_the_spare_forked_before_it():
+    _spawn_and_greet()
+    for _ in range(3):  # and again: each spawn's spare is forked after the last one
+        waiting = spare_os_pid()
+        assert _spawn_and_greet().os_pid == waiting
+
+
+def test_the_sweep_after_a_death_leaves_the_spare_alone():
+    _spawn_and_greet()
+    pid, ref = otpy.spawn_monitor(otpy.receive)  # handed the spare; another is forked...
+    sigkill(pid)
+    expect_down(ref)  # ...and this death sweeps the zygote's children
+    waiting = spare_os_pid()
+    otpy.processes()  # answered after the sweep that followed the death
+    assert psutil.Process(waiting).status() != psutil.STATUS_ZOMBIE
+    assert _spawn_and_greet().os_pid == waiting
+
+
+def test_a_killed_spare_is_reaped_and_the_spawn_forks():
+    _spawn_and_greet()
+    waiting = spare_os_pid()
+    os.kill(waiting, signal.SIGKILL)
+    assert not wait_gone([waiting])  # dead (a zombie until the zygote reaps it)
+    pid = _spawn_and_greet()
+    assert pid.os_pid != waiting
+    replacement = spare_os_pid()  # forked again after that spawn
+    assert replacement != waiting
+    otpy.processes()
+    assert waiting not in {c.pid for c in psutil.Process(lowlevel.zygote_os_pid()).children()}
+
+
+def test_a_body_too_big_for_the_spare_is_forked_and_the_spare_kept():
+    _spawn_and_greet()
+    waiting = spare_os_pid()
+    big = b"x" * (spare.MAX_ORDER + 1)
+    pid, ref = otpy.spawn_monitor(otpy.send, otpy.self(), ("big", big))
+    assert expect(lambda m: type(m) is tuple and m[0] == "big") == ("big", big)
+    expect_down(ref)
+    assert pid.os_pid != waiting
+    assert _spawn_and_greet().os_pid == waiting
+
+
+LATE_LOGGING = textwrap.dedent("""
+    import sys, otpy
+    sys.path.insert(0, sys.argv[1])
+    from helpers import spare_os_pid
+    from servers import Counter
+
+    pid, ref = otpy.spawn_monitor(otpy.send, otpy.self(), "hello")  # a spare follows
+    otpy.receive(timeout=10, match=lambda m: m == "hello")
+    spare_os_pid()
+    otpy.configure_logging(json=True, file=sys.argv[2])
+    sup = otpy.Supervisor.start_link([Counter.child_spec(name="c")])  # from a new spare
+    ref = otpy.monitor("c")
+    otpy.cast("c", "crash")
+    otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+    otpy.Supervisor.which_children(sup)  # answered after its crash report
+    otpy.Supervisor.stop(sup)
+""")
+
+
+def test_logging_configured_after_the_spare_was_forked_reaches_the_next_process(tmp_path):
+    log = tmp_path / "log.jsonl"
+    out = subprocess.run([sys.executable, "-c", LATE_LOGGING, str(TESTS), str(log)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    with open(log) as f:
+        events = [json.loads(line) for line in f]  # the supervisor's, as JSON lines
+    assert any(e["event"] == "crash report" for e in events), (events, out.stderr)
+
+
+ENDS_WITH_THE_NODE = textwrap.dedent("""
+    import sys, otpy
+    sys.path.insert(0, sys.argv[1])
+    from helpers import spare_os_pid
+
+    pid, ref = otpy.spawn_monitor(otpy.send, otpy.self(), "hello")
+    otpy.receive(timeout=10, match=lambda m: m == "hello")
+    print(spare_os_pid(), flush=True)
+    if sys.argv[2] == "wait":
+        sys.stdin.read()
+""")
+
+
+def _program_with_a_spare(mode: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", ENDS_WITH_THE_NODE, str(TESTS), mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def test_the_spare_ends_with_its_node():
+    proc, waiting = _program_with_a_spare("exit")
+    try:
+        assert proc.wait(timeout=30) == 0
+        assert not wait_gone([waiting])
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_spare_dies_with_a_killed_program():
+    proc, waiting = _program_with_a_spare("wait")
+    try:
+        proc.kill()  # SIGKILL: no teardown runs; the zygote goes, and its spare with it
+        proc.wait(timeout=30)
+        assert not wait_gone([waiting])
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+WAKE_AFTER_DEATH = textwrap.dedent("""
+    import os, sys, otpy
+    sys.path.insert(0, sys.argv[1])
+    from helpers import spare_os_pid
+
+    def wait_then_mark(path, padding):
+        try:
+            otpy.receive()
+        finally:  # runs only if the process wakes after its program's death
+            open(path, "w").close()
+
+    forked = sys.argv[4] == "forked"
+    padding = b"x" * (70 * 1024 if forked else 0)  # too big for a spare: forked
+    for i in range(int(sys.argv[3])):
+        spare_os_pid()  # each spawn (unless forked) handed a spare
+        otpy.spawn(wait_then_mark, os.path.join(sys.argv[2], str(i)), padding)
+    print(" ".join(str(p.os_pid) for p in otpy.processes() if p != otpy.self()), flush=True)
+    sys.stdin.read()
+""")
+
+
+@pytest.mark.parametrize("made", ["from_spares", "forked"])
+def test_processes_run_no_code_after_their_program_is_killed(tmp_path, made):
+    # The zygote's exit closes its ends of every process's streams; a process
+    # holding no other end would wake to an end of file and run its finally
+    # before its parent-death signal came (and at 1,000 processes, keep the
+    # zygote's exit busy for a second).
+    proc = subprocess.Popen([sys.executable, "-c", WAKE_AFTER_DEATH, str(TESTS), str(tmp_path),
+                             "40", made], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        os_pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(os_pids) == 40
+        proc.kill()
+        proc.wait(timeout=30)
+        assert not wait_gone(os_pids)
+        assert os.listdir(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
