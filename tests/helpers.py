@@ -147,6 +147,21 @@ def send_loaded_modules(parent: otpy.Pid) -> None:
     otpy.send(parent, sorted(sys.modules))
 
 
+def report_descriptors(parent: otpy.Pid, padding: bytes = b"") -> None:
+    """Tell ``parent`` whether a write to fd 1 succeeds, and how many sockets a
+    program this process execs inherits (``padding``: a body's extra size)."""
+    import subprocess
+
+    try:
+        os.write(1, b"not a frame")
+        wrote = True
+    except OSError:
+        wrote = False
+    listing = subprocess.run(["sh", "-c", "ls -l /proc/$$/fd"], close_fds=False,
+                             capture_output=True, text=True, check=True).stdout
+    otpy.send(parent, ("fds", wrote, listing.count("socket:")))
+
+
 def exit_with(reason: Any) -> None:
     raise otpy.ProcessExit(reason)
 

@@ -11,17 +11,19 @@ spawner and body, and its spawner's stream (SCM_RIGHTS over a SOCK_SEQPACKET
 pair); its own streams were made with it.
 
 A spare is the zygote as it was when the spare was forked, so the zygote
-retires it (closes its socket: the spare exits) whenever something children
-inherit changes after that: the logging configuration, dill being loaded.
-A spare that died (SIGKILLed by someone) is seen when the hand-over fails,
-and the spawn forks as before. Until it is handed a body, a spare is no
-otpy process: no pid, no slot, not in ``processes()``; it dies with the
+retires it (kills and reaps it) whenever something children inherit changes
+after that: the logging configuration, dill being loaded. It also retires
+it when a fork fails at a system limit (the idle spare holds a process
+slot) and tries once more; a spare that died (SIGKILLed by someone) is
+reaped as soon as its pidfd says so. Until it is handed a body, a spare is
+no otpy process: no pid, no slot, not in ``processes()``; it dies with the
 zygote (its parent-death signal) and is killed at the node's teardown.
 """
 
 from __future__ import annotations
 
 import array
+import fcntl
 import gc
 import os
 import pickle
@@ -37,34 +39,38 @@ _FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)  # the spawner's stream
 
 class Spare:
     """The zygote's handle on a spare: its OS pid and pidfd, the socket its
-    order is sent on, and the zygote's ends of its future streams (its
-    inbound stream's write end, its control socket)."""
+    order is sent on (and the biggest order it takes), and the zygote's ends
+    of its future streams (its inbound stream's write end, its control
+    socket)."""
 
-    __slots__ = ("os_pid", "pidfd", "sock", "inbound", "ctrl")
+    __slots__ = ("os_pid", "pidfd", "sock", "max_order", "inbound", "ctrl")
 
     def __init__(self, os_pid: int, pidfd: int, sock: socket.socket,
                  inbound: socket.socket, ctrl: socket.socket) -> None:
         self.os_pid, self.pidfd, self.sock = os_pid, pidfd, sock
         self.inbound, self.ctrl = inbound, ctrl
+        # one datagram: within the socket's send buffer, whatever the system's
+        self.max_order = min(MAX_ORDER,
+                             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 1024)
+
+    def order(self, pid: Any, ns: str, name: str | None, parent: Any, kind: int,
+              payload: bytes) -> bytes | None:
+        """What this spare is handed for a spawn, encoded; None if the body is
+        too big for it (the spawn forks instead; the spare waits for the next)."""
+        if len(payload) > self.max_order:  # before pickling: never a copy of a big body
+            return None
+        data = pickle.dumps((pid, ns, name, parent, kind, payload), 5)
+        return data if len(data) <= self.max_order else None
 
     def hand(self, order: bytes, to_parent: int) -> bool:
-        """Send the spare its ``order`` (see ``order``) and its spawner's
-        stream; False if the spare is gone: the caller forks instead, and
-        retires this one."""
+        """Send the spare its ``order`` and its spawner's stream; False if the
+        spare is gone: the caller forks instead, and retires this one."""
         try:
             self.sock.sendmsg([order], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         array.array("i", [to_parent]))], socket.MSG_DONTWAIT)
         except OSError:
             return False
         return True
-
-
-def order(pid: Any, ns: str, name: str | None, parent: Any, kind: int,
-          payload: bytes) -> bytes | None:
-    """What a spare is handed for a spawn, encoded; None if it is too big
-    for one datagram (the spawn forks instead; the spare waits for the next)."""
-    data = pickle.dumps((pid, ns, name, parent, kind, payload), 5)
-    return data if len(data) <= MAX_ORDER else None
 
 
 def fork(streams: tuple[socket.socket, ...], set_up: Callable[[], None],
@@ -124,9 +130,17 @@ def fork(streams: tuple[socket.socket, ...], set_up: Callable[[], None],
 
 
 def retire(spare: Spare) -> None:
-    """Let a spare go (in the zygote): closing its socket ends it (it reads
-    end of file and exits); the zygote's sweep reaps it, or kills it if it
-    was stopped."""
+    """Let a spare go (in the zygote): killed and reaped at once (it waits
+    idle, so that is quick), so that its process slot is free for the fork
+    that may follow; its descriptors closed."""
+    try:
+        os.kill(spare.os_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(spare.os_pid, 0)
+    except ChildProcessError:
+        pass
     for sock in (spare.sock, spare.inbound, spare.ctrl):
         sock.close()
     os.close(spare.pidfd)
@@ -135,7 +149,8 @@ def retire(spare: Spare) -> None:
 def _await_order(sock: socket.socket) -> tuple[tuple, int] | None:
     """In the spare: the body the zygote hands it, with its spawner's
     stream; None when the zygote let it go."""
-    data, ancillary, _flags, _address = sock.recvmsg(MAX_ORDER, _FD_SPACE)
+    data, ancillary, _flags, _address = sock.recvmsg(MAX_ORDER, _FD_SPACE,
+                                                     socket.MSG_CMSG_CLOEXEC)
     sock.close()
     fds = array.array("i")
     for level, kind, payload in ancillary:
@@ -145,5 +160,9 @@ def _await_order(sock: socket.socket) -> tuple[tuple, int] | None:
         for fd in fds:
             os.close(fd)
         return None
+    to_parent = fds[0]
+    if to_parent < 3:  # a program started with stdin, stdout or stderr closed: keep them so
+        to_parent = fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(fds[0])
     order: Any = pickle.loads(data)
-    return order, fds[0]
+    return order, to_parent

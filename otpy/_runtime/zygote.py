@@ -313,6 +313,8 @@ class Zygote:
                     self._flush(e)
                 elif what == "observe":
                     self.publish()
+                elif what == "spare":
+                    self._retire_spare()  # it died (killed by someone): reaped now
             if self.timers:
                 self.fire_timers()
             if self.sweep_at is not None and time.monotonic() >= self.sweep_at:
@@ -437,14 +439,7 @@ class Zygote:
         process with its group and reap them. What they left behind is the
         keeper's to sweep once the zygote has exited (keeper.py)."""
         self.running = False
-        if self.spare is not None:
-            waiting = self.spare.os_pid
-            self._retire_spare()
-            _kill_group(waiting)
-            try:
-                os.waitpid(waiting, 0)
-            except ChildProcessError:
-                pass
+        self._retire_spare()
         for e in list(self.procs.values()):
             if not e.is_main:
                 _kill_group(e.pid.os_pid)
@@ -504,9 +499,17 @@ class Zygote:
         # Claimed before the child runs: one that reached its first receive
         # before the zygote's bookkeeping would have its "waiting" overwritten.
         self.status.claim(serial)
-        made = self._hand_to_spare(serial, ns, name, e, kind, payload)
-        if made is None:
-            made = self._fork_child(serial, ns, name, e, kind, payload)
+        made: Any  # (os pid, pidfd, inbound write end, control socket), an error, or None
+        try:
+            made = self._hand_to_spare(serial, ns, name, e, kind, payload)
+            if made is None:
+                made = self._fork_child(serial, ns, name, e, kind, payload)
+                if made[0] == "error" and self.spare is not None:
+                    self._retire_spare()  # at a system limit the idle spare held a slot
+                    made = self._fork_child(serial, ns, name, e, kind, payload)
+        except BaseException:
+            self.status.release(serial)
+            raise
         if made[0] == "error":
             self.status.release(serial)
             return made
@@ -549,8 +552,8 @@ class Zygote:
         waiting = self.spare
         if waiting is None:
             return None
-        order = spare.order(Pid(self.node, serial, waiting.os_pid), ns, name, e.pid, kind,
-                            payload)
+        order = waiting.order(Pid(self.node, serial, waiting.os_pid), ns, name, e.pid, kind,
+                              payload)
         if order is None:
             return None
         try:
@@ -566,6 +569,7 @@ class Zygote:
             self._retire_spare()
             return None
         self.spare = None
+        self._unwatch_spare(waiting)
         self.held.discard(waiting.sock.fileno())
         waiting.sock.close()
         return waiting.os_pid, waiting.pidfd, waiting.inbound, waiting.ctrl
@@ -669,8 +673,8 @@ class Zygote:
         then what a child does first is done once on throwaway objects, so
         that the pages it writes (reference counts, the allocator's) are
         copied now rather than while a spawner waits."""
-        self._prepare_child()
         prctl_name(f"otpy+{self.node}")
+        self._prepare_child()
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         order = pickle.loads(pickle.dumps((self.main_pid, "", None, self.main_pid), 5))
         ctx = process.ProcessContext(order[0], "", order[3], a, b, self.status, self.os_pid,
@@ -698,21 +702,27 @@ class Zygote:
             for fd in (made.sock.fileno(), made.pidfd, made.inbound.fileno(),
                        made.ctrl.fileno()):
                 self.held.add(fd)
+            self.ep.register(made.pidfd, select.EPOLLIN)  # its death, if it is killed
+            self.by_fd[made.pidfd] = ("spare", None)
             self.spare = made
 
+    def _unwatch_spare(self, waiting: spare.Spare) -> None:
+        self.ep.unregister(waiting.pidfd)
+        del self.by_fd[waiting.pidfd]
+
     def _retire_spare(self) -> None:
-        """The spare no longer matches what a child must inherit (or the node
-        ends): let it go; the sweep reaps it."""
-        if self.spare is None:
+        """Let the spare go (killed and reaped): it no longer matches what a
+        child must inherit, it died, a fork needs its process slot, or the
+        node ends. The next is forked when the zygote is idle again."""
+        waiting, self.spare = self.spare, None
+        if waiting is None:
             return
-        for fd in (self.spare.sock.fileno(), self.spare.pidfd, self.spare.inbound.fileno(),
-                   self.spare.ctrl.fileno()):
+        self._unwatch_spare(waiting)
+        for fd in (waiting.sock.fileno(), waiting.pidfd, waiting.inbound.fileno(),
+                   waiting.ctrl.fileno()):
             self.held.discard(fd)
-        spare.retire(self.spare)
-        self.spare = None
+        spare.retire(waiting)
         self.spare_wanted = True
-        if self.sweep_at is None:
-            self.sweep_at = time.monotonic()
 
     # ---- requests -----------------------------------------------------------
 
@@ -1012,7 +1022,8 @@ def limit_message(exc: OSError, live: int) -> str:
     if exc.errno == errno.EMFILE:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         return (f"cannot spawn: the open-file limit is reached (RLIMIT_NOFILE soft={soft}, "
-                f"hard={hard}; the zygote holds about 3 descriptors per process and has "
+                f"hard={hard}; the zygote holds about 3 descriptors per process, 4 for "
+                f"its spare, and has "
                 f"{live} processes). Raise the hard limit before starting the program, "
                 f"e.g. `ulimit -n 65536` in its shell or LimitNOFILE= in its systemd unit")
     if exc.errno == errno.ENFILE:

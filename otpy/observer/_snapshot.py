@@ -165,7 +165,7 @@ class NodeReader:
             kind = "worker"
         else:
             kind = "process"
-        (rss, uss, pss), cpu = self._usage(serial, p["os_pid"], now)
+        (rss, uss, pss), cpu = self._usage(serial, p["os_pid"], p["started_at"], now)
         return {
             "pid": serial,
             "name": p["name"],
@@ -195,9 +195,11 @@ class NodeReader:
             "children": [],
         }
 
-    def _usage(self, serial: int, os_pid: int, now: float) -> tuple[tuple[int, int, int], float]:
+    def _usage(self, serial: int, os_pid: int, started_at: float, now: float
+               ) -> tuple[tuple[int, int, int], float]:
         """(RSS, USS, PSS) bytes and CPU %: since the previous read, or over its life on
-        the first.
+        the first (since its spawn: an OS process made from the zygote's spare
+        was created before it).
 
         RSS counts every page a process maps, the pages it shares with the zygote
         and with every other process included (all of them forked from it): on its
@@ -214,7 +216,7 @@ class NodeReader:
                 proc = self._cpu[serial] = psutil.Process(os_pid)
                 times = proc.cpu_times()
                 proc.cpu_percent(None)  # start the interval for the next read
-                age = now - proc.create_time()
+                age = now - started_at
                 cpu = 100.0 * (times.user + times.system) / age if age > 0 else 0.0
             else:
                 cpu = proc.cpu_percent(None)

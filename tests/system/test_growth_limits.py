@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from helpers import wait_gone
+from helpers import TESTS, wait_gone
 
 PROGRAM = textwrap.dedent("""
     import json, resource, otpy
@@ -102,3 +102,52 @@ def test_hitting_the_process_limit_names_it():
     error = result["error"]
     assert "process limit" in error and "pids.max=20" in error, error
     assert "RLIMIT_NPROC" in error and "ulimit -u" in error, error
+
+
+SPARE_AT_THE_LIMIT = textwrap.dedent("""
+    import json, sys, otpy
+    sys.path.insert(0, sys.argv[1])
+    from helpers import spare_os_pid
+
+    def idle(padding=b""):
+        otpy.receive()
+
+    pids = []
+    while True:  # up to the limit (each spawn handed the spare, if there was one)
+        try:
+            pids.append(otpy.spawn(idle))
+        except otpy.OtpyError:
+            break
+    for victim in pids[-2:]:  # two slots free...
+        ref = otpy.monitor(victim)
+        otpy.exit(victim, "kill")
+        otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+    otpy.spawn(idle)  # ...one taken by a spawn, the other by the spare forked after it
+    spare_os_pid()
+    try:  # a body too big for the spare is forked: the spare gives up its slot
+        otpy.spawn(idle, b"x" * (70 * 1024))
+        outcome = "spawned"
+    except otpy.OtpyError as exc:
+        outcome = str(exc)
+    print(json.dumps({"spawned": len(pids), "outcome": outcome}), flush=True)
+""")
+
+
+def test_at_the_process_limit_the_spare_gives_its_slot_to_a_fork():
+    cgroup = _pids_cgroup(20)
+    if cgroup is None:
+        pytest.skip("no writable pids cgroup here (needs root and cgroup v1 pids)")
+    try:
+        def join():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+        proc = subprocess.run([sys.executable, "-c", SPARE_AT_THE_LIMIT, str(TESTS)],
+                              preexec_fn=join, capture_output=True, text=True, timeout=120)
+    finally:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            wait_gone(int(line) for line in f.read().split())  # a node still exiting
+        os.rmdir(cgroup)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert 0 < result["spawned"] < 20 and result["outcome"] == "spawned", result

@@ -17,8 +17,9 @@ import pytest
 import otpy
 from otpy import lowlevel
 from otpy._runtime import spare
+from otpy.testing import wait_for
 
-from helpers import TESTS, expect, expect_down, sigkill, spare_os_pid, wait_gone
+from helpers import DEADLINE, TESTS, expect, expect_down, sigkill, spare_os_pid, wait_gone
 
 
 def _spawn_and_greet() -> otpy.Pid:
@@ -47,17 +48,28 @@ def test_the_sweep_after_a_death_leaves_the_spare_alone():
     assert _spawn_and_greet().os_pid == waiting
 
 
-def test_a_killed_spare_is_reaped_and_the_spawn_forks():
+def test_a_killed_spare_is_reaped_at_once_and_replaced():
     _spawn_and_greet()
     waiting = spare_os_pid()
     os.kill(waiting, signal.SIGKILL)
-    assert not wait_gone([waiting])  # dead (a zombie until the zygote reaps it)
-    pid = _spawn_and_greet()
-    assert pid.os_pid != waiting
-    replacement = spare_os_pid()  # forked again after that spawn
+    # reaped by the zygote (no zombie left for the next spawn to find), and
+    # another forked in its place, with no spawn asking
+    wait_for(lambda: not psutil.pid_exists(waiting), timeout=DEADLINE)
+    replacement = spare_os_pid()
     assert replacement != waiting
-    otpy.processes()
-    assert waiting not in {c.pid for c in psutil.Process(lowlevel.zygote_os_pid()).children()}
+    assert _spawn_and_greet().os_pid == replacement
+
+
+def test_a_body_too_big_for_the_spare_is_never_copied_to_be_measured():
+    class Unpicklable(bytes):
+        def __reduce__(self):
+            raise AssertionError("a body too big for the spare was pickled")
+
+    _spawn_and_greet()
+    spare_os_pid()
+    waiting = spare.Spare.__new__(spare.Spare)  # the sizes only: no process needed
+    waiting.max_order = spare.MAX_ORDER
+    assert waiting.order(None, "", None, None, 0, Unpicklable(spare.MAX_ORDER + 1)) is None
 
 
 def test_a_body_too_big_for_the_spare_is_forked_and_the_spare_kept():
@@ -181,3 +193,35 @@ def test_processes_run_no_code_after_their_program_is_killed(tmp_path, made):
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
+
+
+
+STDOUT_CLOSED = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    os.close(1)  # as a program started with `>&-`
+    import otpy
+    from helpers import report_descriptors, spare_os_pid
+
+    me = otpy.self()
+    otpy.spawn_monitor(otpy.send, me, "warm")  # a spare follows
+    otpy.receive(timeout=10, match=lambda m: m == "warm")
+    for made in ("from_spare", "forked"):
+        waiting = spare_os_pid()
+        padding = b"x" * (70 * 1024 if made == "forked" else 0)
+        pid, ref = otpy.spawn_monitor(report_descriptors, me, padding)
+        report = otpy.receive(timeout=10, match=lambda m: type(m) is tuple and m[0] == "fds")
+        otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
+        print(made, pid.os_pid == waiting, *report[1:], file=sys.stderr, flush=True)
+""")
+
+
+def test_a_process_gets_its_spawners_stream_above_stdio_and_closed_on_exec():
+    out = subprocess.run([sys.executable, "-c", STDOUT_CLOSED, str(TESTS)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stderr.splitlines() if line.startswith(("from", "fork"))]
+    # fd 1 stays closed (a write to it fails, not the spawner's stream), and a
+    # program it execs inherits no socket of otpy's
+    assert lines == [["from_spare", "True", "False", "0"], ["forked", "False", "False", "0"]], \
+        out.stderr

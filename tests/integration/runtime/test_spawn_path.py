@@ -29,7 +29,7 @@ def test_a_child_reaches_its_spawner_without_asking_the_zygote():
 
 
 def _zygote_fds() -> int:
-    spare_os_pid()  # its spare's two (a pidfd, a socket) are there, forked again
+    spare_os_pid()  # its spare's four (pidfd, order socket, two stream ends), forked again
     otpy.processes()  # answered once the zygote has closed what it held for the dead
     return len(os.listdir(f"/proc/{process.current.zygote_os_pid}/fd"))
 
