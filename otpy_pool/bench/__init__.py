@@ -340,7 +340,8 @@ def plan(quick: bool, peers: bool) -> list[Case]:
         ("process_pool_executor_map_chunked_per_s", _executor.ppe_map_chunked_per_s),
     ]
     cases += [("pool_burst_per_s", lambda: pool_burst(burst)),
-              ("pool_burst_sync_per_s", lambda: pool_burst(burst, pipelined=False))]
+              ("pool_burst_sync_per_s", lambda: pool_burst(burst, pipelined=False)),
+              ("asyncio", lambda: async_calls(rtt_n, rtt_w, burst))]  # here: see aio.py
     for peer in _peers.PEERS:
         cases.append((f"{peer.name}_burst_per_s", _peer_case(peer, _peers.burst_per_s, burst)))
     cases += [
@@ -355,7 +356,6 @@ def plan(quick: bool, peers: bool) -> list[Case]:
             (10, 1000) if quick else (10, 1000, 100_000), 200 if quick else 2000)),
         ("idle_worker_memory", idle_worker_memory), ("ray", lambda: ray_calls(rtt_n, rtt_w)),
         ("async_worker_concurrency", lambda: async_worker_concurrency(3 if quick else 9)),
-        ("asyncio", lambda: async_calls(rtt_n, rtt_w, burst)),
     ]
     if peers:
         for peer in _peers.PEERS:
