@@ -6,6 +6,7 @@ run itself keeps its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -83,21 +84,29 @@ def _pids_cgroup(limit: int) -> str | None:
     return path
 
 
-def test_hitting_the_process_limit_names_it():
-    # RLIMIT_NPROC does not bind root, so the limit here is a pids cgroup's.
+@contextlib.contextmanager
+def _limited_to_20_processes():
+    """A preexec function that puts a subprocess in a pids cgroup of 20
+    (RLIMIT_NPROC does not bind root); the cgroup is gone after the block."""
     cgroup = _pids_cgroup(20)
     if cgroup is None:
         pytest.skip("no writable pids cgroup here (needs root and cgroup v1 pids)")
-    try:
-        def join():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
 
-        result = run(100, join)
+    def join():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    try:
+        yield join
     finally:
         with open(os.path.join(cgroup, "cgroup.procs")) as f:
             wait_gone(int(line) for line in f.read().split())  # a node still exiting
         os.rmdir(cgroup)
+
+
+def test_hitting_the_process_limit_names_it():
+    with _limited_to_20_processes() as join:
+        result = run(100, join)
     assert 0 < result["spawned"] < 20 and result["alive"] == result["spawned"]
     error = result["error"]
     assert "process limit" in error and "pids.max=20" in error, error
@@ -134,20 +143,9 @@ SPARE_AT_THE_LIMIT = textwrap.dedent("""
 
 
 def test_at_the_process_limit_the_spare_gives_its_slot_to_a_fork():
-    cgroup = _pids_cgroup(20)
-    if cgroup is None:
-        pytest.skip("no writable pids cgroup here (needs root and cgroup v1 pids)")
-    try:
-        def join():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
+    with _limited_to_20_processes() as join:
         proc = subprocess.run([sys.executable, "-c", SPARE_AT_THE_LIMIT, str(TESTS)],
                               preexec_fn=join, capture_output=True, text=True, timeout=120)
-    finally:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            wait_gone(int(line) for line in f.read().split())  # a node still exiting
-        os.rmdir(cgroup)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert 0 < result["spawned"] < 20 and result["outcome"] == "spawned", result
