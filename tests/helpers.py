@@ -147,11 +147,14 @@ def send_loaded_modules(parent: otpy.Pid) -> None:
     otpy.send(parent, sorted(sys.modules))
 
 
-def report_descriptors(parent: otpy.Pid, padding: bytes = b"") -> None:
+def report_descriptors(parent: otpy.Pid, padding: bytes = b"", other: Any = None) -> None:
     """Tell ``parent`` whether a write to fd 1 succeeds, and how many sockets a
-    program this process execs inherits (``padding``: a body's extra size)."""
+    program this process execs inherits (``padding``: a body's extra size),
+    after a first message to ``other`` (its stream comes from the zygote)."""
     import subprocess
 
+    if other is not None:
+        otpy.send(other, "hello")
     try:
         os.write(1, b"not a frame")
         wrote = True

@@ -85,7 +85,7 @@ class Receiver:
         Descriptors passed alongside are appended to ``fds``."""
         hdr = self._hdr
         hdr.controllen = self._control_size
-        n = _recvmsg(fd, self._hdr_ptr, socket.MSG_DONTWAIT)
+        n = _recvmsg(fd, self._hdr_ptr, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
         if n < 0:
             code = ctypes.get_errno()
             if code in _AGAIN:

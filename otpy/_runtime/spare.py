@@ -23,13 +23,14 @@ zygote (its parent-death signal) and is killed at the node's teardown.
 from __future__ import annotations
 
 import array
-import fcntl
 import gc
 import os
 import pickle
 import signal
 import socket
 from typing import Any, Callable
+
+from . import wire
 
 # A body bigger than this is forked as before: the order must fit one
 # datagram of the socket pair (its send buffer is ~200 KiB by default).
@@ -99,10 +100,10 @@ def fork(streams: tuple[socket.socket, ...], set_up: Callable[[], None],
     if os_pid == 0:
         code = 1
         try:
+            set_up()
             # The zygote's ends of its streams stay open here too, as in a
             # forked child (see Zygote._fork_child).
             os.close(ours.detach())
-            set_up()
             handed = _await_order(theirs)
             if handed is not None:
                 order, to_parent = handed
@@ -160,9 +161,5 @@ def _await_order(sock: socket.socket) -> tuple[tuple, int] | None:
         for fd in fds:
             os.close(fd)
         return None
-    to_parent = fds[0]
-    if to_parent < 3:  # a program started with stdin, stdout or stderr closed: keep them so
-        to_parent = fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 3)
-        os.close(fds[0])
     order: Any = pickle.loads(data)
-    return order, to_parent
+    return order, wire.above_stdio(fds[0])

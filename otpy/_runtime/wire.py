@@ -397,8 +397,20 @@ def receive_buffer() -> mmap.mmap:
     return mmap.mmap(-1, READ_SIZE, flags=mmap.MAP_PRIVATE)
 
 
+def above_stdio(fd: int) -> int:
+    """``fd``, or a close-on-exec copy numbered 3 or above if it took the place
+    of a closed stdin, stdout or stderr (a program started with ``>&-``): a
+    write meant for a standard stream must never land in an otpy stream."""
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
+
+
 class FrameReader:
-    """Reassembles frames from a stream; collects fds passed alongside."""
+    """Reassembles frames from a stream; collects fds passed alongside
+    (close-on-exec, as every descriptor otpy holds)."""
 
     __slots__ = ("buf", "fds", "_chunk", "_view", "_receiver")
 
@@ -413,7 +425,8 @@ class FrameReader:
 
     def read(self, sock: socket.socket, flags: int = 0) -> bool:
         """One ``recvmsg``. False on end of stream. Raises BlockingIOError on timeout."""
-        n, anc, _flags, _addr = sock.recvmsg_into((self._chunk,), _ANC_SIZE, flags)
+        n, anc, _flags, _addr = sock.recvmsg_into((self._chunk,), _ANC_SIZE,
+                                                  flags | socket.MSG_CMSG_CLOEXEC)
         for level, typ, payload in anc:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                 k = len(payload) - len(payload) % 4
@@ -464,7 +477,7 @@ class FrameReader:
             pos += 5 + size
             if kind & HAS_FD:
                 # fds are taken in stream order, so they pair with their frames
-                out.append((CTRL_FD, (self.fds.pop(0), body)))
+                out.append((CTRL_FD, (above_stdio(self.fds.pop(0)), body)))
             else:
                 out.append((kind, body))
         if pos:

@@ -307,14 +307,19 @@ class Zygote:
                 if what == "ctrl":
                     self.read_requests(e)
                 elif what == "pidfd":
-                    if e.pid.serial in self.procs:
+                    # (_exited: an event of this batch may be stale, its fd closed
+                    # and reused by a later spawn's pidfd: reap never waits)
+                    if e.pid.serial in self.procs and _exited(e.pid.os_pid):
                         self.reap(e)
                 elif what == "write":
                     self._flush(e)
                 elif what == "observe":
                     self.publish()
                 elif what == "spare":
-                    self._retire_spare()  # it died (killed by someone): reaped now
+                    if self.spare is not None and _exited(self.spare.os_pid):
+                        # killed by someone: reaped now, replaced at the next spawn
+                        # (not at once: a spare that dies as it starts would loop)
+                        self._retire_spare(replace=False)
             if self.timers:
                 self.fire_timers()
             if self.sweep_at is not None and time.monotonic() >= self.sweep_at:
@@ -698,22 +703,27 @@ class Zygote:
         if streams[0] == "error":
             return
         made = spare.fork(streams, self._set_up_spare, self._run_spare)  # type: ignore[arg-type]
-        if made is not None:
-            for fd in (made.sock.fileno(), made.pidfd, made.inbound.fileno(),
-                       made.ctrl.fileno()):
-                self.held.add(fd)
+        if made is None:
+            return
+        try:
             self.ep.register(made.pidfd, select.EPOLLIN)  # its death, if it is killed
-            self.by_fd[made.pidfd] = ("spare", None)
-            self.spare = made
+        except OSError:  # out of memory or epoll watches: no spare
+            spare.retire(made)
+            return
+        self.by_fd[made.pidfd] = ("spare", None)
+        for fd in (made.sock.fileno(), made.pidfd, made.inbound.fileno(), made.ctrl.fileno()):
+            self.held.add(fd)
+        self.spare = made
 
     def _unwatch_spare(self, waiting: spare.Spare) -> None:
         self.ep.unregister(waiting.pidfd)
         del self.by_fd[waiting.pidfd]
 
-    def _retire_spare(self) -> None:
+    def _retire_spare(self, replace: bool = True) -> None:
         """Let the spare go (killed and reaped): it no longer matches what a
         child must inherit, it died, a fork needs its process slot, or the
-        node ends. The next is forked when the zygote is idle again."""
+        node ends. ``replace``: the next is forked when the zygote is idle
+        again (else after the next spawn)."""
         waiting, self.spare = self.spare, None
         if waiting is None:
             return
@@ -722,7 +732,7 @@ class Zygote:
                    waiting.ctrl.fileno()):
             self.held.discard(fd)
         spare.retire(waiting)
-        self.spare_wanted = True
+        self.spare_wanted = replace
 
     # ---- requests -----------------------------------------------------------
 

@@ -165,7 +165,10 @@ class NodeReader:
             kind = "worker"
         else:
             kind = "process"
-        (rss, uss, pss), cpu = self._usage(serial, p["os_pid"], p["started_at"], now)
+        # The program's CPU time counts from its own start; any other process's
+        # from its spawn (one made from the zygote's spare was created before).
+        started_at = None if p["program"] else p["started_at"]
+        (rss, uss, pss), cpu = self._usage(serial, p["os_pid"], started_at, now)
         return {
             "pid": serial,
             "name": p["name"],
@@ -195,11 +198,10 @@ class NodeReader:
             "children": [],
         }
 
-    def _usage(self, serial: int, os_pid: int, started_at: float, now: float
+    def _usage(self, serial: int, os_pid: int, started_at: float | None, now: float
                ) -> tuple[tuple[int, int, int], float]:
         """(RSS, USS, PSS) bytes and CPU %: since the previous read, or over its life on
-        the first (since its spawn: an OS process made from the zygote's spare
-        was created before it).
+        the first (since ``started_at``, or the OS process's creation if None).
 
         RSS counts every page a process maps, the pages it shares with the zygote
         and with every other process included (all of them forked from it): on its
@@ -216,7 +218,7 @@ class NodeReader:
                 proc = self._cpu[serial] = psutil.Process(os_pid)
                 times = proc.cpu_times()
                 proc.cpu_percent(None)  # start the interval for the next read
-                age = now - started_at
+                age = now - (proc.create_time() if started_at is None else started_at)
                 cpu = 100.0 * (times.user + times.system) / age if age > 0 else 0.0
             else:
                 cpu = proc.cpu_percent(None)

@@ -9,7 +9,7 @@ commands pipelined by ``execute_many`` from 8 processes).
 The case runs right after the burst, before the cases that grow the
 benchmark's own heap (Ray's import, 100,000 sessions): 1,000 commands in
 flight keep the collector busy, and each full collection would walk those
-too (in the last place it measured 0.25–0.31 of the burst; 0.45–0.55 alone
+too (in the last place it measured 0.25–0.31 of the burst; 0.48–0.55 alone
 in a fresh program), a cost of the benchmark's other cases, not of the
 awaited command.
 """

@@ -270,3 +270,25 @@ def test_another_user_sees_no_node_and_cannot_read_ours():
         result = json.loads(f.read())
     os.waitpid(child, 0)
     assert result == {"seen": [], "opened": False, "page_denied": True}
+
+
+CPU_BEFORE_THE_NODE = textwrap.dedent("""
+    import time, otpy
+    from otpy import observer
+
+    began = time.process_time()
+    while time.process_time() - began < 1.0:  # a second of CPU before the node starts
+        pass
+    otpy.self()
+    program = [p for p in observer.snapshot()["tree"] if p["program"]][0]
+    print(program["cpu_percent"], flush=True)
+""")
+
+
+def test_the_programs_first_cpu_percent_counts_from_its_own_start():
+    # the program's CPU time includes what it ran before its node: over the
+    # node's life alone it would read as several CPUs' worth
+    out = subprocess.run([sys.executable, "-c", CPU_BEFORE_THE_NODE], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) <= 150.0

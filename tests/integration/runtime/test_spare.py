@@ -48,15 +48,16 @@ def test_the_sweep_after_a_death_leaves_the_spare_alone():
     assert _spawn_and_greet().os_pid == waiting
 
 
-def test_a_killed_spare_is_reaped_at_once_and_replaced():
+def test_a_killed_spare_is_reaped_at_once_and_replaced_after_the_next_spawn():
     _spawn_and_greet()
     waiting = spare_os_pid()
     os.kill(waiting, signal.SIGKILL)
-    # reaped by the zygote (no zombie left for the next spawn to find), and
-    # another forked in its place, with no spawn asking
+    # reaped by the zygote (no zombie left for the next spawn to find); the
+    # next spawn forks, and a spare is forked after it (not at once: a spare
+    # that died as it started would be forked again and again)
     wait_for(lambda: not psutil.pid_exists(waiting), timeout=DEADLINE)
+    assert _spawn_and_greet().os_pid != waiting
     replacement = spare_os_pid()
-    assert replacement != waiting
     assert _spawn_and_greet().os_pid == replacement
 
 
@@ -199,29 +200,75 @@ def test_processes_run_no_code_after_their_program_is_killed(tmp_path, made):
 STDOUT_CLOSED = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[1])
-    os.close(1)  # as a program started with `>&-`
+    if sys.argv[2] == "closed":
+        os.close(1)  # as a program started with `>&-`
     import otpy
     from helpers import report_descriptors, spare_os_pid
 
     me = otpy.self()
-    otpy.spawn_monitor(otpy.send, me, "warm")  # a spare follows
-    otpy.receive(timeout=10, match=lambda m: m == "warm")
+    other = otpy.spawn(otpy.receive)  # a spare follows
     for made in ("from_spare", "forked"):
         waiting = spare_os_pid()
         padding = b"x" * (70 * 1024 if made == "forked" else 0)
-        pid, ref = otpy.spawn_monitor(report_descriptors, me, padding)
+        pid, ref = otpy.spawn_monitor(report_descriptors, me, padding, other)
         report = otpy.receive(timeout=10, match=lambda m: type(m) is tuple and m[0] == "fds")
         otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
         print(made, pid.os_pid == waiting, *report[1:], file=sys.stderr, flush=True)
 """)
 
 
-def test_a_process_gets_its_spawners_stream_above_stdio_and_closed_on_exec():
-    out = subprocess.run([sys.executable, "-c", STDOUT_CLOSED, str(TESTS)], capture_output=True,
-                         text=True, timeout=60)
+@pytest.mark.parametrize("stdout", ["closed", "open"])
+def test_a_process_gets_its_spawners_stream_above_stdio_and_closed_on_exec(stdout):
+    out = subprocess.run([sys.executable, "-c", STDOUT_CLOSED, str(TESTS), stdout],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = [line.split() for line in out.stderr.splitlines() if line.startswith(("from", "fork"))]
-    # fd 1 stays closed (a write to it fails, not the spawner's stream), and a
+    # fd 1 stays what the program had (closed: a write to it fails, and is
+    # neither the spawner's stream nor one the zygote handed over since), and a
     # program it execs inherits no socket of otpy's
-    assert lines == [["from_spare", "True", "False", "0"], ["forked", "False", "False", "0"]], \
+    wrote = str(stdout == "open")
+    assert lines == [["from_spare", "True", wrote, "0"], ["forked", "False", wrote, "0"]], \
         out.stderr
+
+
+STALE_SPARE_EVENT = textwrap.dedent("""
+    import os, signal, sys, otpy
+    sys.path.insert(0, sys.argv[1])
+    from otpy import lowlevel
+    from otpy.testing import wait_for
+    from helpers import spare_os_pid, wait_gone
+
+    def spawner(parent):
+        otpy.receive()
+        otpy.send(parent, "spawning")
+        otpy.send(parent, ("spawned", otpy.spawn(otpy.receive)))
+        otpy.receive()
+
+    me = otpy.self()
+    asker = otpy.spawn(spawner, me)
+    waiting = spare_os_pid()
+    zygote = lowlevel.zygote_os_pid()
+
+    def waits_for_its_reply():
+        with open(f"/proc/{asker.os_pid}/wchan") as f:
+            return any(w in f.read() for w in ("unix_stream", "poll", "select"))
+
+    otpy.send(asker, "go")  # (opens our stream to it: before the zygote stops)
+    os.kill(zygote, signal.SIGSTOP)
+    otpy.receive(timeout=10, match=lambda m: m == "spawning")
+    wait_for(waits_for_its_reply, timeout=10)  # its spawn request is read first...
+    os.kill(waiting, signal.SIGKILL)  # ...then the spare's death, in the same batch
+    assert not wait_gone([waiting])
+    os.kill(zygote, signal.SIGCONT)
+    otpy.receive(timeout=10, match=lambda m: type(m) is tuple and m[0] == "spawned")
+    print(len(otpy.processes()), flush=True)  # the zygote still answers
+""")
+
+
+def test_a_spare_dying_beside_a_spawn_request_never_stalls_the_zygote():
+    # The spawn finds the spare dead and forks; the new child's pidfd may take
+    # the number the spare's had, whose death event is still in the batch.
+    out = subprocess.run([sys.executable, "-c", STALE_SPARE_EVENT, str(TESTS)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3", out.stdout  # the program, the asker, its new process
