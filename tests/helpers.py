@@ -85,9 +85,12 @@ def wait_gone(os_pids: Iterable[int], timeout: float = DEADLINE) -> list[int]:
 def spare_os_pid(timeout: float = DEADLINE) -> int:
     """The OS pid of the zygote's spare (the process the next spawn is handed
     to: the zygote's one child that is no otpy process), once it is forked."""
+    # imported here: programs the tests run import this module, and some
+    # check which modules they and their processes load
     import psutil
 
     from otpy import lowlevel
+    from otpy.testing import wait_for
 
     zygote = psutil.Process(lowlevel.zygote_os_pid())
 
@@ -102,7 +105,6 @@ def spare_os_pid(timeout: float = DEADLINE) -> int:
                 pass
         return found[0] if len(found) == 1 else None
 
-    from otpy.testing import wait_for
     return wait_for(spare, timeout=timeout)
 
 

@@ -535,19 +535,20 @@ class Zygote:
             tables.monitor(e, child, mref)
         return pid
 
-    def _streams(self) -> tuple[socket.socket, ...] | tuple[str, str]:
+    def _streams(self) -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
         """A new process's streams: (inbound read end, inbound write end,
-        control child end, control zygote end), or an error naming the limit."""
+        control child end, control zygote end). OSError at a system limit."""
         made: list[socket.socket] = []
         try:
             made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError as exc:
+        except OSError:
             for sock in made:
                 sock.close()
-            return ("error", limit_message(exc, len(self.procs)))
+            raise
         made[1].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SEND_BUFFER)
-        return tuple(made)
+        inbound_r, inbound_w, ctrl_child, ctrl_zyg = made
+        return inbound_r, inbound_w, ctrl_child, ctrl_zyg
 
     def _hand_to_spare(self, serial: int, ns: str, name: str | None, e: Entry, kind: int,
                        payload: bytes) -> tuple[int, int, socket.socket, socket.socket] | None:
@@ -584,10 +585,11 @@ class Zygote:
             | tuple[str, str]:
         """The spawn forked: (os pid, pidfd, inbound write end, control
         socket), or an error naming the limit that stopped it."""
-        streams = self._streams()
-        if streams[0] == "error":
-            return streams  # type: ignore[return-value]
-        inbound_r, inbound_w, ctrl_child, ctrl_zyg = streams  # type: ignore[misc]
+        try:
+            streams = self._streams()
+        except OSError as exc:
+            return ("error", limit_message(exc, len(self.procs)))
+        inbound_r, inbound_w, ctrl_child, ctrl_zyg = streams
         fds: list[int] = []
         try:
             # The pidfd's slot, taken now: once the child runs, nothing may fail.
@@ -600,7 +602,7 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
             for sock in streams:
-                sock.close()  # type: ignore[union-attr]
+                sock.close()
             return ("error", limit_message(exc, len(self.procs)))
         slot, to_parent = fds
         self.held.add(slot)  # the child closes it with the rest
@@ -614,7 +616,7 @@ class Zygote:
             os.close(to_parent)
             self._drop(slot)
             for sock in streams:
-                sock.close()  # type: ignore[union-attr]
+                sock.close()
             return ("error", limit_message(exc, len(self.procs)))
         if os_pid == 0:
             # The child keeps the zygote's ends of its streams too (they are not
@@ -699,10 +701,11 @@ class Zygote:
         self.spare_wanted = False
         if self.spare is not None:
             return  # the last spawn did not take it (its body was too big)
-        streams = self._streams()
-        if streams[0] == "error":
+        try:
+            streams = self._streams()
+        except OSError:
             return
-        made = spare.fork(streams, self._set_up_spare, self._run_spare)  # type: ignore[arg-type]
+        made = spare.fork(streams, self._set_up_spare, self._run_spare)
         if made is None:
             return
         try:

@@ -66,8 +66,6 @@ def test_a_body_too_big_for_the_spare_is_never_copied_to_be_measured():
         def __reduce__(self):
             raise AssertionError("a body too big for the spare was pickled")
 
-    _spawn_and_greet()
-    spare_os_pid()
     waiting = spare.Spare.__new__(spare.Spare)  # the sizes only: no process needed
     waiting.max_order = spare.MAX_ORDER
     assert waiting.order(None, "", None, None, 0, Unpicklable(spare.MAX_ORDER + 1)) is None
