@@ -149,12 +149,16 @@ def send_loaded_modules(parent: otpy.Pid) -> None:
     otpy.send(parent, sorted(sys.modules))
 
 
-def report_descriptors(parent: otpy.Pid, padding: bytes = b"", other: Any = None) -> None:
+def report_descriptors(parent: otpy.Pid, padding: bytes = b"", other: Any = None,
+                       close_stdout: bool = False) -> None:
     """Tell ``parent`` whether a write to fd 1 succeeds, and how many sockets a
     program this process execs inherits (``padding``: a body's extra size),
-    after a first message to ``other`` (its stream comes from the zygote)."""
+    after a first message to ``other`` (its stream comes from the zygote;
+    ``close_stdout``: with fd 1 closed first, free for it to land on)."""
     import subprocess
 
+    if close_stdout:
+        os.close(1)
     if other is not None:
         otpy.send(other, "hello")
     try:

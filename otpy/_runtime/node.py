@@ -100,11 +100,30 @@ def _kill_and_reap(os_pid: int) -> None:
     os.waitpid(os_pid, 0)
 
 
+def _fill_closed_stdio() -> None:
+    """/dev/null on the standard descriptors a program was started without
+    (``>&-``, some daemons), before the node opens anything. Else the node's
+    first descriptors take those numbers in the program, and so in its keeper,
+    its zygote and every process: a write meant for stdout (a C library's, a
+    process's ``os.write(1, ...)``) landed in the status table every process
+    maps, and the node handed out wrong pids after it. Not inherited by a
+    program exec'd later (Python's default), which finds them closed as
+    before."""
+    for fd in (0, 1, 2):  # in order: each open below takes the lowest free number
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # another thread took the number first: not free either
+                os.close(opened)
+
+
 def _start() -> None:
     global _zygote_os_pid, _keeper_os_pid, _watch_w, SHUTDOWN_TIMEOUT
     from . import keeper, zygote  # the node's start needs them, importing otpy does not
 
     zygote.raise_fd_limit()  # the program holds a descriptor per process it talks to
+    _fill_closed_stdio()
     # Configuration is read now, not at import: importing otpy does nothing.
     log.ensure_configured()
     process.on_trapped_exit = log.log_trapped_exit

@@ -360,3 +360,40 @@ def test_importing_otpy_configures_nothing_until_the_node_starts(tmp_path):
               OTPY_LOG="json", OTPY_LOG_FILE=str(log_file))
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
+
+
+STDIO_CLOSED = """
+    import os, sys
+    os.close(0)  # as a program started with `<&- >&-` (a daemon's way)
+    os.close(1)
+    import otpy
+    from otpy import lowlevel
+
+    def scribble(parent):
+        os.write(1, b"meant for stdout" * 5000)  # what once overwrote the status table
+        otpy.send(parent, ("stdio", os.readlink("/proc/self/fd/0"),
+                           os.readlink("/proc/self/fd/1")))
+
+    me = otpy.self()
+    otpy.spawn(scribble, me)
+    _, fd0, fd1 = otpy.receive(timeout=10, match=lambda m: type(m) is tuple)
+    print("process", fd0, fd1, file=sys.stderr)
+    for who, os_pid in (("program", "self"), ("zygote", lowlevel.zygote_os_pid())):
+        print(who, *(os.readlink(f"/proc/{os_pid}/fd/{fd}") for fd in (0, 1)), file=sys.stderr)
+    pids = [otpy.spawn(otpy.receive) for _ in range(3)]
+    otpy.register("third", pids[2])
+    print("serials", *(p.serial for p in pids), otpy.whereis("third") == pids[2],
+          all(otpy.process_info(p)["os_pid"] == p.os_pid for p in pids), file=sys.stderr)
+"""
+
+
+def test_a_program_started_without_stdin_and_stdout_keeps_them_out_of_the_node(tmp_path):
+    # With fds 0 and 1 closed, the node's status table (a memfd every process
+    # maps) took them: a process's write to stdout overwrote it, and the next
+    # processes got serials in the thousands.
+    out = run(program(tmp_path, STDIO_CLOSED))
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stderr.splitlines()
+    for who in ("process", "program", "zygote"):
+        assert f"{who} /dev/null /dev/null" in lines, out.stderr
+    assert "serials 3 4 5 True True" in lines, out.stderr

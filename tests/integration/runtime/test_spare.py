@@ -198,8 +198,9 @@ def test_processes_run_no_code_after_their_program_is_killed(tmp_path, made):
 STDOUT_CLOSED = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[1])
-    if sys.argv[2] == "closed":
-        os.close(1)  # as a program started with `>&-`
+    closed = sys.argv[2] == "closed"
+    if closed:
+        os.close(1)  # as a program started with `>&-` (the node puts /dev/null there)
     import otpy
     from helpers import report_descriptors, spare_os_pid
 
@@ -208,7 +209,7 @@ STDOUT_CLOSED = textwrap.dedent("""
     for made in ("from_spare", "forked"):
         waiting = spare_os_pid()
         padding = b"x" * (70 * 1024 if made == "forked" else 0)
-        pid, ref = otpy.spawn_monitor(report_descriptors, me, padding, other)
+        pid, ref = otpy.spawn_monitor(report_descriptors, me, padding, other, closed)
         report = otpy.receive(timeout=10, match=lambda m: type(m) is tuple and m[0] == "fds")
         otpy.receive(timeout=10, match=lambda m: isinstance(m, otpy.Down) and m.ref == ref)
         print(made, pid.os_pid == waiting, *report[1:], file=sys.stderr, flush=True)
@@ -221,7 +222,7 @@ def test_a_process_gets_its_spawners_stream_above_stdio_and_closed_on_exec(stdou
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = [line.split() for line in out.stderr.splitlines() if line.startswith(("from", "fork"))]
-    # fd 1 stays what the program had (closed: a write to it fails, and is
+    # fd 1 stays what the process had (closed: a write to it fails, and is
     # neither the spawner's stream nor one the zygote handed over since), and a
     # program it execs inherits no socket of otpy's
     wrote = str(stdout == "open")
