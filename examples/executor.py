@@ -32,7 +32,8 @@ def main() -> None:
         except BrokenProcessPool as exc:  # an otpy_pool.BrokenWorker
             print(f"the killed worker's task failed: {type(exc).__name__}: {exc}")
         print("the executor serves on:", executor.submit(square, 12).result(timeout=10))
-    print(f"stopped node {otpy.self().node}; processes left: {otpy.processes()}")
+    print(f"stopped node {otpy.self().node}; processes left besides this program: "
+          f"{[pid for pid in otpy.processes() if pid != otpy.self()]}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def main() -> int:
         print("\nCtrl-C", flush=True)
     server.close()
     otpy.Supervisor.stop("app", "shutdown")
-    print(f"stopped node {otpy.self().node}; processes left: {otpy.processes()}", flush=True)
+    print(f"stopped node {otpy.self().node}; processes left besides this program: "
+          f"{[pid for pid in otpy.processes() if pid != otpy.self()]}", flush=True)
     return 0
 
 

@@ -54,7 +54,8 @@ def main() -> None:
     assert facts == ["otp is 25 years old", "links are symmetric"]
     print(f"bob remembers {pool.execute('recall', session='bob')}")
     pool.stop()
-    print(f"stopped node {otpy.self().node}; processes left: {otpy.processes()}")
+    print(f"stopped node {otpy.self().node}; processes left besides this program: "
+          f"{[pid for pid in otpy.processes() if pid != otpy.self()]}")
 
 
 if __name__ == "__main__":

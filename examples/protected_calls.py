@@ -112,7 +112,8 @@ def main() -> None:
     pool.stop()
     server.shutdown()
     server.server_close()
-    print(f"stopped node {otpy.self().node}; processes left: {otpy.processes()}")
+    print(f"stopped node {otpy.self().node}; processes left besides this program: "
+          f"{[pid for pid in otpy.processes() if pid != otpy.self()]}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def main() -> None:
 
     if otpy.is_alive(shop):
         otpy.Supervisor.stop(shop)
-    print(f"stopped node {otpy.self().node}; processes left: {otpy.processes()}")
+    print(f"stopped node {otpy.self().node}; processes left besides this program: "
+          f"{[pid for pid in otpy.processes() if pid != otpy.self()]}")
 
 
 if __name__ == "__main__":

@@ -180,7 +180,8 @@ def main() -> int:
         print("SIGTERM", flush=True)
     finally:
         sock.close()
-    print(f"stopped node {otpy.self().node}; processes left: {otpy.processes()}", flush=True)
+    print(f"stopped node {otpy.self().node}; processes left besides this program: "
+          f"{[pid for pid in otpy.processes() if pid != otpy.self()]}", flush=True)
     return 0
 
 

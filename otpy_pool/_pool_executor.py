@@ -31,6 +31,7 @@ import concurrent.futures
 import functools
 import itertools
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -370,6 +371,20 @@ class PoolExecutor(concurrent.futures.Executor):
         if wait and loop is not None:
             loop.join()
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._interrupt()
+        else:
+            self.shutdown(wait=True)
+        return False
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: the program is ending, so nothing waits for the work.
+        What no worker took is cancelled; what runs is left to the node's
+        orderly stop (a subclass that owns its workers kills them, as a
+        terminal's Ctrl-C kills the standard library's)."""
+        self.shutdown(wait=False, cancel_futures=True)
+
     # ---- the runners (the executor's loop thread) ---------------------------------------
 
     def _close(self, cancel_futures: bool, closed: threading.Event) -> None:
@@ -662,11 +677,16 @@ _exiting = False
 def _at_exit() -> None:
     """Registered after otpy's own hook (otpy is imported first), so it runs
     before the node stops: pending work ends (that of executors shut down
-    without waiting too), pools stop in order."""
+    without waiting too), pools stop in order. Not after Ctrl-C: the
+    program ends then, its executors' work with it (see ``_interrupt``)."""
     global _exiting
     _exiting = True
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for executor in list(_live):
-        executor.shutdown(wait=True)
+        if interrupted:
+            executor._interrupt()
+        else:
+            executor.shutdown(wait=True)
 
 
 atexit.register(_at_exit)

@@ -15,6 +15,7 @@ import os
 from typing import Any, Callable
 
 import otpy
+from otpy import lowlevel
 
 from . import _checks
 from ._caller import RETRIES
@@ -56,6 +57,7 @@ class ProcessPoolExecutor(PoolExecutor):
         self._max_tasks = _checks.count(max_tasks_per_child, "max_tasks_per_child", minimum=1,
                                         none_ok=True)
         self._owns_pool = False
+        self._interrupted = False
         self._worn: collections.deque[otpy.Pid] = collections.deque(maxlen=64)  # recycled
         pool, broken = _start_pool(size, initializer, tuple(initargs), self._max_tasks)
         self._owns_pool = broken is None
@@ -71,6 +73,16 @@ class ProcessPoolExecutor(PoolExecutor):
                 self.pool.stop()
             except otpy.OtpyError:  # stopped already: the node is going away
                 pass
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: its workers are killed, as the standard library's are by
+        the terminal's SIGINT (theirs share its process group; otpy's run in
+        groups of their own): the running tasks fail, the program ends."""
+        if self._owns_pool and not self._interrupted:
+            self._interrupted = True
+            for worker in self.pool.workers():
+                lowlevel.kill(worker, ("shutdown", "interrupted"))
+        super()._interrupt()
 
     def _keeps_workers(self) -> bool:
         # recycling: a runner keeps its worker, counting its tasks; else a

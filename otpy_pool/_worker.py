@@ -129,14 +129,19 @@ class Worker:
 
 
 def _check_parameters(cls: type, name: str, fn: Any) -> None:
-    """A command cannot take a keyword argument ``execute`` keeps for itself
-    (it would never reach the command): refused when the class is defined.
-    The first parameter after self, the Session, may be named anything."""
+    """Refused when the class is defined, not at every call: a command that
+    takes no Session (the first parameter after self, named anything), or a
+    keyword argument ``execute`` keeps for itself (it would never reach the
+    command)."""
     try:
-        parameters = list(inspect.signature(fn).parameters.values())[2:]
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to read (a builtin): nothing to check
         return
-    for p in parameters:
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        raise TypeError(f"{cls.__qualname__}.{name}: a command takes the Session after self "
+                        f"(def {name}(self, session, ...))")
+    for p in parameters[2:]:
         if p.name in RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             raise TypeError(f"{cls.__qualname__}.{name}: parameter {p.name!r} is one of "
                             f"execute's own keywords ({', '.join(RESERVED)}): rename it")

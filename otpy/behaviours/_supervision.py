@@ -156,7 +156,12 @@ class SupervisorBase(GenServer):
 
 
 def check_specs(specs: Any) -> list[ChildSpec]:
-    specs = list(specs)
+    if isinstance(specs, ChildSpec):
+        raise TypeError(f"children must be a list of ChildSpec, not one: [{specs!r}]")
+    try:
+        specs = list(specs)
+    except TypeError:
+        raise TypeError(f"children must be a list of ChildSpec, not {specs!r}") from None
     seen = set()
     for spec in specs:
         if not isinstance(spec, ChildSpec):

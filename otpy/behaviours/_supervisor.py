@@ -43,8 +43,8 @@ class Supervisor(SupervisorBase):
             cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
             max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
             timeout: float | None = None) -> Pid:
-        _check_options(children, strategy, max_restarts, max_seconds)
-        pid = super().start_link(list(children), strategy, max_restarts, max_seconds,
+        children = _check_options(children, strategy, max_restarts, max_seconds)
+        pid = super().start_link(children, strategy, max_restarts, max_seconds,
                                  name=name, timeout=timeout)
         assert pid is not None  # a supervisor's init never returns IGNORE
         return pid
@@ -54,8 +54,8 @@ class Supervisor(SupervisorBase):
             cls, children: list[ChildSpec], *, strategy: str = "one_for_one",
             max_restarts: int = 3, max_seconds: float = 5.0, name: str | None = None,
             timeout: float | None = None) -> Pid:
-        _check_options(children, strategy, max_restarts, max_seconds)
-        pid = super().start(list(children), strategy, max_restarts, max_seconds,
+        children = _check_options(children, strategy, max_restarts, max_seconds)
+        pid = super().start(children, strategy, max_restarts, max_seconds,
                             name=name, timeout=timeout)
         assert pid is not None  # a supervisor's init never returns IGNORE
         return pid
@@ -65,10 +65,10 @@ class Supervisor(SupervisorBase):
             cls, children: list[ChildSpec], *, id: Any = None, restart: Restart = "permanent",
             shutdown: Shutdown = "infinity", **opts: Any) -> ChildSpec:
         """A spec that runs this supervisor (with ``opts``) as a child of another."""
-        _check_options(children, opts.get("strategy", "one_for_one"),
-                       opts.get("max_restarts", 3), opts.get("max_seconds", 5.0))
+        children = _check_options(children, opts.get("strategy", "one_for_one"),
+                                  opts.get("max_restarts", 3), opts.get("max_seconds", 5.0))
         return ChildSpec(id if id is not None else opts.get("name", cls.__qualname__),
-                         cls.start_link, args=(list(children),), kwargs=opts, restart=restart,
+                         cls.start_link, args=(children,), kwargs=opts, restart=restart,
                          shutdown=shutdown, type="supervisor")
 
     # ---- the client API ---------------------------------------------------------
@@ -211,8 +211,11 @@ class Supervisor(SupervisorBase):
         return child.pid
 
 
-def _check_options(children: Any, strategy: str, max_restarts: int, max_seconds: float) -> None:
-    check_specs(children)
+def _check_options(children: Any, strategy: str, max_restarts: int,
+                   max_seconds: float) -> list[ChildSpec]:
+    """The children as a list, once every option is checked."""
+    specs = check_specs(children)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     RestartIntensity(max_restarts, max_seconds)  # validates
+    return specs

@@ -53,8 +53,11 @@ class ChildSpec:
             raise TypeError(f"child id must be hashable, not {type(self.id).__name__}") from None
         if not callable(self.start):
             raise TypeError(f"child {self.id!r}: start must be callable, not {self.start!r}")
-        if not isinstance(self.args, tuple):
+        if isinstance(self.args, list):
             object.__setattr__(self, "args", tuple(self.args))
+        elif not isinstance(self.args, tuple):  # (a str would start with its letters)
+            raise TypeError(f"child {self.id!r}: args must be a tuple or a list, "
+                            f"not {self.args!r}")
         if not isinstance(self.kwargs, dict):
             raise TypeError(f"child {self.id!r}: kwargs must be a dict, not {self.kwargs!r}")
         if self.restart not in RESTARTS:

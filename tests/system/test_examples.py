@@ -31,7 +31,7 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
 def assert_stopped_cleanly(stdout: str) -> None:
     """The example's node ended with only the program's own process, and no
     process of that node outlives the program."""
-    found = re.search(r"stopped node (\w+); processes left: \[<Pid 1 os_pid=\d+>\]", stdout)
+    found = re.search(r"stopped node (\w+); processes left besides this program: \[\]", stdout)
     assert found, stdout
     node = found.group(1)
     wait_for(lambda: not [p for p in psutil.process_iter(["name"])

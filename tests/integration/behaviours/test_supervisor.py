@@ -317,6 +317,14 @@ def test_malformed_specs_and_options_are_named():
         ChildSpec("x", start_ignored, type="manager")
     with pytest.raises(TypeError, match="hashable"):
         ChildSpec(["x"], start_ignored)
+    for args in ("abc", None, start_ignored):  # a str was split into its letters
+        with pytest.raises(TypeError, match="child 'x': args must be a tuple or a list"):
+            ChildSpec("x", start_ignored, args=args)
+    assert ChildSpec("x", start_ignored, args=[1, 2]).args == (1, 2)
+    with pytest.raises(TypeError, match=r"not one: \[ChildSpec\(id='x'"):
+        Supervisor.start_link(ChildSpec("x", start_ignored))
+    with pytest.raises(TypeError, match="list of ChildSpec, not 42"):
+        Supervisor.start_link(42)
     with pytest.raises(ValueError, match="duplicate child id 'x'"):
         Supervisor.start_link([ChildSpec("x", start_ignored), ChildSpec("x", start_ignored)])
     with pytest.raises(ValueError, match="strategy"):
@@ -326,6 +334,9 @@ def test_malformed_specs_and_options_are_named():
     with pytest.raises(ValueError, match="max_restarts"):
         Supervisor.start_link([], max_restarts=-1)
     assert ChildSpec("s", start_ignored, type="supervisor").shutdown == "infinity"
+    sup = Supervisor.start_link(spec for spec in [ChildSpec("g", start_ignored)])
+    assert [c.id for c in Supervisor.which_children(sup)] == ["g"]  # a generator, read once
+    stop_sup(sup)
     assert ChildSpec("w", start_ignored).shutdown == 5.0
 
 

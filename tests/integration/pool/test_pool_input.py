@@ -76,6 +76,20 @@ def test_a_command_taking_one_of_executes_keywords_fails_at_class_definition(res
             return timeout
 
 
+def test_a_command_that_takes_no_session_fails_at_class_definition():
+    # (it failed at every call, with a TypeError that never named the Session)
+    with pytest.raises(TypeError, match=r"Bad.ping: a command takes the Session after self"):
+        class Bad(Worker):
+            @command
+            def ping(self):
+                return "pong"
+
+    class Fine(Worker):  # the Session may come in *args
+        @command
+        def ping(self, *args):
+            return "pong"
+
+
 def test_policies_keyed_by_an_unknown_class_are_refused_naming_the_known_ones():
     with pytest.raises(ValueError, match="'wroker_crashed'.*worker_crashed, timeout"):
         Recovery.start_link("r", {"wroker_crashed": Policy(retries=1)})

@@ -480,3 +480,56 @@ def test_ctrl_c_in_result_leaves_the_task_running_for_a_later_result():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["interrupted; running: True", "then: done None"]
+
+
+CTRL_C_ENDS = textwrap.dedent("""
+    import sys
+    import otpy
+    from otpy_pool import ProcessPoolExecutor
+
+
+    def forever(parent):
+        otpy.send(parent, "running")
+        while True:
+            otpy.receive()
+
+
+    if sys.argv[1] == "pool":  # an executor over a pool of the program's
+        from otpy_pool import Pool, Worker
+        executor = Pool.start_link(Worker, size=2).executor()
+    else:
+        executor = ProcessPoolExecutor(2)
+    task = executor.submit(forever, otpy.self())
+    pending = [executor.submit(abs, -1) for _ in range(4)]  # no worker free for them
+    otpy.receive(timeout=30, match=lambda m: m == "running")
+    print(*(w.os_pid for w in executor.pool.workers()), flush=True)
+    if sys.argv[1] != "without":
+        with executor:
+            task.result()
+    else:
+        task.result()
+""")
+
+
+@pytest.mark.parametrize("block", ["with", "without", "pool"])
+def test_ctrl_c_that_ends_the_program_ends_its_running_tasks_too(block):
+    """As the standard library's, whose workers get the terminal's SIGINT:
+    the program ends, it does not wait for a task that never ends (it did,
+    in ``__exit__`` and at exit), and its workers end with it (a pool's
+    at the node's orderly stop, here bounded to 1 s)."""
+    env = {**os.environ, "OTPY_SHUTDOWN_TIMEOUT": "1"}
+    program = subprocess.Popen([sys.executable, "-c", CTRL_C_ENDS, block], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        workers = [int(p) for p in program.stdout.readline().split()]
+        assert len(workers) == 2, program.stderr.read()
+        program.send_signal(signal.SIGINT)
+        assert program.wait(timeout=DEADLINE) == -signal.SIGINT
+        assert "KeyboardInterrupt" in program.stderr.read()
+        for os_pid in workers:
+            wait_for(lambda: not psutil.pid_exists(os_pid), timeout=DEADLINE)
+    finally:
+        program.kill()
+        program.wait()
+        program.stdout.close()
+        program.stderr.close()
