@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 from . import wire
 from .errors import RuntimeGone, Timeout
-from .process import _DEFAULT, SEND_TIMEOUT, PendingReply, ProcessContext, _send_timeout
+from .process import (_DEFAULT, SEND_TIMEOUT, PendingReply, ProcessContext, _send_timeout,
+                      unread_bytes)
 from .terms import Pid, Ref
 
 _monotonic = time.monotonic
@@ -215,7 +216,10 @@ def _spin(ctx: ProcessContext, check: Callable[[], Any], deadline: float | None)
 async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
                        deadline: Any = _DEFAULT) -> None:
     """As ProcessContext.send_encoded; while the receiver's buffer is full
-    the task waits for room (the loop watches the stream's write end)."""
+    the task waits for room (the loop watches the stream's write end, or the
+    oldest of our big frames it has not read: wire.BigFrames). It watches a
+    copy of that descriptor of its own: a loop keeps one callback per
+    descriptor, and two tasks waiting on one stream would clobber each other."""
     if pid == ctx.pid:  # to our own mailbox: never full
         ctx.send_encoded(pid, kind, body)
         return
@@ -225,9 +229,15 @@ async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
         deadline = _monotonic() + SEND_TIMEOUT
     loop = asyncio.get_running_loop()
     sock = ctx.out.get(pid.serial)
+    big = ctx.big_out.get(pid.serial) if len(body) > wire.INLINE_MAX else None
     while sock is not None:
         room = loop.create_future()
-        loop.add_writer(sock.fileno(), _resolve, room)
+        read_end = None if big is None else big.blocker(len(body))
+        if read_end is None:
+            watched, watch, unwatch = os.dup(sock.fileno()), loop.add_writer, loop.remove_writer
+        else:
+            watched, watch, unwatch = read_end, loop.add_reader, loop.remove_reader
+        watch(watched, _resolve, room)
         try:
             if deadline is None:
                 await room
@@ -235,10 +245,11 @@ async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
                 await asyncio.wait_for(room, max(0.0, deadline - _monotonic()))
         except asyncio.TimeoutError:
             raise Timeout(f"send to {pid!r} gave up: its inbound buffer is full "
-                          f"({wire.unread_bytes(sock)} bytes unread); the receiver is not "
+                          f"({unread_bytes(sock, big)} bytes unread); the receiver is not "
                           "reading its messages. Nothing was sent.") from None
         finally:
-            loop.remove_writer(sock.fileno())
+            unwatch(watched)
+            os.close(watched)
         if not _full(ctx, pid, kind, body):
             return
         sock = ctx.out.get(pid.serial)

@@ -128,6 +128,7 @@ class ProcessContext:
         self.ctrl_lock = threading.Lock()
         self.out: dict[int, socket.socket] = {}
         self.out_lock = threading.Lock()
+        self.big_out: dict[int, wire.BigFrames] = {}  # per receiver (wire.BigFrames)
         self.names: dict[tuple[str, str], tuple[Pid | None, int]] = {}
         self.watched: set[int] = set()
         self.dead: dict[int, Any] = {}
@@ -585,11 +586,19 @@ class ProcessContext:
             sock = self._open(pid)
             if sock is None:
                 return  # dead: dropped, as Erlang does
+        big = None if len(body) <= wire.INLINE_MAX else self._big_frames(pid.serial)
         try:
-            if not wire.try_send_frame(sock, kind, body, self.keep_gil):
-                self._send_blocked(pid, sock, kind, body, deadline)
+            if not wire.try_send_frame(sock, kind, body, self.keep_gil, big):
+                self._send_blocked(pid, sock, kind, body, deadline, big)
         except (BrokenPipeError, ConnectionResetError):
             self._forget(pid.serial, sock)
+
+    def _big_frames(self, serial: int) -> wire.BigFrames:
+        big = self.big_out.get(serial)
+        if big is None:
+            with self.out_lock:
+                big = self.big_out.setdefault(serial, wire.BigFrames())
+        return big
 
     def _send_to_self(self, kind: int, body: bytes) -> None:
         """A message to our own mailbox, filed at once (in send order). If
@@ -627,25 +636,31 @@ class ProcessContext:
             pass
 
     def _send_blocked(self, pid: Pid, sock: socket.socket, kind: int, body: bytes,
-                      deadline: Any) -> None:
-        """The receiver's buffer is full: poll for room until the deadline."""
+                      deadline: Any, big: wire.BigFrames | None) -> None:
+        """The receiver's buffer is full (or this sender's big frames to it
+        are unread): wait for room until the deadline."""
         if deadline is _DEFAULT:
             deadline = _monotonic() + SEND_TIMEOUT
         started = _monotonic()
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
         while True:
-            if deadline is None:
-                poller.poll()
-            else:
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
-                    raise Timeout(
-                        f"send to {pid!r} blocked for {_monotonic() - started:.3g}s and gave up: "
-                        f"its inbound buffer is full ({wire.unread_bytes(sock)} bytes unread); "
-                        "the receiver is not reading its messages. Nothing was sent.")
-                poller.poll(max(1, int(remaining * 1000 + 0.999)))
-            if wire.try_send_frame(sock, kind, body, self.keep_gil):
+            remaining = None if deadline is None else deadline - _monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(
+                    f"send to {pid!r} blocked for {_monotonic() - started:.3g}s and gave up: "
+                    f"its inbound buffer is full ({unread_bytes(sock, big)} bytes unread); "
+                    "the receiver is not reading its messages. Nothing was sent.")
+            poller = select.poll()
+            read_end = None if big is None else big.blocker(len(body))
+            try:
+                if read_end is None:
+                    poller.register(sock, select.POLLOUT)
+                else:  # readable (end of file) once the receiver has read that frame
+                    poller.register(read_end, select.POLLIN)
+                poller.poll(None if remaining is None else max(1, int(remaining * 1000 + 0.999)))
+            finally:
+                if read_end is not None:
+                    os.close(read_end)
+            if wire.try_send_frame(sock, kind, body, self.keep_gil, big):
                 return
 
     def _open(self, pid: Pid) -> socket.socket | None:
@@ -667,6 +682,7 @@ class ProcessContext:
             if len(self.out) >= OUT_CACHE:
                 oldest = next(iter(self.out))
                 self.out.pop(oldest).close()
+                self._forget_big(oldest)
             self.out[serial] = sock
         return sock
 
@@ -675,6 +691,12 @@ class ProcessContext:
             if self.out.get(serial) is sock:
                 del self.out[serial]
                 sock.close()
+                self._forget_big(serial)
+
+    def _forget_big(self, serial: int) -> None:
+        big = self.big_out.pop(serial, None)
+        if big is not None:
+            big.close()
 
     # ---- names ------------------------------------------------------------------
 
@@ -808,9 +830,17 @@ class ProcessContext:
         for sock in self.out.values():
             sock.close()
         self.out.clear()
+        for big in self.big_out.values():
+            big.close()
+        self.big_out.clear()
         self.reader.close()
         self.inbound.close()
         self.ctrl.close()
+
+
+def unread_bytes(sock: socket.socket, big: wire.BigFrames | None) -> int:
+    """What a receiver has not read: its stream's bytes, and this sender's big bodies."""
+    return wire.unread_bytes(sock) + (big.size if big is not None else 0)
 
 
 class _ReplyCheck:

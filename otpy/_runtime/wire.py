@@ -6,7 +6,8 @@ senders and the zygote write whole frames into it; the process blocks on one
 blocking ``send`` of up to ``INLINE_MAX`` bytes is queued by the kernel as a
 single buffer, so frames from concurrent writers never interleave; a bigger
 body goes into a memfd that travels with the header as SCM_RIGHTS, which keeps
-the frame atomic at any size.
+the frame atomic at any size. Such a body is outside the stream's buffer, so
+each sender counts its own (``BigFrames``) against as much again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pickle
 import socket
 import struct
 import sys
+import threading
 import types
 from collections import deque
 from typing import Any
@@ -33,7 +35,7 @@ MSG = 1  # body: pickle of a message
 MSG_DILL = 2  # body: dill of a message (lambdas, closures, local classes)
 CTRL = 3  # body: pickle of a runtime tuple (requests, replies, notices)
 CTRL_FD = 4  # as CTRL, with a descriptor passed alongside: body is (fd, bytes)
-IN_FD = 0x80  # flag: the body is in the memfd passed with the header
+IN_FD = 0x80  # flag: the body is in the memfd passed with the header (and a token: BigFrames)
 HAS_FD = 0x40  # flag: a descriptor travels with this frame (CTRL_FD)
 
 # Linux queues a blocking unix-stream send of up to ~36 KiB as one buffer
@@ -42,6 +44,7 @@ HAS_FD = 0x40  # flag: a descriptor travels with this frame (CTRL_FD)
 INLINE_MAX = 32 * 1024
 MAX_BODY = 2**32 - 1
 SEND_BUFFER = 4 * 1024 * 1024
+BIG_UNREAD_MAX = 2 * SEND_BUFFER  # what a stream buffers (Linux doubles SO_SNDBUF)
 READ_SIZE = 256 * 1024
 _ANC_SIZE = socket.CMSG_SPACE(64 * 4)
 
@@ -314,18 +317,23 @@ def send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryv
         sock.sendall(HEADER.pack(size, kind) + body)
         return
     fd = _memfd(body)
+    read_end, token = os.pipe2(os.O_CLOEXEC)
+    os.close(read_end)  # (nobody counts a frame written blocking: the zygote reads them all)
     try:
-        socket.send_fds(sock, [HEADER.pack(size, kind | IN_FD)], [fd])
+        socket.send_fds(sock, [HEADER.pack(size, kind | IN_FD)], [fd, token])
     finally:
         os.close(fd)
+        os.close(token)
 
 
 def try_send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryview,
-                   keep_gil: bool = False) -> bool:
+                   keep_gil: bool = False, big: "BigFrames | None" = None) -> bool:
     """Write one frame without blocking: True if written, False if the
     receiver's buffer is full (then nothing was written). ``keep_gil``: a
     frame that fits is written keeping the GIL (nowait.py), for a process
-    whose threads would otherwise hand the GIL around at each send.
+    whose threads would otherwise hand the GIL around at each send. ``big``:
+    this sender's big frames to that receiver (needed for a big body), which
+    count as full once BIG_UNREAD_MAX of them are unread.
 
     All or nothing: a frame of up to INLINE_MAX bytes (or a big frame's
     5-byte header with its memfd) is queued by the kernel as one buffer, so a
@@ -346,18 +354,91 @@ def try_send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | mem
         if sent != len(data):  # never seen; finish it rather than tear the frame
             sock.sendall(memoryview(data)[sent:])
         return True
+    if big is None:
+        raise ValueError("a big frame needs its sender's BigFrames for that receiver")
+    if not big.room(size):
+        return False
     fd = _memfd(body)
+    read_end, token = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         try:
             # (socket.send_fds ignores its flags argument: sendmsg it is)
             sock.sendmsg([HEADER.pack(size, kind | IN_FD)],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", fd, token))],
                          socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
+        big.sent(read_end, size)
+        read_end = -1
         return True
     finally:
         os.close(fd)
+        os.close(token)
+        if read_end >= 0:
+            os.close(read_end)
+
+
+class BigFrames:
+    """One sender's big frames to one receiver, sent and not yet read.
+
+    A big frame's body is in a memfd, outside the receiver's stream buffer,
+    so the buffer's bound (a sender waits once 8 MiB are unread) would not
+    see it: a fast sender could pile gigabytes on a receiver that does not
+    read. So each such frame also carries the write end of a pipe whose
+    read end its sender keeps; the receiver closes it as it reads the frame
+    (its death closes it too), and the read end then reports end of file.
+    A sender with BIG_UNREAD_MAX of big bodies unread by that receiver waits
+    as for a full buffer, on the oldest one's read end (a frame bigger than
+    that is sent when none is unread). A bound per sender: each sender
+    counts only its own."""
+
+    __slots__ = ("lock", "unread", "size")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # (a process's threads may send to one receiver)
+        self.unread: deque[tuple[int, int]] = deque()  # (the pipe's read end, body size)
+        self.size = 0
+
+    def room(self, size: int) -> bool:
+        """Whether a body of ``size`` may be sent now."""
+        with self.lock:
+            return self._oldest_if_full(size) is None
+
+    def blocker(self, size: int) -> int | None:
+        """None if a body of ``size`` may be sent now; else a copy of the read
+        end to wait on (readable once its frame has been read), the caller's
+        to close."""
+        with self.lock:
+            read_end = self._oldest_if_full(size)
+            return None if read_end is None else os.dup(read_end)
+
+    def _oldest_if_full(self, size: int) -> int | None:
+        unread = self.unread
+        while unread and _read(unread[0][0]):  # the receiver reads them in order
+            read_end, n = unread.popleft()
+            os.close(read_end)
+            self.size -= n
+        return unread[0][0] if unread and self.size + size > BIG_UNREAD_MAX else None
+
+    def sent(self, read_end: int, size: int) -> None:
+        with self.lock:
+            self.unread.append((read_end, size))
+            self.size += size
+
+    def close(self) -> None:
+        with self.lock:
+            while self.unread:
+                os.close(self.unread.popleft()[0])
+            self.size = 0
+
+
+def _read(read_end: int) -> bool:
+    """Whether the pipe's write end, sent with a big frame, is closed (its
+    frame has been read, or its receiver is dead)."""
+    try:
+        return os.read(read_end, 1) == b""
+    except BlockingIOError:
+        return False
 
 
 def _memfd(body: bytes | bytearray | memoryview) -> int:
@@ -465,6 +546,7 @@ class FrameReader:
             if kind & IN_FD:
                 pos += 5
                 fd = self.fds.pop(0)
+                os.close(self.fds.pop(0))  # its token: read, as its sender will see
                 try:
                     body = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
                 finally:

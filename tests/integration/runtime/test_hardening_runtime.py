@@ -5,7 +5,9 @@ unrelated messages queued, many threads share one process's stream."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
+import signal
 import threading
 
 import pytest
@@ -127,6 +129,63 @@ def test_a_call_to_a_full_receiver_honours_its_timeout():
         in_thread(lambda: otpy.send(pid, b"z" * (1 << 20), timeout=0.2))  # a memfd frame
     # nothing of the call or the big send was written
     assert otpy.process_info(pid)["inbound_bytes"] == unread
+
+
+def held_until_signalled(report_to):
+    """Reads nothing until it gets SIGUSR1, then everything."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    otpy.send(report_to, "held")
+    signal.sigwait({signal.SIGUSR1})
+    while True:
+        otpy.receive()
+
+
+def held_receiver():
+    me = otpy.self()
+    pid = helpers.CURRENT_TREE.start_child(otpy.ChildSpec(
+        "held", otpy.spawn_link, args=(held_until_signalled, me), shutdown="brutal_kill"))
+    otpy.receive(timeout=DEADLINE, match=lambda m: m == "held")
+    return pid
+
+
+BIG = b"x" * 10_000_000  # over the 8 MiB a receiver may leave unread
+
+
+def test_big_messages_count_against_what_a_receiver_may_leave_unread():
+    # A big body travels in a memfd, outside the stream's buffer: it used to
+    # count 5 bytes, and a sender piled gigabytes on a receiver not reading.
+    pid = held_receiver()
+    otpy.send(pid, BIG, timeout=0.2)  # nothing unread: a body over the bound goes
+    with pytest.raises(otpy.Timeout, match=r"full \((\d{8,}) bytes unread\).*Nothing was sent"):
+        otpy.send(pid, BIG, timeout=0.2)
+    with pytest.raises(otpy.Timeout, match="Nothing was sent"):
+        otpy.send(pid, b"y" * 40_000, timeout=0.2)  # a small big one too
+    os.kill(pid.os_pid, signal.SIGUSR1)  # it reads: the sender is woken, not left to time out
+    otpy.send(pid, BIG, timeout=DEADLINE)
+    otpy.send(pid, BIG, timeout=DEADLINE)
+
+
+@pytest.mark.parametrize("size", ["small", "big"])
+def test_tasks_of_one_loop_waiting_to_send_to_one_receiver_are_each_woken(size):
+    # (each watches its own copy of the descriptor: a loop keeps one callback
+    # per descriptor, so the last task's watch replaced the others')
+    pid = held_receiver()
+    if size == "big":
+        otpy.send(pid, BIG, timeout=0.2)
+        message = BIG
+    else:
+        fill(pid)
+        message = b"x" * 1000
+
+    async def senders():
+        tasks = [asyncio.create_task(lowlevel.asend(pid, message, timeout=DEADLINE))
+                 for _ in range(3)]
+        await asyncio.sleep(0)  # each has run up to its wait for room
+        assert not any(task.done() for task in tasks)
+        os.kill(pid.os_pid, signal.SIGUSR1)
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(senders()) == [None, None, None]
 
 
 def test_send_rejects_a_bad_timeout():
