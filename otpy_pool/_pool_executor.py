@@ -681,7 +681,10 @@ def _at_exit() -> None:
     program ends then, its executors' work with it (see ``_interrupt``)."""
     global _exiting
     _exiting = True
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    # (the interpreter's prompt keeps the last error it printed: a Ctrl-C
+    # typed there long before does not end the session's work)
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt) \
+        and not (hasattr(sys, "ps1") or sys.flags.interactive)
     for executor in list(_live):
         if interrupted:
             executor._interrupt()

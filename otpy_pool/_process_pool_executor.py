@@ -78,11 +78,15 @@ class ProcessPoolExecutor(PoolExecutor):
         """Ctrl-C: its workers are killed, as the standard library's are by
         the terminal's SIGINT (theirs share its process group; otpy's run in
         groups of their own): the running tasks fail, the program ends."""
-        if self._owns_pool and not self._interrupted:
-            self._interrupted = True
-            for worker in self.pool.workers():
-                lowlevel.kill(worker, ("shutdown", "interrupted"))
-        super()._interrupt()
+        try:
+            if self._owns_pool and not self._interrupted:
+                self._interrupted = True
+                for worker in self.pool.workers():
+                    lowlevel.kill(worker, ("shutdown", "interrupted"))
+        except otpy.OtpyError:  # its pool is stopped already (the node going away)
+            pass
+        finally:
+            super()._interrupt()
 
     def _keeps_workers(self) -> bool:
         # recycling: a runner keeps its worker, counting its tasks; else a

@@ -229,15 +229,17 @@ async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
         deadline = _monotonic() + SEND_TIMEOUT
     loop = asyncio.get_running_loop()
     sock = ctx.out.get(pid.serial)
-    big = ctx.big_out.get(pid.serial) if len(body) > wire.INLINE_MAX else None
     while sock is not None:
+        big = ctx.big_out.get(pid.serial) if len(body) > wire.INLINE_MAX else None
         room = loop.create_future()
-        read_end = None if big is None else big.blocker(len(body))
-        if read_end is None:
-            watched, watch, unwatch = os.dup(sock.fileno()), loop.add_writer, loop.remove_writer
-        else:
-            watched, watch, unwatch = read_end, loop.add_reader, loop.remove_reader
-        watch(watched, _resolve, room)
+        acks = None if big is None or big.room(len(body)) else big.watched()
+        if acks is None:
+            watches = [(loop.add_writer, loop.remove_writer, os.dup(sock.fileno()))]
+        else:  # an acknowledgement comes as the receiver reads; a hang-up if it dies
+            watches = [(loop.add_reader, loop.remove_reader, acks),
+                       (loop.add_reader, loop.remove_reader, os.dup(sock.fileno()))]
+        for watch, _, fd in watches:
+            watch(fd, _resolve, room)
         try:
             if deadline is None:
                 await room
@@ -248,8 +250,9 @@ async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
                           f"({unread_bytes(sock, big)} bytes unread); the receiver is not "
                           "reading its messages. Nothing was sent.") from None
         finally:
-            unwatch(watched)
-            os.close(watched)
+            for _, unwatch, fd in watches:
+                unwatch(fd)
+                os.close(fd)
         if not _full(ctx, pid, kind, body):
             return
         sock = ctx.out.get(pid.serial)

@@ -257,7 +257,9 @@ def _wait_or_kill(os_pid: int, timeout: float) -> None:
     except ProcessLookupError:
         return
     try:
-        if not select.select([fd], [], [], timeout)[0]:
+        poller = select.poll()  # (not select: a program with many streams has fds over 1023)
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             os.killpg(os_pid, signal.SIGKILL)
         os.waitpid(os_pid, 0)
     except ChildProcessError:
@@ -287,7 +289,8 @@ def _after_fork_in_child() -> None:
             pass
         _watch_w = None
     if ctx is not None:
-        for sock in list(ctx.out.values()) + [ctx.inbound, ctx.ctrl]:
+        acks = [end for big in ctx.big_out.values() for end in (big.ack_read, big.ack_write)]
+        for sock in list(ctx.out.values()) + acks + [ctx.inbound, ctx.ctrl]:
             try:
                 sock.close()
             except OSError:

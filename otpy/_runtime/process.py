@@ -589,7 +589,7 @@ class ProcessContext:
         big = None if len(body) <= wire.INLINE_MAX else self._big_frames(pid.serial)
         try:
             if not wire.try_send_frame(sock, kind, body, self.keep_gil, big):
-                self._send_blocked(pid, sock, kind, body, deadline, big)
+                self._send_blocked(pid, sock, kind, body, deadline)
         except (BrokenPipeError, ConnectionResetError):
             self._forget(pid.serial, sock)
 
@@ -597,7 +597,9 @@ class ProcessContext:
         big = self.big_out.get(serial)
         if big is None:
             with self.out_lock:
-                big = self.big_out.setdefault(serial, wire.BigFrames())
+                big = self.big_out.get(serial)
+                if big is None:
+                    big = self.big_out[serial] = wire.BigFrames()
         return big
 
     def _send_to_self(self, kind: int, body: bytes) -> None:
@@ -636,13 +638,14 @@ class ProcessContext:
             pass
 
     def _send_blocked(self, pid: Pid, sock: socket.socket, kind: int, body: bytes,
-                      deadline: Any, big: wire.BigFrames | None) -> None:
+                      deadline: Any) -> None:
         """The receiver's buffer is full (or this sender's big frames to it
         are unread): wait for room until the deadline."""
         if deadline is _DEFAULT:
             deadline = _monotonic() + SEND_TIMEOUT
         started = _monotonic()
         while True:
+            big = None if len(body) <= wire.INLINE_MAX else self._big_frames(pid.serial)
             remaining = None if deadline is None else deadline - _monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(
@@ -650,16 +653,17 @@ class ProcessContext:
                     f"its inbound buffer is full ({unread_bytes(sock, big)} bytes unread); "
                     "the receiver is not reading its messages. Nothing was sent.")
             poller = select.poll()
-            read_end = None if big is None else big.blocker(len(body))
+            acks = None if big is None or big.room(len(body)) else big.watched()
             try:
-                if read_end is None:
+                if acks is None:
                     poller.register(sock, select.POLLOUT)
-                else:  # readable (end of file) once the receiver has read that frame
-                    poller.register(read_end, select.POLLIN)
+                else:  # an acknowledgement comes as the receiver reads; a hang-up if it dies
+                    poller.register(acks, select.POLLIN)
+                    poller.register(sock, 0)
                 poller.poll(None if remaining is None else max(1, int(remaining * 1000 + 0.999)))
             finally:
-                if read_end is not None:
-                    os.close(read_end)
+                if acks is not None:
+                    os.close(acks)
             if wire.try_send_frame(sock, kind, body, self.keep_gil, big):
                 return
 
@@ -682,7 +686,7 @@ class ProcessContext:
             if len(self.out) >= OUT_CACHE:
                 oldest = next(iter(self.out))
                 self.out.pop(oldest).close()
-                self._forget_big(oldest)
+                self._evicted_big(oldest)
             self.out[serial] = sock
         return sock
 
@@ -697,6 +701,17 @@ class ProcessContext:
         big = self.big_out.pop(serial, None)
         if big is not None:
             big.close()
+
+    def _evicted_big(self, serial: int) -> None:
+        """A stream left the cache, its receiver alive: its big frames still
+        count while any is unread (else a sender fanning out to more than
+        OUT_CACHE receivers would have no bound), up to OUT_CACHE such
+        receivers (two descriptors each); past that, the oldest's count goes."""
+        big = self.big_out.get(serial)
+        if big is not None and not big.unread():
+            self._forget_big(serial)
+        if len(self.big_out) > OUT_CACHE:
+            self._forget_big(next(iter(self.big_out)))
 
     # ---- names ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import io
 import mmap
 import os
 import pickle
+import select
 import socket
 import struct
 import sys
@@ -35,8 +36,9 @@ MSG = 1  # body: pickle of a message
 MSG_DILL = 2  # body: dill of a message (lambdas, closures, local classes)
 CTRL = 3  # body: pickle of a runtime tuple (requests, replies, notices)
 CTRL_FD = 4  # as CTRL, with a descriptor passed alongside: body is (fd, bytes)
-IN_FD = 0x80  # flag: the body is in the memfd passed with the header (and a token: BigFrames)
+IN_FD = 0x80  # flag: the body is in the memfd passed with the header
 HAS_FD = 0x40  # flag: a descriptor travels with this frame (CTRL_FD)
+ACKED = 0x20  # flag, with IN_FD: a second descriptor, where the receiver acknowledges it
 
 # Linux queues a blocking unix-stream send of up to ~36 KiB as one buffer
 # (half the send buffer, capped at one head page plus 32 KiB of fragments);
@@ -45,6 +47,8 @@ INLINE_MAX = 32 * 1024
 MAX_BODY = 2**32 - 1
 SEND_BUFFER = 4 * 1024 * 1024
 BIG_UNREAD_MAX = 2 * SEND_BUFFER  # what a stream buffers (Linux doubles SO_SNDBUF)
+BIG_UNREAD_FRAMES = 64  # and at most this many: each holds descriptors in flight
+ACK = struct.Struct("<Q")
 READ_SIZE = 256 * 1024
 _ANC_SIZE = socket.CMSG_SPACE(64 * 4)
 
@@ -317,13 +321,10 @@ def send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryv
         sock.sendall(HEADER.pack(size, kind) + body)
         return
     fd = _memfd(body)
-    read_end, token = os.pipe2(os.O_CLOEXEC)
-    os.close(read_end)  # (nobody counts a frame written blocking: the zygote reads them all)
     try:
-        socket.send_fds(sock, [HEADER.pack(size, kind | IN_FD)], [fd, token])
+        socket.send_fds(sock, [HEADER.pack(size, kind | IN_FD)], [fd])
     finally:
         os.close(fd)
-        os.close(token)
 
 
 def try_send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | memoryview,
@@ -357,25 +358,27 @@ def try_send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | mem
     if big is None:
         raise ValueError("a big frame needs its sender's BigFrames for that receiver")
     if not big.room(size):
+        if _hung_up(sock):  # (nothing else would tell: no write is tried)
+            raise BrokenPipeError("the receiver is gone")
         return False
     fd = _memfd(body)
-    read_end, token = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        try:
-            # (socket.send_fds ignores its flags argument: sendmsg it is)
-            sock.sendmsg([HEADER.pack(size, kind | IN_FD)],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", fd, token))],
-                         socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        big.sent(read_end, size)
-        read_end = -1
+        with big.lock:  # (the count and the send together: another thread may close it)
+            if big.closed:  # dropped meanwhile: the caller tries again with the new one
+                return False
+            try:
+                # (socket.send_fds ignores its flags argument: sendmsg it is)
+                sock.sendmsg([HEADER.pack(size, kind | IN_FD | ACKED)],
+                             [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               struct.pack("2i", fd, big.ack_write.fileno()))],
+                             socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            big.size += size
+            big.frames += 1
         return True
     finally:
         os.close(fd)
-        os.close(token)
-        if read_end >= 0:
-            os.close(read_end)
 
 
 class BigFrames:
@@ -384,61 +387,86 @@ class BigFrames:
     A big frame's body is in a memfd, outside the receiver's stream buffer,
     so the buffer's bound (a sender waits once 8 MiB are unread) would not
     see it: a fast sender could pile gigabytes on a receiver that does not
-    read. So each such frame also carries the write end of a pipe whose
-    read end its sender keeps; the receiver closes it as it reads the frame
-    (its death closes it too), and the read end then reports end of file.
-    A sender with BIG_UNREAD_MAX of big bodies unread by that receiver waits
-    as for a full buffer, on the oldest one's read end (a frame bigger than
-    that is sent when none is unread). A bound per sender: each sender
-    counts only its own."""
+    read. So the sender keeps, per receiver, a socketpair: each big frame
+    carries a copy of one end, into which the receiver writes the body's
+    size as it reads the frame (``FrameReader.frames``); the sender reads
+    those sizes back from the other end. A sender with BIG_UNREAD_MAX bytes
+    or BIG_UNREAD_FRAMES frames of big bodies unread by that receiver waits
+    as for a full buffer, on that end (a body over BIG_UNREAD_MAX goes when
+    none is unread). A bound per sender: each counts only its own. Two
+    descriptors per receiver, and one in flight per unread frame (besides
+    its memfd)."""
 
-    __slots__ = ("lock", "unread", "size")
+    __slots__ = ("lock", "ack_read", "ack_write", "size", "frames", "closed", "_partial")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # (a process's threads may send to one receiver)
-        self.unread: deque[tuple[int, int]] = deque()  # (the pipe's read end, body size)
-        self.size = 0
+        self.ack_read, self.ack_write = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ack_read.setblocking(False)
+        self.size = 0  # bytes of big bodies sent and not acknowledged
+        self.frames = 0
+        self.closed = False
+        self._partial = b""
 
     def room(self, size: int) -> bool:
-        """Whether a body of ``size`` may be sent now."""
+        """Whether a body of ``size`` may be sent now (True once closed: there
+        is nothing to wait for on this one)."""
         with self.lock:
-            return self._oldest_if_full(size) is None
+            self._take_acks()
+            return self.closed or not self.frames or (self.size + size <= BIG_UNREAD_MAX
+                                                      and self.frames < BIG_UNREAD_FRAMES)
 
-    def blocker(self, size: int) -> int | None:
-        """None if a body of ``size`` may be sent now; else a copy of the read
-        end to wait on (readable once its frame has been read), the caller's
-        to close."""
+    def unread(self) -> bool:
         with self.lock:
-            read_end = self._oldest_if_full(size)
-            return None if read_end is None else os.dup(read_end)
+            self._take_acks()
+            return self.frames > 0
 
-    def _oldest_if_full(self, size: int) -> int | None:
-        unread = self.unread
-        while unread and _read(unread[0][0]):  # the receiver reads them in order
-            read_end, n = unread.popleft()
-            os.close(read_end)
-            self.size -= n
-        return unread[0][0] if unread and self.size + size > BIG_UNREAD_MAX else None
-
-    def sent(self, read_end: int, size: int) -> None:
+    def watched(self) -> int | None:
+        """A copy of the end the receiver's acknowledgements arrive on (to
+        wait on; the caller's to close); None once closed."""
         with self.lock:
-            self.unread.append((read_end, size))
-            self.size += size
+            return None if self.closed else os.dup(self.ack_read.fileno())
+
+    def _take_acks(self) -> None:
+        if self.closed:
+            return
+        while True:
+            try:
+                data = self.ack_read.recv(64 * ACK.size)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            data = self._partial + data
+            whole = len(data) - len(data) % ACK.size
+            self._partial = data[whole:]
+            for (n,) in ACK.iter_unpack(data[:whole]):
+                self.size -= n
+                self.frames -= 1
 
     def close(self) -> None:
         with self.lock:
-            while self.unread:
-                os.close(self.unread.popleft()[0])
-            self.size = 0
+            if not self.closed:
+                self.closed = True
+                self.ack_read.close()
+                self.ack_write.close()
 
 
-def _read(read_end: int) -> bool:
-    """Whether the pipe's write end, sent with a big frame, is closed (its
-    frame has been read, or its receiver is dead)."""
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the stream's receiver is gone (its end closed)."""
+    poller = select.poll()
+    poller.register(sock, 0)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
+def acknowledge(ack: int, size: int) -> None:
+    """Tell a big frame's sender it has been read (BigFrames), and close the
+    descriptor: never waits, never raises (a sender gone reads no more)."""
     try:
-        return os.read(read_end, 1) == b""
-    except BlockingIOError:
-        return False
+        with socket.socket(fileno=ack) as sock:
+            sock.send(ACK.pack(size), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError:
+        pass
 
 
 def _memfd(body: bytes | bytearray | memoryview) -> int:
@@ -546,12 +574,13 @@ class FrameReader:
             if kind & IN_FD:
                 pos += 5
                 fd = self.fds.pop(0)
-                os.close(self.fds.pop(0))  # its token: read, as its sender will see
+                if kind & ACKED:
+                    acknowledge(self.fds.pop(0), size)
                 try:
                     body = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
                 finally:
                     os.close(fd)
-                out.append((kind & ~IN_FD, body))
+                out.append((kind & ~(IN_FD | ACKED), body))
                 continue
             if end - pos - 5 < size:
                 break

@@ -533,3 +533,33 @@ def test_ctrl_c_that_ends_the_program_ends_its_running_tasks_too(block):
         program.wait()
         program.stdout.close()
         program.stderr.close()
+
+
+def test_ctrl_c_out_of_a_with_block_of_an_executor_whose_pool_is_gone_stays_a_ctrl_c():
+    executor = ProcessPoolExecutor(1)
+    executor.pool.stop()
+    with pytest.raises(KeyboardInterrupt):
+        with executor:
+            raise KeyboardInterrupt
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(abs, 1)
+
+
+def test_a_ctrl_c_typed_at_the_interpreters_prompt_does_not_drop_work_at_exit(tmp_path):
+    # the prompt keeps the last error it printed in sys.last_value
+    marker = tmp_path / "ran"
+    session = textwrap.dedent(f"""
+        import pathlib, time
+        from otpy_pool import ProcessPoolExecutor
+        def slow_write(path):
+            time.sleep(1)  # (the task's work: still running when the session ends)
+            pathlib.Path(path).write_text("ran")
+
+        raise KeyboardInterrupt
+        executor = ProcessPoolExecutor(1)
+        future = executor.submit(slow_write, {str(marker)!r})
+    """)
+    out = subprocess.run([sys.executable, "-i", "-q"], input=session, capture_output=True,
+                         text=True, timeout=60)
+    assert "KeyboardInterrupt" in out.stderr
+    assert marker.read_text() == "ran", out.stderr

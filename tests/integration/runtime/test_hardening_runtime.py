@@ -14,6 +14,7 @@ import pytest
 
 import otpy
 from otpy import lowlevel
+from otpy.testing import wait_for
 
 import helpers
 from helpers import DEADLINE
@@ -163,6 +164,65 @@ def test_big_messages_count_against_what_a_receiver_may_leave_unread():
     os.kill(pid.os_pid, signal.SIGUSR1)  # it reads: the sender is woken, not left to time out
     otpy.send(pid, BIG, timeout=DEADLINE)
     otpy.send(pid, BIG, timeout=DEADLINE)
+
+
+def send_big_until_full(pid, report_to):
+    """Another sender: how many 40 kB messages it sends before a Timeout."""
+    sent = 0
+    try:
+        while sent < 1000:
+            otpy.send(pid, b"y" * 40_000, timeout=0.1)
+            sent += 1
+    except otpy.Timeout:
+        pass
+    otpy.send(report_to, ("sent", sent))
+
+
+def test_a_sender_holds_two_descriptors_for_a_receiver_and_counts_its_own_frames():
+    # each frame once kept a descriptor of its own in the sender (and one more
+    # in flight) until the next big send to that receiver: a fan-out to
+    # receivers that do not read ran out of descriptors before any Timeout
+    pid = held_receiver()
+    before = len(os.listdir("/proc/self/fd"))
+    sent = 0
+    with pytest.raises(otpy.Timeout):
+        while sent < 1000:
+            otpy.send(pid, b"y" * 40_000, timeout=0.1)
+            sent += 1
+    assert sent <= 64  # by number, well before 8 MiB of 40 kB ones (209)
+    assert len(os.listdir("/proc/self/fd")) - before <= 3  # the stream, and the two ends
+    # the bound is per sender: another one has its own
+    otpy.spawn(send_big_until_full, pid, otpy.self())
+    assert otpy.receive(timeout=DEADLINE, match=lambda m: m[0] == "sent") == ("sent", sent)
+
+
+@pytest.mark.parametrize("sender", ["thread", "task"])
+def test_a_sender_waiting_for_a_receiver_to_read_is_woken_by_its_death(sender):
+    pid = held_receiver()
+    otpy.send(pid, BIG, timeout=0.2)
+    done = []
+
+    native = []
+
+    def send():
+        native.append(threading.get_native_id())
+        if sender == "thread":
+            done.append(otpy.send(pid, BIG, timeout=None))
+        else:
+            done.append(asyncio.run(lowlevel.asend(pid, BIG, timeout=None)))
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    def waits_in_poll():
+        with open(f"/proc/self/task/{native[0]}/wchan") as f:
+            return "poll" in f.read()
+
+    try:
+        wait_for(lambda: native and waits_in_poll(), timeout=DEADLINE)
+        os.kill(pid.os_pid, signal.SIGKILL)
+    finally:
+        sending.join(DEADLINE)
+    assert done == [None]  # dropped, as any message to a dead process
 
 
 @pytest.mark.parametrize("size", ["small", "big"])
