@@ -216,10 +216,11 @@ def _spin(ctx: ProcessContext, check: Callable[[], Any], deadline: float | None)
 async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
                        deadline: Any = _DEFAULT) -> None:
     """As ProcessContext.send_encoded; while the receiver's buffer is full
-    the task waits for room (the loop watches the stream's write end, or the
-    oldest of our big frames it has not read: wire.BigFrames). It watches a
-    copy of that descriptor of its own: a loop keeps one callback per
-    descriptor, and two tasks waiting on one stream would clobber each other."""
+    the task waits for room (the loop watches the stream's write end; for a
+    big frame held back, the end our acknowledgements come on, and the
+    stream for a hang-up: wire.BigFrames). It watches copies of those
+    descriptors of its own: a loop keeps one callback per descriptor, and
+    two tasks waiting on one stream would clobber each other."""
     if pid == ctx.pid:  # to our own mailbox: never full
         ctx.send_encoded(pid, kind, body)
         return

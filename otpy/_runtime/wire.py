@@ -333,8 +333,8 @@ def try_send_frame(sock: socket.socket, kind: int, body: bytes | bytearray | mem
     receiver's buffer is full (then nothing was written). ``keep_gil``: a
     frame that fits is written keeping the GIL (nowait.py), for a process
     whose threads would otherwise hand the GIL around at each send. ``big``:
-    this sender's big frames to that receiver (needed for a big body), which
-    count as full once BIG_UNREAD_MAX of them are unread.
+    this sender's big frames to that receiver (needed for a big body), full
+    once BIG_UNREAD_MAX bytes or BIG_UNREAD_FRAMES frames are unread.
 
     All or nothing: a frame of up to INLINE_MAX bytes (or a big frame's
     5-byte header with its memfd) is queued by the kernel as one buffer, so a
