@@ -231,7 +231,7 @@ async def send_encoded(ctx: ProcessContext, pid: Pid, kind: int, body: bytes,
     loop = asyncio.get_running_loop()
     sock = ctx.out.get(pid.serial)
     while sock is not None:
-        big = ctx.big_out.get(pid.serial) if len(body) > wire.INLINE_MAX else None
+        big = ctx.big_frames(pid.serial, body)
         room = loop.create_future()
         acks = None if big is None or big.room(len(body)) else big.watched()
         if acks is None:

@@ -586,14 +586,19 @@ class ProcessContext:
             sock = self._open(pid)
             if sock is None:
                 return  # dead: dropped, as Erlang does
-        big = None if len(body) <= wire.INLINE_MAX else self._big_frames(pid.serial)
+        big = self.big_frames(pid.serial, body)
         try:
             if not wire.try_send_frame(sock, kind, body, self.keep_gil, big):
                 self._send_blocked(pid, sock, kind, body, deadline)
         except (BrokenPipeError, ConnectionResetError):
             self._forget(pid.serial, sock)
 
-    def _big_frames(self, serial: int) -> wire.BigFrames:
+    def big_frames(self, serial: int, body: bytes) -> wire.BigFrames | None:
+        """This sender's big frames to ``serial`` if ``body`` travels as one
+        (wire.BigFrames), else None: a body that fits the stream costs a
+        length check."""
+        if len(body) <= wire.INLINE_MAX:
+            return None
         big = self.big_out.get(serial)
         if big is None:
             with self.out_lock:
@@ -645,7 +650,7 @@ class ProcessContext:
             deadline = _monotonic() + SEND_TIMEOUT
         started = _monotonic()
         while True:
-            big = None if len(body) <= wire.INLINE_MAX else self._big_frames(pid.serial)
+            big = self.big_frames(pid.serial, body)  # (afresh: evicted meanwhile, say)
             remaining = None if deadline is None else deadline - _monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(

@@ -54,6 +54,10 @@ class Spare:
         self.max_order = min(MAX_ORDER,
                              sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 1024)
 
+    def fds(self) -> tuple[int, int, int, int]:
+        """The descriptors the zygote holds for it (none of them a child's)."""
+        return self.sock.fileno(), self.pidfd, self.inbound.fileno(), self.ctrl.fileno()
+
     def order(self, pid: Any, ns: str, name: str | None, parent: Any, kind: int,
               payload: bytes) -> bytes | None:
         """What this spare is handed for a spawn, encoded; None if the body is

@@ -714,7 +714,7 @@ class Zygote:
             spare.retire(made)
             return
         self.by_fd[made.pidfd] = ("spare", None)
-        for fd in (made.sock.fileno(), made.pidfd, made.inbound.fileno(), made.ctrl.fileno()):
+        for fd in made.fds():
             self.held.add(fd)
         self.spare = made
 
@@ -731,8 +731,7 @@ class Zygote:
         if waiting is None:
             return
         self._unwatch_spare(waiting)
-        for fd in (waiting.sock.fileno(), waiting.pidfd, waiting.inbound.fileno(),
-                   waiting.ctrl.fileno()):
+        for fd in waiting.fds():
             self.held.discard(fd)
         spare.retire(waiting)
         self.spare_wanted = replace

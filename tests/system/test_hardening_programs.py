@@ -363,7 +363,7 @@ def test_importing_otpy_configures_nothing_until_the_node_starts(tmp_path):
 
 
 STDIO_CLOSED = """
-    import os, sys
+    import os, subprocess, sys
     os.close(0)  # as a program started with `<&- >&-` (a daemon's way)
     os.close(1)
     import otpy
@@ -380,6 +380,9 @@ STDIO_CLOSED = """
     print("process", fd0, fd1, file=sys.stderr)
     for who, os_pid in (("program", "self"), ("zygote", lowlevel.zygote_os_pid())):
         print(who, *(os.readlink(f"/proc/{os_pid}/fd/{fd}") for fd in (0, 1)), file=sys.stderr)
+    execd = subprocess.run(["sh", "-c", "[ -e /proc/self/fd/0 ] && echo open || echo closed"],
+                           stdout=subprocess.PIPE, text=True).stdout.strip()
+    print("a program it execs finds fd 0", execd, file=sys.stderr)
     pids = [otpy.spawn(otpy.receive) for _ in range(3)]
     otpy.register("third", pids[2])
     print("serials", *(p.serial for p in pids), otpy.whereis("third") == pids[2],
@@ -397,3 +400,4 @@ def test_a_program_started_without_stdin_and_stdout_keeps_them_out_of_the_node(t
     for who in ("process", "program", "zygote"):
         assert f"{who} /dev/null /dev/null" in lines, out.stderr
     assert "serials 3 4 5 True True" in lines, out.stderr
+    assert "a program it execs finds fd 0 closed" in lines, out.stderr  # as before

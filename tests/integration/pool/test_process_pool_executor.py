@@ -483,7 +483,15 @@ def test_ctrl_c_in_result_leaves_the_task_running_for_a_later_result():
 
 
 CTRL_C_ENDS = textwrap.dedent("""
+    import atexit
     import sys
+
+
+    @atexit.register  # registered first: runs last, once the executor's hook has
+    def report():
+        print("pending cancelled:", *(f.cancelled() for f in pending), flush=True)
+
+
     import otpy
     from otpy_pool import ProcessPoolExecutor
 
@@ -499,15 +507,16 @@ CTRL_C_ENDS = textwrap.dedent("""
         executor = Pool.start_link(Worker, size=2).executor()
     else:
         executor = ProcessPoolExecutor(2)
-    task = executor.submit(forever, otpy.self())
+    tasks = [executor.submit(forever, otpy.self()) for _ in range(2)]
+    for _ in tasks:
+        otpy.receive(timeout=30, match=lambda m: m == "running")
     pending = [executor.submit(abs, -1) for _ in range(4)]  # no worker free for them
-    otpy.receive(timeout=30, match=lambda m: m == "running")
     print(*(w.os_pid for w in executor.pool.workers()), flush=True)
     if sys.argv[1] != "without":
         with executor:
-            task.result()
+            tasks[0].result()
     else:
-        task.result()
+        tasks[0].result()
 """)
 
 
@@ -526,6 +535,7 @@ def test_ctrl_c_that_ends_the_program_ends_its_running_tasks_too(block):
         program.send_signal(signal.SIGINT)
         assert program.wait(timeout=DEADLINE) == -signal.SIGINT
         assert "KeyboardInterrupt" in program.stderr.read()
+        assert program.stdout.read().split() == ["pending", "cancelled:"] + ["True"] * 4
         for os_pid in workers:
             wait_for(lambda: not psutil.pid_exists(os_pid), timeout=DEADLINE)
     finally:
