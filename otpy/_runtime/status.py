@@ -9,6 +9,7 @@ can cache name lookups), then one 16-byte slot per process, at index
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import struct
@@ -77,6 +78,12 @@ class StatusTable:
 
     def set(self, serial: int, state: int, queue_len: int) -> None:
         _SLOT.pack_into(self.mem, self._offset(serial), serial, state, queue_len)
+
+    def live(self) -> int:
+        """How many slots are taken: the node's live processes, the program's
+        own included (a spare has none)."""
+        words = array.array("I", self.mem[_HEADER.size:])  # a slot: owner (2 words), state, length
+        return CAPACITY - words[2::4].count(FREE)
 
     def get(self, serial: int) -> tuple[int, int] | None:
         owner, state, qlen = _SLOT.unpack_from(self.mem, self._offset(serial))

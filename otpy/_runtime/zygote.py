@@ -675,12 +675,12 @@ class Zygote:
                                  self.status, self.os_pid, kind, payload)
 
     def _set_up_spare(self) -> None:
-        """In a spare, as it is forked: set up as any child, named apart
-        (``otpy+<node>``: the observer counts a node's ``otpy-`` processes),
-        then what a child does first is done once on throwaway objects, so
-        that the pages it writes (reference counts, the allocator's) are
-        copied now rather than while a spawner waits."""
-        prctl_name(f"otpy+{self.node}")
+        """In a spare, as it is forked: set up as any child (named
+        ``otpy-<node>`` as every process of the node, so that one is never
+        seen under another name once spawned), then what a child does first
+        is done once on throwaway objects, so that the pages it writes
+        (reference counts, the allocator's) are copied now rather than while
+        a spawner waits."""
         self._prepare_child()
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         order = pickle.loads(pickle.dumps((self.main_pid, "", None, self.main_pid), 5))
@@ -692,10 +692,6 @@ class Zygote:
         a.close()
         b.close()
 
-    def _run_spare(self, order: tuple, fds: list[int]) -> int:
-        prctl_name(f"otpy-{self.node}")
-        return self._run_child(order, fds)
-
     def _new_spare(self) -> None:
         """Fork the process the next spawn is handed to (the zygote is idle)."""
         self.spare_wanted = False
@@ -705,7 +701,7 @@ class Zygote:
             streams = self._streams()
         except OSError:
             return
-        made = spare.fork(streams, self._set_up_spare, self._run_spare)
+        made = spare.fork(streams, self._set_up_spare, self._run_child)
         if made is None:
             return
         try:

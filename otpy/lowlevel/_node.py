@@ -153,6 +153,6 @@ def keeper_os_pid() -> int | None:
     """The OS pid of this program's node keeper (the zygote's parent, which
     ends the node when the program dies), or None if the node is not running.
     With the zygote, ``processes()`` and the zygote's spare (a child of the
-    zygote named ``otpy+<node>``, see docs/architecture.md), every OS
+    zygote, see docs/architecture.md), every OS
     process of the node."""
     return _node.keeper_os_pid()

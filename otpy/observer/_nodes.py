@@ -16,7 +16,7 @@ import time
 import psutil
 
 from .. import OtpyError
-from ..lowlevel.observation import PAGE_NAME
+from ..lowlevel.observation import PAGE_NAME, STATUS_NAME, StatusTable
 
 PREFIX = "otpy-"
 
@@ -66,24 +66,44 @@ def list_nodes() -> list[Node]:
         zygote = next((p for p, (n, pp) in procs.items() if pp == os_pid and n == name), None)
         if zygote is None:
             continue  # still starting, or ending
-        node = _describe(name[len(PREFIX):], zygote, ppid, procs)
+        node = _describe(name[len(PREFIX):], zygote, ppid)
         if node is not None:
             nodes.append(node)
     return sorted(nodes, key=lambda n: n.started_at)
 
 
-def _describe(node_id: str, zygote: int, program: int,
-              procs: dict[int, tuple[str, int]]) -> Node | None:
+def _describe(node_id: str, zygote: int, program: int) -> Node | None:
     if find_fd(zygote, PAGE_NAME) is None:
         return None  # an otpy-named process that is not a zygote (or not ready yet)
     try:
         cmdline = " ".join(psutil.Process(program).cmdline())
         started = psutil.Process(zygote).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        count = _live_processes(zygote)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError, NodeNotFound):
         return None
-    count = 1 + sum(1 for name, ppid in procs.values()
-                    if ppid == zygote and name == f"{PREFIX}{node_id}")
     return Node(node_id, program, zygote, cmdline, count, started)
+
+
+def _live_processes(zygote: int) -> int:
+    """The node's otpy processes, the program's own included, as its status
+    table has them (its OS processes also include the zygote's spare)."""
+    opened = open_memfd(zygote, STATUS_NAME)
+    try:
+        table = StatusTable.open_readonly(opened)
+    finally:
+        os.close(opened)
+    try:
+        return table.live()
+    finally:
+        table.close()
+
+
+def open_memfd(os_pid: int, name: str) -> int:
+    """A descriptor of our own for the memfd ``os_pid`` (a zygote) holds as ``name``."""
+    fd = find_fd(os_pid, name)
+    if fd is None:
+        raise NodeNotFound(f"os pid {os_pid} is not an otpy zygote (no {name} memfd)")
+    return os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def find_fd(os_pid: int, memfd_name: str) -> int | None:

@@ -22,7 +22,7 @@ from ..lowlevel.observation import PAGE_NAME, REQUEST_SIGNAL, page_seq, read_pag
 from ..lowlevel import check_timeout
 from ..lowlevel.observation import STATUS_NAME
 from ..lowlevel.observation import STATE_NAMES, PageRow, StatusTable
-from ._nodes import Node, NodeNotFound, find_fd, find_node
+from ._nodes import Node, NodeNotFound, find_fd, find_node, open_memfd
 
 READ_TIMEOUT = 2.0
 UNIQUE_MEMORY_INTERVAL = 5.0  # seconds between two readings of a process's USS and PSS
@@ -65,8 +65,8 @@ class NodeReader:
         self._page = -1
         try:
             self._pidfd = os.pidfd_open(zygote)
-            self._page = _open_memfd(zygote, PAGE_NAME)
-            status_fd = _open_memfd(zygote, STATUS_NAME)
+            self._page = open_memfd(zygote, PAGE_NAME)
+            status_fd = open_memfd(zygote, STATUS_NAME)
             try:
                 self._status = StatusTable.open_readonly(status_fd)
             finally:
@@ -247,13 +247,6 @@ class NodeReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _open_memfd(os_pid: int, name: str) -> int:
-    fd = find_fd(os_pid, name)
-    if fd is None:
-        raise NodeNotFound(f"os pid {os_pid} is not an otpy zygote (no {name} memfd)")
-    return os.open(f"/proc/{os_pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def snapshot(node: str | int | None = None, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
